@@ -1,0 +1,262 @@
+//! Order ⋈ payment/delivery on `order_id`, either arrival order, bounded by
+//! `join_timeout` in event time; and the de-duplication sets.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+use super::FastMap;
+use crate::model::{DeliveryStatus, InputTopic, PaymentKind};
+
+/// Channel id of an order placed outside any livestream.
+pub const NO_CHANNEL: u32 = u32::MAX;
+
+/// The dimension keys a payment or delivery takes from its order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attribution {
+    pub brand: u32,
+    pub channel: u32,
+    pub country: u32,
+}
+
+/// What the job keeps of an order.
+#[derive(Debug, Clone, Copy)]
+pub struct OrderInfo {
+    pub attribution: Attribution,
+    pub ts_ms: i64,
+    /// Event time of the first `paid` payment joined to it; `i64::MAX` until then.
+    pub first_paid_ms: i64,
+}
+
+/// A payment, refund or delivery whose order has not arrived yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Joinable {
+    Payment { kind: PaymentKind, amount_fen: i64 },
+    Delivery { status: DeliveryStatus },
+}
+
+impl Joinable {
+    pub fn topic(&self) -> InputTopic {
+        match self {
+            Joinable::Payment { .. } => InputTopic::Payments,
+            Joinable::Delivery { .. } => InputTopic::Deliveries,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Waiting {
+    pub ts_ms: i64,
+    pub deadline_ms: i64,
+    pub what: Joinable,
+}
+
+/// Orders by id, and events waiting for theirs.
+#[derive(Debug, Default)]
+pub struct JoinState {
+    orders: FastMap<Box<str>, OrderInfo>,
+    waiting: FastMap<Box<str>, Vec<Waiting>>,
+    waiting_count: usize,
+    deadlines: BinaryHeap<Reverse<(i64, Box<str>)>>,
+}
+
+impl JoinState {
+    pub fn order_mut(&mut self, order_id: &str) -> Option<&mut OrderInfo> {
+        self.orders.get_mut(order_id)
+    }
+
+    /// Stores an order; returns the events that were waiting for it.
+    pub fn insert_order(&mut self, order_id: &str, info: OrderInfo) -> Vec<Waiting> {
+        match self.orders.get_mut(order_id) {
+            Some(existing) => {
+                *existing = OrderInfo {
+                    first_paid_ms: existing.first_paid_ms,
+                    ..info
+                }
+            }
+            None => {
+                self.orders.insert(order_id.into(), info);
+            }
+        }
+        match self.waiting.remove(order_id) {
+            Some(w) => {
+                self.waiting_count -= w.len();
+                w
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// Parks an event until its order arrives or the watermark passes its deadline.
+    pub fn wait(&mut self, order_id: &str, w: Waiting) {
+        let list = self.waiting.entry(order_id.into()).or_default();
+        if list.is_empty() {
+            self.deadlines
+                .push(Reverse((w.deadline_ms, order_id.into())));
+        }
+        list.push(w);
+        self.waiting_count += 1;
+    }
+
+    /// Removes the waiting events whose deadline the watermark has reached.
+    pub fn expire(&mut self, watermark_ms: i64, mut f: impl FnMut(Waiting)) {
+        while let Some(Reverse((deadline, _))) = self.deadlines.peek() {
+            if *deadline > watermark_ms {
+                break;
+            }
+            let Reverse((_, order_id)) = self.deadlines.pop().expect("peeked");
+            let Some(list) = self.waiting.get_mut(&order_id) else {
+                continue;
+            };
+            let before = list.len();
+            list.retain(|w| {
+                let due = w.deadline_ms <= watermark_ms;
+                if due {
+                    f(*w);
+                }
+                !due
+            });
+            self.waiting_count -= before - list.len();
+            match list.iter().map(|w| w.deadline_ms).min() {
+                Some(next) => self.deadlines.push(Reverse((next, order_id))),
+                None => {
+                    self.waiting.remove(&order_id);
+                }
+            }
+        }
+    }
+
+    /// Forgets orders placed before `limit_ms` (their `order_ttl` has passed).
+    pub fn sweep_orders(&mut self, limit_ms: i64) {
+        self.orders.retain(|_, o| o.ts_ms >= limit_ms);
+    }
+
+    pub fn order_count(&self) -> usize {
+        self.orders.len()
+    }
+
+    pub fn waiting_count(&self) -> usize {
+        self.waiting_count
+    }
+}
+
+/// Ids seen, with their event time, to drop repeats within `dedup_ttl`.
+#[derive(Debug, Default)]
+pub struct Dedup {
+    seen: FastMap<Box<str>, i64>,
+}
+
+impl Dedup {
+    /// True for the first copy of `id`; a copy more than `ttl_ms` of event time apart counts again.
+    pub fn first_copy(&mut self, id: &str, ts_ms: i64, ttl_ms: i64) -> bool {
+        match self.seen.get_mut(id) {
+            Some(seen) if (ts_ms - *seen).abs() <= ttl_ms => false,
+            Some(seen) => {
+                *seen = ts_ms;
+                true
+            }
+            None => {
+                self.seen.insert(id.into(), ts_ms);
+                true
+            }
+        }
+    }
+
+    /// Forgets ids seen before `limit_ms`: any copy close enough to match them would be late.
+    pub fn sweep(&mut self, limit_ms: i64) {
+        self.seen.retain(|_, ts| *ts >= limit_ms);
+    }
+
+    pub fn len(&self) -> usize {
+        self.seen.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attr(b: u32) -> Attribution {
+        Attribution {
+            brand: b,
+            channel: NO_CHANNEL,
+            country: 0,
+        }
+    }
+
+    fn pay(ts: i64, deadline: i64) -> Waiting {
+        Waiting {
+            ts_ms: ts,
+            deadline_ms: deadline,
+            what: Joinable::Payment {
+                kind: PaymentKind::Paid,
+                amount_fen: 1,
+            },
+        }
+    }
+
+    #[test]
+    fn waiting_events_are_released_by_their_order() {
+        let mut j = JoinState::default();
+        j.wait("o1", pay(10, 100));
+        j.wait("o1", pay(20, 110));
+        assert_eq!(j.waiting_count(), 2);
+        let released = j.insert_order(
+            "o1",
+            OrderInfo {
+                attribution: attr(3),
+                ts_ms: 30,
+                first_paid_ms: i64::MAX,
+            },
+        );
+        assert_eq!(released, vec![pay(10, 100), pay(20, 110)]);
+        assert_eq!(j.waiting_count(), 0);
+        let mut expired = vec![];
+        j.expire(1_000, |w| expired.push(w));
+        assert!(expired.is_empty(), "released events do not time out too");
+    }
+
+    #[test]
+    fn waiting_events_expire_by_deadline_only() {
+        let mut j = JoinState::default();
+        j.wait("o1", pay(10, 100));
+        j.wait("o1", pay(50, 150));
+        j.wait("o2", pay(20, 120));
+        let mut expired = vec![];
+        j.expire(99, |w| expired.push(w.ts_ms));
+        assert!(expired.is_empty());
+        j.expire(120, |w| expired.push(w.ts_ms));
+        expired.sort();
+        assert_eq!(expired, vec![10, 20]);
+        assert_eq!(j.waiting_count(), 1);
+        let released = j.insert_order(
+            "o1",
+            OrderInfo {
+                attribution: attr(1),
+                ts_ms: 0,
+                first_paid_ms: i64::MAX,
+            },
+        );
+        assert_eq!(released, vec![pay(50, 150)]);
+    }
+
+    #[test]
+    fn dedup_within_ttl_and_again_after() {
+        let mut d = Dedup::default();
+        assert!(d.first_copy("p1", 1_000, 3_600_000));
+        assert!(!d.first_copy("p1", 1_000, 3_600_000));
+        assert!(
+            !d.first_copy("p1", 3_601_000, 3_600_000),
+            "exactly ttl apart is still a repeat"
+        );
+        assert!(
+            d.first_copy("p1", 3_601_001, 3_600_000),
+            "more than ttl apart counts again"
+        );
+        d.sweep(3_601_002);
+        assert!(d.is_empty());
+    }
+}

@@ -1,0 +1,18 @@
+//! The pure core: join, de-duplication, FX, watermarks, windows and
+//! milestones. No I/O, no clock, no runtime: events and wall time in, outputs out.
+
+pub mod engine;
+pub mod fx;
+pub mod join;
+pub mod milestone;
+pub mod output;
+pub mod watermark;
+pub mod window;
+
+/// Hash map used on the hot path: fast hashing, still DoS-resistant (random keys).
+pub type FastMap<K, V> = std::collections::HashMap<K, V, ahash::RandomState>;
+/// Hash set counterpart of [`FastMap`].
+pub type FastSet<K> = std::collections::HashSet<K, ahash::RandomState>;
+
+pub use engine::{Engine, EngineConfig};
+pub use output::Output;

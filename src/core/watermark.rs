@@ -1,0 +1,200 @@
+//! Event-time watermark: per input partition the largest `ts_ms` minus the
+//! out-of-orderness bound; the job's watermark is the minimum over partitions
+//! that are not idle, and never goes back.
+
+use std::collections::HashMap;
+
+use crate::model::InputTopic;
+
+/// An input partition: watermarks are kept per topic and partition.
+pub type PartitionId = (InputTopic, i32);
+
+#[derive(Debug, Clone)]
+struct PartitionClock {
+    /// Largest event time seen; `i64::MIN` until the first event.
+    max_ts_ms: i64,
+    /// Wall time of the last record (or of the assignment).
+    last_seen_wall_ms: i64,
+    idle: bool,
+}
+
+/// The watermark holder of one job instance.
+#[derive(Debug, Clone)]
+pub struct Watermarks {
+    max_out_of_orderness_ms: i64,
+    idle_timeout_ms: i64,
+    parts: HashMap<PartitionId, PartitionClock>,
+    /// The job's watermark; `i64::MIN` before any partition has data.
+    current_ms: i64,
+}
+
+impl Watermarks {
+    pub fn new(max_out_of_orderness_ms: i64, idle_timeout_ms: i64) -> Self {
+        Watermarks {
+            max_out_of_orderness_ms,
+            idle_timeout_ms,
+            parts: HashMap::new(),
+            current_ms: i64::MIN,
+        }
+    }
+
+    pub fn current_ms(&self) -> i64 {
+        self.current_ms
+    }
+
+    /// Sets the assigned partitions; new ones start active at `now_ms`, kept ones keep their clocks.
+    pub fn assign(&mut self, partitions: &[PartitionId], now_ms: i64) {
+        self.parts.retain(|p, _| partitions.contains(p));
+        for p in partitions {
+            self.parts.entry(*p).or_insert(PartitionClock {
+                max_ts_ms: i64::MIN,
+                last_seen_wall_ms: now_ms,
+                idle: false,
+            });
+        }
+        self.recompute();
+    }
+
+    pub fn partitions(&self) -> impl Iterator<Item = &PartitionId> {
+        self.parts.keys()
+    }
+
+    /// Records an event; returns true when the job's watermark moved.
+    pub fn observe(&mut self, part: PartitionId, ts_ms: i64, now_ms: i64) -> bool {
+        let ooo = self.max_out_of_orderness_ms;
+        let clock = self.parts.entry(part).or_insert(PartitionClock {
+            max_ts_ms: i64::MIN,
+            last_seen_wall_ms: now_ms,
+            idle: false,
+        });
+        clock.last_seen_wall_ms = now_ms;
+        let was_idle = std::mem::replace(&mut clock.idle, false);
+        if ts_ms <= clock.max_ts_ms && !was_idle {
+            return false;
+        }
+        let old_wm = clock.max_ts_ms.saturating_sub(ooo);
+        clock.max_ts_ms = clock.max_ts_ms.max(ts_ms);
+        // Raising a partition that was above the minimum cannot move the minimum.
+        if was_idle || old_wm <= self.current_ms || self.current_ms == i64::MIN {
+            self.recompute()
+        } else {
+            false
+        }
+    }
+
+    /// Marks partitions idle after `idle_timeout`; returns true when the watermark moved.
+    pub fn on_tick(&mut self, now_ms: i64) -> bool {
+        let mut changed = false;
+        for c in self.parts.values_mut() {
+            let idle = now_ms - c.last_seen_wall_ms >= self.idle_timeout_ms;
+            changed |= idle != c.idle;
+            c.idle = idle;
+        }
+        changed && self.recompute()
+    }
+
+    /// True when every assigned partition is idle (and there is at least one).
+    pub fn all_idle(&self) -> bool {
+        !self.parts.is_empty() && self.parts.values().all(|c| c.idle)
+    }
+
+    pub fn idle_count(&self) -> usize {
+        self.parts.values().filter(|c| c.idle).count()
+    }
+
+    pub fn partition_count(&self) -> usize {
+        self.parts.len()
+    }
+
+    /// Largest event time seen on any partition.
+    pub fn max_event_ms(&self) -> i64 {
+        self.parts
+            .values()
+            .map(|c| c.max_ts_ms)
+            .max()
+            .unwrap_or(i64::MIN)
+    }
+
+    /// Moves the watermark forward to at least `to_ms` (the after-the-sale flush).
+    pub fn advance_to(&mut self, to_ms: i64) -> bool {
+        if to_ms > self.current_ms {
+            self.current_ms = to_ms;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn recompute(&mut self) -> bool {
+        let min = self
+            .parts
+            .values()
+            .filter(|c| !c.idle)
+            .map(|c| c.max_ts_ms.saturating_sub(self.max_out_of_orderness_ms))
+            .min();
+        match min {
+            Some(m) if m > self.current_ms => {
+                self.current_ms = m;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use InputTopic::*;
+
+    #[test]
+    fn minimum_over_partitions_minus_out_of_orderness() {
+        let mut w = Watermarks::new(5_000, 10_000);
+        w.assign(&[(Orders, 0), (Payments, 0)], 0);
+        assert!(!w.observe((Orders, 0), 100_000, 0));
+        assert_eq!(w.current_ms(), i64::MIN, "payments has no data yet");
+        assert!(w.observe((Payments, 0), 50_000, 0));
+        assert_eq!(w.current_ms(), 45_000);
+        assert!(w.observe((Payments, 0), 200_000, 0));
+        assert_eq!(w.current_ms(), 95_000);
+        // Out-of-order event does not move it back.
+        assert!(!w.observe((Payments, 0), 1_000, 0));
+        assert_eq!(w.current_ms(), 95_000);
+    }
+
+    #[test]
+    fn idle_partition_is_left_out_and_rejoins() {
+        let mut w = Watermarks::new(5_000, 10_000);
+        w.assign(&[(Orders, 0), (Orders, 1)], 0);
+        w.observe((Orders, 0), 100_000, 0);
+        assert_eq!(w.current_ms(), i64::MIN);
+        // Partition 1 never speaks: idle after 10 s of wall time.
+        assert!(!w.on_tick(9_999));
+        w.observe((Orders, 0), 100_000, 9_999);
+        assert!(w.on_tick(10_000));
+        assert_eq!(w.current_ms(), 95_000);
+        assert!(!w.all_idle());
+        assert_eq!(w.idle_count(), 1);
+        // It comes back behind: it rejoins, but the watermark never goes back.
+        w.observe((Orders, 1), 50_000, 11_000);
+        assert_eq!(w.current_ms(), 95_000);
+        w.observe((Orders, 0), 300_000, 11_000);
+        assert_eq!(w.current_ms(), 95_000, "held by partition 1 at 45 s");
+        w.observe((Orders, 1), 250_000, 11_000);
+        assert_eq!(w.current_ms(), 245_000);
+        assert!(!w.on_tick(30_000), "no active partition left to move it");
+        assert!(w.all_idle());
+    }
+
+    #[test]
+    fn raising_a_non_minimum_partition_is_cheap_and_correct() {
+        let mut w = Watermarks::new(0, 10_000);
+        w.assign(&[(Orders, 0), (Orders, 1)], 0);
+        w.observe((Orders, 0), 10, 0);
+        w.observe((Orders, 1), 20, 0);
+        assert_eq!(w.current_ms(), 10);
+        assert!(!w.observe((Orders, 1), 30, 0));
+        assert!(w.observe((Orders, 0), 40, 0));
+        assert_eq!(w.current_ms(), 30);
+    }
+}

@@ -1,0 +1,520 @@
+//! Bytes of an input record → a validated [`Event`], or the dead-letter reason.
+//!
+//! Pure and allocation-light: strings borrow from the record unless escaped.
+
+use std::borrow::Cow;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+
+use crate::core::fx::FxTable;
+use crate::model::{
+    DeadReason, Delivery, DeliveryStatus, Device, Event, InputTopic, Order, Payment, PaymentKind,
+};
+
+/// Largest value accepted (contract: `too_large` above 64 KiB).
+pub const MAX_VALUE_BYTES: usize = 64 * 1024;
+/// Largest identifier, in bytes.
+pub const MAX_ID_BYTES: usize = 64;
+/// Amounts are 1 ..= 10^12 minor units.
+pub const MAX_AMOUNT_MINOR: i64 = 1_000_000_000_000;
+/// Timestamps beyond this (year 2255) are not plausible milliseconds.
+pub const MAX_TS_MS: i64 = 9_000_000_000_000;
+
+/// Why a record was rejected, with a short human sentence.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {detail}", reason.as_str())]
+pub struct Rejection {
+    pub reason: DeadReason,
+    pub detail: String,
+}
+
+fn reject(reason: DeadReason, detail: impl Into<String>) -> Rejection {
+    Rejection {
+        reason,
+        detail: detail.into(),
+    }
+}
+
+/// A JSON number as written: money and time must be integers.
+#[derive(Debug, Clone, Copy)]
+enum Num {
+    Int(i128),
+    Float(f64),
+}
+
+impl<'de> Deserialize<'de> for Num {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Num;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an integer")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Num, E> {
+                Ok(Num::Int(v as i128))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Num, E> {
+                Ok(Num::Int(v as i128))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Num, E> {
+                Ok(Num::Float(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Distinguishes an explicit `null` (Some(None)) from an absent field (None).
+fn nullable<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+#[derive(Deserialize)]
+struct RawOrder<'a> {
+    #[serde(borrow, default)]
+    order_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    user_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    brand_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "nullable")]
+    channel_id: Option<Option<Cow<'a, str>>>,
+    #[serde(borrow, default)]
+    country: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    device: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    currency: Option<Cow<'a, str>>,
+    #[serde(default)]
+    amount_minor: Option<Num>,
+    #[serde(default)]
+    ts_ms: Option<Num>,
+}
+
+#[derive(Deserialize)]
+struct RawPayment<'a> {
+    #[serde(borrow, default)]
+    payment_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    order_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    currency: Option<Cow<'a, str>>,
+    #[serde(default)]
+    amount_minor: Option<Num>,
+    #[serde(default)]
+    ts_ms: Option<Num>,
+}
+
+#[derive(Deserialize)]
+struct RawDelivery<'a> {
+    #[serde(borrow, default)]
+    delivery_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    order_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    status: Option<Cow<'a, str>>,
+    #[serde(default)]
+    ts_ms: Option<Num>,
+}
+
+/// Decodes and validates one record of `topic`. `Err` is bad input, never a failure of the job.
+pub fn decode<'a>(
+    topic: InputTopic,
+    value: &'a [u8],
+    fx: &FxTable,
+) -> Result<Event<'a>, Rejection> {
+    if value.len() > MAX_VALUE_BYTES {
+        return Err(reject(
+            DeadReason::TooLarge,
+            format!(
+                "value is {} bytes, over the {} byte limit",
+                value.len(),
+                MAX_VALUE_BYTES
+            ),
+        ));
+    }
+    match value.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => {}
+        Some(_) => {
+            return Err(reject(
+                DeadReason::MalformedJson,
+                "value is not a JSON object",
+            ))
+        }
+        None => return Err(reject(DeadReason::MalformedJson, "value is empty")),
+    }
+    match topic {
+        InputTopic::Orders => order(parse(value)?, fx).map(Event::Order),
+        InputTopic::Payments => payment(parse(value)?, fx).map(Event::Payment),
+        InputTopic::Deliveries => delivery(parse(value)?).map(Event::Delivery),
+    }
+}
+
+fn parse<'a, T: Deserialize<'a>>(value: &'a [u8]) -> Result<T, Rejection> {
+    serde_json::from_slice(value).map_err(|e| {
+        let reason = match e.classify() {
+            serde_json::error::Category::Data => DeadReason::InvalidField,
+            _ => DeadReason::MalformedJson,
+        };
+        reject(reason, e.to_string())
+    })
+}
+
+fn required<T>(v: Option<T>, name: &str) -> Result<T, Rejection> {
+    v.ok_or_else(|| {
+        reject(
+            DeadReason::MissingField,
+            format!("required field `{name}` is missing or null"),
+        )
+    })
+}
+
+fn id<'a>(v: Option<Cow<'a, str>>, name: &str) -> Result<Cow<'a, str>, Rejection> {
+    let v = required(v, name)?;
+    if v.is_empty() || v.len() > MAX_ID_BYTES {
+        return Err(reject(
+            DeadReason::InvalidField,
+            format!(
+                "`{name}` must be 1 to {MAX_ID_BYTES} bytes, got {}",
+                v.len()
+            ),
+        ));
+    }
+    Ok(v)
+}
+
+fn ts(v: Option<Num>) -> Result<i64, Rejection> {
+    match required(v, "ts_ms")? {
+        Num::Int(t) if (0..=MAX_TS_MS as i128).contains(&t) => Ok(t as i64),
+        Num::Int(t) => Err(reject(
+            DeadReason::InvalidField,
+            format!("`ts_ms` {t} is not a plausible epoch millisecond"),
+        )),
+        Num::Float(t) => Err(reject(
+            DeadReason::InvalidField,
+            format!("`ts_ms` must be an integer, got {t}"),
+        )),
+    }
+}
+
+fn amount(v: Option<Num>) -> Result<i64, Rejection> {
+    let out_of_range = |shown: String| {
+        reject(
+            DeadReason::AmountOutOfRange,
+            format!("`amount_minor` {shown} is outside 1..={MAX_AMOUNT_MINOR}"),
+        )
+    };
+    match required(v, "amount_minor")? {
+        Num::Int(a) if (1..=MAX_AMOUNT_MINOR as i128).contains(&a) => Ok(a as i64),
+        Num::Int(a) => Err(out_of_range(a.to_string())),
+        // Integers too large for 64 bits arrive as floats; they are out of range, not fractional.
+        Num::Float(a) if a.fract() == 0.0 && a.abs() > MAX_AMOUNT_MINOR as f64 => {
+            Err(out_of_range(a.to_string()))
+        }
+        Num::Float(a) => Err(reject(
+            DeadReason::InvalidField,
+            format!("`amount_minor` must be an integer count of minor units, got {a}"),
+        )),
+    }
+}
+
+/// Both currency checks: present and a string (else missing/invalid), then known.
+fn currency_rate(
+    v: Option<Cow<'_, str>>,
+    fx: &FxTable,
+) -> Result<crate::core::fx::Rate, Rejection> {
+    let c = required(v, "currency")?;
+    fx.rate(&c).ok_or_else(|| {
+        reject(
+            DeadReason::UnknownCurrency,
+            format!("currency `{}` is not in the FX table", truncate(&c)),
+        )
+    })
+}
+
+fn truncate(s: &str) -> &str {
+    let mut end = s.len().min(16);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+fn order<'a>(r: RawOrder<'a>, fx: &FxTable) -> Result<Order<'a>, Rejection> {
+    // Presence first, so the reason names the first missing field.
+    let order_id = id(r.order_id, "order_id")?;
+    let user_id = id(r.user_id, "user_id")?;
+    let brand_id = id(r.brand_id, "brand_id")?;
+    let channel_id = match required(r.channel_id, "channel_id")? {
+        None => None,
+        Some(c) => Some(id(Some(c), "channel_id")?),
+    };
+    let country = required(r.country, "country")?;
+    let device = required(r.device, "device")?;
+    let currency = required(r.currency, "currency")?;
+    let amount_minor = amount(r.amount_minor)?;
+    let ts_ms = ts(r.ts_ms)?;
+    if country.len() != 2 || !country.bytes().all(|b| b.is_ascii_uppercase()) {
+        return Err(reject(
+            DeadReason::InvalidField,
+            format!(
+                "`country` must be an ISO 3166-1 alpha-2 code, got `{}`",
+                truncate(&country)
+            ),
+        ));
+    }
+    let device = match &*device {
+        "mobile" => Device::Mobile,
+        "pc" => Device::Pc,
+        "other" => Device::Other,
+        d => {
+            return Err(reject(
+                DeadReason::InvalidField,
+                format!(
+                    "`device` must be mobile, pc or other, got `{}`",
+                    truncate(d)
+                ),
+            ))
+        }
+    };
+    currency_rate(Some(currency.clone()), fx)?;
+    Ok(Order {
+        order_id,
+        user_id,
+        brand_id,
+        channel_id,
+        country,
+        device,
+        currency,
+        amount_minor,
+        ts_ms,
+    })
+}
+
+fn payment<'a>(r: RawPayment<'a>, fx: &FxTable) -> Result<Payment<'a>, Rejection> {
+    let payment_id = id(r.payment_id, "payment_id")?;
+    let order_id = id(r.order_id, "order_id")?;
+    let kind = required(r.kind, "kind")?;
+    let currency = required(r.currency, "currency")?;
+    let amount_minor = amount(r.amount_minor)?;
+    let ts_ms = ts(r.ts_ms)?;
+    let kind = match &*kind {
+        "paid" => PaymentKind::Paid,
+        "refund" => PaymentKind::Refund,
+        k => {
+            return Err(reject(
+                DeadReason::InvalidField,
+                format!("`kind` must be paid or refund, got `{}`", truncate(k)),
+            ))
+        }
+    };
+    let rate = currency_rate(Some(currency), fx)?;
+    let amount_fen = crate::core::fx::convert(amount_minor, rate);
+    Ok(Payment {
+        payment_id,
+        order_id,
+        kind,
+        amount_fen,
+        ts_ms,
+    })
+}
+
+fn delivery(r: RawDelivery<'_>) -> Result<Delivery<'_>, Rejection> {
+    let delivery_id = id(r.delivery_id, "delivery_id")?;
+    let order_id = id(r.order_id, "order_id")?;
+    let status = required(r.status, "status")?;
+    let ts_ms = ts(r.ts_ms)?;
+    let status = match &*status {
+        "shipped" => DeliveryStatus::Shipped,
+        "delivered" => DeliveryStatus::Delivered,
+        s => {
+            return Err(reject(
+                DeadReason::InvalidField,
+                format!(
+                    "`status` must be shipped or delivered, got `{}`",
+                    truncate(s)
+                ),
+            ))
+        }
+    };
+    Ok(Delivery {
+        delivery_id,
+        order_id,
+        status,
+        ts_ms,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::fx::default_rates;
+
+    fn fx() -> FxTable {
+        FxTable::new(&default_rates())
+    }
+
+    fn reason(topic: InputTopic, v: &str) -> DeadReason {
+        decode(topic, v.as_bytes(), &fx()).unwrap_err().reason
+    }
+
+    const ORDER: &str = r#"{"order_id":"o1","user_id":"u1","brand_id":"b1","channel_id":null,"country":"CN","device":"mobile","currency":"CNY","amount_minor":1999,"ts_ms":1000,"extra":[1,2]}"#;
+
+    #[test]
+    fn valid_order_with_null_channel_and_unknown_field() {
+        let e = decode(InputTopic::Orders, ORDER.as_bytes(), &fx()).unwrap();
+        match e {
+            Event::Order(o) => {
+                assert_eq!(o.order_id, "o1");
+                assert_eq!(o.channel_id, None);
+                assert_eq!(o.amount_minor, 1999);
+                assert_eq!(o.device, Device::Mobile);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn payment_is_converted_to_fen() {
+        let v = r#"{"payment_id":"p1","order_id":"o1","kind":"paid","currency":"JPY","amount_minor":5,"ts_ms":7}"#;
+        match decode(InputTopic::Payments, v.as_bytes(), &fx()).unwrap() {
+            Event::Payment(p) => {
+                assert_eq!((p.amount_fen, p.kind, p.ts_ms), (24, PaymentKind::Paid, 7))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn escaped_strings_decode() {
+        let v = r#"{"delivery_id":"d\u0031","order_id":"o\"1","status":"shipped","ts_ms":7}"#;
+        match decode(InputTopic::Deliveries, v.as_bytes(), &fx()).unwrap() {
+            Event::Delivery(d) => assert_eq!((&*d.delivery_id, &*d.order_id), ("d1", "o\"1")),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_reason_is_detected() {
+        use DeadReason::*;
+        let p = |s: &str| reason(InputTopic::Payments, s);
+        assert_eq!(p("{not json"), MalformedJson);
+        assert_eq!(p(""), MalformedJson);
+        assert_eq!(p("[1,2]"), MalformedJson);
+        assert_eq!(
+            decode(InputTopic::Payments, b"{\"payment_id\":\"p\xff\"}", &fx())
+                .unwrap_err()
+                .reason,
+            MalformedJson
+        );
+        assert_eq!(
+            p(r#"{"payment_id":"p1","kind":"paid","currency":"CNY","amount_minor":1,"ts_ms":1}"#),
+            MissingField
+        );
+        assert_eq!(
+            p(
+                r#"{"payment_id":"p1","order_id":null,"kind":"paid","currency":"CNY","amount_minor":1,"ts_ms":1}"#
+            ),
+            MissingField
+        );
+        assert_eq!(
+            p(
+                r#"{"payment_id":"p1","order_id":"o1","kind":"gift","currency":"CNY","amount_minor":1,"ts_ms":1}"#
+            ),
+            InvalidField
+        );
+        assert_eq!(
+            p(
+                r#"{"payment_id":"p1","order_id":"o1","kind":"paid","currency":"CNY","amount_minor":"1","ts_ms":1}"#
+            ),
+            InvalidField
+        );
+        assert_eq!(
+            p(
+                r#"{"payment_id":"p1","order_id":"o1","kind":"paid","currency":"CNY","amount_minor":1.5,"ts_ms":1}"#
+            ),
+            InvalidField
+        );
+        assert_eq!(
+            p(
+                r#"{"payment_id":"p1","order_id":"o1","kind":"paid","currency":"CNY","amount_minor":1,"ts_ms":1.5}"#
+            ),
+            InvalidField
+        );
+        assert_eq!(
+            p(
+                r#"{"payment_id":"","order_id":"o1","kind":"paid","currency":"CNY","amount_minor":1,"ts_ms":1}"#
+            ),
+            InvalidField
+        );
+        let long = "x".repeat(65);
+        assert_eq!(
+            p(&format!(
+                r#"{{"payment_id":"{long}","order_id":"o1","kind":"paid","currency":"CNY","amount_minor":1,"ts_ms":1}}"#
+            )),
+            InvalidField
+        );
+        assert_eq!(
+            p(
+                r#"{"payment_id":"p1","order_id":"o1","kind":"paid","currency":"XYZ","amount_minor":1,"ts_ms":1}"#
+            ),
+            UnknownCurrency
+        );
+        assert_eq!(
+            p(
+                r#"{"payment_id":"p1","order_id":"o1","kind":"paid","currency":"CNY","amount_minor":0,"ts_ms":1}"#
+            ),
+            AmountOutOfRange
+        );
+        assert_eq!(
+            p(
+                r#"{"payment_id":"p1","order_id":"o1","kind":"paid","currency":"CNY","amount_minor":-5,"ts_ms":1}"#
+            ),
+            AmountOutOfRange
+        );
+        assert_eq!(
+            p(
+                r#"{"payment_id":"p1","order_id":"o1","kind":"paid","currency":"CNY","amount_minor":1000000000001,"ts_ms":1}"#
+            ),
+            AmountOutOfRange
+        );
+        assert_eq!(
+            p(
+                r#"{"payment_id":"p1","order_id":"o1","kind":"paid","currency":"CNY","amount_minor":99999999999999999999999,"ts_ms":1}"#
+            ),
+            AmountOutOfRange
+        );
+        let big = format!(
+            r#"{{"payment_id":"p1","pad":"{}"}}"#,
+            "x".repeat(MAX_VALUE_BYTES)
+        );
+        assert_eq!(p(&big), TooLarge);
+        let o = |s: &str| reason(InputTopic::Orders, s);
+        assert_eq!(o(&ORDER.replace("\"CN\"", "\"China\"")), InvalidField);
+        assert_eq!(o(&ORDER.replace("\"mobile\"", "\"tablet\"")), InvalidField);
+        assert_eq!(o(&ORDER.replace("\"CNY\"", "\"BTC\"")), UnknownCurrency);
+        assert_eq!(o(&ORDER.replace("\"channel_id\":null,", "")), MissingField);
+        assert_eq!(
+            o(&ORDER.replace("\"channel_id\":null", "\"channel_id\":\"\"")),
+            InvalidField
+        );
+        assert_eq!(
+            o(&ORDER.replace("\"ts_ms\":1000", "\"ts_ms\":-1")),
+            InvalidField
+        );
+        assert_eq!(
+            reason(
+                InputTopic::Deliveries,
+                r#"{"delivery_id":"d1","order_id":"o1","status":"lost","ts_ms":1}"#
+            ),
+            InvalidField
+        );
+    }
+}
