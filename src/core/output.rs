@@ -1,12 +1,12 @@
 //! What the core produces: upsert records, milestones, dead letters, and
 //! observations for metrics. Each record knows its Kafka key and JSON value.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::model::{DeadReason, InputTopic, Source};
 
 /// A dimension of the aggregates; the strings are the contract's `dim` values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Dim {
     Total,

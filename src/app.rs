@@ -1,0 +1,320 @@
+//! The only place that wires Kafka, the engine and telemetry together: the
+//! processing loop of `gmv run`.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use rdkafka::consumer::Consumer;
+use rdkafka::message::Message;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+use crate::config::Config;
+use crate::core::output::{Dim, Output};
+use crate::core::Engine;
+use crate::io::consumer::{self, InputConsumer};
+use crate::io::producer::Publisher;
+use crate::io::topics;
+use crate::model::{InputTopic, Source};
+use crate::telemetry::http::now_ms;
+use crate::telemetry::Metrics;
+
+/// Largest number of records handled between two ticks.
+const MAX_BATCH: usize = 20_000;
+/// How often metrics are refreshed from the engine.
+const METRICS_EVERY: Duration = Duration::from_secs(1);
+
+/// Handles the processing loop shares with the HTTP server and signal handler.
+#[derive(Clone)]
+pub struct Handles {
+    pub metrics: Arc<Mutex<Metrics>>,
+    pub heartbeat_ms: Arc<AtomicI64>,
+    pub shutdown: Arc<AtomicBool>,
+}
+
+impl Handles {
+    pub fn new() -> Self {
+        Handles {
+            metrics: Arc::new(Mutex::new(Metrics::new())),
+            heartbeat_ms: Arc::new(AtomicI64::new(now_ms())),
+            shutdown: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+impl Default for Handles {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Runs the job until `handles.shutdown` is set; then flushes and commits what is done.
+pub fn run(cfg: &Config, handles: &Handles) -> anyhow::Result<()> {
+    let consumer = consumer::create(cfg, Some(handles.metrics.clone()))?;
+    let inputs = cfg.topics.inputs();
+    let partitions = topics::check_inputs(&consumer, &inputs)?;
+    tracing::info!(partitions, brokers = %cfg.kafka.brokers, "input topics are co-partitioned");
+
+    let mut engine = Engine::new(cfg.engine());
+    let preloaded = preload_milestones(cfg, &mut engine)?;
+    if preloaded > 0 {
+        tracing::info!(
+            preloaded,
+            "milestones already emitted will not be emitted again"
+        );
+    }
+    let publisher = Publisher::create(cfg, Some(handles.metrics.clone()))?;
+
+    // State is in memory: rebuild it from the start of the input.
+    consumer::assign_from_beginning(&consumer, &inputs, partitions)?;
+    let assigned: Vec<_> = InputTopic::ALL
+        .iter()
+        .flat_map(|t| (0..partitions).map(move |p| (*t, p)))
+        .collect();
+    engine.assign(&assigned, now_ms());
+    handles
+        .metrics
+        .lock()
+        .expect("metrics lock")
+        .rebalances
+        .inc();
+
+    let mut lp = Loop {
+        cfg,
+        engine,
+        consumer,
+        publisher,
+        handles,
+        out: Vec::with_capacity(MAX_BATCH),
+        newest_input_ms: 0,
+    };
+    let result = lp.process();
+    let shutdown = lp.shutdown();
+    result.and(shutdown)
+}
+
+struct Loop<'a> {
+    cfg: &'a Config,
+    engine: Engine,
+    consumer: InputConsumer,
+    publisher: Publisher,
+    handles: &'a Handles,
+    out: Vec<Output>,
+    /// Newest Kafka timestamp read in the current emit cycle, for end-to-end latency.
+    newest_input_ms: i64,
+}
+
+impl Loop<'_> {
+    fn process(&mut self) -> anyhow::Result<()> {
+        let mut last_metrics = Instant::now();
+        let inputs: Vec<String> = self
+            .cfg
+            .topics
+            .inputs()
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        while !self.handles.shutdown.load(Ordering::Relaxed) {
+            let started = Instant::now();
+            let mut n = 0;
+            while n < MAX_BATCH {
+                let wait = if n == 0 {
+                    consumer::POLL_WAIT
+                } else {
+                    Duration::ZERO
+                };
+                match self.consumer.poll(wait) {
+                    None => break,
+                    Some(Err(e)) => {
+                        tracing::warn!("consumer: {e}");
+                        break;
+                    }
+                    Some(Ok(m)) => {
+                        let Some(i) = inputs.iter().position(|t| t == m.topic()) else {
+                            continue;
+                        };
+                        let source = Source {
+                            topic: InputTopic::ALL[i],
+                            partition: m.partition(),
+                            offset: m.offset(),
+                        };
+                        if let Some(ts) = m.timestamp().to_millis() {
+                            self.newest_input_ms = self.newest_input_ms.max(ts);
+                        }
+                        self.engine
+                            .on_record(source, m.key(), m.payload(), &mut self.out);
+                        n += 1;
+                    }
+                }
+            }
+            if n > 0 {
+                let m = self.handles.metrics.lock().expect("metrics lock");
+                m.batch_processing.observe(started.elapsed().as_secs_f64());
+            }
+            let emitted = self.engine.on_tick(now_ms(), &mut self.out);
+            self.publish()?;
+            if emitted {
+                self.seal();
+            }
+            self.commit_completed()?;
+            self.handles.heartbeat_ms.store(now_ms(), Ordering::Relaxed);
+            if last_metrics.elapsed() >= METRICS_EVERY {
+                last_metrics = Instant::now();
+                self.refresh_metrics();
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends the engine's outputs; derives the output-driven metrics in the same pass.
+    fn publish(&mut self) -> anyhow::Result<()> {
+        if let Some(f) = self.publisher.epochs.lock().expect("epochs lock").failure() {
+            bail!("an output could not be written, so no further offsets are committed: {f}");
+        }
+        let mut metrics = None;
+        for o in self.out.drain(..) {
+            match &o {
+                Output::PayToDelivery { millis } => {
+                    metrics
+                        .get_or_insert_with(|| self.handles.metrics.lock().expect("metrics lock"))
+                        .pay_to_delivery(*millis);
+                    continue;
+                }
+                Output::Milestone(m) => {
+                    tracing::info!(dim = m.dim.as_str(), key = %m.key, threshold_fen = %m.threshold_fen, crossed_at_ms = m.crossed_at_ms, "milestone");
+                    metrics
+                        .get_or_insert_with(|| self.handles.metrics.lock().expect("metrics lock"))
+                        .milestone_emitted(m, now_ms());
+                }
+                _ => {}
+            }
+            if let Some((topic, key, value)) = o.to_record() {
+                self.publisher.send(topic, key.as_deref(), &value)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn seal(&mut self) {
+        let names = self.cfg.topics.inputs();
+        let offsets = self
+            .engine
+            .committable_offsets()
+            .into_iter()
+            .map(|((t, p), o)| (names[t.index()].to_string(), p, o))
+            .collect();
+        self.publisher
+            .epochs
+            .lock()
+            .expect("epochs lock")
+            .seal(offsets, self.newest_input_ms);
+        self.newest_input_ms = 0;
+    }
+
+    fn commit_completed(&mut self) -> anyhow::Result<()> {
+        let done = self
+            .publisher
+            .epochs
+            .lock()
+            .expect("epochs lock")
+            .take_completed();
+        let Some((offsets, newest_input_ms)) = done else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        let result = consumer::commit(&self.consumer, &offsets);
+        let m = self.handles.metrics.lock().expect("metrics lock");
+        m.commit(result.is_ok(), started.elapsed().as_secs_f64());
+        if newest_input_ms > 0 {
+            m.end_to_end_latency
+                .observe((now_ms() - newest_input_ms).max(0) as f64 / 1000.0);
+        }
+        if let Err(e) = result {
+            // A failed commit is retried by the next one; results are already durable.
+            tracing::warn!("{e:#}");
+        }
+        Ok(())
+    }
+
+    fn refresh_metrics(&mut self) {
+        let mut m = self.handles.metrics.lock().expect("metrics lock");
+        m.sync_stats(self.engine.stats());
+        m.set_watermark(self.engine.watermark_ms(), now_ms());
+        let (assigned, idle) = self.engine.partitions();
+        m.set_partitions(assigned, idle);
+        m.set_state(self.engine.state_size());
+        let total = self
+            .engine
+            .totals(Dim::Total, crate::core::engine::TOTAL_KEY)
+            .map(|t| t.gmv_fen);
+        for dim in [Dim::Brand, Dim::Channel, Dim::Country] {
+            let (top, other) = self.engine.top_gmv(dim, self.cfg.metrics.top_n);
+            m.set_top(dim, &top, other, total);
+        }
+    }
+
+    /// Emits what changed, waits for the broker, and commits what is final.
+    fn shutdown(&mut self) -> anyhow::Result<()> {
+        tracing::info!("shutting down: flushing outputs and committing offsets");
+        self.engine.emit(&mut self.out);
+        self.publish()?;
+        self.seal();
+        self.publisher.flush(Duration::from_secs(60))?;
+        self.commit_completed()?;
+        self.refresh_metrics();
+        if let Some(f) = self.publisher.epochs.lock().expect("epochs lock").failure() {
+            bail!("outputs were lost at shutdown: {f}");
+        }
+        Ok(())
+    }
+}
+
+/// Reads the `milestones` topic so a restart never emits a milestone twice.
+fn preload_milestones(cfg: &Config, engine: &mut Engine) -> anyhow::Result<usize> {
+    let reader = consumer::create(cfg, None)?;
+    let md = reader
+        .fetch_metadata(Some(&cfg.topics.milestones), Duration::from_secs(15))
+        .context("reading metadata of the milestones topic")?;
+    let Some(topic) = md.topics().first().filter(|t| t.error().is_none()) else {
+        tracing::warn!(topic = %cfg.topics.milestones, "milestones topic does not exist yet; create it with `gmv topics`");
+        return Ok(0);
+    };
+    let mut tpl = TopicPartitionList::new();
+    for p in topic.partitions() {
+        tpl.add_partition_offset(&cfg.topics.milestones, p.id(), Offset::Beginning)?;
+    }
+    reader
+        .assign(&tpl)
+        .context("assigning the milestones topic")?;
+    let (mut count, started) = (0, Instant::now());
+    let mut quiet_since = Instant::now();
+    // Some brokers report end offsets unreliably: read until the topic stays quiet.
+    while quiet_since.elapsed() < Duration::from_millis(1500)
+        && started.elapsed() < Duration::from_secs(60)
+    {
+        match reader.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                quiet_since = Instant::now();
+                let Some(v) = m.payload() else { continue };
+                match serde_json::from_slice::<MilestoneSeen>(v) {
+                    Ok(s) => {
+                        engine.mark_milestone_emitted(s.dim, &s.key, s.threshold_fen);
+                        count += 1;
+                    }
+                    Err(e) => tracing::warn!("ignoring an unreadable milestones record: {e}"),
+                }
+            }
+            Some(Err(e)) => tracing::warn!("reading milestones: {e}"),
+            None => {}
+        }
+    }
+    Ok(count)
+}
+
+#[derive(serde::Deserialize)]
+struct MilestoneSeen {
+    dim: Dim,
+    key: String,
+    threshold_fen: i128,
+}

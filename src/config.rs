@@ -1,0 +1,452 @@
+//! One `Config` with the contract's defaults, read from a TOML file, then
+//! `GMV_*` environment variables, then flags. Unknown keys are errors that
+//! name the key; `validate` lists every problem at once.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+use crate::core::fx::{default_rates, Rate};
+use crate::core::milestone::ThresholdRule;
+use crate::core::EngineConfig;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub kafka: KafkaConfig,
+    pub topics: TopicNames,
+    pub time: TimeConfig,
+    pub windows: WindowConfig,
+    pub milestones: MilestoneConfig,
+    /// Currency code → minor-unit exponent and CNY rate × 10^6.
+    pub fx: BTreeMap<String, Rate>,
+    pub metrics: MetricsConfig,
+}
+
+/// Kafka client settings; `properties` go to librdkafka as they are (security, SASL, TLS…).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    pub brokers: String,
+    pub group_id: String,
+    pub client_id: String,
+    /// librdkafka properties for every client, e.g. `"security.protocol" = "SASL_SSL"`.
+    pub properties: BTreeMap<String, String>,
+    /// librdkafka properties for the consumer only.
+    pub consumer_properties: BTreeMap<String, String>,
+    /// librdkafka properties for the producer only.
+    pub producer_properties: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TopicNames {
+    pub orders: String,
+    pub payments: String,
+    pub deliveries: String,
+    pub gmv_windows: String,
+    pub gmv_totals: String,
+    pub milestones: String,
+    pub dead_letters: String,
+}
+
+/// Event-time and wall-time settings, integer milliseconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimeConfig {
+    pub max_out_of_orderness_ms: i64,
+    pub idle_timeout_ms: i64,
+    pub allowed_lateness_ms: i64,
+    pub join_timeout_ms: i64,
+    pub dedup_ttl_ms: i64,
+    /// How long (event time) an order is kept for its payments and deliveries to join.
+    pub order_ttl_ms: i64,
+    pub emit_interval_ms: i64,
+}
+
+/// Tumbling window sizes per dimension, in ms.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WindowConfig {
+    pub total_ms: Vec<i64>,
+    pub brand_ms: Vec<i64>,
+    pub channel_ms: Vec<i64>,
+    pub country_ms: Vec<i64>,
+}
+
+/// Milestone thresholds in fen (1 CNY = 100 fen).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MilestoneConfig {
+    pub brand_fen: Vec<i64>,
+    pub channel_fen: Vec<i64>,
+    pub total_fen: Vec<i64>,
+    /// The total also fires at every multiple of this; 0 turns it off.
+    pub total_every_fen: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Address of the HTTP server for /metrics and /healthz.
+    pub listen: String,
+    /// Keys per dimension exported as `gmv_top_gmv_fen` series; the rest sum to `other`.
+    pub top_n: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            kafka: KafkaConfig::default(),
+            topics: TopicNames::default(),
+            time: TimeConfig::default(),
+            windows: WindowConfig::default(),
+            milestones: MilestoneConfig::default(),
+            fx: default_rates(),
+            metrics: MetricsConfig::default(),
+        }
+    }
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: "localhost:9092".into(),
+            group_id: "gmv-job".into(),
+            client_id: "gmv".into(),
+            properties: BTreeMap::new(),
+            consumer_properties: BTreeMap::new(),
+            producer_properties: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for TopicNames {
+    fn default() -> Self {
+        TopicNames {
+            orders: "orders".into(),
+            payments: "payments".into(),
+            deliveries: "deliveries".into(),
+            gmv_windows: "gmv-windows".into(),
+            gmv_totals: "gmv-totals".into(),
+            milestones: "milestones".into(),
+            dead_letters: "dead-letters".into(),
+        }
+    }
+}
+
+impl Default for TimeConfig {
+    fn default() -> Self {
+        let e = EngineConfig::default();
+        TimeConfig {
+            max_out_of_orderness_ms: e.max_out_of_orderness_ms,
+            idle_timeout_ms: e.idle_timeout_ms,
+            allowed_lateness_ms: e.allowed_lateness_ms,
+            join_timeout_ms: e.join_timeout_ms,
+            dedup_ttl_ms: e.dedup_ttl_ms,
+            order_ttl_ms: e.order_ttl_ms,
+            emit_interval_ms: e.emit_interval_ms,
+        }
+    }
+}
+
+impl Default for WindowConfig {
+    fn default() -> Self {
+        let [total_ms, brand_ms, channel_ms, country_ms] = EngineConfig::default().window_sizes_ms;
+        WindowConfig {
+            total_ms,
+            brand_ms,
+            channel_ms,
+            country_ms,
+        }
+    }
+}
+
+impl Default for MilestoneConfig {
+    fn default() -> Self {
+        MilestoneConfig {
+            brand_fen: vec![10_000_000_000],
+            channel_fen: vec![10_000_000_000],
+            total_fen: vec![],
+            total_every_fen: 1_000_000_000_000,
+        }
+    }
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: "0.0.0.0:9100".into(),
+            top_n: 10,
+        }
+    }
+}
+
+/// Settings given as flags, applied over file and environment.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none", rename = "kafka.brokers")]
+    pub brokers: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", rename = "kafka.group_id")]
+    pub group_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", rename = "metrics.listen")]
+    pub metrics_listen: Option<String>,
+}
+
+impl Config {
+    /// Defaults, then the file (if any), then `GMV_SECTION__KEY` variables, then flags.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> anyhow::Result<Config> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            anyhow::ensure!(
+                path.exists(),
+                "config file {} does not exist",
+                path.display()
+            );
+            fig = fig.merge(Toml::file(path));
+        }
+        fig = fig.merge(Env::prefixed("GMV_").split("__"));
+        for (key, value) in [
+            ("kafka.brokers", &overrides.brokers),
+            ("kafka.group_id", &overrides.group_id),
+            ("metrics.listen", &overrides.metrics_listen),
+        ] {
+            if let Some(v) = value {
+                fig = fig.merge(Serialized::default(key, v));
+            }
+        }
+        let cfg: Config = fig.extract().map_err(|e| {
+            let all: Vec<String> = e.into_iter().map(|e| e.to_string()).collect();
+            anyhow::anyhow!("invalid configuration:\n  - {}", all.join("\n  - "))
+        })?;
+        cfg.validate().map_err(|problems| {
+            anyhow::anyhow!("invalid configuration:\n  - {}", problems.join("\n  - "))
+        })?;
+        Ok(cfg)
+    }
+
+    /// Every problem, named by its key.
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        let mut p = Vec::new();
+        if self.kafka.brokers.trim().is_empty() {
+            p.push("kafka.brokers must not be empty".to_string());
+        }
+        if self.kafka.group_id.trim().is_empty() {
+            p.push("kafka.group_id must not be empty".to_string());
+        }
+        let t = &self.time;
+        for (name, v, min) in [
+            ("time.max_out_of_orderness_ms", t.max_out_of_orderness_ms, 0),
+            ("time.idle_timeout_ms", t.idle_timeout_ms, 1),
+            ("time.allowed_lateness_ms", t.allowed_lateness_ms, 0),
+            ("time.join_timeout_ms", t.join_timeout_ms, 0),
+            ("time.dedup_ttl_ms", t.dedup_ttl_ms, 0),
+            ("time.order_ttl_ms", t.order_ttl_ms, 1),
+            ("time.emit_interval_ms", t.emit_interval_ms, 1),
+        ] {
+            if v < min {
+                p.push(format!("{name} must be at least {min}, got {v}"));
+            }
+        }
+        if t.join_timeout_ms > t.allowed_lateness_ms {
+            p.push(format!(
+                "time.join_timeout_ms ({}) may not exceed time.allowed_lateness_ms ({}): a joined payment's windows must still be open",
+                t.join_timeout_ms, t.allowed_lateness_ms
+            ));
+        }
+        if t.order_ttl_ms < t.dedup_ttl_ms {
+            p.push(format!(
+                "time.order_ttl_ms ({}) must be at least time.dedup_ttl_ms ({}): orders are de-duplicated by the order store",
+                t.order_ttl_ms, t.dedup_ttl_ms
+            ));
+        }
+        for (name, sizes) in [
+            ("windows.total_ms", &self.windows.total_ms),
+            ("windows.brand_ms", &self.windows.brand_ms),
+            ("windows.channel_ms", &self.windows.channel_ms),
+            ("windows.country_ms", &self.windows.country_ms),
+        ] {
+            if let Some(bad) = sizes.iter().find(|s| **s <= 0) {
+                p.push(format!("{name} sizes must be positive, got {bad}"));
+            }
+        }
+        for (name, list) in [
+            ("milestones.brand_fen", &self.milestones.brand_fen),
+            ("milestones.channel_fen", &self.milestones.channel_fen),
+            ("milestones.total_fen", &self.milestones.total_fen),
+        ] {
+            if let Some(bad) = list.iter().find(|s| **s <= 0) {
+                p.push(format!("{name} thresholds must be positive, got {bad}"));
+            }
+        }
+        if self.milestones.total_every_fen < 0 {
+            p.push(format!(
+                "milestones.total_every_fen must be 0 (off) or positive, got {}",
+                self.milestones.total_every_fen
+            ));
+        }
+        for (code, rate) in &self.fx {
+            if code.len() != 3 || !code.bytes().all(|b| b.is_ascii_uppercase()) {
+                p.push(format!(
+                    "fx.{code}: currency codes are three upper-case letters (ISO 4217)"
+                ));
+            }
+            if rate.exp > 6 {
+                p.push(format!("fx.{code}.exp must be at most 6, got {}", rate.exp));
+            }
+            if rate.rate_micro <= 0 {
+                p.push(format!(
+                    "fx.{code}.rate_micro must be positive, got {}",
+                    rate.rate_micro
+                ));
+            }
+        }
+        let names = self.topics.all();
+        for (i, (key, name)) in names.iter().enumerate() {
+            if name.trim().is_empty() {
+                p.push(format!("topics.{key} must not be empty"));
+            }
+            if let Some((other, _)) = names[..i].iter().find(|(_, n)| n == name) {
+                p.push(format!("topics.{key} and topics.{other} are both `{name}`"));
+            }
+        }
+        if self.metrics.listen.parse::<SocketAddr>().is_err() {
+            p.push(format!(
+                "metrics.listen must be host:port with an IP address, got `{}`",
+                self.metrics.listen
+            ));
+        }
+        if self.metrics.top_n > 100 {
+            p.push(format!(
+                "metrics.top_n must be at most 100 (one series each), got {}",
+                self.metrics.top_n
+            ));
+        }
+        if p.is_empty() {
+            Ok(())
+        } else {
+            Err(p)
+        }
+    }
+
+    /// The engine's view of these settings.
+    pub fn engine(&self) -> EngineConfig {
+        let t = &self.time;
+        let list = |v: &Vec<i64>| ThresholdRule {
+            list_fen: v.clone(),
+            every_fen: None,
+        };
+        EngineConfig {
+            max_out_of_orderness_ms: t.max_out_of_orderness_ms,
+            idle_timeout_ms: t.idle_timeout_ms,
+            allowed_lateness_ms: t.allowed_lateness_ms,
+            join_timeout_ms: t.join_timeout_ms,
+            dedup_ttl_ms: t.dedup_ttl_ms,
+            order_ttl_ms: t.order_ttl_ms,
+            emit_interval_ms: t.emit_interval_ms,
+            window_sizes_ms: [
+                self.windows.total_ms.clone(),
+                self.windows.brand_ms.clone(),
+                self.windows.channel_ms.clone(),
+                self.windows.country_ms.clone(),
+            ],
+            milestones: [
+                ThresholdRule {
+                    list_fen: self.milestones.total_fen.clone(),
+                    every_fen: (self.milestones.total_every_fen > 0)
+                        .then_some(self.milestones.total_every_fen),
+                },
+                list(&self.milestones.brand_fen),
+                list(&self.milestones.channel_fen),
+                ThresholdRule::default(),
+            ],
+            fx: self.fx.clone(),
+            input_topic_names: [
+                self.topics.orders.clone(),
+                self.topics.payments.clone(),
+                self.topics.deliveries.clone(),
+            ],
+        }
+    }
+}
+
+impl TopicNames {
+    /// (config key, topic name) of every topic, inputs first.
+    pub fn all(&self) -> [(&'static str, &str); 7] {
+        [
+            ("orders", &self.orders),
+            ("payments", &self.payments),
+            ("deliveries", &self.deliveries),
+            ("gmv_windows", &self.gmv_windows),
+            ("gmv_totals", &self.gmv_totals),
+            ("milestones", &self.milestones),
+            ("dead_letters", &self.dead_letters),
+        ]
+    }
+
+    pub fn inputs(&self) -> [&str; 3] {
+        [&self.orders, &self.payments, &self.deliveries]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_contracts_and_valid() {
+        let c = Config::default();
+        assert_eq!(c.validate(), Ok(()));
+        assert_eq!(c.time.allowed_lateness_ms, 60_000);
+        assert_eq!(c.windows.total_ms, vec![1_000, 60_000]);
+        assert_eq!(c.milestones.brand_fen, vec![10_000_000_000]);
+        assert_eq!(c.fx.len(), 8);
+    }
+
+    #[test]
+    fn validate_lists_every_problem() {
+        let mut c = Config::default();
+        c.time.join_timeout_ms = 120_000;
+        c.windows.brand_ms = vec![0];
+        c.topics.payments = "orders".into();
+        c.metrics.listen = "nowhere".into();
+        let p = c.validate().unwrap_err();
+        assert_eq!(p.len(), 4, "{p:#?}");
+        assert!(p.iter().any(|m| m.contains("time.join_timeout_ms")));
+        assert!(p.iter().any(|m| m.contains("windows.brand_ms")));
+        assert!(p.iter().any(|m| m.contains("topics.payments")));
+        assert!(p.iter().any(|m| m.contains("metrics.listen")));
+    }
+
+    #[test]
+    fn file_unknown_key_is_named() {
+        let dir = std::env::temp_dir().join(format!("gmv-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bad.toml");
+        std::fs::write(&path, "[time]\nallowed_latness_ms = 5\n").unwrap();
+        let err = Config::load(Some(&path), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("allowed_latness_ms"), "{err}");
+        std::fs::write(&path, "[time]\nallowed_lateness_ms = 90000\njoin_timeout_ms = 30000\n[kafka.properties]\n\"security.protocol\" = \"SSL\"\n").unwrap();
+        let c = Config::load(
+            Some(&path),
+            &Overrides {
+                brokers: Some("b:1".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            (c.time.allowed_lateness_ms, c.time.join_timeout_ms),
+            (90_000, 30_000)
+        );
+        assert_eq!(c.kafka.brokers, "b:1");
+        assert_eq!(c.kafka.properties["security.protocol"], "SSL");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}

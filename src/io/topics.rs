@@ -1,0 +1,176 @@
+//! Topic definitions (the files under `topics/`, built into the binary),
+//! their creation, and the start-up check that the inputs exist and are
+//! co-partitioned.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::Consumer;
+use rdkafka::types::RDKafkaErrorCode;
+use serde::Deserialize;
+
+use crate::config::Config;
+
+/// One topic as defined in `topics/<role>.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicDef {
+    /// The `topics.*` config key this definition is for.
+    pub role: String,
+    /// Default name; the configured name is used when creating.
+    pub name: String,
+    pub partitions: i32,
+    pub replication_factor: i32,
+    pub cleanup_policy: String,
+    pub retention_ms: i64,
+    /// JSON Schema of the values, relative to `topics/`.
+    pub schema: String,
+}
+
+const DEFINITIONS: [&str; 7] = [
+    include_str!("../../topics/orders.toml"),
+    include_str!("../../topics/payments.toml"),
+    include_str!("../../topics/deliveries.toml"),
+    include_str!("../../topics/gmv_windows.toml"),
+    include_str!("../../topics/gmv_totals.toml"),
+    include_str!("../../topics/milestones.toml"),
+    include_str!("../../topics/dead_letters.toml"),
+];
+
+/// Every topic, inputs first, with the configured names.
+pub fn definitions(cfg: &Config) -> Vec<TopicDef> {
+    let names = cfg.topics.all();
+    DEFINITIONS
+        .iter()
+        .map(|text| {
+            let mut def: TopicDef =
+                toml::from_str(text).expect("topics/*.toml are valid (checked by tests)");
+            let (_, name) = names
+                .iter()
+                .find(|(role, _)| *role == def.role)
+                .expect("every role has a name");
+            def.name = name.to_string();
+            def
+        })
+        .collect()
+}
+
+/// Creates every topic that does not exist yet; input partition counts may be overridden.
+pub fn create_all(
+    cfg: &Config,
+    input_partitions: Option<i32>,
+    replication: Option<i32>,
+) -> anyhow::Result<Vec<String>> {
+    let admin: AdminClient<DefaultClientContext> =
+        super::client_config(&cfg.kafka, &[], &std::collections::BTreeMap::new())
+            .create()
+            .context("creating the Kafka admin client")?;
+    let defs = definitions(cfg);
+    let retention: Vec<String> = defs.iter().map(|d| d.retention_ms.to_string()).collect();
+    let topics: Vec<NewTopic> = defs
+        .iter()
+        .zip(&retention)
+        .enumerate()
+        .map(|(i, (d, retention))| {
+            let partitions = if i < 3 {
+                input_partitions.unwrap_or(d.partitions)
+            } else {
+                d.partitions
+            };
+            NewTopic::new(
+                &d.name,
+                partitions,
+                TopicReplication::Fixed(replication.unwrap_or(d.replication_factor)),
+            )
+            .set("cleanup.policy", &d.cleanup_policy)
+            .set("retention.ms", retention)
+        })
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = block_on(admin.create_topics(&topics, &opts)).context("creating topics")?;
+    let mut report = Vec::new();
+    for r in results {
+        match r {
+            Ok(name) => report.push(format!("created {name}")),
+            Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                report.push(format!("exists  {name}"))
+            }
+            Err((name, code)) => bail!("creating topic {name} failed: {code}"),
+        }
+    }
+    Ok(report)
+}
+
+/// Runs an admin future to completion on a small private runtime.
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+        .block_on(f)
+}
+
+/// Checks that the input topics exist with the same partition count; returns it.
+pub fn check_inputs<C: Consumer<X>, X: rdkafka::consumer::ConsumerContext>(
+    consumer: &C,
+    names: &[&str],
+) -> anyhow::Result<i32> {
+    let mut counts = Vec::new();
+    let mut problems = Vec::new();
+    for name in names {
+        let md = consumer
+            .fetch_metadata(Some(name), Duration::from_secs(15))
+            .with_context(|| {
+                format!("reading metadata of topic `{name}` (is the broker reachable?)")
+            })?;
+        match md.topics().first() {
+            Some(t) if t.error().is_none() && !t.partitions().is_empty() => counts.push((name, t.partitions().len() as i32)),
+            Some(t) => problems.push(format!(
+                "input topic `{name}` does not exist or has no partitions ({:?}); create it with `gmv topics`",
+                t.error()
+            )),
+            None => problems.push(format!("input topic `{name}` does not exist; create it with `gmv topics`")),
+        }
+    }
+    if !problems.is_empty() {
+        bail!("{}", problems.join("; "));
+    }
+    let first = counts[0].1;
+    if counts.iter().any(|(_, n)| *n != first) {
+        let listed: Vec<String> = counts
+            .iter()
+            .map(|(n, c)| format!("`{n}` has {c}"))
+            .collect();
+        bail!(
+            "input topics are not co-partitioned: {}. One order's events must land on the same partition number in every input topic, so the three need the same partition count",
+            listed.join(", ")
+        );
+    }
+    Ok(first)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_definition_parses_and_its_schema_exists() {
+        let defs = definitions(&Config::default());
+        assert_eq!(defs.len(), 7);
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("topics");
+        for d in &defs {
+            let schema = std::fs::read_to_string(root.join(&d.schema)).unwrap();
+            let v: serde_json::Value = serde_json::from_str(&schema).unwrap();
+            assert_eq!(v["title"], d.name.as_str());
+            assert!(d.partitions > 0);
+        }
+        // Inputs share one partition count; upsert outputs are compacted.
+        assert!(defs[..3].iter().all(|d| d.partitions == defs[0].partitions));
+        for d in &defs {
+            let upsert = d.role == "gmv_windows" || d.role == "gmv_totals";
+            assert_eq!(d.cleanup_policy == "compact", upsert, "{}", d.role);
+        }
+    }
+}
