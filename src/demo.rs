@@ -1,0 +1,306 @@
+//! `gmv demo`: an embedded Kafka-protocol broker (librdkafka's mock cluster),
+//! the traffic generator and the job, with a live summary read back from the
+//! output topics, as a dashboard consumer would.
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::mocking::MockCluster;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+use crate::app::Handles;
+use crate::config::Config;
+use crate::gen::traffic::TrafficConfig;
+use crate::gen::writer::WriteOptions;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoArgs {
+    /// Use this Kafka cluster instead of the embedded broker.
+    #[arg(long)]
+    pub brokers: Option<String>,
+    /// Input records per second written by the generator.
+    #[arg(long, default_value_t = 20_000)]
+    pub rate: u64,
+    /// Partitions of each input topic.
+    #[arg(long, default_value_t = 4)]
+    pub partitions: i32,
+    /// Stop after this many seconds (default: until Ctrl-C).
+    #[arg(long)]
+    pub seconds: Option<u64>,
+    /// Address for the job's /metrics and /healthz.
+    #[arg(long, default_value = "127.0.0.1:9100")]
+    pub metrics_listen: String,
+    #[arg(long, default_value_t = 1111)]
+    pub seed: u64,
+}
+
+pub fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let mut cfg = Config::default();
+    cfg.kafka.group_id = "gmv-demo".into();
+    cfg.metrics.listen = args.metrics_listen.clone();
+    // Demo thresholds are smaller than production ones so milestones fire within a minute or two.
+    cfg.milestones.brand_fen = vec![100_000_000];
+    cfg.milestones.channel_fen = vec![100_000_000];
+    cfg.milestones.total_every_fen = 1_000_000_000;
+    cfg.validate()
+        .map_err(|p| anyhow::anyhow!("{}", p.join("; ")))?;
+
+    let _cluster; // The embedded broker lives as long as the demo.
+    match &args.brokers {
+        Some(b) => {
+            cfg.kafka.brokers = b.clone();
+            for line in crate::io::topics::create_all(&cfg, Some(args.partitions), None)? {
+                println!("{line}");
+            }
+        }
+        None => {
+            let cluster = MockCluster::new(1).context("starting the embedded Kafka broker")?;
+            for def in crate::io::topics::definitions(&cfg) {
+                let partitions =
+                    if def.role == "orders" || def.role == "payments" || def.role == "deliveries" {
+                        args.partitions
+                    } else {
+                        def.partitions
+                    };
+                cluster
+                    .create_topic(&def.name, partitions, 1)
+                    .with_context(|| format!("creating topic {}", def.name))?;
+            }
+            cfg.kafka.brokers = cluster.bootstrap_servers();
+            _cluster = cluster;
+        }
+    }
+    println!(
+        "broker: {}   metrics: http://{}/metrics   (Ctrl-C to stop)",
+        cfg.kafka.brokers, cfg.metrics.listen
+    );
+
+    let handles = Handles::new();
+    let flag = handles.shutdown.clone();
+    ctrlc_flag(flag.clone())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let shared = crate::telemetry::http::Shared {
+        metrics: handles.metrics.clone(),
+        heartbeat_ms: handles.heartbeat_ms.clone(),
+    };
+    runtime.block_on(crate::telemetry::http::serve(
+        cfg.metrics.listen.parse()?,
+        shared,
+    ))?;
+
+    let job = {
+        let (cfg, handles) = (cfg.clone(), handles.clone());
+        std::thread::Builder::new()
+            .name("job".into())
+            .spawn(move || crate::app::run(&cfg, &handles))?
+    };
+    let generator = {
+        let cfg = cfg.clone();
+        let flag = flag.clone();
+        // Event time runs about as fast as wall time: ~3 records per order.
+        let traffic = TrafficConfig {
+            seed: args.seed,
+            orders_per_sec: args.rate as f64 / 3.0,
+            ..TrafficConfig::default()
+        };
+        let opts = WriteOptions {
+            rate: Some(args.rate),
+            count: None,
+            duration: None,
+            progress: false,
+        };
+        std::thread::Builder::new()
+            .name("generator".into())
+            .spawn(move || crate::gen::writer::write(&cfg, traffic, &opts, &flag))?
+    };
+
+    let summary = show_summary(&cfg, &args, &flag);
+    flag.store(true, Ordering::Relaxed);
+    let gen_result = generator
+        .join()
+        .map_err(|_| anyhow::anyhow!("generator thread panicked"))?;
+    let job_result = job
+        .join()
+        .map_err(|_| anyhow::anyhow!("job thread panicked"))?;
+    summary.and(gen_result.map(|_| ())).and(job_result)
+}
+
+fn ctrlc_flag(flag: std::sync::Arc<std::sync::atomic::AtomicBool>) -> anyhow::Result<()> {
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("signal runtime");
+            rt.block_on(async {
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                        .expect("SIGTERM");
+                tokio::select! { _ = tokio::signal::ctrl_c() => {}, _ = term.recv() => {} }
+            });
+            flag.store(true, Ordering::Relaxed);
+        })?;
+    Ok(())
+}
+
+/// Reads `gmv-totals` and `milestones` and prints the big screen once a second.
+fn show_summary(
+    cfg: &Config,
+    args: &DemoArgs,
+    stop: &std::sync::atomic::AtomicBool,
+) -> anyhow::Result<()> {
+    let mut c = crate::io::client_config(
+        &cfg.kafka,
+        &[
+            ("group.id", "gmv-demo-screen"),
+            ("enable.auto.commit", "false"),
+        ],
+        &Default::default(),
+    );
+    c.set("fetch.wait.max.ms", "100");
+    let reader: BaseConsumer = c.create().context("creating the summary reader")?;
+    let mut tpl = TopicPartitionList::new();
+    for def in crate::io::topics::definitions(cfg) {
+        if def.name == cfg.topics.gmv_totals || def.name == cfg.topics.milestones {
+            for p in 0..def.partitions {
+                tpl.add_partition_offset(&def.name, p, Offset::Beginning)?;
+            }
+        }
+    }
+    reader.assign(&tpl)?;
+    let tty = std::io::stdout().is_terminal();
+    let started = Instant::now();
+    let mut totals: HashMap<String, serde_json::Value> = HashMap::new();
+    let mut milestones: Vec<serde_json::Value> = Vec::new();
+    let (mut last_print, mut last_placed) = (Instant::now(), 0u64);
+    while !stop.load(Ordering::Relaxed)
+        && args
+            .seconds
+            .is_none_or(|s| started.elapsed() < Duration::from_secs(s))
+    {
+        if let Some(Ok(m)) = reader.poll(Duration::from_millis(50)) {
+            let Some(v) = m
+                .payload()
+                .and_then(|p| serde_json::from_slice::<serde_json::Value>(p).ok())
+            else {
+                continue;
+            };
+            if m.topic() == cfg.topics.milestones {
+                milestones.push(v);
+            } else if let Some(k) = m.key() {
+                totals.insert(String::from_utf8_lossy(k).into_owned(), v);
+            }
+        }
+        if last_print.elapsed() >= Duration::from_secs(1) {
+            let placed = num(totals.get("total|all"), "placed_orders") as u64;
+            let rate =
+                (placed.saturating_sub(last_placed)) as f64 / last_print.elapsed().as_secs_f64();
+            last_placed = placed;
+            last_print = Instant::now();
+            print_screen(&totals, &milestones, rate, started.elapsed(), tty);
+        }
+    }
+    Ok(())
+}
+
+fn num(v: Option<&serde_json::Value>, field: &str) -> i128 {
+    v.and_then(|v| v.get(field))
+        .and_then(|f| f.as_i64())
+        .unwrap_or(0) as i128
+}
+
+/// Formats fen as `¥1,234,567.89` without floats.
+pub fn cny(fen: i128) -> String {
+    let yuan = (fen / 100).to_string();
+    let mut grouped = String::new();
+    for (i, ch) in yuan.chars().enumerate() {
+        if i > 0 && (yuan.len() - i) % 3 == 0 {
+            grouped.push(',');
+        }
+        grouped.push(ch);
+    }
+    format!("¥{grouped}.{:02}", fen % 100)
+}
+
+fn print_screen(
+    totals: &HashMap<String, serde_json::Value>,
+    milestones: &[serde_json::Value],
+    orders_per_sec: f64,
+    elapsed: Duration,
+    tty: bool,
+) {
+    let all = totals.get("total|all");
+    let top = |dim: &str| {
+        let mut v: Vec<(&str, i128)> = totals
+            .iter()
+            .filter(|(k, _)| k.starts_with(dim) && k[dim.len()..].starts_with('|'))
+            .map(|(k, v)| (&k[dim.len() + 1..], num(Some(v), "gmv_fen")))
+            .collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        v.iter()
+            .take(5)
+            .map(|(k, g)| format!("{k} {}", cny(*g)))
+            .collect::<Vec<_>>()
+            .join("  |  ")
+    };
+    let mut s = String::new();
+    if tty {
+        s.push_str("\x1b[2J\x1b[H");
+    }
+    s.push_str(&format!(
+        "[{:>4}s] GMV {}   refunds {}   paid {}   placed {}   orders/s {:.0}   watermark {}\n",
+        elapsed.as_secs(),
+        cny(num(all, "gmv_fen")),
+        cny(num(all, "refund_fen")),
+        num(all, "paid_orders"),
+        num(all, "placed_orders"),
+        orders_per_sec,
+        num(all, "watermark_ms"),
+    ));
+    if tty {
+        s.push_str(&format!(
+            "  top brands:    {}\n  top channels:  {}\n  top countries: {}\n",
+            top("brand"),
+            top("channel"),
+            top("country")
+        ));
+        s.push_str(&format!("  milestones fired: {}\n", milestones.len()));
+        for m in milestones.iter().rev().take(5) {
+            s.push_str(&format!(
+                "    {} {} reached {} (event time {})\n",
+                m["dim"].as_str().unwrap_or("?"),
+                m["key"].as_str().unwrap_or("?"),
+                cny(m["threshold_fen"].as_i64().unwrap_or(0) as i128),
+                m["crossed_at_ms"]
+            ));
+        }
+    } else if let Some(m) = milestones.last() {
+        s.push_str(&format!(
+            "  milestones fired: {} (latest: {} {})\n",
+            milestones.len(),
+            m["dim"].as_str().unwrap_or("?"),
+            m["key"].as_str().unwrap_or("?")
+        ));
+    }
+    print!("{s}");
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cny_groups_thousands_exactly() {
+        assert_eq!(super::cny(0), "¥0.00");
+        assert_eq!(super::cny(5), "¥0.05");
+        assert_eq!(super::cny(123_456_789), "¥1,234,567.89");
+        assert_eq!(super::cny(100_000), "¥1,000.00");
+    }
+}

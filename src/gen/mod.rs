@@ -1,0 +1,3 @@
+//! Traffic generator: realistic, deterministic Singles Day input.
+pub mod traffic;
+pub mod writer;
