@@ -43,7 +43,10 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let mut cfg = Config::default();
     cfg.kafka.group_id = "gmv-demo".into();
     cfg.metrics.listen = args.metrics_listen.clone();
-    // Demo thresholds are smaller than production ones so milestones fire within a minute or two.
+    // Demo thresholds and lateness are smaller than production ones so windows close and
+    // milestones fire within a minute or two.
+    cfg.time.allowed_lateness_ms = 10_000;
+    cfg.time.join_timeout_ms = 10_000;
     cfg.milestones.brand_fen = vec![100_000_000];
     cfg.milestones.channel_fen = vec![100_000_000];
     cfg.milestones.total_every_fen = 1_000_000_000;

@@ -521,8 +521,6 @@ impl Engine {
         out: &mut Vec<Output>,
     ) {
         self.stats.dead_letters[reason.index()] += 1;
-        self.wm
-            .observe((source.topic, source.partition), i64::MIN, self.now_ms);
         self.track_offset(source, None);
         out.push(Output::DeadLetter(DeadLetter {
             source,
@@ -560,6 +558,9 @@ impl Engine {
         let lateness = self.cfg.allowed_lateness_ms;
         let w = self.wm.current_ms();
         if ts < w.saturating_sub(lateness) {
+            // A late event still shows its partition is alive; bad records do not.
+            self.wm
+                .observe((source.topic, source.partition), ts, self.now_ms);
             self.stats.late_events[source.topic.index()] += 1;
             let detail = format!(
                 "ts_ms {ts} is more than allowed_lateness ({lateness} ms) behind the watermark {w}; its windows are closed"
