@@ -65,6 +65,33 @@ impl<'de> Deserialize<'de> for Num {
     }
 }
 
+/// A JSON string that borrows from the input unless it had escapes. (serde's
+/// own `Option<Cow<str>>` always copies, which costs an allocation per field.)
+#[derive(Debug)]
+struct Str<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Str<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Str<'a>, E> {
+                Ok(Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Str<'a>, E> {
+                Ok(Str(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Str<'a>, E> {
+                Ok(Str(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V(std::marker::PhantomData))
+    }
+}
+
 /// Distinguishes an explicit `null` (Some(None)) from an absent field (None).
 fn nullable<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
 where
@@ -77,19 +104,19 @@ where
 #[derive(Deserialize)]
 struct RawOrder<'a> {
     #[serde(borrow, default)]
-    order_id: Option<Cow<'a, str>>,
+    order_id: Option<Str<'a>>,
     #[serde(borrow, default)]
-    user_id: Option<Cow<'a, str>>,
+    user_id: Option<Str<'a>>,
     #[serde(borrow, default)]
-    brand_id: Option<Cow<'a, str>>,
+    brand_id: Option<Str<'a>>,
     #[serde(borrow, default, deserialize_with = "nullable")]
-    channel_id: Option<Option<Cow<'a, str>>>,
+    channel_id: Option<Option<Str<'a>>>,
     #[serde(borrow, default)]
-    country: Option<Cow<'a, str>>,
+    country: Option<Str<'a>>,
     #[serde(borrow, default)]
-    device: Option<Cow<'a, str>>,
+    device: Option<Str<'a>>,
     #[serde(borrow, default)]
-    currency: Option<Cow<'a, str>>,
+    currency: Option<Str<'a>>,
     #[serde(default)]
     amount_minor: Option<Num>,
     #[serde(default)]
@@ -99,13 +126,13 @@ struct RawOrder<'a> {
 #[derive(Deserialize)]
 struct RawPayment<'a> {
     #[serde(borrow, default)]
-    payment_id: Option<Cow<'a, str>>,
+    payment_id: Option<Str<'a>>,
     #[serde(borrow, default)]
-    order_id: Option<Cow<'a, str>>,
+    order_id: Option<Str<'a>>,
     #[serde(borrow, default)]
-    kind: Option<Cow<'a, str>>,
+    kind: Option<Str<'a>>,
     #[serde(borrow, default)]
-    currency: Option<Cow<'a, str>>,
+    currency: Option<Str<'a>>,
     #[serde(default)]
     amount_minor: Option<Num>,
     #[serde(default)]
@@ -115,11 +142,11 @@ struct RawPayment<'a> {
 #[derive(Deserialize)]
 struct RawDelivery<'a> {
     #[serde(borrow, default)]
-    delivery_id: Option<Cow<'a, str>>,
+    delivery_id: Option<Str<'a>>,
     #[serde(borrow, default)]
-    order_id: Option<Cow<'a, str>>,
+    order_id: Option<Str<'a>>,
     #[serde(borrow, default)]
-    status: Option<Cow<'a, str>>,
+    status: Option<Str<'a>>,
     #[serde(default)]
     ts_ms: Option<Num>,
 }
@@ -165,6 +192,10 @@ fn parse<'a, T: Deserialize<'a>>(value: &'a [u8]) -> Result<T, Rejection> {
         };
         reject(reason, e.to_string())
     })
+}
+
+fn cow(v: Option<Str<'_>>) -> Option<Cow<'_, str>> {
+    v.map(|s| s.0)
 }
 
 fn required<T>(v: Option<T>, name: &str) -> Result<T, Rejection> {
@@ -249,16 +280,16 @@ fn truncate(s: &str) -> &str {
 
 fn order<'a>(r: RawOrder<'a>, fx: &FxTable) -> Result<Order<'a>, Rejection> {
     // Presence first, so the reason names the first missing field.
-    let order_id = id(r.order_id, "order_id")?;
-    let user_id = id(r.user_id, "user_id")?;
-    let brand_id = id(r.brand_id, "brand_id")?;
-    let channel_id = match required(r.channel_id, "channel_id")? {
+    let order_id = id(cow(r.order_id), "order_id")?;
+    let user_id = id(cow(r.user_id), "user_id")?;
+    let brand_id = id(cow(r.brand_id), "brand_id")?;
+    let channel_id = match required(r.channel_id.map(|c| c.map(|s| s.0)), "channel_id")? {
         None => None,
         Some(c) => Some(id(Some(c), "channel_id")?),
     };
-    let country = required(r.country, "country")?;
-    let device = required(r.device, "device")?;
-    let currency = required(r.currency, "currency")?;
+    let country = required(cow(r.country), "country")?;
+    let device = required(cow(r.device), "device")?;
+    let currency = required(cow(r.currency), "currency")?;
     let amount_minor = amount(r.amount_minor)?;
     let ts_ms = ts(r.ts_ms)?;
     if country.len() != 2 || !country.bytes().all(|b| b.is_ascii_uppercase()) {
@@ -299,10 +330,10 @@ fn order<'a>(r: RawOrder<'a>, fx: &FxTable) -> Result<Order<'a>, Rejection> {
 }
 
 fn payment<'a>(r: RawPayment<'a>, fx: &FxTable) -> Result<Payment<'a>, Rejection> {
-    let payment_id = id(r.payment_id, "payment_id")?;
-    let order_id = id(r.order_id, "order_id")?;
-    let kind = required(r.kind, "kind")?;
-    let currency = required(r.currency, "currency")?;
+    let payment_id = id(cow(r.payment_id), "payment_id")?;
+    let order_id = id(cow(r.order_id), "order_id")?;
+    let kind = required(cow(r.kind), "kind")?;
+    let currency = required(cow(r.currency), "currency")?;
     let amount_minor = amount(r.amount_minor)?;
     let ts_ms = ts(r.ts_ms)?;
     let kind = match &*kind {
@@ -327,9 +358,9 @@ fn payment<'a>(r: RawPayment<'a>, fx: &FxTable) -> Result<Payment<'a>, Rejection
 }
 
 fn delivery(r: RawDelivery<'_>) -> Result<Delivery<'_>, Rejection> {
-    let delivery_id = id(r.delivery_id, "delivery_id")?;
-    let order_id = id(r.order_id, "order_id")?;
-    let status = required(r.status, "status")?;
+    let delivery_id = id(cow(r.delivery_id), "delivery_id")?;
+    let order_id = id(cow(r.order_id), "order_id")?;
+    let status = required(cow(r.status), "status")?;
     let ts_ms = ts(r.ts_ms)?;
     let status = match &*status {
         "shipped" => DeliveryStatus::Shipped,

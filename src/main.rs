@@ -13,6 +13,10 @@ use gmv::config::{Config, Overrides};
 use gmv::gen::traffic::TrafficConfig;
 use gmv::gen::writer::WriteOptions;
 
+/// mimalloc: the engine allocates one small key per order and id; it is markedly faster here than glibc's allocator.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "gmv",

@@ -590,12 +590,6 @@ impl Engine {
     }
 
     fn on_order(&mut self, o: Order<'_>, out: &mut Vec<Output>) {
-        if let Some(existing) = self.joins.order_mut(&o.order_id) {
-            if (o.ts_ms - existing.ts_ms).abs() <= self.cfg.dedup_ttl_ms {
-                self.stats.duplicates[InputTopic::Orders.index()] += 1;
-                return;
-            }
-        }
         let attribution = Attribution {
             brand: self.dims[Dim::Brand.index()].names.intern(&o.brand_id),
             channel: o.channel_id.as_deref().map_or(NO_CHANNEL, |c| {
@@ -603,14 +597,18 @@ impl Engine {
             }),
             country: self.dims[Dim::Country.index()].names.intern(&o.country),
         };
-        let released = self.joins.insert_order(
-            &o.order_id,
-            OrderInfo {
-                attribution,
-                ts_ms: o.ts_ms,
-                first_paid_ms: i64::MAX,
-            },
-        );
+        let info = OrderInfo {
+            attribution,
+            ts_ms: o.ts_ms,
+            first_paid_ms: i64::MAX,
+        };
+        let Ok(released) = self
+            .joins
+            .insert_order(&o.order_id, info, self.cfg.dedup_ttl_ms)
+        else {
+            self.stats.duplicates[InputTopic::Orders.index()] += 1;
+            return;
+        };
         self.stats.placed_orders += 1;
         self.dims[Dim::Total.index()].apply(0, o.ts_ms, Contribution::Placed);
         self.apply_attributed(attribution, o.ts_ms, Contribution::Placed);

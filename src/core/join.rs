@@ -4,6 +4,8 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
+use compact_str::CompactString;
+
 use super::FastMap;
 use crate::model::{DeliveryStatus, InputTopic, PaymentKind};
 
@@ -50,23 +52,55 @@ pub struct Waiting {
     pub what: Joinable,
 }
 
-/// Orders by id, and events waiting for theirs.
+/// What is known of one order id: the order, and events waiting for it.
+#[derive(Debug, Default)]
+struct Slot {
+    order: Option<OrderInfo>,
+    waiting: Vec<Waiting>,
+}
+
+/// A repeated order within `dedup_ttl`: dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DuplicateOrder;
+
+/// Orders by id, and events waiting for theirs, in one map: one lookup per event.
 #[derive(Debug, Default)]
 pub struct JoinState {
-    orders: FastMap<Box<str>, OrderInfo>,
-    waiting: FastMap<Box<str>, Vec<Waiting>>,
+    /// Ids up to 24 bytes are stored inline: no allocation per order.
+    slots: FastMap<CompactString, Slot>,
+    order_count: usize,
     waiting_count: usize,
-    deadlines: BinaryHeap<Reverse<(i64, Box<str>)>>,
+    deadlines: BinaryHeap<Reverse<(i64, CompactString)>>,
 }
 
 impl JoinState {
     pub fn order_mut(&mut self, order_id: &str) -> Option<&mut OrderInfo> {
-        self.orders.get_mut(order_id)
+        self.slots.get_mut(order_id).and_then(|s| s.order.as_mut())
     }
 
-    /// Stores an order; returns the events that were waiting for it.
-    pub fn insert_order(&mut self, order_id: &str, info: OrderInfo) -> Vec<Waiting> {
-        match self.orders.get_mut(order_id) {
+    /// Stores an order and returns the events that were waiting for it, or
+    /// `DuplicateOrder` when the same id was placed within `dedup_ttl_ms`.
+    pub fn insert_order(
+        &mut self,
+        order_id: &str,
+        info: OrderInfo,
+        dedup_ttl_ms: i64,
+    ) -> Result<Vec<Waiting>, DuplicateOrder> {
+        let slot = match self.slots.entry_ref(order_id) {
+            hashbrown::hash_map::EntryRef::Occupied(e) => e.into_mut(),
+            hashbrown::hash_map::EntryRef::Vacant(e) => {
+                self.order_count += 1;
+                e.insert(Slot {
+                    order: Some(info),
+                    waiting: Vec::new(),
+                });
+                return Ok(Vec::new());
+            }
+        };
+        match &mut slot.order {
+            Some(existing) if (info.ts_ms - existing.ts_ms).abs() <= dedup_ttl_ms => {
+                return Err(DuplicateOrder)
+            }
             Some(existing) => {
                 *existing = OrderInfo {
                     first_paid_ms: existing.first_paid_ms,
@@ -74,26 +108,23 @@ impl JoinState {
                 }
             }
             None => {
-                self.orders.insert(order_id.into(), info);
+                self.order_count += 1;
+                slot.order = Some(info);
             }
         }
-        match self.waiting.remove(order_id) {
-            Some(w) => {
-                self.waiting_count -= w.len();
-                w
-            }
-            None => Vec::new(),
-        }
+        let released = std::mem::take(&mut slot.waiting);
+        self.waiting_count -= released.len();
+        Ok(released)
     }
 
     /// Parks an event until its order arrives or the watermark passes its deadline.
     pub fn wait(&mut self, order_id: &str, w: Waiting) {
-        let list = self.waiting.entry(order_id.into()).or_default();
-        if list.is_empty() {
+        let slot = self.slots.entry_ref(order_id).or_default();
+        if slot.waiting.is_empty() {
             self.deadlines
                 .push(Reverse((w.deadline_ms, order_id.into())));
         }
-        list.push(w);
+        slot.waiting.push(w);
         self.waiting_count += 1;
     }
 
@@ -104,34 +135,43 @@ impl JoinState {
                 break;
             }
             let Reverse((_, order_id)) = self.deadlines.pop().expect("peeked");
-            let Some(list) = self.waiting.get_mut(&order_id) else {
+            let Some(slot) = self.slots.get_mut(&order_id) else {
                 continue;
             };
-            let before = list.len();
-            list.retain(|w| {
+            let before = slot.waiting.len();
+            slot.waiting.retain(|w| {
                 let due = w.deadline_ms <= watermark_ms;
                 if due {
                     f(*w);
                 }
                 !due
             });
-            self.waiting_count -= before - list.len();
-            match list.iter().map(|w| w.deadline_ms).min() {
+            self.waiting_count -= before - slot.waiting.len();
+            match slot.waiting.iter().map(|w| w.deadline_ms).min() {
                 Some(next) => self.deadlines.push(Reverse((next, order_id))),
-                None => {
-                    self.waiting.remove(&order_id);
+                None if slot.order.is_none() => {
+                    self.slots.remove(&order_id);
                 }
+                None => {}
             }
         }
     }
 
     /// Forgets orders placed before `limit_ms` (their `order_ttl` has passed).
     pub fn sweep_orders(&mut self, limit_ms: i64) {
-        self.orders.retain(|_, o| o.ts_ms >= limit_ms);
+        let mut forgotten = 0;
+        self.slots.retain(|_, s| {
+            if s.order.is_some_and(|o| o.ts_ms < limit_ms) {
+                s.order = None;
+                forgotten += 1;
+            }
+            s.order.is_some() || !s.waiting.is_empty()
+        });
+        self.order_count -= forgotten;
     }
 
     pub fn order_count(&self) -> usize {
-        self.orders.len()
+        self.order_count
     }
 
     pub fn waiting_count(&self) -> usize {
@@ -142,7 +182,7 @@ impl JoinState {
 /// Ids seen, with their event time, to drop repeats within `dedup_ttl`.
 #[derive(Debug, Default)]
 pub struct Dedup {
-    seen: FastMap<Box<str>, i64>,
+    seen: FastMap<CompactString, i64>,
 }
 
 impl Dedup {
@@ -155,7 +195,7 @@ impl Dedup {
                 true
             }
             None => {
-                self.seen.insert(id.into(), ts_ms);
+                self.seen.insert(CompactString::from(id), ts_ms);
                 true
             }
         }
@@ -211,8 +251,9 @@ mod tests {
                 ts_ms: 30,
                 first_paid_ms: i64::MAX,
             },
+            0,
         );
-        assert_eq!(released, vec![pay(10, 100), pay(20, 110)]);
+        assert_eq!(released, Ok(vec![pay(10, 100), pay(20, 110)]));
         assert_eq!(j.waiting_count(), 0);
         let mut expired = vec![];
         j.expire(1_000, |w| expired.push(w));
@@ -239,8 +280,22 @@ mod tests {
                 ts_ms: 0,
                 first_paid_ms: i64::MAX,
             },
+            0,
         );
-        assert_eq!(released, vec![pay(50, 150)]);
+        assert_eq!(released, Ok(vec![pay(50, 150)]));
+        let info = OrderInfo {
+            attribution: attr(1),
+            ts_ms: 5,
+            first_paid_ms: i64::MAX,
+        };
+        assert_eq!(
+            j.insert_order("o1", info, 10),
+            Err(DuplicateOrder),
+            "within dedup_ttl"
+        );
+        assert_eq!(j.order_count(), 1);
+        j.sweep_orders(6);
+        assert_eq!(j.order_count(), 0);
     }
 
     #[test]

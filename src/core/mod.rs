@@ -9,10 +9,11 @@ pub mod output;
 pub mod watermark;
 pub mod window;
 
-/// Hash map used on the hot path: fast hashing, still DoS-resistant (random keys).
-pub type FastMap<K, V> = std::collections::HashMap<K, V, ahash::RandomState>;
+/// Hash map used on the hot path: fast hashing, still DoS-resistant (random
+/// keys), and `entry_ref` so a key is hashed once and copied only when inserted.
+pub type FastMap<K, V> = hashbrown::HashMap<K, V, ahash::RandomState>;
 /// Hash set counterpart of [`FastMap`].
-pub type FastSet<K> = std::collections::HashSet<K, ahash::RandomState>;
+pub type FastSet<K> = hashbrown::HashSet<K, ahash::RandomState>;
 
 pub use engine::{Engine, EngineConfig};
 pub use output::Output;

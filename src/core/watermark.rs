@@ -2,8 +2,7 @@
 //! out-of-orderness bound; the job's watermark is the minimum over partitions
 //! that are not idle, and never goes back.
 
-use std::collections::HashMap;
-
+use super::FastMap;
 use crate::model::InputTopic;
 
 /// An input partition: watermarks are kept per topic and partition.
@@ -23,7 +22,7 @@ struct PartitionClock {
 pub struct Watermarks {
     max_out_of_orderness_ms: i64,
     idle_timeout_ms: i64,
-    parts: HashMap<PartitionId, PartitionClock>,
+    parts: FastMap<PartitionId, PartitionClock>,
     /// The job's watermark; `i64::MIN` before any partition has data.
     current_ms: i64,
 }
@@ -33,7 +32,7 @@ impl Watermarks {
         Watermarks {
             max_out_of_orderness_ms,
             idle_timeout_ms,
-            parts: HashMap::new(),
+            parts: FastMap::default(),
             current_ms: i64::MIN,
         }
     }
