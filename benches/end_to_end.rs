@@ -1,1 +1,194 @@
-fn main() {}
+//! End to end through a real broker (Tansu): the job's consumption rate
+//! against a consumer that reads the same topics and does nothing, in the same
+//! run; then the latency from produce to the output update, as an
+//! HdrHistogram, while traffic flows at a steady rate into the running job.
+//!
+//! `cargo bench --bench end_to_end` (RECORDS=n, LATENCY_RATE=r/s to change).
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use gmv::config::Config;
+use gmv::gen::traffic::{RecordKind, Traffic, TrafficConfig};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::Producer;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::ClientConfig;
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+use support::broker::{free_port, http_get, metric_sum, start_broker, Proc};
+
+const PARTITIONS: i32 = 4;
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() {
+    let n = env_or("RECORDS", 1_000_000) as usize;
+    let latency_rate = env_or("LATENCY_RATE", 20_000);
+    let (_broker, brokers) = start_broker();
+    let dir = std::env::temp_dir().join(format!("gmv-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let metrics_port = free_port();
+    let config = dir.join("gmv.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"gmv-bench\"\n[kafka.consumer_properties]\n\"fetch.wait.max.ms\" = \"20\"\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n"
+        ),
+    )
+    .unwrap();
+    let gmv = env!("CARGO_BIN_EXE_gmv");
+    assert!(Command::new(gmv)
+        .args(["topics", "--config"])
+        .arg(&config)
+        .args(["--partitions", &PARTITIONS.to_string()])
+        .status()
+        .unwrap()
+        .success());
+
+    let mut cfg = Config::default();
+    cfg.kafka.brokers = brokers.clone();
+    let producer = gmv::gen::writer::producer(&cfg).unwrap();
+    let traffic = TrafficConfig {
+        seed: 3,
+        orders_per_sec: 5_000.0,
+        ..TrafficConfig::default()
+    };
+    let mut stream = Traffic::new(traffic);
+    let t = Instant::now();
+    for r in stream.by_ref().take(n) {
+        gmv::gen::writer::send(&producer, r.topic.label(), r.key.as_deref(), &r.value).unwrap();
+    }
+    producer.flush(Duration::from_secs(120)).unwrap();
+    println!("produced {n} records in {:.1} s", t.elapsed().as_secs_f64());
+
+    // Baseline: a consumer with the job's own settings that reads the same topics and does nothing.
+    let job_cfg = Config::load(Some(&config), &Default::default()).unwrap();
+    let c = gmv::io::consumer::create(&job_cfg, None).unwrap();
+    gmv::io::consumer::assign_from_beginning(&c, &job_cfg.topics.inputs(), PARTITIONS).unwrap();
+    let (mut read, mut started) = (0usize, None);
+    while read < n {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+            started.get_or_insert_with(Instant::now);
+            std::hint::black_box(m.payload());
+            read += 1;
+        }
+    }
+    let baseline = n as f64 / started.unwrap().elapsed().as_secs_f64();
+    drop(c);
+
+    // The job: from its first record read to its last, by its own metrics.
+    let _job = Proc(
+        Command::new(gmv)
+            .args(["run", "--config"])
+            .arg(&config)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let events_read = || metric_sum(&http_get(metrics_port, "/metrics"), "gmv_events_read_total");
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while std::net::TcpStream::connect(("127.0.0.1", metrics_port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the job's metrics server never came up"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut first = None;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "the job did not read the input within 10 minutes"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+        let count = events_read();
+        if count > 0.0 && first.is_none() {
+            first = Some((Instant::now(), count));
+        }
+        if count as usize >= n {
+            break;
+        }
+    }
+    let (t0, c0) = first.unwrap();
+    let job_rate = (n as f64 - c0) / t0.elapsed().as_secs_f64();
+    println!("do-nothing consumer: {baseline:>10.0} records/s");
+    println!("gmv run:             {job_rate:>10.0} records/s (its events-read metric, refreshed every 250 ms)");
+    println!("ratio job/baseline:  {:>10.2}", job_rate / baseline);
+
+    // Latency: produce at a steady rate; each `total|all` update shows how many
+    // orders it includes, so it is matched with the send time of that order.
+    let reader: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", "latency-reader")
+        .set("fetch.wait.max.ms", "10")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..6 {
+        tpl.add_partition_offset("gmv-totals", p, Offset::End)
+            .unwrap();
+    }
+    reader.assign(&tpl).unwrap();
+    let placed_before = metric_sum(
+        &http_get(metrics_port, "/metrics"),
+        "gmv_placed_orders_total",
+    ) as u64;
+    let latency_records = (latency_rate * 20) as usize;
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<Instant>>();
+    let sender = std::thread::spawn(move || {
+        let started = Instant::now();
+        let mut order_sent = Vec::new();
+        for (i, r) in stream.take(latency_records).enumerate() {
+            gmv::gen::writer::send(&producer, r.topic.label(), r.key.as_deref(), &r.value).unwrap();
+            if r.topic == gmv::model::InputTopic::Orders && r.kind == RecordKind::Good {
+                order_sent.push(Instant::now());
+            }
+            let due = Duration::from_secs_f64(i as f64 / latency_rate as f64);
+            if let Some(ahead) = due.checked_sub(started.elapsed()) {
+                std::thread::sleep(ahead);
+            }
+        }
+        producer.flush(Duration::from_secs(30)).unwrap();
+        tx.send(order_sent).unwrap();
+    });
+    let mut samples: Vec<(Instant, u64)> = Vec::new();
+    let until = Instant::now() + Duration::from_secs(latency_records as u64 / latency_rate + 10);
+    while Instant::now() < until {
+        let Some(Ok(m)) = reader.poll(Duration::from_millis(20)) else {
+            continue;
+        };
+        if m.key() != Some(b"total|all") {
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+        samples.push((Instant::now(), v["placed_orders"].as_u64().unwrap()));
+    }
+    sender.join().unwrap();
+    let sent = rx.recv().unwrap();
+    let mut h = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 120_000, 3).unwrap();
+    for (at, placed) in samples {
+        let k = placed.saturating_sub(placed_before) as usize;
+        if k == 0 || k > sent.len() {
+            continue;
+        }
+        h.record(at.duration_since(sent[k - 1]).as_millis().max(1) as u64)
+            .unwrap();
+    }
+    println!(
+        "produce → gmv-totals update at {latency_rate} records/s ({} samples, emit_interval 1 s): p50 {} ms, p99 {} ms, p99.9 {} ms, max {} ms",
+        h.len(),
+        h.value_at_quantile(0.5),
+        h.value_at_quantile(0.99),
+        h.value_at_quantile(0.999),
+        h.max()
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -11,9 +11,8 @@
 //! test fails, saying so.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use gmv::config::Config;
@@ -25,71 +24,13 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientConfig;
 use serde_json::{json, Value};
 
+mod support;
+use support::broker::{free_port, start_broker, Proc};
+
 const PARTITIONS: i32 = 4;
 const RECORDS: usize = 60_000;
 const BRAND_THRESHOLD_FEN: i64 = 1_000_000;
 const TOTAL_EVERY_FEN: i64 = 100_000_000;
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn tansu_binary() -> PathBuf {
-    if let Ok(p) = std::env::var("TANSU_BIN") {
-        return PathBuf::from(p);
-    }
-    let home = std::env::var("HOME").unwrap_or_default();
-    let candidates = std::env::var("PATH")
-        .unwrap_or_default()
-        .split(':')
-        .map(|d| PathBuf::from(d).join("tansu"))
-        .chain([PathBuf::from(home).join(".cargo/bin/tansu")])
-        .collect::<Vec<_>>();
-    candidates.into_iter().find(|p| p.is_file()).unwrap_or_else(|| {
-        panic!("the end-to-end tests need the Tansu broker: install it with `cargo install tansu --locked --features dynostore` (as .ci/run does) or set TANSU_BIN")
-    })
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn start_broker() -> (Proc, String) {
-    let port = free_port();
-    let url = format!("tcp://127.0.0.1:{port}");
-    let child = Command::new(tansu_binary())
-        .args([
-            "broker",
-            "--storage-engine",
-            "memory://tansu/",
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &url,
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starting tansu");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "tansu did not listen on port {port} within 30 s"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    (Proc(child), format!("127.0.0.1:{port}"))
-}
 
 fn gmv() -> Command {
     Command::new(env!("CARGO_BIN_EXE_gmv"))
