@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The project's one test command (README, .ci/run): every Rust test (unit,
-# scenario, end-to-end against Tansu, dashboards against Prometheus), then the
-# static checks of the Prometheus, Grafana and compose files.
+# The project's one test command (README, .ci/run): installs what is missing,
+# then runs every Rust test (unit, scenarios, end to end against Tansu,
+# dashboards against Prometheus) and the static checks of the Prometheus,
+# Grafana and compose files.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
+bash scripts/install-test-deps.sh
 cargo test --release
 bash scripts/check-ops.sh

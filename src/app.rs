@@ -49,6 +49,31 @@ impl Default for Handles {
     }
 }
 
+/// Sets `flag` on SIGINT or SIGTERM, so loops stop consuming, flush and commit.
+pub fn stop_on_signal(flag: Arc<AtomicBool>) -> anyhow::Result<()> {
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("signal runtime");
+            rt.block_on(async {
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                        .expect("SIGTERM handler");
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            });
+            tracing::info!("signal received: stopping");
+            flag.store(true, Ordering::Relaxed);
+        })
+        .context("starting the signal thread")?;
+    Ok(())
+}
+
 /// Runs the job until `handles.shutdown` is set; then flushes and commits what is done.
 pub fn run(cfg: &Config, handles: &Handles) -> anyhow::Result<()> {
     let consumer = consumer::create(cfg, Some(handles.metrics.clone()))?;
@@ -222,14 +247,17 @@ impl Loop<'_> {
         let Some((offsets, newest_input_ms)) = done else {
             return Ok(());
         };
-        if let Err(e) = consumer::commit(&self.consumer, &offsets) {
-            // A failed commit is retried by the next one; results are already durable.
-            tracing::warn!("{e:#}");
-        }
+        let started = Instant::now();
+        let result = consumer::commit(&self.consumer, &offsets);
+        let m = self.handles.metrics.lock().expect("metrics lock");
+        m.commit(result.is_ok(), started.elapsed().as_secs_f64());
         if newest_input_ms > 0 {
-            let m = self.handles.metrics.lock().expect("metrics lock");
             m.end_to_end_latency
                 .observe((now_ms() - newest_input_ms).max(0) as f64 / 1000.0);
+        }
+        if let Err(e) = result {
+            // A failed commit is retried by the next one; results are already durable.
+            tracing::warn!("{e:#}");
         }
         Ok(())
     }

@@ -423,6 +423,14 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_example_is_valid_and_matches_the_defaults() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/config.example.toml");
+        let c = Config::load(Some(&path), &Overrides::default()).unwrap();
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
     fn file_unknown_key_is_named() {
         let dir = std::env::temp_dir().join(format!("gmv-config-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

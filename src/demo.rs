@@ -85,7 +85,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
 
     let handles = Handles::new();
     let flag = handles.shutdown.clone();
-    ctrlc_flag(flag.clone())?;
+    crate::app::stop_on_signal(flag.clone())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -136,25 +136,6 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     summary.and(gen_result.map(|_| ())).and(job_result)
 }
 
-fn ctrlc_flag(flag: std::sync::Arc<std::sync::atomic::AtomicBool>) -> anyhow::Result<()> {
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("signal runtime");
-            rt.block_on(async {
-                let mut term =
-                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                        .expect("SIGTERM");
-                tokio::select! { _ = tokio::signal::ctrl_c() => {}, _ = term.recv() => {} }
-            });
-            flag.store(true, Ordering::Relaxed);
-        })?;
-    Ok(())
-}
-
 /// Reads `gmv-totals` and `milestones` and prints the big screen once a second.
 fn show_summary(
     cfg: &Config,
@@ -184,7 +165,10 @@ fn show_summary(
     let started = Instant::now();
     let mut totals: HashMap<String, serde_json::Value> = HashMap::new();
     let mut milestones: Vec<serde_json::Value> = Vec::new();
-    let (mut last_print, mut last_placed) = (Instant::now(), 0u64);
+    let mut last_print = Instant::now();
+    // (when, placed orders) over the last few seconds: totals arrive once per emit interval,
+    // so a rate over one second would alternate between bursts and zeros.
+    let mut history: std::collections::VecDeque<(Instant, u64)> = std::collections::VecDeque::new();
     while !stop.load(Ordering::Relaxed)
         && args
             .seconds
@@ -205,10 +189,14 @@ fn show_summary(
         }
         if last_print.elapsed() >= Duration::from_secs(1) {
             let placed = num(totals.get("total|all"), "placed_orders") as u64;
-            let rate =
-                (placed.saturating_sub(last_placed)) as f64 / last_print.elapsed().as_secs_f64();
-            last_placed = placed;
             last_print = Instant::now();
+            history.push_back((last_print, placed));
+            while history.len() > 6 {
+                history.pop_front();
+            }
+            let (since, before) = history[0];
+            let rate = placed.saturating_sub(before) as f64
+                / last_print.duration_since(since).as_secs_f64().max(1.0);
             print_screen(&totals, &milestones, rate, started.elapsed(), tty);
         }
     }

@@ -2,8 +2,6 @@
 //! the library (`app` for the job, `gen` for traffic, `demo` for the embedded demo).
 
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -182,7 +180,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let cfg = common.load()?;
             let handles = Handles::new();
-            install_signal_handler(&handles)?;
+            gmv::app::stop_on_signal(handles.shutdown.clone())?;
             let opts = WriteOptions {
                 rate,
                 count,
@@ -215,32 +213,6 @@ fn run_job(cfg: &Config) -> anyhow::Result<()> {
     };
     runtime.block_on(gmv::telemetry::http::serve(addr, shared))?;
     tracing::info!(%addr, "serving /metrics and /healthz");
-    install_signal_handler(&handles)?;
+    gmv::app::stop_on_signal(handles.shutdown.clone())?;
     gmv::app::run(cfg, &handles)
-}
-
-/// SIGINT or SIGTERM: stop consuming, flush, commit.
-fn install_signal_handler(handles: &Handles) -> anyhow::Result<()> {
-    let flag = Arc::clone(&handles.shutdown);
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("signal runtime");
-            rt.block_on(async {
-                let mut term =
-                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                        .expect("SIGTERM handler");
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            });
-            tracing::info!("signal received: stopping");
-            flag.store(true, Ordering::Relaxed);
-        })
-        .context("starting the signal thread")?;
-    Ok(())
 }

@@ -573,7 +573,7 @@ impl Engine {
             .observe((source.topic, source.partition), ts, self.now_ms);
         match ev {
             Event::Order(o) => self.on_order(o, out),
-            Event::Payment(p) => self.on_payment(p),
+            Event::Payment(p) => self.on_payment(p, out),
             Event::Delivery(d) => self.on_delivery(d, out),
         }
         let final_at = self
@@ -620,7 +620,7 @@ impl Engine {
         }
     }
 
-    fn on_payment(&mut self, p: Payment<'_>) {
+    fn on_payment(&mut self, p: Payment<'_>, out: &mut Vec<Output>) {
         if !self
             .payment_ids
             .first_copy(&p.payment_id, p.ts_ms, self.cfg.dedup_ttl_ms)
@@ -641,26 +641,11 @@ impl Engine {
         };
         // The total never waits for the join.
         self.dims[Dim::Total.index()].apply(0, p.ts_ms, c);
-        match self.joins.order_mut(&p.order_id) {
-            Some(order) => {
-                if p.kind == PaymentKind::Paid {
-                    order.first_paid_ms = order.first_paid_ms.min(p.ts_ms);
-                }
-                let a = order.attribution;
-                self.apply_attributed(a, p.ts_ms, c);
-            }
-            None => self.joins.wait(
-                &p.order_id,
-                Waiting {
-                    ts_ms: p.ts_ms,
-                    deadline_ms: p.ts_ms + self.cfg.join_timeout_ms,
-                    what: Joinable::Payment {
-                        kind: p.kind,
-                        amount_fen: p.amount_fen,
-                    },
-                },
-            ),
-        }
+        let what = Joinable::Payment {
+            kind: p.kind,
+            amount_fen: p.amount_fen,
+        };
+        self.attribute_or_wait(&p.order_id, p.ts_ms, what, out);
     }
 
     fn on_delivery(&mut self, d: Delivery<'_>, out: &mut Vec<Output>) {
@@ -682,28 +667,37 @@ impl Engine {
             }
         };
         self.dims[Dim::Total.index()].apply(0, d.ts_ms, c);
-        match self.joins.order_mut(&d.order_id) {
+        self.attribute_or_wait(
+            &d.order_id,
+            d.ts_ms,
+            Joinable::Delivery { status: d.status },
+            out,
+        );
+    }
+
+    /// Attributes a payment or delivery to its order's keys now, or parks it until the order arrives.
+    fn attribute_or_wait(
+        &mut self,
+        order_id: &str,
+        ts_ms: i64,
+        what: Joinable,
+        out: &mut Vec<Output>,
+    ) {
+        let w = Waiting {
+            ts_ms,
+            deadline_ms: ts_ms + self.cfg.join_timeout_ms,
+            what,
+        };
+        match self.joins.order_mut(order_id) {
             Some(order) => {
-                let (a, paid) = (order.attribution, order.first_paid_ms);
-                self.apply_attributed(a, d.ts_ms, c);
-                if d.status == DeliveryStatus::Delivered && paid != i64::MAX {
-                    out.push(Output::PayToDelivery {
-                        millis: d.ts_ms - paid,
-                    });
-                }
+                let a = order.attribution;
+                self.resolve(order_id, a, w, out);
             }
-            None => self.joins.wait(
-                &d.order_id,
-                Waiting {
-                    ts_ms: d.ts_ms,
-                    deadline_ms: d.ts_ms + self.cfg.join_timeout_ms,
-                    what: Joinable::Delivery { status: d.status },
-                },
-            ),
+            None => self.joins.wait(order_id, w),
         }
     }
 
-    /// Attributes an event that waited for its order, which has now arrived.
+    /// Attributes a payment or delivery to its order's keys (the order is known).
     fn resolve(&mut self, order_id: &str, a: Attribution, w: Waiting, out: &mut Vec<Output>) {
         match w.what {
             Joinable::Payment {

@@ -3,11 +3,10 @@
 //! is done, and exports per-partition lag from librdkafka's statistics.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::error::KafkaResult;
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientContext;
@@ -15,13 +14,10 @@ use rdkafka::ClientContext;
 use crate::config::Config;
 use crate::telemetry::Metrics;
 
-/// Client context: statistics become the consumer-lag metric, and the
-/// results of asynchronous commits become the commit metrics.
+/// Client context that turns statistics into the consumer-lag metric.
 pub struct LagContext {
     pub metrics: Option<Arc<Mutex<Metrics>>>,
     pub input_topics: Vec<String>,
-    /// When the commit in flight was sent (commits are asynchronous).
-    commit_sent: Mutex<Option<Instant>>,
 }
 
 impl ClientContext for LagContext {
@@ -44,20 +40,7 @@ impl ClientContext for LagContext {
     }
 }
 
-impl ConsumerContext for LagContext {
-    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
-        let sent = self.commit_sent.lock().ok().and_then(|mut s| s.take());
-        if let Err(e) = &result {
-            // The next commit carries the same or later offsets; results are already durable.
-            tracing::warn!("committing input offsets failed: {e}");
-        }
-        if let (Some(m), Some(sent)) = (&self.metrics, sent) {
-            if let Ok(m) = m.lock() {
-                m.commit(result.is_ok(), sent.elapsed().as_secs_f64());
-            }
-        }
-    }
-}
+impl ConsumerContext for LagContext {}
 
 pub type InputConsumer = BaseConsumer<LagContext>;
 
@@ -75,7 +58,6 @@ pub fn create(cfg: &Config, metrics: Option<Arc<Mutex<Metrics>>>) -> anyhow::Res
     let ctx = LagContext {
         metrics,
         input_topics: cfg.topics.inputs().iter().map(|s| s.to_string()).collect(),
-        commit_sent: Mutex::new(None),
     };
     super::client_config(&cfg.kafka, &ours, &cfg.kafka.consumer_properties)
         .create_with_context(ctx)
@@ -98,8 +80,7 @@ pub fn assign_from_beginning(
     c.assign(&tpl).context("assigning input partitions")
 }
 
-/// Commits `offsets` (topic, partition, next offset) without waiting: the
-/// result arrives in [`LagContext::commit_callback`].
+/// Commits `offsets` (topic, partition, next offset) and waits for the broker.
 pub fn commit(c: &InputConsumer, offsets: &[(String, i32, i64)]) -> anyhow::Result<()> {
     let mut tpl = TopicPartitionList::new();
     for (t, p, o) in offsets {
@@ -111,7 +92,7 @@ pub fn commit(c: &InputConsumer, offsets: &[(String, i32, i64)]) -> anyhow::Resu
     if tpl.count() == 0 {
         return Ok(());
     }
-    c.commit(&tpl, rdkafka::consumer::CommitMode::Async)
+    c.commit(&tpl, rdkafka::consumer::CommitMode::Sync)
         .context("committing input offsets")
 }
 
