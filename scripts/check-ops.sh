@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # Static checks of the observability and deployment assets:
-#   prometheus/   promtool check config, check rules, test rules
-#   grafana/      dashboards parse, every panel queries datasource uid
-#                 "prometheus" with non-empty targets, every expr is valid
-#                 PromQL over the metrics of docs/metrics.md; provisioning
-#   alertmanager/ config structure
-#   docker-compose.yml, Dockerfile
-#                 compose file parses, every mounted host path and every
-#                 build context / Dockerfile it references exists
+#   grafana/prometheus/    promtool check config, check rules, test rules
+#   grafana/dashboards/    dashboards parse, every panel queries datasource
+#                          uid "prometheus" with non-empty targets, every expr
+#                          is valid PromQL over the metrics of docs/metrics.md
+#   grafana/provisioning/  datasource and dashboard provider
+#   grafana/alertmanager/  config structure
+#   docker-compose.yml     compose file parses, every mounted host path and
+#                          every build context / Dockerfile (resolved relative
+#                          to its context) it references exists
+#   scripts/Dockerfile, scripts/Dockerfile.dockerignore
+#                          multi-stage, non-root build; ignore file (BuildKit
+#                          reads <Dockerfile>.dockerignore; context is the
+#                          repo root) excludes target and .git
 #
 # Usage: scripts/check-ops.sh        (from anywhere; runs at the repo root)
 # Needs: bash, python3, promtool (Prometheus 2.x). PyYAML is used when
@@ -42,15 +47,17 @@ trap 'rm -rf "$tmp"' EXIT
 promtool=$(command -v promtool || true)
 [[ -z $promtool && -x /usr/bin/promtool ]] && promtool=/usr/bin/promtool
 if [[ -z $promtool ]]; then
-  fail "promtool not found: install Prometheus' promtool to check prometheus/"
+  fail "promtool not found: install Prometheus' promtool to check grafana/prometheus/"
 else
   info "using $($promtool --version 2>&1 | head -n 1)"
-  check "promtool check config prometheus/prometheus.yml" \
-    "$promtool" check config prometheus/prometheus.yml
-  check "promtool check rules prometheus/alerts.yml" \
-    "$promtool" check rules prometheus/alerts.yml
-  check "promtool test rules prometheus/alerts.test.yml" \
-    "$promtool" test rules prometheus/alerts.test.yml
+  # rule_files are resolved relative to each file's directory, so these work
+  # from the repo root as they do in the container (/etc/prometheus).
+  check "promtool check config grafana/prometheus/prometheus.yml" \
+    "$promtool" check config grafana/prometheus/prometheus.yml
+  check "promtool check rules grafana/prometheus/alerts.yml" \
+    "$promtool" check rules grafana/prometheus/alerts.yml
+  check "promtool test rules grafana/prometheus/alerts.test.yml" \
+    "$promtool" test rules grafana/prometheus/alerts.test.yml
 fi
 
 # ---------------------------------------------------------------------------
@@ -227,7 +234,7 @@ with open(os.path.join(tmp, "dashboard-exprs.yml"), "w", encoding="utf-8") as f:
 
 # --- alert rules: metric names ---------------------------------------------------
 if have_yaml:
-    rules = [r for g in load_yaml("prometheus/alerts.yml")["groups"] for r in g["rules"]]
+    rules = [r for g in load_yaml("grafana/prometheus/alerts.yml")["groups"] for r in g["rules"]]
     bad = []
     for r in rules:
         bad += [f"{r.get('alert')}: metric {n!r} not in docs/metrics.md"
@@ -237,11 +244,11 @@ if have_yaml:
         ann = r.get("annotations", {})
         if not ann.get("summary") or not ann.get("description"):
             bad.append(f"{r.get('alert')}: annotations summary/description missing")
-    result(not bad, f"prometheus/alerts.yml: {len(rules)} rules use documented metrics, "
+    result(not bad, f"grafana/prometheus/alerts.yml: {len(rules)} rules use documented metrics, "
            "have severity, summary and description", bad)
 
     # Every rule has a firing and a quiet case in alerts.test.yml.
-    tests = load_yaml("prometheus/alerts.test.yml")["tests"]
+    tests = load_yaml("grafana/prometheus/alerts.test.yml")["tests"]
     fires, quiet = set(), set()
     for t in tests:
         for a in t.get("alert_rule_test", []):
@@ -249,7 +256,7 @@ if have_yaml:
     names = [r["alert"] for r in rules if "alert" in r]
     missing = [f"{n}: no firing case" for n in names if n not in fires]
     missing += [f"{n}: no quiet case" for n in names if n not in quiet]
-    result(not missing, "prometheus/alerts.test.yml covers every alert (fires and quiet)",
+    result(not missing, "grafana/prometheus/alerts.test.yml covers every alert (fires and quiet)",
            missing)
 else:
     print("INFO  alert rule metric-name and test-coverage checks skipped (need PyYAML)")
@@ -274,7 +281,7 @@ else:
             result(needle in f.read(), f"{path}: contains {needle!r}")
 
 # --- Alertmanager ----------------------------------------------------------------
-am_file = "alertmanager/alertmanager.yml"
+am_file = "grafana/alertmanager/alertmanager.yml"
 if have_yaml:
     am = load_yaml(am_file) or {}
     receivers = {r.get("name") for r in am.get("receivers", [])}
@@ -321,7 +328,7 @@ else
     parser="PyYAML"
     status=0
     python3 - "$compose" > "$refs" 2> "$tmp/compose-err" <<'PY' || status=$?
-import sys, yaml
+import os, sys, yaml
 with open(sys.argv[1], encoding="utf-8") as f:
     doc = yaml.safe_load(f)
 services = doc.get("services") or {}
@@ -332,8 +339,9 @@ for name, svc in services.items():
     if build is not None:
         ctx = build if isinstance(build, str) else build.get("context", ".")
         dockerfile = "Dockerfile" if isinstance(build, str) else build.get("dockerfile", "Dockerfile")
+        # Compose resolves a relative dockerfile against the build context.
         print(f"context\t{name}\t{ctx}")
-        print(f"dockerfile\t{name}\t{ctx.rstrip('/')}/{dockerfile}")
+        print(f"dockerfile\t{name}\t{os.path.normpath(os.path.join(ctx, dockerfile))}")
     for v in svc.get("volumes") or []:
         if isinstance(v, dict):
             src = v.get("source", "") if v.get("type") == "bind" else ""
@@ -365,7 +373,7 @@ for name, svc in doc.get("services", {}).items():
     parser="fallback line parser"
     status=0
     python3 - "$compose" > "$refs" 2> "$tmp/compose-err" <<'PY' || status=$?
-import re, sys
+import os, re, sys
 # Minimal structural reading of a block-style compose file: top-level keys,
 # the services, their volumes and build entries.
 lines = open(sys.argv[1], encoding="utf-8").read().splitlines()
@@ -391,15 +399,18 @@ for no, raw in enumerate(lines, 1):
         m = re.match(r"build:\s*(\S+)$", text)
         if m:
             print(f"context\t{service}\t{m.group(1)}")
-            print(f"dockerfile\t{service}\t{m.group(1).rstrip('/')}/Dockerfile")
+            print(f"dockerfile\t{service}\t{os.path.normpath(os.path.join(m.group(1), 'Dockerfile'))}")
     elif service and section == "volumes" and text.startswith("- "):
         src = text[2:].strip().strip("\"'").split(":")[0]
         if src.startswith((".", "/", "~")):
             print(f"mount\t{service}\t{src}")
 # build: blocks given as an anchor (x-...: &name) merged with <<: *name
+# (dockerfile is relative to the context).
 for m in re.finditer(r"context:\s*(\S+)(?:\s*\n\s*dockerfile:\s*(\S+))?", "\n".join(lines)):
-    print(f"context\t(anchor)\t{m.group(1)}")
-    print(f"dockerfile\t(anchor)\t{m.group(1).rstrip('/')}/{m.group(2) or 'Dockerfile'}")
+    ctx = m.group(1).strip("\"'")
+    dockerfile = (m.group(2) or "Dockerfile").strip("\"'")
+    print(f"context\t(anchor)\t{ctx}")
+    print(f"dockerfile\t(anchor)\t{os.path.normpath(os.path.join(ctx, dockerfile))}")
 if not services:
     sys.exit("no services found")
 PY
@@ -439,21 +450,38 @@ PY
 fi
 
 # ---------------------------------------------------------------------------
-# Dockerfile / .dockerignore
+# scripts/Dockerfile / scripts/Dockerfile.dockerignore
 # ---------------------------------------------------------------------------
-if [[ -f Dockerfile ]] \
-   && grep -q '^FROM rust:1-bookworm AS builder' Dockerfile \
-   && grep -q '^FROM debian:bookworm-slim' Dockerfile \
-   && grep -q '^ENTRYPOINT \["gmv"\]' Dockerfile \
-   && grep -q '^USER ' Dockerfile; then
-  pass "Dockerfile: multi-stage, non-root, ENTRYPOINT gmv"
+# The build context is the repo root; BuildKit reads the ignore file next to
+# the Dockerfile (<Dockerfile>.dockerignore), not ./.dockerignore.
+dockerfile=scripts/Dockerfile
+dockerignore=scripts/Dockerfile.dockerignore
+if [[ -f $dockerfile ]] \
+   && grep -q '^FROM rust:1-bookworm AS builder' "$dockerfile" \
+   && grep -q '^FROM debian:bookworm-slim' "$dockerfile" \
+   && grep -q '^ENTRYPOINT \["gmv"\]' "$dockerfile" \
+   && grep -q '^USER ' "$dockerfile"; then
+  pass "$dockerfile: multi-stage, non-root, ENTRYPOINT gmv"
 else
-  fail "Dockerfile missing or not the expected multi-stage build"
+  fail "$dockerfile missing or not the expected multi-stage build"
 fi
-if [[ -f .dockerignore ]] && grep -qx 'target' .dockerignore && grep -qx '.git' .dockerignore; then
-  pass ".dockerignore excludes target and .git"
+# Every COPY source of the build stage (not --from=) exists in the context.
+missing_copy=()
+while read -r src; do
+  [[ $src == . || -e $src ]] || missing_copy+=("$src")
+done < <(awk '/^COPY / && !/--from=/ { for (i = 2; i < NF; i++) print $i }' "$dockerfile" 2>/dev/null)
+if (( ${#missing_copy[@]} == 0 )); then
+  pass "$dockerfile: every COPY source exists relative to the repo-root context"
 else
-  fail ".dockerignore missing or does not exclude target and .git"
+  fail "$dockerfile: COPY sources missing from the repo-root context: ${missing_copy[*]}"
+fi
+if [[ -f $dockerignore ]] && grep -qx 'target' "$dockerignore" && grep -qx '.git' "$dockerignore"; then
+  pass "$dockerignore excludes target and .git"
+else
+  fail "$dockerignore missing or does not exclude target and .git"
+fi
+if [[ -e .dockerignore ]]; then
+  fail ".dockerignore at the repo root: the ignore file is $dockerignore"
 fi
 
 echo

@@ -3,7 +3,7 @@
 //!
 //! The test runs `gmv demo` (embedded Kafka mock broker, traffic generator and
 //! the job, no external service) and a real Prometheus that scrapes the job's
-//! /metrics every second and loads prometheus/alerts.yml. Once the target is up
+//! /metrics every second and loads grafana/prometheus/alerts.yml. Once the target is up
 //! and traffic has flowed long enough for rate()[1m] to have samples, it
 //! evaluates every `expr` of grafana/dashboards/*.json (panel targets, nested
 //! rows, annotation queries) as an instant query and requires valid PromQL and
@@ -229,7 +229,7 @@ fn start_stack() -> Stack {
     let dir = temp_dir();
     let metrics_port = free_port();
     let prom_port = free_port();
-    let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("prometheus/alerts.yml");
+    let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("grafana/prometheus/alerts.yml");
     assert!(rules.is_file(), "{} missing", rules.display());
     let config = format!(
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
@@ -533,9 +533,9 @@ fn instantiate(q: &DashQuery) -> String {
 // The test
 // ---------------------------------------------------------------------------
 
-/// Alert names of prometheus/alerts.yml (lines `- alert: Name`).
+/// Alert names of grafana/prometheus/alerts.yml (lines `- alert: Name`).
 fn alert_names() -> BTreeSet<String> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("prometheus/alerts.yml");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("grafana/prometheus/alerts.yml");
     fs::read_to_string(&path)
         .expect("read alerts.yml")
         .lines()
