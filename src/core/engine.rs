@@ -318,6 +318,8 @@ pub struct Engine {
     last_emit_ms: i64,
     emitted_watermark_ms: i64,
     last_sweep_watermark_ms: i64,
+    /// Interned id of each two-letter country code, `u32::MAX` until seen.
+    country_ids: Box<[u32; 26 * 26]>,
 }
 
 impl Engine {
@@ -350,6 +352,7 @@ impl Engine {
             last_emit_ms: i64::MIN,
             emitted_watermark_ms: i64::MIN,
             last_sweep_watermark_ms: i64::MIN,
+            country_ids: Box::new([u32::MAX; 26 * 26]),
             cfg,
         }
     }
@@ -595,7 +598,7 @@ impl Engine {
             channel: o.channel_id.as_deref().map_or(NO_CHANNEL, |c| {
                 self.dims[Dim::Channel.index()].names.intern(c)
             }),
-            country: self.dims[Dim::Country.index()].names.intern(&o.country),
+            country: self.country_id(&o.country),
         };
         let info = OrderInfo {
             attribution,
@@ -673,6 +676,19 @@ impl Engine {
             Joinable::Delivery { status: d.status },
             out,
         );
+    }
+
+    /// Country codes are two upper-case letters (checked by `decode`): a table beats hashing.
+    fn country_id(&mut self, code: &str) -> u32 {
+        let b = code.as_bytes();
+        let slot = match b {
+            [x @ b'A'..=b'Z', y @ b'A'..=b'Z'] => (x - b'A') as usize * 26 + (y - b'A') as usize,
+            _ => return self.dims[Dim::Country.index()].names.intern(code),
+        };
+        if self.country_ids[slot] == u32::MAX {
+            self.country_ids[slot] = self.dims[Dim::Country.index()].names.intern(code);
+        }
+        self.country_ids[slot]
     }
 
     /// Attributes a payment or delivery to its order's keys now, or parks it until the order arrives.

@@ -56,7 +56,14 @@ pub struct Waiting {
 #[derive(Debug, Default)]
 struct Slot {
     order: Option<OrderInfo>,
-    waiting: Vec<Waiting>,
+    /// Boxed: most orders never have anything waiting, and a thin pointer keeps the map's entries small.
+    waiting: Option<Box<Vec<Waiting>>>,
+}
+
+impl Slot {
+    fn waiting_len(&self) -> usize {
+        self.waiting.as_ref().map_or(0, |w| w.len())
+    }
 }
 
 /// A repeated order within `dedup_ttl`: dropped.
@@ -92,7 +99,7 @@ impl JoinState {
                 self.order_count += 1;
                 e.insert(Slot {
                     order: Some(info),
-                    waiting: Vec::new(),
+                    waiting: None,
                 });
                 return Ok(Vec::new());
             }
@@ -112,7 +119,7 @@ impl JoinState {
                 slot.order = Some(info);
             }
         }
-        let released = std::mem::take(&mut slot.waiting);
+        let released = slot.waiting.take().map_or_else(Vec::new, |w| *w);
         self.waiting_count -= released.len();
         Ok(released)
     }
@@ -120,11 +127,12 @@ impl JoinState {
     /// Parks an event until its order arrives or the watermark passes its deadline.
     pub fn wait(&mut self, order_id: &str, w: Waiting) {
         let slot = self.slots.entry_ref(order_id).or_default();
-        if slot.waiting.is_empty() {
+        let list = slot.waiting.get_or_insert_with(Default::default);
+        if list.is_empty() {
             self.deadlines
                 .push(Reverse((w.deadline_ms, order_id.into())));
         }
-        slot.waiting.push(w);
+        list.push(w);
         self.waiting_count += 1;
     }
 
@@ -138,16 +146,23 @@ impl JoinState {
             let Some(slot) = self.slots.get_mut(&order_id) else {
                 continue;
             };
-            let before = slot.waiting.len();
-            slot.waiting.retain(|w| {
+            let Some(list) = slot.waiting.as_mut() else {
+                continue;
+            };
+            let before = list.len();
+            list.retain(|w| {
                 let due = w.deadline_ms <= watermark_ms;
                 if due {
                     f(*w);
                 }
                 !due
             });
-            self.waiting_count -= before - slot.waiting.len();
-            match slot.waiting.iter().map(|w| w.deadline_ms).min() {
+            self.waiting_count -= before - list.len();
+            let next = list.iter().map(|w| w.deadline_ms).min();
+            if next.is_none() {
+                slot.waiting = None;
+            }
+            match next {
                 Some(next) => self.deadlines.push(Reverse((next, order_id))),
                 None if slot.order.is_none() => {
                     self.slots.remove(&order_id);
@@ -165,7 +180,7 @@ impl JoinState {
                 s.order = None;
                 forgotten += 1;
             }
-            s.order.is_some() || !s.waiting.is_empty()
+            s.order.is_some() || s.waiting_len() > 0
         });
         self.order_count -= forgotten;
     }
