@@ -54,6 +54,10 @@ pub fn create(cfg: &Config, metrics: Option<Arc<Mutex<Metrics>>>) -> anyhow::Res
         ("isolation.level", "read_committed"),
         ("statistics.interval.ms", "5000"),
         ("fetch.wait.max.ms", "100"),
+        // A deep prefetch queue keeps the loop fed while a fetch round trip is in flight;
+        // with librdkafka's 64 MB default the loop waited on refills (docs/performance.md).
+        ("queued.max.messages.kbytes", "262144"),
+        ("queued.min.messages", "1000000"),
     ];
     let ctx = LagContext {
         metrics,
