@@ -24,6 +24,8 @@ use crate::telemetry::Metrics;
 const MAX_BATCH: usize = 20_000;
 /// How often metrics are refreshed from the engine.
 const METRICS_EVERY: Duration = Duration::from_millis(250);
+/// How often latency quantiles are logged.
+const LATENCY_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// Handles the processing loop shares with the HTTP server and signal handler.
 #[derive(Clone)]
@@ -132,7 +134,7 @@ struct Loop<'a> {
 
 impl Loop<'_> {
     fn process(&mut self) -> anyhow::Result<()> {
-        let mut last_metrics = Instant::now();
+        let (mut last_metrics, mut last_latency_log) = (Instant::now(), Instant::now());
         let inputs: Vec<String> = self
             .cfg
             .topics
@@ -174,8 +176,8 @@ impl Loop<'_> {
                 }
             }
             if n > 0 {
-                let m = self.handles.metrics.lock().expect("metrics lock");
-                m.batch_processing.observe(started.elapsed().as_secs_f64());
+                let mut m = self.handles.metrics.lock().expect("metrics lock");
+                m.observe_batch(started.elapsed().as_secs_f64());
             }
             let emitted = self.engine.on_tick(now_ms(), &mut self.out);
             self.publish()?;
@@ -187,6 +189,14 @@ impl Loop<'_> {
             if last_metrics.elapsed() >= METRICS_EVERY {
                 last_metrics = Instant::now();
                 self.refresh_metrics();
+            }
+            if last_latency_log.elapsed() >= LATENCY_LOG_EVERY {
+                last_latency_log = Instant::now();
+                self.handles
+                    .metrics
+                    .lock()
+                    .expect("metrics lock")
+                    .log_latencies();
             }
         }
         Ok(())
@@ -249,11 +259,10 @@ impl Loop<'_> {
         };
         let started = Instant::now();
         let result = consumer::commit(&self.consumer, &offsets);
-        let m = self.handles.metrics.lock().expect("metrics lock");
+        let mut m = self.handles.metrics.lock().expect("metrics lock");
         m.commit(result.is_ok(), started.elapsed().as_secs_f64());
         if newest_input_ms > 0 {
-            m.end_to_end_latency
-                .observe((now_ms() - newest_input_ms).max(0) as f64 / 1000.0);
+            m.observe_end_to_end(now_ms() - newest_input_ms);
         }
         if let Err(e) = result {
             // A failed commit is retried by the next one; results are already durable.
@@ -288,6 +297,11 @@ impl Loop<'_> {
         self.publisher.flush(Duration::from_secs(60))?;
         self.commit_completed()?;
         self.refresh_metrics();
+        self.handles
+            .metrics
+            .lock()
+            .expect("metrics lock")
+            .log_latencies();
         if let Some(f) = self.publisher.epochs.lock().expect("epochs lock").failure() {
             bail!("outputs were lost at shutdown: {f}");
         }

@@ -40,8 +40,11 @@ pub struct Metrics {
     watermark_lag: prometheus::Gauge,
     input_partitions: IntGaugeVec,
     pub consumer_lag: IntGaugeVec,
-    pub batch_processing: Histogram,
-    pub end_to_end_latency: Histogram,
+    batch_processing: Histogram,
+    end_to_end_latency: Histogram,
+    /// The same two latencies as HdrHistograms, for exact quantiles in the logs.
+    batch_us: hdrhistogram::Histogram<u64>,
+    end_to_end_ms: hdrhistogram::Histogram<u64>,
     output_records: IntCounterVec,
     output_errors: IntCounterVec,
     commits: IntCounterVec,
@@ -126,6 +129,8 @@ impl Metrics {
             rebalances: counter("rebalances_total", "Partition assignments changed"),
             state_entries: gauge_vec("state_entries", "Size of in-memory state", &["kind"]),
             last: Stats::default(),
+            batch_us: hdrhistogram::Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds"),
+            end_to_end_ms: hdrhistogram::Histogram::new_with_bounds(1, 3_600_000, 3).expect("valid bounds"),
             registry: r.clone(),
         };
         reg(
@@ -308,6 +313,40 @@ impl Metrics {
         }
     }
 
+    /// One poll batch was decoded and processed in `seconds`.
+    pub fn observe_batch(&mut self, seconds: f64) {
+        self.batch_processing.observe(seconds);
+        self.batch_us.saturating_record((seconds * 1e6) as u64);
+    }
+
+    /// An emit cycle's outputs were acknowledged `millis` after its newest input was written.
+    pub fn observe_end_to_end(&mut self, millis: i64) {
+        self.end_to_end_latency
+            .observe(millis.max(0) as f64 / 1000.0);
+        self.end_to_end_ms.saturating_record(millis.max(0) as u64);
+    }
+
+    /// Logs p50, p99, p99.9 and max of both latencies since the last call, then starts afresh.
+    pub fn log_latencies(&mut self) {
+        for (name, h, unit) in [
+            ("batch processing", &mut self.batch_us, "us"),
+            ("end to end", &mut self.end_to_end_ms, "ms"),
+        ] {
+            if h.is_empty() {
+                continue;
+            }
+            tracing::info!(
+                "{name} latency ({unit}): n={} p50={} p99={} p99.9={} max={}",
+                h.len(),
+                h.value_at_quantile(0.5),
+                h.value_at_quantile(0.99),
+                h.value_at_quantile(0.999),
+                h.max()
+            );
+            h.reset();
+        }
+    }
+
     pub fn commit(&self, ok: bool, seconds: f64) {
         self.commits
             .with_label_values(&[if ok { "ok" } else { "error" }])
@@ -351,6 +390,22 @@ mod tests {
         assert!(text.contains("gmv_paid_fen_total 800"), "{text}");
         assert!(text.contains("gmv_dead_letters_total{reason=\"late\"} 2"));
         assert!(text.contains("gmv_dead_letters_total{reason=\"too_large\"} 0"));
+    }
+
+    #[test]
+    fn latencies_go_to_prometheus_and_to_the_hdr_histograms_for_the_log() {
+        let mut m = Metrics::new();
+        m.observe_batch(0.002);
+        m.observe_end_to_end(1_500);
+        assert!(m
+            .encode()
+            .contains("gmv_end_to_end_latency_seconds_count 1"));
+        assert_eq!((m.batch_us.len(), m.end_to_end_ms.max()), (1, 1_500));
+        m.log_latencies();
+        assert!(
+            m.batch_us.is_empty() && m.end_to_end_ms.is_empty(),
+            "each log covers the time since the last"
+        );
     }
 
     #[test]
