@@ -211,8 +211,8 @@ fn run_job(cfg: &Config) -> anyhow::Result<()> {
         metrics: handles.metrics.clone(),
         heartbeat_ms: handles.heartbeat_ms.clone(),
     };
-    runtime.block_on(gmv::telemetry::http::serve(addr, shared))?;
-    tracing::info!(%addr, "serving /metrics and /healthz");
+    let addr = runtime.block_on(gmv::telemetry::http::serve(addr, shared))?;
+    tracing::info!(%addr, "serving /metrics, /healthz and the live page at /");
     gmv::app::stop_on_signal(handles.shutdown.clone())?;
     gmv::app::run(cfg, &handles)
 }

@@ -1,4 +1,5 @@
-//! HTTP endpoints: `/metrics` (Prometheus text format) and `/healthz`.
+//! HTTP endpoints: `/metrics` (Prometheus text format), `/healthz`, and a
+//! live page at `/` (with its data at `/summary.json`) for a quick look without Grafana.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -28,16 +29,31 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// Binds now (so a taken port fails at start) and serves until the runtime stops.
-pub async fn serve(
-    addr: SocketAddr,
-    shared: Shared,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+/// Binds now (so a taken port fails at start), serves until the runtime stops, and returns the bound address.
+pub async fn serve(addr: SocketAddr, shared: Shared) -> anyhow::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding the metrics server to {addr}"))?;
     let metrics = shared.clone();
+    let summary = shared.metrics.clone();
     let app = Router::new()
+        .route(
+            "/",
+            get(|| async { axum::response::Html(include_str!("page.html")) }),
+        )
+        .route(
+            "/summary.json",
+            get(move || {
+                let m = summary.clone();
+                async move {
+                    let body = m
+                        .lock()
+                        .map(|m| serde_json::to_string(&m.summary).unwrap_or_default())
+                        .unwrap_or_default();
+                    ([("content-type", "application/json")], body)
+                }
+            }),
+        )
         .route(
             "/metrics",
             get(move || {
@@ -65,9 +81,63 @@ pub async fn serve(
                 }
             }),
         );
-    Ok(tokio::spawn(async move {
+    let bound = listener
+        .local_addr()
+        .context("reading the metrics server's address")?;
+    tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!("metrics server stopped: {e}");
         }
-    }))
+    });
+    Ok(bound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    fn get(addr: SocketAddr, path: &str) -> String {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn serves_metrics_health_and_the_live_page() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let heartbeat_ms = Arc::new(AtomicI64::new(now_ms()));
+        let shared = Shared {
+            metrics: Arc::new(Mutex::new(Metrics::new())),
+            heartbeat_ms: heartbeat_ms.clone(),
+        };
+        let addr = rt
+            .block_on(serve("127.0.0.1:0".parse().unwrap(), shared))
+            .unwrap();
+        assert!(get(addr, "/metrics").contains("gmv_events_read_total{topic=\"orders\"} 0"));
+        assert!(get(addr, "/healthz").starts_with("HTTP/1.1 200"));
+        assert!(get(addr, "/").contains("<html"));
+        let summary = get(addr, "/summary.json");
+        let body = summary.split("\r\n\r\n").nth(1).unwrap();
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(
+            (v["gmv_fen"].as_str(), v["paid_orders"].as_u64()),
+            (Some("0"), Some(0))
+        );
+        heartbeat_ms.store(now_ms() - STUCK_AFTER_MS - 1, Ordering::Relaxed);
+        assert!(
+            get(addr, "/healthz").starts_with("HTTP/1.1 503"),
+            "a silent loop is unhealthy"
+        );
+    }
 }
