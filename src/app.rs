@@ -143,7 +143,8 @@ impl Loop<'_> {
             .map(|s| s.to_string())
             .collect();
         while !self.handles.shutdown.load(Ordering::Relaxed) {
-            let started = Instant::now();
+            // Timed from the first record, so waiting for input is not counted as processing.
+            let mut started = None;
             let mut n = 0;
             while n < MAX_BATCH {
                 let wait = if n == 0 {
@@ -166,6 +167,7 @@ impl Loop<'_> {
                             partition: m.partition(),
                             offset: m.offset(),
                         };
+                        started.get_or_insert_with(Instant::now);
                         if let Some(ts) = m.timestamp().to_millis() {
                             self.newest_input_ms = self.newest_input_ms.max(ts);
                         }
@@ -175,7 +177,7 @@ impl Loop<'_> {
                     }
                 }
             }
-            if n > 0 {
+            if let Some(started) = started {
                 let mut m = self.handles.metrics.lock().expect("metrics lock");
                 m.observe_batch(started.elapsed().as_secs_f64());
             }
@@ -184,7 +186,7 @@ impl Loop<'_> {
             if emitted {
                 self.seal();
             }
-            self.commit_completed()?;
+            self.commit_completed();
             self.handles.heartbeat_ms.store(now_ms(), Ordering::Relaxed);
             if last_metrics.elapsed() >= METRICS_EVERY {
                 last_metrics = Instant::now();
@@ -247,7 +249,7 @@ impl Loop<'_> {
         self.newest_input_ms = 0;
     }
 
-    fn commit_completed(&mut self) -> anyhow::Result<()> {
+    fn commit_completed(&mut self) {
         let done = self
             .publisher
             .epochs
@@ -255,7 +257,7 @@ impl Loop<'_> {
             .expect("epochs lock")
             .take_completed();
         let Some((offsets, newest_input_ms)) = done else {
-            return Ok(());
+            return;
         };
         let started = Instant::now();
         let result = consumer::commit(&self.consumer, &offsets);
@@ -268,7 +270,6 @@ impl Loop<'_> {
             // A failed commit is retried by the next one; results are already durable.
             tracing::warn!("{e:#}");
         }
-        Ok(())
     }
 
     fn refresh_metrics(&mut self) {
@@ -295,7 +296,7 @@ impl Loop<'_> {
         self.publish()?;
         self.seal();
         self.publisher.flush(Duration::from_secs(60))?;
-        self.commit_completed()?;
+        self.commit_completed();
         self.refresh_metrics();
         self.handles
             .metrics

@@ -56,6 +56,10 @@ impl Epochs {
 
     /// The newest fully acknowledged epoch's offsets, removing it and those before.
     pub fn take_completed(&mut self) -> Option<(Offsets, i64)> {
+        if self.failure.is_some() {
+            // An output was lost: nothing after it may be committed.
+            return None;
+        }
         let mut done = None;
         while let Some(entry) = self.open.first_entry() {
             let e = entry.get();
@@ -201,6 +205,8 @@ mod tests {
         assert_eq!(e.take_completed().map(|x| x.1), Some(3));
         let c = e.sent();
         e.acked(c, Some("broken".into()));
+        e.seal(vec![("orders".into(), 0, 40)], 4);
         assert_eq!(e.failure(), Some("broken"));
+        assert_eq!(e.take_completed(), None, "no commit past a lost output");
     }
 }
