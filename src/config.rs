@@ -10,6 +10,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+pub use crate::core::engine::TimeConfig;
 use crate::core::fx::{default_rates, Rate};
 use crate::core::milestone::ThresholdRule;
 use crate::core::EngineConfig;
@@ -52,20 +53,6 @@ pub struct TopicNames {
     pub gmv_totals: String,
     pub milestones: String,
     pub dead_letters: String,
-}
-
-/// Event-time and wall-time settings, integer milliseconds.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TimeConfig {
-    pub max_out_of_orderness_ms: i64,
-    pub idle_timeout_ms: i64,
-    pub allowed_lateness_ms: i64,
-    pub join_timeout_ms: i64,
-    pub dedup_ttl_ms: i64,
-    /// How long (event time) an order is kept for its payments and deliveries to join.
-    pub order_ttl_ms: i64,
-    pub emit_interval_ms: i64,
 }
 
 /// Tumbling window sizes per dimension, in ms.
@@ -135,21 +122,6 @@ impl Default for TopicNames {
             gmv_totals: "gmv-totals".into(),
             milestones: "milestones".into(),
             dead_letters: "dead-letters".into(),
-        }
-    }
-}
-
-impl Default for TimeConfig {
-    fn default() -> Self {
-        let e = EngineConfig::default();
-        TimeConfig {
-            max_out_of_orderness_ms: e.max_out_of_orderness_ms,
-            idle_timeout_ms: e.idle_timeout_ms,
-            allowed_lateness_ms: e.allowed_lateness_ms,
-            join_timeout_ms: e.join_timeout_ms,
-            dedup_ttl_ms: e.dedup_ttl_ms,
-            order_ttl_ms: e.order_ttl_ms,
-            emit_interval_ms: e.emit_interval_ms,
         }
     }
 }
@@ -335,19 +307,12 @@ impl Config {
 
     /// The engine's view of these settings.
     pub fn engine(&self) -> EngineConfig {
-        let t = &self.time;
         let list = |v: &Vec<i64>| ThresholdRule {
             list_fen: v.clone(),
             every_fen: None,
         };
         EngineConfig {
-            max_out_of_orderness_ms: t.max_out_of_orderness_ms,
-            idle_timeout_ms: t.idle_timeout_ms,
-            allowed_lateness_ms: t.allowed_lateness_ms,
-            join_timeout_ms: t.join_timeout_ms,
-            dedup_ttl_ms: t.dedup_ttl_ms,
-            order_ttl_ms: t.order_ttl_ms,
-            emit_interval_ms: t.emit_interval_ms,
+            time: self.time.clone(),
             window_sizes_ms: [
                 self.windows.total_ms.clone(),
                 self.windows.brand_ms.clone(),

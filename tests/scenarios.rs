@@ -112,11 +112,12 @@ fn run(cfg: &Config, records: &[&Record]) -> FinalState {
                         ),
                     );
                 }
-                Output::Total(t) => {
-                    let key = format!("{}|{}", t.dim.as_str(), t.key);
+                Output::Total(record) => {
+                    let t = &record.totals;
+                    let key = format!("{}|{}", record.dim.as_str(), record.key);
                     let prev = totals.get(&key);
                     assert!(
-                        prev.is_none_or(|p| t.revision == p.1 + 1),
+                        prev.is_none_or(|p| record.revision == p.1 + 1),
                         "{key}: revision must grow by one"
                     );
                     let v = vec![
@@ -127,7 +128,7 @@ fn run(cfg: &Config, records: &[&Record]) -> FinalState {
                         t.shipped_orders as i64,
                         t.delivered_orders as i64,
                     ];
-                    totals.insert(key, (v, t.revision));
+                    totals.insert(key, (v, record.revision));
                 }
                 Output::Milestone(m) => milestones.push((
                     format!("{}|{}|{}", m.dim.as_str(), m.key, m.threshold_fen),

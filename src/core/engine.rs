@@ -23,17 +23,40 @@ use crate::model::{
 pub const TOTAL_KEY: &str = "all";
 pub const UNKNOWN_KEY: &str = "unknown";
 
-/// The engine's settings, all in integer milliseconds and fen.
-#[derive(Debug, Clone)]
-pub struct EngineConfig {
+/// Event-time and wall-time settings, integer milliseconds (the `[time]` section of the config).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimeConfig {
     pub max_out_of_orderness_ms: i64,
+    /// Wall time without records before a partition stops holding the watermark.
     pub idle_timeout_ms: i64,
     pub allowed_lateness_ms: i64,
     pub join_timeout_ms: i64,
     pub dedup_ttl_ms: i64,
-    /// How long an order is kept for late payments and deliveries to join.
+    /// How long (event time) an order is kept for its payments and deliveries to join.
     pub order_ttl_ms: i64,
+    /// Upsert outputs are updated at most this often per key.
     pub emit_interval_ms: i64,
+}
+
+impl Default for TimeConfig {
+    fn default() -> Self {
+        TimeConfig {
+            max_out_of_orderness_ms: 5_000,
+            idle_timeout_ms: 10_000,
+            allowed_lateness_ms: 60_000,
+            join_timeout_ms: 60_000,
+            dedup_ttl_ms: 3_600_000,
+            order_ttl_ms: 86_400_000,
+            emit_interval_ms: 1_000,
+        }
+    }
+}
+
+/// The engine's settings, all in integer milliseconds and fen.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub time: TimeConfig,
     /// Window sizes per dimension, indexed by [`Dim::index`].
     pub window_sizes_ms: [Vec<i64>; 4],
     /// Milestone thresholds per dimension; `country` has none by contract.
@@ -50,13 +73,7 @@ impl Default for EngineConfig {
             every_fen: None,
         };
         EngineConfig {
-            max_out_of_orderness_ms: 5_000,
-            idle_timeout_ms: 10_000,
-            allowed_lateness_ms: 60_000,
-            join_timeout_ms: 60_000,
-            dedup_ttl_ms: 3_600_000,
-            order_ttl_ms: 86_400_000,
-            emit_interval_ms: 1_000,
+            time: TimeConfig::default(),
             window_sizes_ms: [
                 vec![1_000, 60_000],
                 vec![60_000],
@@ -137,7 +154,7 @@ impl Interner {
 }
 
 /// Cumulative figures of one key since the start of the sale.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Totals {
     pub gmv_fen: i128,
     pub refund_fen: i128,
@@ -239,12 +256,7 @@ impl DimState {
         Output::Total(TotalRecord {
             dim: self.dim,
             key: self.names.name(key).to_string(),
-            gmv_fen: t.gmv_fen,
-            refund_fen: t.refund_fen,
-            paid_orders: t.paid_orders,
-            placed_orders: t.placed_orders,
-            shipped_orders: t.shipped_orders,
-            delivered_orders: t.delivered_orders,
+            totals: t,
             watermark_ms,
             revision: slot.revision,
         })
@@ -340,7 +352,7 @@ impl Engine {
         all_sizes_ms.dedup();
         Engine {
             fx: FxTable::new(&cfg.fx),
-            wm: Watermarks::new(cfg.max_out_of_orderness_ms, cfg.idle_timeout_ms),
+            wm: Watermarks::new(cfg.time.max_out_of_orderness_ms, cfg.time.idle_timeout_ms),
             dims,
             joins: JoinState::default(),
             payment_ids: Dedup::default(),
@@ -461,7 +473,8 @@ impl Engine {
         if self.wm.all_idle() {
             self.flush_idle(out);
         }
-        if self.last_emit_ms == i64::MIN || now_ms - self.last_emit_ms >= self.cfg.emit_interval_ms
+        if self.last_emit_ms == i64::MIN
+            || now_ms - self.last_emit_ms >= self.cfg.time.emit_interval_ms
         {
             self.emit(out);
             self.last_emit_ms = now_ms;
@@ -558,7 +571,7 @@ impl Engine {
         out: &mut Vec<Output>,
     ) {
         let ts = ev.ts_ms();
-        let lateness = self.cfg.allowed_lateness_ms;
+        let lateness = self.cfg.time.allowed_lateness_ms;
         let w = self.wm.current_ms();
         if ts < w.saturating_sub(lateness) {
             // A late event still shows its partition is alive; bad records do not.
@@ -607,7 +620,7 @@ impl Engine {
         };
         let Ok(released) = self
             .joins
-            .insert_order(&o.order_id, info, self.cfg.dedup_ttl_ms)
+            .insert_order(&o.order_id, info, self.cfg.time.dedup_ttl_ms)
         else {
             self.stats.duplicates[InputTopic::Orders.index()] += 1;
             return;
@@ -626,7 +639,7 @@ impl Engine {
     fn on_payment(&mut self, p: Payment<'_>, out: &mut Vec<Output>) {
         if !self
             .payment_ids
-            .first_copy(&p.payment_id, p.ts_ms, self.cfg.dedup_ttl_ms)
+            .first_copy(&p.payment_id, p.ts_ms, self.cfg.time.dedup_ttl_ms)
         {
             self.stats.duplicates[InputTopic::Payments.index()] += 1;
             return;
@@ -654,7 +667,7 @@ impl Engine {
     fn on_delivery(&mut self, d: Delivery<'_>, out: &mut Vec<Output>) {
         if !self
             .delivery_ids
-            .first_copy(&d.delivery_id, d.ts_ms, self.cfg.dedup_ttl_ms)
+            .first_copy(&d.delivery_id, d.ts_ms, self.cfg.time.dedup_ttl_ms)
         {
             self.stats.duplicates[InputTopic::Deliveries.index()] += 1;
             return;
@@ -701,7 +714,7 @@ impl Engine {
     ) {
         let w = Waiting {
             ts_ms,
-            deadline_ms: ts_ms + self.cfg.join_timeout_ms,
+            deadline_ms: ts_ms + self.cfg.time.join_timeout_ms,
             what,
         };
         match self.joins.order_mut(order_id) {
@@ -788,7 +801,7 @@ impl Engine {
             };
             self.apply_attributed(unknown, x.ts_ms, c);
         }
-        let limit = w.saturating_sub(self.cfg.allowed_lateness_ms);
+        let limit = w.saturating_sub(self.cfg.time.allowed_lateness_ms);
         for d in &mut self.dims {
             d.close_through(limit, &mut self.stats, out);
         }
@@ -797,18 +810,18 @@ impl Engine {
 
     /// Forgets ids and orders that no non-late event can match any more.
     fn sweep(&mut self, limit_ms: i64) {
-        let every = (self.cfg.dedup_ttl_ms / 4).max(1_000);
+        let every = (self.cfg.time.dedup_ttl_ms / 4).max(1_000);
         if self.last_sweep_watermark_ms != i64::MIN
             && limit_ms - self.last_sweep_watermark_ms < every
         {
             return;
         }
         self.last_sweep_watermark_ms = limit_ms;
-        let ids_before = limit_ms.saturating_sub(self.cfg.dedup_ttl_ms);
+        let ids_before = limit_ms.saturating_sub(self.cfg.time.dedup_ttl_ms);
         self.payment_ids.sweep(ids_before);
         self.delivery_ids.sweep(ids_before);
         self.joins
-            .sweep_orders(limit_ms.saturating_sub(self.cfg.order_ttl_ms));
+            .sweep_orders(limit_ms.saturating_sub(self.cfg.time.order_ttl_ms));
     }
 
     /// All partitions idle: close everything as if the watermark had passed it.
@@ -823,7 +836,12 @@ impl Engine {
             .map(|s| max_ts.div_euclid(*s) * s + s)
             .max()
             .unwrap_or(max_ts + 1);
-        let target = end.saturating_add(self.cfg.allowed_lateness_ms.max(self.cfg.join_timeout_ms));
+        let target = end.saturating_add(
+            self.cfg
+                .time
+                .allowed_lateness_ms
+                .max(self.cfg.time.join_timeout_ms),
+        );
         if self.wm.advance_to(target) {
             self.advance(out);
         }

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::engine::Totals;
 use crate::model::{DeadReason, InputTopic, Source};
 
 /// A dimension of the aggregates; the strings are the contract's `dim` values.
@@ -52,12 +53,8 @@ pub struct WindowRecord {
 pub struct TotalRecord {
     pub dim: Dim,
     pub key: String,
-    pub gmv_fen: i128,
-    pub refund_fen: i128,
-    pub paid_orders: u64,
-    pub placed_orders: u64,
-    pub shipped_orders: u64,
-    pub delivered_orders: u64,
+    #[serde(flatten)]
+    pub totals: Totals,
     pub watermark_ms: i64,
     pub revision: u64,
 }
@@ -267,6 +264,31 @@ mod tests {
         assert_eq!(key.unwrap(), b"brand|b1|60000|60000");
         let v: serde_json::Value = serde_json::from_slice(&value).unwrap();
         assert_eq!(v["final"], true);
+        let t = Output::Total(TotalRecord {
+            dim: Dim::Channel,
+            key: "live-1".into(),
+            totals: Totals {
+                gmv_fen: 7,
+                placed_orders: 2,
+                ..Totals::default()
+            },
+            watermark_ms: 9,
+            revision: 3,
+        });
+        let (topic, key, value) = t.to_record().unwrap();
+        assert_eq!(
+            (topic, key.unwrap()),
+            (OutputTopic::GmvTotals, b"channel|live-1".to_vec())
+        );
+        let flat: serde_json::Value = serde_json::from_slice(&value).unwrap();
+        assert_eq!(
+            (
+                flat["gmv_fen"].as_i64(),
+                flat["placed_orders"].as_i64(),
+                flat["revision"].as_i64()
+            ),
+            (Some(7), Some(2), Some(3))
+        );
         assert_eq!(v["dim"], "brand");
         assert_eq!(v["gmv_fen"], 5);
     }
