@@ -537,3 +537,69 @@ fn job_output_matches_independent_totals_and_survives_a_restart() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// What an operator sees when the input topics are wrong: the job refuses to start and says why.
+#[test]
+fn run_refuses_missing_or_not_co_partitioned_inputs_and_bad_settings() {
+    let (_broker, brokers) = start_broker();
+    let dir = std::env::temp_dir().join(format!("gmv-e2e-refuse-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = write_config(&dir, &brokers);
+    assert!(gmv()
+        .args(["topics", "--config"])
+        .arg(&config)
+        .args(["--partitions", "4"])
+        .status()
+        .unwrap()
+        .success());
+    // A fourth topic with another partition count, named as the orders input.
+    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+        ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .create()
+            .unwrap();
+    let topic = rdkafka::admin::NewTopic::new(
+        "orders-three",
+        3,
+        rdkafka::admin::TopicReplication::Fixed(1),
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let created = rt
+        .block_on(admin.create_topics([&topic], &rdkafka::admin::AdminOptions::new()))
+        .unwrap();
+    assert!(created[0].is_ok(), "{created:?}");
+
+    let refused = |env: (&str, &str), config: &std::path::Path| {
+        let out = gmv()
+            .args(["run", "--config"])
+            .arg(config)
+            .env(env.0, env.1)
+            .output()
+            .unwrap();
+        assert!(
+            !out.status.success(),
+            "gmv run should refuse to start with {env:?}"
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = refused(("GMV_TOPICS__ORDERS", "orders-three"), &config);
+    assert!(
+        err.contains("not co-partitioned") && err.contains("`orders-three` has 3"),
+        "{err}"
+    );
+    let err = refused(("GMV_TOPICS__PAYMENTS", "no-such-topic"), &config);
+    assert!(
+        err.contains("no-such-topic") && err.contains("does not exist"),
+        "{err}"
+    );
+    let err = refused(("GMV_TIME__JOIN_TIMEOUT_MS", "120000"), &config);
+    assert!(err.contains("time.join_timeout_ms"), "{err}");
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "[kafka]\nbrokerz = \"x\"\n").unwrap();
+    let err = refused(("RUST_LOG", "warn"), &bad);
+    assert!(err.contains("brokerz"), "an unknown key is named: {err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
