@@ -388,6 +388,61 @@ fn wait_for(c: &BaseConsumer, out: &mut Outputs, want: &Expected, what: &str) {
     }
 }
 
+type PartitionCounts = BTreeMap<(String, i32), i64>;
+
+/// Records per input partition, by reading them all (Tansu's end offsets are not reliable).
+fn input_counts(brokers: &str) -> PartitionCounts {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "e2e-counter")
+        .set("fetch.wait.max.ms", "20")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for t in ["orders", "payments", "deliveries"] {
+        for p in 0..PARTITIONS {
+            tpl.add_partition_offset(t, p, Offset::Beginning).unwrap();
+        }
+    }
+    c.assign(&tpl).unwrap();
+    let mut next = PartitionCounts::new();
+    let mut quiet = Instant::now();
+    while quiet.elapsed() < Duration::from_secs(3) {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+            next.insert((m.topic().to_string(), m.partition()), m.offset() + 1);
+            quiet = Instant::now();
+        }
+    }
+    next
+}
+
+/// The offsets a consumer group has committed for the input partitions.
+fn committed_offsets(brokers: &str, group: &str) -> PartitionCounts {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for t in ["orders", "payments", "deliveries"] {
+        for p in 0..PARTITIONS {
+            tpl.add_partition(t, p);
+        }
+    }
+    let committed = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    let out = committed
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some(((e.topic().to_string(), e.partition()), o)),
+            _ => None,
+        })
+        .collect();
+    // The list must go before the consumer (dropping them the other way round can hang).
+    drop(committed);
+    out
+}
+
 #[test]
 fn job_output_matches_independent_totals_and_survives_a_restart() {
     let (_broker, brokers) = start_broker();
@@ -467,6 +522,26 @@ fn job_output_matches_independent_totals_and_survives_a_restart() {
         );
     }
     assert_eq!(dead, bad_by_reason, "dead letters by reason");
+
+    // Offsets follow results: once everything is final and acknowledged, the
+    // job's committed offset of every input partition is its record count.
+    let counts = input_counts(&brokers);
+    assert_eq!(
+        counts.values().sum::<i64>() as usize,
+        RECORDS + bad_cases.len()
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let committed = committed_offsets(&brokers, "gmv-e2e");
+        if committed == counts {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "committed offsets {committed:?} never reached the input {counts:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
 
     // Graceful stop, then a restart rebuilds the same state from the input without repeating milestones.
     let pid = job.0.id().to_string();
