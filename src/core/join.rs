@@ -57,6 +57,7 @@ pub struct Waiting {
 struct Slot {
     order: Option<OrderInfo>,
     /// Boxed: most orders never have anything waiting, and a thin pointer keeps the map's entries small.
+    #[allow(clippy::box_collection)]
     waiting: Option<Box<Vec<Waiting>>>,
 }
 

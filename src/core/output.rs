@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::engine::Totals;
-use crate::model::{DeadReason, InputTopic, Source};
+use crate::model::{DeadReason, Source};
 
 /// A dimension of the aggregates; the strings are the contract's `dim` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -204,15 +204,10 @@ fn json<T: Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).expect("output records serialize")
 }
 
-impl DeadLetter {
-    pub fn input_topic(&self) -> InputTopic {
-        self.source.topic
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::InputTopic;
 
     fn dl(payload: &[u8]) -> serde_json::Value {
         let d = DeadLetter {

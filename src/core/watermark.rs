@@ -54,10 +54,6 @@ impl Watermarks {
         self.recompute();
     }
 
-    pub fn partitions(&self) -> impl Iterator<Item = &PartitionId> {
-        self.parts.keys()
-    }
-
     /// Records an event; returns true when the job's watermark moved.
     pub fn observe(&mut self, part: PartitionId, ts_ms: i64, now_ms: i64) -> bool {
         let ooo = self.max_out_of_orderness_ms;

@@ -115,20 +115,9 @@ impl TumblingWindows {
         }
     }
 
-    /// Closes every open window (the after-the-sale flush).
-    pub fn close_all(&mut self, f: impl FnMut(WindowState)) {
-        self.close_through(i64::MAX, f);
-        self.dirty.clear();
-    }
-
     /// Number of open (window, key) slots, for the state-size metric.
     pub fn open_slots(&self) -> usize {
         self.open_slots
-    }
-
-    /// End of the earliest open window, if any.
-    pub fn earliest_end_ms(&self) -> Option<i64> {
-        self.open.keys().next().map(|s| s + self.size_ms)
     }
 }
 

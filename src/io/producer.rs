@@ -75,10 +75,6 @@ impl Epochs {
     pub fn failure(&self) -> Option<&str> {
         self.failure.as_deref()
     }
-
-    pub fn in_flight(&self) -> usize {
-        self.open.values().map(|e| e.outstanding).sum()
-    }
 }
 
 /// Producer context: counts acknowledgements per epoch and per output topic.

@@ -417,8 +417,10 @@ mod tests {
     #[test]
     fn counters_follow_engine_stats_by_delta() {
         let mut m = Metrics::new();
-        let mut s = Stats::default();
-        s.paid_fen = 500;
+        let mut s = Stats {
+            paid_fen: 500,
+            ..Stats::default()
+        };
         s.dead_letters[DeadReason::Late.index()] = 2;
         m.sync_stats(&s);
         s.paid_fen = 800;
