@@ -678,3 +678,97 @@ fn run_refuses_missing_or_not_co_partitioned_inputs_and_bad_settings() {
     assert!(err.contains("brokerz"), "an unknown key is named: {err}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Crashes: the job is killed with SIGKILL at random moments while traffic
+/// flows, and restarted each time. At this stage (at-least-once, state rebuilt
+/// from the input) the final state must still be exact and every milestone
+/// must appear once. Replay a failure with GMV_CHAOS_SEED=<the printed seed>.
+#[test]
+fn kill_9_at_random_moments_still_ends_exact() {
+    use rand::{Rng, SeedableRng};
+    let seed: u64 = std::env::var("GMV_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    println!("chaos seed {seed} (GMV_CHAOS_SEED={seed} replays it)");
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let (_broker, brokers) = start_broker();
+    let dir = std::env::temp_dir().join(format!("gmv-e2e-chaos-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = write_config(&dir, &brokers);
+    assert!(gmv()
+        .args(["topics", "--config"])
+        .arg(&config)
+        .args(["--partitions", &PARTITIONS.to_string()])
+        .status()
+        .unwrap()
+        .success());
+
+    // Traffic at a steady rate in the background, so kills land mid-stream.
+    let traffic = TrafficConfig {
+        seed,
+        orders_per_sec: 300.0,
+        surge: 2.0,
+        surge_decay_ms: 30_000,
+        ..TrafficConfig::default()
+    };
+    let records: Vec<_> = Traffic::new(traffic).take(120_000).collect();
+    let good: Vec<(String, Value)> = records
+        .iter()
+        .filter(|r| !matches!(r.kind, RecordKind::Bad(_)))
+        .map(|r| {
+            (
+                r.topic.label().to_string(),
+                serde_json::from_slice(&r.value).unwrap(),
+            )
+        })
+        .collect();
+    let want = reference(&good);
+    let producer_brokers = brokers.clone();
+    let writer = std::thread::spawn(move || {
+        let mut cfg = Config::default();
+        cfg.kafka.brokers = producer_brokers;
+        let p = gmv::gen::writer::producer(&cfg).unwrap();
+        let started = Instant::now();
+        for (i, r) in records.iter().enumerate() {
+            gmv::gen::writer::send(&p, r.topic.label(), r.key.as_deref(), &r.value).unwrap();
+            // 12,000 records/s: about 10 s of traffic.
+            if let Some(ahead) =
+                Duration::from_micros(i as u64 * 1_000_000 / 12_000).checked_sub(started.elapsed())
+            {
+                std::thread::sleep(ahead);
+            }
+        }
+        p.flush(Duration::from_secs(30)).unwrap();
+    });
+
+    let mut job = start_job(&config);
+    for kill in 1..=10 {
+        std::thread::sleep(Duration::from_millis(rng.gen_range(300..2_000)));
+        job.0.kill().unwrap(); // SIGKILL: no flush, no commit
+        job.0.wait().unwrap();
+        println!("kill -9 #{kill}, restarting");
+        job = start_job(&config);
+    }
+    writer.join().unwrap();
+
+    // This reader sees every run's outputs; the latest value per key must be exact.
+    let mut out = Outputs::default();
+    wait_for(&reader(&brokers), &mut out, &want, "after 10 kills");
+    let mut keys: Vec<&String> = out.milestone_records.iter().map(|(k, _)| k).collect();
+    let n = keys.len();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(
+        keys.len(),
+        n,
+        "a milestone was emitted twice across crashes (seed {seed})"
+    );
+    drop(job);
+    std::fs::remove_dir_all(&dir).ok();
+}
