@@ -1,6 +1,7 @@
 //! The only place that wires Kafka, the engine and telemetry together: the
 //! processing loop of `gmv run`.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -11,7 +12,9 @@ use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use crate::config::Config;
+use crate::core::engine::Totals;
 use crate::core::output::{Dim, Output};
+use crate::core::window::{Published, WindowSums};
 use crate::core::Engine;
 use crate::io::consumer::{self, InputConsumer};
 use crate::io::producer::Publisher;
@@ -84,11 +87,11 @@ pub fn run(cfg: &Config, handles: &Handles) -> anyhow::Result<()> {
     tracing::info!(partitions, brokers = %cfg.kafka.brokers, "input topics are co-partitioned");
 
     let mut engine = Engine::new(cfg.engine());
-    let preloaded = preload_milestones(cfg, &mut engine)?;
-    if preloaded > 0 {
+    let read_back = read_back_outputs(cfg, &mut engine)?;
+    if read_back > 0 {
         tracing::info!(
-            preloaded,
-            "milestones already emitted will not be emitted again"
+            read_back,
+            "outputs of earlier runs read back: rebuilding continues from them"
         );
     }
     let publisher = Publisher::create(cfg, Some(handles.metrics.clone()))?;
@@ -310,44 +313,100 @@ impl Loop<'_> {
     }
 }
 
-/// Reads the `milestones` topic so a restart never emits a milestone twice.
-fn preload_milestones(cfg: &Config, engine: &mut Engine) -> anyhow::Result<usize> {
+/// Reads back what earlier runs published (`milestones`, `gmv-windows`,
+/// `gmv-totals`), so that rebuilding state from the input never emits a
+/// milestone twice, never updates a final window, never shows a figure going
+/// back, and continues every key's revisions. Returns the records read.
+fn read_back_outputs(cfg: &Config, engine: &mut Engine) -> anyhow::Result<usize> {
     let reader = consumer::create(cfg, None)?;
-    let md = reader
-        .fetch_metadata(Some(&cfg.topics.milestones), Duration::from_secs(15))
-        .context("reading metadata of the milestones topic")?;
-    let Some(topic) = md.topics().first().filter(|t| t.error().is_none()) else {
-        tracing::warn!(topic = %cfg.topics.milestones, "milestones topic does not exist yet; create it with `gmv topics`");
-        return Ok(0);
-    };
+    let t = &cfg.topics;
+    let names = [
+        t.milestones.as_str(),
+        t.gmv_windows.as_str(),
+        t.gmv_totals.as_str(),
+    ];
     let mut tpl = TopicPartitionList::new();
-    for p in topic.partitions() {
-        tpl.add_partition_offset(&cfg.topics.milestones, p.id(), Offset::Beginning)?;
+    for name in names {
+        let md = reader
+            .fetch_metadata(Some(name), Duration::from_secs(15))
+            .with_context(|| format!("reading metadata of the {name} topic"))?;
+        match md.topics().first().filter(|t| t.error().is_none()) {
+            Some(topic) => {
+                for p in topic.partitions() {
+                    tpl.add_partition_offset(name, p.id(), Offset::Beginning)?;
+                }
+            }
+            None => tracing::warn!(
+                topic = name,
+                "output topic does not exist yet; create it with `gmv topics`"
+            ),
+        }
     }
-    reader
-        .assign(&tpl)
-        .context("assigning the milestones topic")?;
-    let (mut count, started) = (0, Instant::now());
-    let mut quiet_since = Instant::now();
-    // Some brokers report end offsets unreliably: read until the topic stays quiet.
+    if tpl.count() == 0 {
+        return Ok(0);
+    }
+    reader.assign(&tpl).context("assigning the output topics")?;
+    // Latest value per key: compacted topics keep one key on one partition, in order.
+    let mut windows: BTreeMap<Vec<u8>, PublishedWindow> = BTreeMap::new();
+    let mut totals: BTreeMap<Vec<u8>, PublishedTotal> = BTreeMap::new();
+    let (mut count, started, mut quiet_since) = (0, Instant::now(), Instant::now());
+    // Some brokers report end offsets unreliably: read until the topics stay quiet.
     while quiet_since.elapsed() < Duration::from_millis(1500)
-        && started.elapsed() < Duration::from_secs(60)
+        && started.elapsed() < Duration::from_secs(600)
     {
         match reader.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
                 quiet_since = Instant::now();
-                let Some(v) = m.payload() else { continue };
-                match serde_json::from_slice::<MilestoneSeen>(v) {
-                    Ok(s) => {
-                        engine.mark_milestone_emitted(s.dim, &s.key, s.threshold_fen);
-                        count += 1;
-                    }
-                    Err(e) => tracing::warn!("ignoring an unreadable milestones record: {e}"),
+                let (Some(key), Some(value)) = (m.key(), m.payload()) else {
+                    continue;
+                };
+                count += 1;
+                let parsed = if m.topic() == t.milestones {
+                    serde_json::from_slice::<MilestoneSeen>(value)
+                        .map(|s| engine.mark_milestone_emitted(s.dim, &s.key, s.threshold_fen))
+                } else if m.topic() == t.gmv_windows {
+                    serde_json::from_slice(value).map(|w| {
+                        windows.insert(key.to_vec(), w);
+                    })
+                } else {
+                    serde_json::from_slice(value).map(|v| {
+                        totals.insert(key.to_vec(), v);
+                    })
+                };
+                if let Err(e) = parsed {
+                    tracing::warn!(
+                        topic = m.topic(),
+                        "ignoring an unreadable output record: {e}"
+                    );
                 }
             }
-            Some(Err(e)) => tracing::warn!("reading milestones: {e}"),
+            Some(Err(e)) => tracing::warn!("reading back outputs: {e}"),
             None => {}
         }
+    }
+    for w in windows.into_values() {
+        let sums = WindowSums {
+            gmv_fen: w.gmv_fen,
+            refund_fen: w.refund_fen,
+            paid_orders: w.paid_orders,
+        };
+        let p = Published {
+            sums,
+            revision: w.revision,
+            is_final: w.is_final,
+        };
+        engine.seed_window(w.dim, &w.key, w.window_size_ms, w.window_start_ms, p);
+    }
+    for t in totals.into_values() {
+        let sums = Totals {
+            gmv_fen: t.gmv_fen,
+            refund_fen: t.refund_fen,
+            paid_orders: t.paid_orders,
+            placed_orders: t.placed_orders,
+            shipped_orders: t.shipped_orders,
+            delivered_orders: t.delivered_orders,
+        };
+        engine.seed_total(t.dim, &t.key, sums, t.revision);
     }
     Ok(count)
 }
@@ -357,4 +416,31 @@ struct MilestoneSeen {
     dim: Dim,
     key: String,
     threshold_fen: i128,
+}
+
+#[derive(serde::Deserialize)]
+struct PublishedWindow {
+    dim: Dim,
+    key: String,
+    window_start_ms: i64,
+    window_size_ms: i64,
+    gmv_fen: i128,
+    refund_fen: i128,
+    paid_orders: u64,
+    #[serde(rename = "final")]
+    is_final: bool,
+    revision: u64,
+}
+
+#[derive(serde::Deserialize)]
+struct PublishedTotal {
+    dim: Dim,
+    key: String,
+    gmv_fen: i128,
+    refund_fen: i128,
+    paid_orders: u64,
+    placed_orders: u64,
+    shipped_orders: u64,
+    delivered_orders: u64,
+    revision: u64,
 }

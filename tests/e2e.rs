@@ -25,7 +25,7 @@ use rdkafka::ClientConfig;
 use serde_json::{json, Value};
 
 mod support;
-use support::broker::{free_port, start_broker, Proc};
+use support::broker::{free_port, http_get, metric_sum, start_broker, Proc};
 
 const PARTITIONS: i32 = 4;
 const RECORDS: usize = 60_000;
@@ -37,7 +37,9 @@ fn gmv() -> Command {
 }
 
 /// The job's settings for this test: Tansu needs short fetch waits.
-fn write_config(dir: &std::path::Path, brokers: &str) -> PathBuf {
+/// Writes the job's config; returns its path and the job's metrics port.
+fn write_config(dir: &std::path::Path, brokers: &str) -> (PathBuf, u16) {
+    let metrics_port = free_port();
     let path = dir.join("gmv.toml");
     std::fs::write(
         &path,
@@ -59,11 +61,11 @@ total_every_fen = {TOTAL_EVERY_FEN}
 [metrics]
 listen = "127.0.0.1:{}"
 "#,
-            free_port()
+            metrics_port
         ),
     )
     .unwrap();
-    path
+    (path, metrics_port)
 }
 
 fn start_job(config: &std::path::Path) -> Proc {
@@ -233,10 +235,9 @@ struct Outputs {
     totals: BTreeMap<String, Value>,
     milestone_records: Vec<(String, Value)>,
     dead_letters: Vec<Value>,
-    /// Final records seen per window key (a restart at this stage emits them again).
-    finals: HashMap<String, usize>,
-    /// Within one run, no update may follow a final one.
-    one_run: bool,
+    /// Each key's revisions must grow by exactly one (a clean run or stop), or
+    /// only grow (a killed job's unacknowledged update may be redone).
+    consecutive_revisions: bool,
 }
 
 impl Outputs {
@@ -323,24 +324,27 @@ fn drain(c: &BaseConsumer, out: &mut Outputs, for_at_least: Duration) {
         match m.topic() {
             "gmv-windows" => {
                 if let Some(prev) = out.windows.get(&key) {
-                    assert!(
-                        !out.one_run || prev["final"] != true,
-                        "{key}: an update followed a final one"
-                    );
-                }
-                if v["final"] == true {
-                    *out.finals.entry(key.clone()).or_default() += 1;
+                    assert_ne!(prev["final"], true, "{key}: an update followed a final one");
+                    check_revision(out.consecutive_revisions, &key, prev, &v);
                 }
                 out.windows.insert(key, v);
             }
             "gmv-totals" => {
-                if let Some(prev) = out.totals.get(&key).filter(|_| out.one_run) {
-                    for f in ["gmv_fen", "paid_orders", "placed_orders"] {
+                if let Some(prev) = out.totals.get(&key) {
+                    for f in [
+                        "gmv_fen",
+                        "refund_fen",
+                        "paid_orders",
+                        "placed_orders",
+                        "shipped_orders",
+                        "delivered_orders",
+                    ] {
                         assert!(
                             v[f].as_i64() >= prev[f].as_i64(),
-                            "{key}: {f} went backwards"
+                            "{key}: {f} went backwards: {prev} then {v}"
                         );
                     }
+                    check_revision(out.consecutive_revisions, &key, prev, &v);
                 }
                 out.totals.insert(key, v);
             }
@@ -348,6 +352,18 @@ fn drain(c: &BaseConsumer, out: &mut Outputs, for_at_least: Duration) {
             "dead-letters" => out.dead_letters.push(v),
             other => panic!("unexpected topic {other}"),
         }
+    }
+}
+
+fn check_revision(consecutive: bool, key: &str, prev: &Value, v: &Value) {
+    let (a, b) = (
+        prev["revision"].as_u64().unwrap(),
+        v["revision"].as_u64().unwrap(),
+    );
+    if consecutive {
+        assert_eq!(b, a + 1, "{key}: revision must grow by one");
+    } else {
+        assert!(b > a, "{key}: revision went from {a} to {b}");
     }
 }
 
@@ -448,7 +464,7 @@ fn job_output_matches_independent_totals_and_survives_a_restart() {
     let (_broker, brokers) = start_broker();
     let dir = std::env::temp_dir().join(format!("gmv-e2e-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let config = write_config(&dir, &brokers);
+    let (config, metrics_port) = write_config(&dir, &brokers);
 
     let status = gmv()
         .args(["topics", "--config"])
@@ -505,7 +521,7 @@ fn job_output_matches_independent_totals_and_survives_a_restart() {
     let mut job = start_job(&config);
     let out_reader = reader(&brokers);
     let mut out = Outputs {
-        one_run: true,
+        consecutive_revisions: true,
         ..Outputs::default()
     };
     wait_for(&out_reader, &mut out, &want, "first run");
@@ -557,18 +573,31 @@ fn job_output_matches_independent_totals_and_survives_a_restart() {
     );
     let windows_before = out.windows.len();
     let mut job2 = start_job(&config);
-    // This reader sees both runs: the restart re-emits every window, so wait until each has a second final record.
-    let mut again = Outputs::default();
-    let reader2 = reader(&brokers);
+    // The restarted job reads everything again (its own metric says so), yet a
+    // reader of the whole history sees no figure go back, no update after a
+    // final one and revisions growing by one: it reads back what was published.
     let deadline = Instant::now() + Duration::from_secs(180);
-    while again.finals.len() < windows_before || again.finals.values().any(|n| *n < 2) {
+    let input_records = (RECORDS + bad_cases.len()) as f64;
+    while std::panic::catch_unwind(|| {
+        metric_sum(&http_get(metrics_port, "/metrics"), "gmv_events_read_total")
+    })
+    .map_or(true, |n| n < input_records)
+    {
         assert!(
             Instant::now() < deadline,
-            "the restarted job did not re-emit every window"
+            "the restarted job did not read the input again"
         );
-        drain(&reader2, &mut again, Duration::from_secs(1));
+        std::thread::sleep(Duration::from_millis(200));
     }
+    let mut again = Outputs {
+        consecutive_revisions: true,
+        ..Outputs::default()
+    };
+    let reader2 = reader(&brokers);
     wait_for(&reader2, &mut again, &want, "after restart");
+    // Let the restarted job finish: its windows are final and its outputs settled.
+    drain(&reader2, &mut again, Duration::from_secs(5));
+    assert_eq!(again.actual(), want);
     assert_eq!(again.windows.len(), windows_before);
     let mut keys: Vec<&String> = again.milestone_records.iter().map(|(k, _)| k).collect();
     let n = keys.len();
@@ -619,7 +648,7 @@ fn run_refuses_missing_or_not_co_partitioned_inputs_and_bad_settings() {
     let (_broker, brokers) = start_broker();
     let dir = std::env::temp_dir().join(format!("gmv-e2e-refuse-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let config = write_config(&dir, &brokers);
+    let (config, _) = write_config(&dir, &brokers);
     assert!(gmv()
         .args(["topics", "--config"])
         .arg(&config)
@@ -700,7 +729,7 @@ fn kill_9_at_random_moments_still_ends_exact() {
     let (_broker, brokers) = start_broker();
     let dir = std::env::temp_dir().join(format!("gmv-e2e-chaos-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let config = write_config(&dir, &brokers);
+    let (config, _) = write_config(&dir, &brokers);
     assert!(gmv()
         .args(["topics", "--config"])
         .arg(&config)
@@ -757,7 +786,8 @@ fn kill_9_at_random_moments_still_ends_exact() {
     }
     writer.join().unwrap();
 
-    // This reader sees every run's outputs; the latest value per key must be exact.
+    // This reader sees every run's outputs: no figure may go back and no final
+    // window change, and the latest value per key must be exact.
     let mut out = Outputs::default();
     wait_for(&reader(&brokers), &mut out, &want, "after 10 kills");
     let mut keys: Vec<&String> = out.milestone_records.iter().map(|(k, _)| k).collect();

@@ -12,7 +12,7 @@ use super::join::{Attribution, Dedup, JoinState, Joinable, OrderInfo, Waiting, N
 use super::milestone::{Milestones, ThresholdRule, BUCKET_MS};
 use super::output::{DeadLetter, Dim, MilestoneRecord, Output, TotalRecord, WindowRecord};
 use super::watermark::{PartitionId, Watermarks};
-use super::window::{TumblingWindows, WindowState};
+use super::window::{Published, TumblingWindows, WindowState};
 use super::FastMap;
 use crate::decode::decode;
 use crate::model::{
@@ -169,6 +169,20 @@ struct TotalSlot {
     sums: Totals,
     revision: u64,
     dirty: bool,
+    /// Published by an earlier run and not yet caught up with: no update until the sums cover it.
+    floor: Option<Totals>,
+}
+
+impl Totals {
+    /// True when every figure is at least the other's.
+    pub fn covers(&self, o: &Totals) -> bool {
+        self.gmv_fen >= o.gmv_fen
+            && self.refund_fen >= o.refund_fen
+            && self.paid_orders >= o.paid_orders
+            && self.placed_orders >= o.placed_orders
+            && self.shipped_orders >= o.shipped_orders
+            && self.delivered_orders >= o.delivered_orders
+    }
 }
 
 /// Aggregates of one dimension.
@@ -298,6 +312,14 @@ impl DimState {
         self.windows = windows;
         let dirty = std::mem::take(&mut self.dirty_totals);
         for key in &dirty {
+            let slot = &mut self.totals[*key as usize];
+            if let Some(floor) = slot.floor {
+                if !slot.sums.covers(&floor) || slot.sums == floor {
+                    slot.dirty = false;
+                    continue;
+                }
+                slot.floor = None;
+            }
             out.push(self.total_record(*key, watermark_ms));
         }
         self.dirty_totals = dirty;
@@ -381,6 +403,28 @@ impl Engine {
         let d = &mut self.dims[dim.index()];
         let id = d.names.intern(key);
         d.milestones.mark_emitted(id, threshold_fen);
+    }
+
+    /// Records what an earlier run published for a window, so rebuilding from
+    /// the input continues its revisions, never goes below it, and leaves a
+    /// final window alone. Sizes not configured are ignored.
+    pub fn seed_window(&mut self, dim: Dim, key: &str, size_ms: i64, start_ms: i64, p: Published) {
+        let d = &mut self.dims[dim.index()];
+        if let Some(w) = d.windows.iter_mut().find(|w| w.size_ms() == size_ms) {
+            let id = d.names.intern(key);
+            w.seed(start_ms, id, p);
+        }
+    }
+
+    /// Records what an earlier run published for a cumulative key (see [`Engine::seed_window`]).
+    pub fn seed_total(&mut self, dim: Dim, key: &str, totals: Totals, revision: u64) {
+        let d = &mut self.dims[dim.index()];
+        let id = d.names.intern(key) as usize;
+        if id >= d.totals.len() {
+            d.totals.resize_with(id + 1, TotalSlot::default);
+        }
+        d.totals[id].revision = revision;
+        d.totals[id].floor = Some(totals);
     }
 
     pub fn stats(&self) -> &Stats {
@@ -1222,6 +1266,45 @@ mod tests {
         );
         h.idle_flush();
         assert_eq!(committable(&mut h), 2);
+    }
+
+    #[test]
+    fn a_rebuild_continues_published_totals_without_going_back() {
+        let mut h = Harness::new(EngineConfig::default());
+        let published = Totals {
+            gmv_fen: 200,
+            paid_orders: 2,
+            placed_orders: 2,
+            ..Totals::default()
+        };
+        h.e.seed_total(Dim::Brand, "b1", published, 7);
+        for i in 0..3 {
+            h.feed(
+                InputTopic::Orders,
+                &order(&format!("o{i}"), "b1", None, 1_000),
+            );
+            h.feed(
+                InputTopic::Payments,
+                &pay(&format!("p{i}"), &format!("o{i}"), "paid", 100, 1_000),
+            );
+            h.now += 1_000;
+            h.e.on_tick(h.now, &mut h.out);
+        }
+        let b1: Vec<_> = h
+            .out
+            .iter()
+            .filter_map(|o| match o {
+                Output::Total(t) if t.dim == Dim::Brand && t.key == "b1" => {
+                    Some((t.totals.gmv_fen, t.revision))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            b1,
+            vec![(300, 8)],
+            "nothing below or equal to what was published; revisions continue"
+        );
     }
 
     #[test]

@@ -13,11 +13,33 @@ pub struct WindowSums {
     pub paid_orders: u64,
 }
 
+impl WindowSums {
+    /// True when every figure is at least the other's: a replay has caught up with it.
+    pub fn covers(&self, other: &WindowSums) -> bool {
+        self.gmv_fen >= other.gmv_fen
+            && self.refund_fen >= other.refund_fen
+            && self.paid_orders >= other.paid_orders
+    }
+}
+
+/// What an earlier run already published for a window (read back at start),
+/// so a rebuild from the input neither goes backwards nor updates a final window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    pub sums: WindowSums,
+    pub revision: u64,
+    pub is_final: bool,
+}
+
 #[derive(Debug, Clone, Default)]
 struct Slot {
     sums: WindowSums,
     revision: u64,
     dirty: bool,
+    /// Published before and not yet caught up with: no update until the sums cover it.
+    floor: Option<WindowSums>,
+    /// Published as final before: never published again.
+    done: bool,
 }
 
 /// One emitted state of a window (the upsert record's payload).
@@ -37,6 +59,8 @@ pub struct TumblingWindows {
     /// Windows changed since the last `drain_dirty`; may name closed ones, which are skipped.
     dirty: Vec<(i64, u32)>,
     open_slots: usize,
+    /// Published states of windows not (re)opened yet, by start and key.
+    published: BTreeMap<i64, FastMap<u32, Published>>,
 }
 
 impl TumblingWindows {
@@ -47,6 +71,7 @@ impl TumblingWindows {
             open: BTreeMap::new(),
             dirty: Vec::new(),
             open_slots: 0,
+            published: BTreeMap::new(),
         }
     }
 
@@ -58,13 +83,27 @@ impl TumblingWindows {
         ts_ms.div_euclid(self.size_ms) * self.size_ms
     }
 
+    /// Records what an earlier run published for the window starting at `start_ms`.
+    pub fn seed(&mut self, start_ms: i64, key: u32, p: Published) {
+        self.published.entry(start_ms).or_default().insert(key, p);
+    }
+
     /// Adds to the window of `ts_ms` for `key`, opening it if needed.
     pub fn add(&mut self, ts_ms: i64, key: u32, f: impl FnOnce(&mut WindowSums)) {
         let start = self.start_of(ts_ms);
         let slots = self.open.entry(start).or_default();
         let slot = slots.entry(key).or_insert_with(|| {
             self.open_slots += 1;
-            Slot::default()
+            let seed = self.published.get_mut(&start).and_then(|m| m.remove(&key));
+            match seed {
+                Some(p) => Slot {
+                    revision: p.revision,
+                    floor: (!p.is_final).then_some(p.sums),
+                    done: p.is_final,
+                    ..Slot::default()
+                },
+                None => Slot::default(),
+            }
         });
         f(&mut slot.sums);
         if !slot.dirty {
@@ -79,21 +118,38 @@ impl TumblingWindows {
             let Some(slot) = self.open.get_mut(&start).and_then(|m| m.get_mut(&key)) else {
                 continue;
             };
-            if slot.dirty {
-                slot.dirty = false;
-                slot.revision += 1;
-                f(WindowState {
-                    start_ms: start,
-                    key,
-                    sums: slot.sums,
-                    revision: slot.revision,
-                });
+            if !slot.dirty {
+                continue;
             }
+            slot.dirty = false;
+            if slot.done {
+                continue;
+            }
+            if let Some(floor) = slot.floor {
+                if !slot.sums.covers(&floor) || slot.sums == floor {
+                    continue;
+                }
+                slot.floor = None;
+            }
+            slot.revision += 1;
+            f(WindowState {
+                start_ms: start,
+                key,
+                sums: slot.sums,
+                revision: slot.revision,
+            });
         }
     }
 
     /// Closes, in start order, every window whose end is at or before `limit_ms`.
     pub fn close_through(&mut self, limit_ms: i64, mut f: impl FnMut(WindowState)) {
+        // Published windows this run never reopened are settled: forget them.
+        while let Some(entry) = self.published.first_entry() {
+            if entry.key().saturating_add(self.size_ms) > limit_ms {
+                break;
+            }
+            entry.remove();
+        }
         while let Some(entry) = self.open.first_entry() {
             if entry.key().saturating_add(self.size_ms) > limit_ms {
                 break;
@@ -104,7 +160,7 @@ impl TumblingWindows {
             let mut keys: Vec<_> = slots.into_iter().collect();
             // Stable output order makes runs reproducible.
             keys.sort_unstable_by_key(|(k, _)| *k);
-            for (key, slot) in keys {
+            for (key, slot) in keys.into_iter().filter(|(_, s)| !s.done) {
                 f(WindowState {
                     start_ms: start,
                     key,
@@ -154,6 +210,56 @@ mod tests {
             closed.push((s.start_ms, s.sums.gmv_fen, s.revision))
         });
         assert_eq!(closed, vec![(60_000, 7, 1)]);
+    }
+
+    #[test]
+    fn a_rebuild_neither_goes_back_nor_touches_a_published_final_window() {
+        let mut w = TumblingWindows::new(1_000);
+        let sums = |g: i128| WindowSums {
+            gmv_fen: g,
+            refund_fen: 0,
+            paid_orders: g as u64,
+        };
+        w.seed(
+            0,
+            1,
+            Published {
+                sums: sums(2),
+                revision: 5,
+                is_final: false,
+            },
+        );
+        w.seed(
+            1_000,
+            1,
+            Published {
+                sums: sums(1),
+                revision: 2,
+                is_final: true,
+            },
+        );
+        let mut seen = vec![];
+        w.add(10, 1, gmv(1));
+        w.add(1_010, 1, gmv(1));
+        w.drain_dirty(|s| seen.push((s.start_ms, s.sums.gmv_fen, s.revision)));
+        assert!(
+            seen.is_empty(),
+            "below what was published, and a final window"
+        );
+        w.add(20, 1, gmv(1));
+        w.drain_dirty(|s| seen.push((s.start_ms, s.sums.gmv_fen, s.revision)));
+        assert!(seen.is_empty(), "equal to what was published: nothing new");
+        w.add(30, 1, gmv(1));
+        w.drain_dirty(|s| seen.push((s.start_ms, s.sums.gmv_fen, s.revision)));
+        assert_eq!(seen, vec![(0, 3, 6)], "caught up: continues the revisions");
+        w.close_through(2_000, |s| {
+            seen.push((s.start_ms, s.sums.gmv_fen, s.revision))
+        });
+        assert_eq!(
+            seen,
+            vec![(0, 3, 6), (0, 3, 7)],
+            "the final window [1 s, 2 s) is not published again"
+        );
     }
 
     #[test]
