@@ -170,7 +170,8 @@ struct TotalSlot {
     revision: u64,
     dirty: bool,
     /// Published by an earlier run and not yet caught up with: no update until the sums cover it.
-    floor: Option<Totals>,
+    /// Boxed: only after a restart, and it keeps the hot slot small.
+    floor: Option<Box<Totals>>,
 }
 
 impl Totals {
@@ -313,8 +314,8 @@ impl DimState {
         let dirty = std::mem::take(&mut self.dirty_totals);
         for key in &dirty {
             let slot = &mut self.totals[*key as usize];
-            if let Some(floor) = slot.floor {
-                if !slot.sums.covers(&floor) || slot.sums == floor {
+            if let Some(floor) = &slot.floor {
+                if !slot.sums.covers(floor) || slot.sums == **floor {
                     slot.dirty = false;
                     continue;
                 }
@@ -424,7 +425,7 @@ impl Engine {
             d.totals.resize_with(id + 1, TotalSlot::default);
         }
         d.totals[id].revision = revision;
-        d.totals[id].floor = Some(totals);
+        d.totals[id].floor = Some(Box::new(totals));
     }
 
     pub fn stats(&self) -> &Stats {

@@ -37,7 +37,8 @@ struct Slot {
     revision: u64,
     dirty: bool,
     /// Published before and not yet caught up with: no update until the sums cover it.
-    floor: Option<WindowSums>,
+    /// Boxed: only after a restart, and it keeps the hot slot small.
+    floor: Option<Box<WindowSums>>,
     /// Published as final before: never published again.
     done: bool,
 }
@@ -98,7 +99,7 @@ impl TumblingWindows {
             match seed {
                 Some(p) => Slot {
                     revision: p.revision,
-                    floor: (!p.is_final).then_some(p.sums),
+                    floor: (!p.is_final).then(|| Box::new(p.sums)),
                     done: p.is_final,
                     ..Slot::default()
                 },
@@ -125,8 +126,8 @@ impl TumblingWindows {
             if slot.done {
                 continue;
             }
-            if let Some(floor) = slot.floor {
-                if !slot.sums.covers(&floor) || slot.sums == floor {
+            if let Some(floor) = &slot.floor {
+                if !slot.sums.covers(floor) || slot.sums == **floor {
                     continue;
                 }
                 slot.floor = None;
