@@ -12,11 +12,8 @@ use gmv::core::{Engine, EngineConfig};
 use gmv::gen::traffic::{Traffic, TrafficConfig};
 use gmv::model::{InputTopic, Source};
 
-/// mimalloc: the engine allocates one small key per order and id; it is markedly faster here than glibc's allocator.
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() {
+    gmv::alloc::keep_freed_memory();
     let n: usize = std::env::var("RECORDS")
         .ok()
         .and_then(|s| s.parse().ok())

@@ -7,6 +7,8 @@
 //! - [`telemetry`]: Prometheus metrics and the `/metrics`, `/healthz` server.
 //! - [`app`]: the processing loop that wires io, core and telemetry.
 //! - [`gen`]: the traffic generator; [`demo`]: the embedded, no-services demo.
+//! - [`alloc`]: the memory allocator and its tuning.
+pub mod alloc;
 pub mod app;
 pub mod config;
 pub mod core;

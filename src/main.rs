@@ -11,10 +11,6 @@ use gmv::config::{Config, Overrides};
 use gmv::gen::traffic::TrafficConfig;
 use gmv::gen::writer::WriteOptions;
 
-/// mimalloc: the engine allocates one small key per order and id; it is markedly faster here than glibc's allocator.
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "gmv",
@@ -134,6 +130,7 @@ impl TrafficArgs {
 }
 
 fn main() {
+    gmv::alloc::keep_freed_memory();
     let cli = Cli::parse();
     let default_level = if matches!(cli.command, Command::Demo(_)) {
         "warn"
