@@ -35,6 +35,7 @@ pub struct DemoArgs {
     /// Address for the job's /metrics and /healthz.
     #[arg(long, default_value = "127.0.0.1:9100")]
     pub metrics_listen: String,
+    /// Seed of the generated traffic.
     #[arg(long, default_value_t = 1111)]
     pub seed: u64,
 }

@@ -61,7 +61,7 @@ enum Command {
 
 #[derive(Args, Clone)]
 struct Common {
-    /// TOML config file (every key is optional; see config/gmv.example.toml).
+    /// TOML config file (every key is optional; see docs/config.example.toml).
     #[arg(long, short)]
     config: Option<PathBuf>,
     /// Kafka bootstrap servers (overrides kafka.brokers).
