@@ -18,7 +18,7 @@ use rdkafka::ClientConfig;
 
 #[path = "../tests/support/mod.rs"]
 mod support;
-use support::broker::{free_port, http_get, metric_sum, start_broker, Proc};
+use support::broker::{create_topics, free_port, http_get, metric_sum, start_broker, Proc};
 
 const PARTITIONS: i32 = 4;
 
@@ -45,13 +45,7 @@ fn main() {
     )
     .unwrap();
     let gmv = env!("CARGO_BIN_EXE_gmv");
-    assert!(Command::new(gmv)
-        .args(["topics", "--config"])
-        .arg(&config)
-        .args(["--partitions", &PARTITIONS.to_string()])
-        .status()
-        .unwrap()
-        .success());
+    create_topics(&config, PARTITIONS);
 
     let mut cfg = Config::default();
     cfg.kafka.brokers = brokers.clone();

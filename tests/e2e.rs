@@ -25,7 +25,7 @@ use rdkafka::ClientConfig;
 use serde_json::{json, Value};
 
 mod support;
-use support::broker::{free_port, http_get, metric_sum, start_broker, Proc};
+use support::broker::{create_topics, free_port, http_get, metric_sum, start_broker, Proc};
 
 const PARTITIONS: i32 = 4;
 const RECORDS: usize = 60_000;
@@ -466,13 +466,7 @@ fn job_output_matches_independent_totals_and_survives_a_restart() {
     std::fs::create_dir_all(&dir).unwrap();
     let (config, metrics_port) = write_config(&dir, &brokers);
 
-    let status = gmv()
-        .args(["topics", "--config"])
-        .arg(&config)
-        .args(["--partitions", &PARTITIONS.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success(), "gmv topics failed");
+    create_topics(&config, PARTITIONS);
 
     // Input: generated traffic (with its own duplicates and bad records), then one record per bad-input reason.
     let traffic = TrafficConfig {
@@ -649,13 +643,7 @@ fn run_refuses_missing_or_not_co_partitioned_inputs_and_bad_settings() {
     let dir = std::env::temp_dir().join(format!("gmv-e2e-refuse-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (config, _) = write_config(&dir, &brokers);
-    assert!(gmv()
-        .args(["topics", "--config"])
-        .arg(&config)
-        .args(["--partitions", "4"])
-        .status()
-        .unwrap()
-        .success());
+    create_topics(&config, PARTITIONS);
     // A fourth topic with another partition count, named as the orders input.
     let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
         ClientConfig::new()
@@ -730,13 +718,7 @@ fn kill_9_at_random_moments_still_ends_exact() {
     let dir = std::env::temp_dir().join(format!("gmv-e2e-chaos-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (config, _) = write_config(&dir, &brokers);
-    assert!(gmv()
-        .args(["topics", "--config"])
-        .arg(&config)
-        .args(["--partitions", &PARTITIONS.to_string()])
-        .status()
-        .unwrap()
-        .success());
+    create_topics(&config, PARTITIONS);
 
     // Traffic at a steady rate in the background, so kills land mid-stream.
     let traffic = TrafficConfig {

@@ -94,3 +94,14 @@ pub fn metric_sum(text: &str, name: &str) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// Runs `gmv topics` with `config`, the input topics having `partitions` each.
+pub fn create_topics(config: &std::path::Path, partitions: i32) {
+    let status = Command::new(env!("CARGO_BIN_EXE_gmv"))
+        .args(["topics", "--config"])
+        .arg(config)
+        .args(["--partitions", &partitions.to_string()])
+        .status()
+        .expect("running gmv topics");
+    assert!(status.success(), "gmv topics failed");
+}
