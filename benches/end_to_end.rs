@@ -18,7 +18,9 @@ use rdkafka::ClientConfig;
 
 #[path = "../tests/support/mod.rs"]
 mod support;
-use support::broker::{create_topics, free_port, http_get, metric_sum, start_broker, Proc};
+use support::broker::{
+    create_topics, free_port, http_get, metric_sum, start_broker, wait_for_port, Proc,
+};
 
 const PARTITIONS: i32 = 4;
 
@@ -89,13 +91,11 @@ fn main() {
     );
     let events_read = || metric_sum(&http_get(metrics_port, "/metrics"), "gmv_events_read_total");
     let deadline = Instant::now() + Duration::from_secs(600);
-    while std::net::TcpStream::connect(("127.0.0.1", metrics_port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "the job's metrics server never came up"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_port(
+        metrics_port,
+        Duration::from_secs(60),
+        "the job's metrics server",
+    );
     let mut first = None;
     loop {
         assert!(

@@ -256,16 +256,12 @@ fn amount(v: Option<Num>) -> Result<i64, Rejection> {
     }
 }
 
-/// Both currency checks: present and a string (else missing/invalid), then known.
-fn currency_rate(
-    v: Option<Cow<'_, str>>,
-    fx: &FxTable,
-) -> Result<crate::core::fx::Rate, Rejection> {
-    let c = required(v, "currency")?;
-    fx.rate(&c).ok_or_else(|| {
+/// The currency's FX rate, or `unknown_currency`.
+fn currency_rate(c: &str, fx: &FxTable) -> Result<crate::core::fx::Rate, Rejection> {
+    fx.rate(c).ok_or_else(|| {
         reject(
             DeadReason::UnknownCurrency,
-            format!("currency `{}` is not in the FX table", truncate(&c)),
+            format!("currency `{}` is not in the FX table", truncate(c)),
         )
     })
 }
@@ -315,7 +311,7 @@ fn order<'a>(r: RawOrder<'a>, fx: &FxTable) -> Result<Order<'a>, Rejection> {
             ))
         }
     };
-    currency_rate(Some(currency.clone()), fx)?;
+    currency_rate(&currency, fx)?;
     Ok(Order {
         order_id,
         user_id,
@@ -346,7 +342,7 @@ fn payment<'a>(r: RawPayment<'a>, fx: &FxTable) -> Result<Payment<'a>, Rejection
             ))
         }
     };
-    let rate = currency_rate(Some(currency), fx)?;
+    let rate = currency_rate(&currency, fx)?;
     let amount_fen = crate::core::fx::convert(amount_minor, rate);
     Ok(Payment {
         payment_id,

@@ -459,23 +459,61 @@ fn committed_offsets(brokers: &str, group: &str) -> PartitionCounts {
     out
 }
 
-#[test]
-fn job_output_matches_independent_totals_and_survives_a_restart() {
-    let (_broker, brokers) = start_broker();
-    let dir = std::env::temp_dir().join(format!("gmv-e2e-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (config, metrics_port) = write_config(&dir, &brokers);
+/// A broker with the topics created, and the job's config for it; the
+/// temporary folder goes when it is dropped.
+struct Stage {
+    _broker: Proc,
+    brokers: String,
+    dir: PathBuf,
+    config: PathBuf,
+    metrics_port: u16,
+}
 
-    create_topics(&config, PARTITIONS);
+impl Stage {
+    fn new(name: &str) -> Stage {
+        let (broker, brokers) = start_broker();
+        let dir = std::env::temp_dir().join(format!("gmv-e2e-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (config, metrics_port) = write_config(&dir, &brokers);
+        create_topics(&config, PARTITIONS);
+        Stage {
+            _broker: broker,
+            brokers,
+            dir,
+            config,
+            metrics_port,
+        }
+    }
+}
 
-    // Input: generated traffic (with its own duplicates and bad records), then one record per bad-input reason.
-    let traffic = TrafficConfig {
-        seed: 42,
+impl Drop for Stage {
+    fn drop(&mut self) {
+        std::fs::remove_dir_all(&self.dir).ok();
+    }
+}
+
+/// Generated traffic spread over a few minutes of event time, so windows close and milestones fire.
+fn test_traffic(seed: u64) -> TrafficConfig {
+    TrafficConfig {
+        seed,
         orders_per_sec: 300.0,
         surge: 2.0,
         surge_decay_ms: 30_000,
         ..TrafficConfig::default()
-    };
+    }
+}
+
+#[test]
+fn job_output_matches_independent_totals_and_survives_a_restart() {
+    let stage = Stage::new("main");
+    let (brokers, config, metrics_port) = (
+        stage.brokers.clone(),
+        stage.config.clone(),
+        stage.metrics_port,
+    );
+
+    // Input: generated traffic (with its own duplicates and bad records), then one record per bad-input reason.
+    let traffic = test_traffic(42);
     let mut cfg = Config::default();
     cfg.kafka.brokers = brokers.clone();
     let producer = gmv::gen::writer::producer(&cfg).unwrap();
@@ -633,17 +671,17 @@ fn job_output_matches_independent_totals_and_survives_a_restart() {
         job2.0.wait().unwrap().success(),
         "the restarted job did not stop cleanly"
     );
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// What an operator sees when the input topics are wrong: the job refuses to start and says why.
 #[test]
 fn run_refuses_missing_or_not_co_partitioned_inputs_and_bad_settings() {
-    let (_broker, brokers) = start_broker();
-    let dir = std::env::temp_dir().join(format!("gmv-e2e-refuse-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (config, _) = write_config(&dir, &brokers);
-    create_topics(&config, PARTITIONS);
+    let stage = Stage::new("refuse");
+    let (brokers, config, dir) = (
+        stage.brokers.clone(),
+        stage.config.clone(),
+        stage.dir.clone(),
+    );
     // A fourth topic with another partition count, named as the orders input.
     let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
         ClientConfig::new()
@@ -693,7 +731,6 @@ fn run_refuses_missing_or_not_co_partitioned_inputs_and_bad_settings() {
     std::fs::write(&bad, "[kafka]\nbrokerz = \"x\"\n").unwrap();
     let err = refused(("RUST_LOG", "warn"), &bad);
     assert!(err.contains("brokerz"), "an unknown key is named: {err}");
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// Crashes: the job is killed with SIGKILL at random moments while traffic
@@ -714,20 +751,11 @@ fn kill_9_at_random_moments_still_ends_exact() {
         });
     println!("chaos seed {seed} (GMV_CHAOS_SEED={seed} replays it)");
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let (_broker, brokers) = start_broker();
-    let dir = std::env::temp_dir().join(format!("gmv-e2e-chaos-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (config, _) = write_config(&dir, &brokers);
-    create_topics(&config, PARTITIONS);
+    let stage = Stage::new("chaos");
+    let (brokers, config) = (stage.brokers.clone(), stage.config.clone());
 
     // Traffic at a steady rate in the background, so kills land mid-stream.
-    let traffic = TrafficConfig {
-        seed,
-        orders_per_sec: 300.0,
-        surge: 2.0,
-        surge_decay_ms: 30_000,
-        ..TrafficConfig::default()
-    };
+    let traffic = test_traffic(seed);
     let records: Vec<_> = Traffic::new(traffic).take(120_000).collect();
     let good: Vec<(String, Value)> = records
         .iter()
@@ -782,5 +810,4 @@ fn kill_9_at_random_moments_still_ends_exact() {
         "a milestone was emitted twice across crashes (seed {seed})"
     );
     drop(job);
-    std::fs::remove_dir_all(&dir).ok();
 }

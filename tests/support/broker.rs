@@ -59,15 +59,20 @@ pub fn start_broker() -> (Proc, String) {
         .stderr(Stdio::null())
         .spawn()
         .expect("starting tansu");
-    let deadline = Instant::now() + Duration::from_secs(30);
+    wait_for_port(port, Duration::from_secs(30), "tansu");
+    (Proc(child), format!("127.0.0.1:{port}"))
+}
+
+/// Waits until something accepts connections on a loopback port.
+pub fn wait_for_port(port: u16, within: Duration, what: &str) {
+    let deadline = Instant::now() + within;
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(
             Instant::now() < deadline,
-            "tansu did not listen on port {port} within 30 s"
+            "{what} did not listen on port {port} within {within:?}"
         );
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(20));
     }
-    (Proc(child), format!("127.0.0.1:{port}"))
 }
 
 /// Fetches a URL path from a loopback HTTP server (no client crate needed).
