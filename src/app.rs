@@ -1,23 +1,28 @@
 //! The only place that wires Kafka, the engine and telemetry together: the
-//! processing loop of `gmv run`.
+//! processing loop of `gmv run`, its transactions, and state restore.
+//!
+//! One consumer in the job's group reads the input topics (attribution tasks)
+//! and the repartition topic (aggregation tasks). Every `commit_interval` one
+//! Kafka transaction carries the outputs, the repartition batches, the changelog
+//! records and the consumer offsets, so a crash at any point resumes exactly
+//! from the last commit.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use rdkafka::consumer::Consumer;
-use rdkafka::message::Message;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use crate::config::Config;
-use crate::core::engine::Totals;
 use crate::core::output::{Dim, Output};
-use crate::core::window::{Published, WindowSums};
+use crate::core::state::{self, Lineage, Marker, PartialBatch, Progress, Tag, MARKER_PREFIX};
 use crate::core::Engine;
 use crate::io::consumer::{self, InputConsumer};
-use crate::io::producer::Publisher;
+use crate::io::producer::{Kind, Record, TxnProducer};
 use crate::io::topics;
 use crate::model::{InputTopic, Source};
 use crate::telemetry::http::now_ms;
@@ -79,104 +84,122 @@ pub fn stop_on_signal(flag: Arc<AtomicBool>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs the job until `handles.shutdown` is set; then flushes and commits what is done.
+/// Runs the job until `handles.shutdown` is set; then commits what is done.
 pub fn run(cfg: &Config, handles: &Handles) -> anyhow::Result<()> {
     let consumer = consumer::create(cfg, Some(handles.metrics.clone()))?;
-    let inputs = cfg.topics.inputs();
+    let t = &cfg.topics;
+    let inputs = t.inputs();
     let partitions = topics::check_inputs(&consumer, &inputs)?;
-    tracing::info!(partitions, brokers = %cfg.kafka.brokers, "input topics are co-partitioned");
-
-    let mut engine = Engine::new(cfg.engine());
-    let read_back = read_back_outputs(cfg, &mut engine)?;
-    if read_back > 0 {
-        tracing::info!(
-            read_back,
-            "outputs of earlier runs read back: rebuilding continues from them"
-        );
+    let aggregation_partitions = topics::partition_count(&consumer, &t.repartition)?;
+    for (name, want) in [
+        (&t.attribution_changelog, partitions),
+        (&t.aggregation_changelog, aggregation_partitions),
+    ] {
+        let have = topics::partition_count(&consumer, name)?;
+        if have != want {
+            bail!("topic `{name}` has {have} partitions but needs {want}: one per task (see docs/scaling.md)");
+        }
     }
-    let publisher = Publisher::create(cfg, Some(handles.metrics.clone()))?;
+    tracing::info!(partitions, aggregation_partitions, brokers = %cfg.kafka.brokers, instance = %cfg.kafka.instance_id, "topics checked");
 
-    // State is in memory: rebuild it from the start of the input.
-    consumer::assign_from_beginning(&consumer, &inputs, partitions)?;
-    let assigned: Vec<_> = InputTopic::ALL
-        .iter()
-        .flat_map(|t| (0..partitions).map(move |p| (*t, p)))
-        .collect();
-    engine.assign(&assigned, now_ms());
-    handles
-        .metrics
-        .lock()
-        .expect("metrics lock")
-        .rebalances
-        .inc();
+    let producer = Arc::new(TxnProducer::create(cfg, Some(handles.metrics.clone()))?);
+    let _ = consumer.context().producer.set(producer.clone());
+    let mut subscribed: Vec<&str> = inputs.to_vec();
+    subscribed.push(&t.repartition);
+    consumer
+        .subscribe(&subscribed)
+        .context("subscribing to the input and repartition topics")?;
 
     let mut lp = Loop {
         cfg,
-        engine,
+        engine: Engine::distributed(cfg.engine()),
         consumer,
-        publisher,
+        producer,
         handles,
-        out: Vec::with_capacity(MAX_BATCH),
+        out: Vec::new(),
+        tasks: BTreeMap::new(),
+        partitions,
+        aggregation_partitions,
+        sent_progress: BTreeMap::new(),
         newest_input_ms: 0,
+        last_emit_ms: 0,
     };
     let result = lp.process();
-    let shutdown = lp.shutdown();
+    let shutdown = if result.is_ok() { lp.shutdown() } else { Ok(()) };
     result.and(shutdown)
+}
+
+/// Which changelog a task's state lives in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Stage {
+    Attribution,
+    Aggregation,
+}
+
+/// A task this instance owns: its incarnation and transaction counter.
+#[derive(Debug, Clone, Copy)]
+struct TaskRun {
+    /// Offset of the marker written when it was restored.
+    inc: i64,
+    /// Committed transaction number it was restored from.
+    base: u64,
+    /// Its last committed transaction number.
+    n: u64,
 }
 
 struct Loop<'a> {
     cfg: &'a Config,
     engine: Engine,
     consumer: InputConsumer,
-    publisher: Publisher,
+    producer: Arc<TxnProducer>,
     handles: &'a Handles,
     out: Vec<Output>,
-    /// Newest Kafka timestamp read in the current emit cycle, for end-to-end latency.
+    tasks: BTreeMap<(Stage, i32), TaskRun>,
+    partitions: i32,
+    aggregation_partitions: i32,
+    /// Per attribution task: the progress last sent, and whether that batch carried sums.
+    sent_progress: BTreeMap<i32, (Progress, bool)>,
+    /// Newest Kafka timestamp read in the current commit interval, for end-to-end latency.
     newest_input_ms: i64,
+    last_emit_ms: i64,
 }
 
 impl Loop<'_> {
     fn process(&mut self) -> anyhow::Result<()> {
         let (mut last_metrics, mut last_latency_log) = (Instant::now(), Instant::now());
-        let inputs: Vec<String> = self
-            .cfg
-            .topics
-            .inputs()
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let mut last_commit = Instant::now();
+        let commit_every = Duration::from_millis(self.cfg.kafka.commit_interval_ms as u64);
+        let t = &self.cfg.topics;
+        let inputs: Vec<String> = t.inputs().iter().map(|s| s.to_string()).collect();
+        let repartition = t.repartition.clone();
         while !self.handles.shutdown.load(Ordering::Relaxed) {
-            // Timed from the first record, so waiting for input is not counted as processing.
             let mut started = None;
             let mut n = 0;
-            while n < MAX_BATCH {
-                let wait = if n == 0 {
-                    consumer::POLL_WAIT
-                } else {
-                    Duration::ZERO
-                };
-                match self.consumer.poll(wait) {
+            while n < MAX_BATCH && last_commit.elapsed() < commit_every {
+                let wait = if n == 0 { consumer::POLL_WAIT } else { Duration::ZERO };
+                let polled = self.consumer.poll(wait);
+                if self.consumer.context().rebalanced.load(Ordering::SeqCst) {
+                    // The record (if any) is from the new assignment: keep it across the restore.
+                    let owned = polled.map(|r| r.map(|m| m.detach()));
+                    self.consumer.context().rebalanced.store(false, Ordering::SeqCst);
+                    self.restore()?;
+                    if let Some(Ok(m)) = owned {
+                        started.get_or_insert_with(Instant::now);
+                        n += 1;
+                        dispatch(&mut self.engine, &mut self.out, &mut self.newest_input_ms, &inputs, &repartition, &m);
+                    }
+                    continue;
+                }
+                match polled {
                     None => break,
                     Some(Err(e)) => {
                         tracing::warn!("consumer: {e}");
                         break;
                     }
                     Some(Ok(m)) => {
-                        let Some(i) = inputs.iter().position(|t| t == m.topic()) else {
-                            continue;
-                        };
-                        let source = Source {
-                            topic: InputTopic::ALL[i],
-                            partition: m.partition(),
-                            offset: m.offset(),
-                        };
                         started.get_or_insert_with(Instant::now);
-                        if let Some(ts) = m.timestamp().to_millis() {
-                            self.newest_input_ms = self.newest_input_ms.max(ts);
-                        }
-                        self.engine
-                            .on_record(source, m.key(), m.payload(), &mut self.out);
                         n += 1;
+                        dispatch(&mut self.engine, &mut self.out, &mut self.newest_input_ms, &inputs, &repartition, &m);
                     }
                 }
             }
@@ -184,12 +207,10 @@ impl Loop<'_> {
                 let mut m = self.handles.metrics.lock().expect("metrics lock");
                 m.observe_batch(started.elapsed().as_secs_f64());
             }
-            let emitted = self.engine.on_tick(now_ms(), &mut self.out);
-            self.publish()?;
-            if emitted {
-                self.seal();
+            if last_commit.elapsed() >= commit_every {
+                last_commit = Instant::now();
+                self.commit()?;
             }
-            self.commit_completed();
             self.handles.heartbeat_ms.store(now_ms(), Ordering::Relaxed);
             if last_metrics.elapsed() >= METRICS_EVERY {
                 last_metrics = Instant::now();
@@ -197,22 +218,155 @@ impl Loop<'_> {
             }
             if last_latency_log.elapsed() >= LATENCY_LOG_EVERY {
                 last_latency_log = Instant::now();
-                self.handles
-                    .metrics
-                    .lock()
-                    .expect("metrics lock")
-                    .log_latencies();
+                self.handles.metrics.lock().expect("metrics lock").log_latencies();
             }
         }
         Ok(())
     }
 
+    /// One transaction: repartition batches, outputs, changelog records and offsets.
+    fn commit(&mut self) -> anyhow::Result<()> {
+        if self.tasks.is_empty() {
+            return Ok(());
+        }
+        let now = now_ms();
+        self.engine.on_tick(now, &mut self.out);
+        self.send_batches()?;
+        if now - self.last_emit_ms >= self.cfg.time.emit_interval_ms {
+            self.last_emit_ms = now;
+            self.engine.emit(&mut self.out);
+        }
+        self.publish()?;
+        self.send_changes()?;
+        let offsets = self.offsets()?;
+        let started = Instant::now();
+        let result = self.producer.commit(&offsets, &self.consumer.group_metadata().context("no consumer group metadata")?);
+        drop(offsets);
+        let mut m = self.handles.metrics.lock().expect("metrics lock");
+        m.commit(result.is_ok(), started.elapsed().as_secs_f64());
+        if result.is_ok() {
+            if self.newest_input_ms > 0 {
+                m.observe_end_to_end(now_ms() - self.newest_input_ms);
+            }
+            self.newest_input_ms = 0;
+            for run in self.tasks.values_mut() {
+                run.n += 1;
+            }
+        }
+        drop(m);
+        // A transaction that failed is aborted by the broker; this instance's memory is
+        // ahead of what committed, so it stops and a restart resumes from the commit.
+        result.context("the transaction failed; restart the instance to resume from the last commit")
+    }
+
+    /// Sends each attribution task's partial sums, split by aggregation partition, and its progress.
+    fn send_batches(&mut self) -> anyhow::Result<()> {
+        let topic = self.cfg.topics.repartition.clone();
+        let r_count = self.aggregation_partitions;
+        let tasks: Vec<(i32, Vec<_>, Progress)> = self
+            .engine
+            .attribution_tasks()
+            .map(|t| (t.partition(), t.take_partials(), t.progress()))
+            .collect();
+        for (p, entries, progress) in tasks {
+            let Some(run) = self.tasks.get(&(Stage::Attribution, p)).copied() else {
+                continue;
+            };
+            let (last, had_sums) = self.sent_progress.get(&p).copied().unwrap_or_default();
+            // A batch is applied once a later one proves its transaction committed:
+            // after sums, always send the next one.
+            if entries.is_empty() && last == progress && !had_sums {
+                continue;
+            }
+            self.sent_progress.insert(p, (progress, !entries.is_empty()));
+            let mut split: Vec<Vec<_>> = vec![Vec::new(); r_count as usize];
+            for e in entries {
+                split[state::aggregation_partition(e.dim, &e.key, r_count) as usize].push(e);
+            }
+            let key = p.to_string();
+            for (r, entries) in split.into_iter().enumerate() {
+                let batch = PartialBatch {
+                    source: p,
+                    tag: Tag { inc: run.inc, n: run.n + 1 },
+                    base: run.base,
+                    progress,
+                    entries,
+                };
+                let value = state::encode(&batch);
+                self.producer.send(Record {
+                    topic: &topic,
+                    partition: Some(r as i32),
+                    key: Some(key.as_bytes()),
+                    value: Some(&value),
+                    tag: None,
+                    kind: Kind::Internal,
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends every task's state changes to its changelog partition, tagged with the transaction.
+    fn send_changes(&mut self) -> anyhow::Result<()> {
+        let mut changes = Vec::new();
+        for t in self.engine.attribution_tasks() {
+            changes.push(((Stage::Attribution, t.partition()), t.take_changes()));
+        }
+        for t in self.engine.aggregation_tasks() {
+            changes.push(((Stage::Aggregation, t.partition()), t.take_changes()));
+        }
+        for ((stage, p), list) in changes {
+            let Some(run) = self.tasks.get(&(stage, p)) else { continue };
+            let tag = Tag { inc: run.inc, n: run.n + 1 };
+            let topic = self.changelog(stage);
+            for (key, value) in &list {
+                self.producer.send(Record {
+                    topic,
+                    partition: Some(p),
+                    key: Some(key),
+                    value: value.as_deref(),
+                    tag: Some(tag),
+                    kind: Kind::Internal,
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    fn changelog(&self, stage: Stage) -> &str {
+        match stage {
+            Stage::Attribution => &self.cfg.topics.attribution_changelog,
+            Stage::Aggregation => &self.cfg.topics.aggregation_changelog,
+        }
+    }
+
+    /// Offsets committed with the transaction: where each input and repartition
+    /// partition resumes, and each task's transaction number (on its changelog partition).
+    fn offsets(&mut self) -> anyhow::Result<TopicPartitionList> {
+        let mut tpl = TopicPartitionList::new();
+        let inputs = self.cfg.topics.inputs();
+        for t in self.engine.attribution_tasks() {
+            for (i, next) in t.next_offsets().into_iter().enumerate() {
+                if let Some(o) = next {
+                    tpl.add_partition_offset(inputs[i], t.partition(), Offset::Offset(o))?;
+                }
+            }
+        }
+        for t in self.engine.aggregation_tasks() {
+            if let Some(o) = t.committable_offset() {
+                tpl.add_partition_offset(&self.cfg.topics.repartition, t.partition(), Offset::Offset(o))?;
+            }
+        }
+        for ((stage, p), run) in &self.tasks {
+            tpl.add_partition_offset(self.changelog(*stage), *p, Offset::Offset(run.n as i64 + 1))?;
+        }
+        Ok(tpl)
+    }
+
     /// Sends the engine's outputs; derives the output-driven metrics in the same pass.
     fn publish(&mut self) -> anyhow::Result<()> {
-        if let Some(f) = self.publisher.epochs.lock().expect("epochs lock").failure() {
-            bail!("an output could not be written, so no further offsets are committed: {f}");
-        }
         let mut metrics = None;
+        let t = &self.cfg.topics;
         for o in self.out.drain(..) {
             match &o {
                 Output::PayToDelivery { millis } => {
@@ -230,49 +384,119 @@ impl Loop<'_> {
                 _ => {}
             }
             if let Some((topic, key, value)) = o.to_record() {
-                self.publisher.send(topic, key.as_deref(), &value)?;
+                let name = match topic {
+                    crate::core::output::OutputTopic::GmvWindows => &t.gmv_windows,
+                    crate::core::output::OutputTopic::GmvTotals => &t.gmv_totals,
+                    crate::core::output::OutputTopic::Milestones => &t.milestones,
+                    crate::core::output::OutputTopic::DeadLetters => &t.dead_letters,
+                };
+                self.producer.send(Record {
+                    topic: name,
+                    partition: None,
+                    key: key.as_deref(),
+                    value: Some(&value),
+                    tag: None,
+                    kind: Kind::Output(topic),
+                })?;
             }
         }
         Ok(())
     }
 
-    fn seal(&mut self) {
-        let names = self.cfg.topics.inputs();
-        let offsets = self
-            .engine
-            .committable_offsets()
-            .into_iter()
-            .map(|((t, p), o)| (names[t.index()].to_string(), p, o))
-            .collect();
-        self.publisher
-            .epochs
-            .lock()
-            .expect("epochs lock")
-            .seal(offsets, self.newest_input_ms);
-        self.newest_input_ms = 0;
-    }
-
-    fn commit_completed(&mut self) {
-        let done = self
-            .publisher
-            .epochs
-            .lock()
-            .expect("epochs lock")
-            .take_completed();
-        let Some((offsets, newest_input_ms)) = done else {
-            return;
-        };
+    /// After an assignment change: drops every task and restores the assigned ones
+    /// from their changelogs (the open transaction was aborted on revoke).
+    fn restore(&mut self) -> anyhow::Result<()> {
         let started = Instant::now();
-        let result = consumer::commit(&self.consumer, &offsets);
-        let mut m = self.handles.metrics.lock().expect("metrics lock");
-        m.commit(result.is_ok(), started.elapsed().as_secs_f64());
-        if newest_input_ms > 0 {
-            m.observe_end_to_end(now_ms() - newest_input_ms);
+        self.producer.abort()?;
+        self.engine.clear();
+        self.tasks.clear();
+        self.sent_progress.clear();
+        self.out.clear();
+        let assignment = self.consumer.assignment().context("reading the assignment")?;
+        let t = &self.cfg.topics;
+        let mut wanted = BTreeSet::new();
+        for e in assignment.elements() {
+            if e.topic() == t.repartition {
+                wanted.insert((Stage::Aggregation, e.partition()));
+            } else if t.inputs().contains(&e.topic()) {
+                wanted.insert((Stage::Attribution, e.partition()));
+            }
         }
-        if let Err(e) = result {
-            // A failed commit is retried by the next one; results are already durable.
-            tracing::warn!("{e:#}");
+        drop(assignment);
+        self.handles.metrics.lock().expect("metrics lock").rebalances.inc();
+        if wanted.is_empty() {
+            tracing::info!("no partitions assigned");
+            return Ok(());
         }
+        // 1. Each task's committed transaction number.
+        let mut tpl = TopicPartitionList::new();
+        for (stage, p) in &wanted {
+            tpl.add_partition(self.changelog(*stage), *p);
+        }
+        let committed = self
+            .consumer
+            .committed_offsets(tpl, Duration::from_secs(30))
+            .context("reading committed transaction numbers")?;
+        let mut bases = BTreeMap::new();
+        for (stage, p) in &wanted {
+            let n = match committed.find_partition(self.changelog(*stage), *p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) if o > 0 => o as u64 - 1,
+                _ => 0,
+            };
+            bases.insert((*stage, *p), n);
+        }
+        drop(committed);
+        // 2. A marker per task, committed: its offset names this incarnation and bounds the read.
+        let nonce = format!("{}|{}", self.cfg.kafka.instance_id, now_ms());
+        let key = [MARKER_PREFIX, nonce.as_bytes()].concat();
+        for ((stage, p), base) in &bases {
+            let value = state::encode(&Marker { base: *base });
+            self.producer.send(Record {
+                topic: self.changelog(*stage),
+                partition: Some(*p),
+                key: Some(&key),
+                value: Some(&value),
+                tag: None,
+                kind: Kind::Marker,
+            })?;
+        }
+        self.producer.commit_open().context("committing restore markers")?;
+        let markers = self.producer.take_markers(bases.len())?;
+        // 3. Read each changelog partition up to its marker; keep what committed.
+        let mut runs = BTreeMap::new();
+        for ((stage, p), base) in &bases {
+            let inc = *markers
+                .get(&(self.changelog(*stage).to_string(), *p))
+                .context("a restore marker has no offset")?;
+            runs.insert((*stage, *p), TaskRun { inc, base: *base, n: *base });
+        }
+        let states = read_changelogs(self.cfg, &runs, |stage| self.changelog(stage).to_string())?;
+        let now = now_ms();
+        let mut keys = 0;
+        for ((stage, p), entries) in states {
+            keys += entries.len();
+            let result: Result<(), String> = match stage {
+                Stage::Attribution => {
+                    let task = self.engine.add_attribution(p, now);
+                    task.track_changes();
+                    entries.iter().try_for_each(|(k, v)| task.restore(k, v))
+                }
+                Stage::Aggregation => {
+                    let task = self.engine.add_aggregation(p, self.partitions as usize);
+                    task.track_changes();
+                    entries.iter().try_for_each(|(k, v)| task.restore(k, v))
+                }
+            };
+            result.map_err(|e| anyhow::anyhow!(e)).with_context(|| format!("restoring {stage:?} task {p}"))?;
+        }
+        self.tasks = runs;
+        tracing::info!(
+            tasks = self.tasks.len(),
+            keys,
+            seconds = started.elapsed().as_secs_f64(),
+            "state restored"
+        );
+        Ok(())
     }
 
     fn refresh_metrics(&mut self) {
@@ -292,155 +516,124 @@ impl Loop<'_> {
         }
     }
 
-    /// Emits what changed, waits for the broker, and commits what is final.
+    /// Commits what is done and leaves the group.
     fn shutdown(&mut self) -> anyhow::Result<()> {
-        tracing::info!("shutting down: flushing outputs and committing offsets");
-        self.engine.emit(&mut self.out);
-        self.publish()?;
-        self.seal();
-        self.publisher.flush(Duration::from_secs(60))?;
-        self.commit_completed();
+        tracing::info!("shutting down: committing the last transaction");
+        self.last_emit_ms = 0;
+        let result = self.commit();
         self.refresh_metrics();
-        self.handles
-            .metrics
-            .lock()
-            .expect("metrics lock")
-            .log_latencies();
-        if let Some(f) = self.publisher.epochs.lock().expect("epochs lock").failure() {
-            bail!("outputs were lost at shutdown: {f}");
-        }
-        Ok(())
+        self.handles.metrics.lock().expect("metrics lock").log_latencies();
+        self.consumer.unsubscribe();
+        result
     }
 }
 
-/// Reads back what earlier runs published (`milestones`, `gmv-windows`,
-/// `gmv-totals`), so that rebuilding state from the input never emits a
-/// milestone twice, never updates a final window, never shows a figure going
-/// back, and continues every key's revisions. Returns the records read.
-fn read_back_outputs(cfg: &Config, engine: &mut Engine) -> anyhow::Result<usize> {
-    let reader = consumer::create(cfg, None)?;
-    let t = &cfg.topics;
-    let names = [
-        t.milestones.as_str(),
-        t.gmv_windows.as_str(),
-        t.gmv_totals.as_str(),
-    ];
+/// Hands one record to the task that owns its partition.
+fn dispatch<M: Message>(
+    engine: &mut Engine,
+    out: &mut Vec<Output>,
+    newest_input_ms: &mut i64,
+    inputs: &[String],
+    repartition: &str,
+    m: &M,
+) {
+    if m.topic() == repartition {
+        match m.payload().map(state::decode::<PartialBatch>) {
+            Some(Ok(batch)) => engine.receive(m.partition(), m.offset(), batch, out),
+            _ => tracing::error!(partition = m.partition(), offset = m.offset(), "unreadable repartition record skipped"),
+        }
+        return;
+    }
+    let Some(i) = inputs.iter().position(|t| t == m.topic()) else {
+        return;
+    };
+    let source = Source {
+        topic: InputTopic::ALL[i],
+        partition: m.partition(),
+        offset: m.offset(),
+    };
+    if let Some(ts) = m.timestamp().to_millis() {
+        *newest_input_ms = (*newest_input_ms).max(ts);
+    }
+    engine.on_record(source, m.key(), m.payload(), out);
+}
+
+/// State of each task: the latest committed value of every key in its changelog partition.
+type Restored = BTreeMap<(Stage, i32), Vec<(Vec<u8>, Vec<u8>)>>;
+
+/// Reads the changelog partitions of `runs` from the beginning through their
+/// markers, and keeps, per key, the latest value written by a committed transaction.
+fn read_changelogs(
+    cfg: &Config,
+    runs: &BTreeMap<(Stage, i32), TaskRun>,
+    topic_of: impl Fn(Stage) -> String,
+) -> anyhow::Result<Restored> {
+    let reader: BaseConsumer<consumer::LagContext> = consumer::create(cfg, None)?;
     let mut tpl = TopicPartitionList::new();
-    for name in names {
-        let md = reader
-            .fetch_metadata(Some(name), Duration::from_secs(15))
-            .with_context(|| format!("reading metadata of the {name} topic"))?;
-        match md.topics().first().filter(|t| t.error().is_none()) {
-            Some(topic) => {
-                for p in topic.partitions() {
-                    tpl.add_partition_offset(name, p.id(), Offset::Beginning)?;
-                }
+    let mut by_topic: HashMap<(String, i32), (Stage, i32)> = HashMap::new();
+    for (stage, p) in runs.keys() {
+        let topic = topic_of(*stage);
+        tpl.add_partition_offset(&topic, *p, Offset::Beginning)?;
+        by_topic.insert((topic, *p), (*stage, *p));
+    }
+    reader.assign(&tpl).context("assigning changelog partitions")?;
+    drop(tpl);
+    // Per task: records (offset order) and markers.
+    type Rec = (Tag, Vec<u8>, Option<Vec<u8>>);
+    let mut records: BTreeMap<(Stage, i32), Vec<Rec>> = BTreeMap::new();
+    let mut markers: BTreeMap<(Stage, i32), Vec<(i64, Marker)>> = BTreeMap::new();
+    let mut remaining: BTreeSet<(Stage, i32)> = runs.keys().copied().collect();
+    let started = Instant::now();
+    while !remaining.is_empty() {
+        if started.elapsed() > Duration::from_secs(600) {
+            bail!("changelog restore did not reach its markers in 10 minutes");
+        }
+        let m = match reader.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => m,
+            Some(Err(e)) => {
+                tracing::warn!("reading changelogs: {e}");
+                continue;
             }
-            None => tracing::warn!(
-                topic = name,
-                "output topic does not exist yet; create it with `gmv topics`"
-            ),
+            None => continue,
+        };
+        let Some(task) = by_topic.get(&(m.topic().to_string(), m.partition())).copied() else {
+            continue;
+        };
+        let run = runs[&task];
+        if m.offset() > run.inc {
+            continue;
+        }
+        let key = m.key().unwrap_or_default();
+        if key.starts_with(MARKER_PREFIX) {
+            if let Some(Ok(mk)) = m.payload().map(state::decode::<Marker>) {
+                markers.entry(task).or_default().push((m.offset(), mk));
+            }
+        } else if let Some(tag) = m
+            .headers()
+            .and_then(|h| h.iter().find(|h| h.key == Tag::HEADER).and_then(|h| h.value.and_then(Tag::from_bytes)))
+        {
+            records
+                .entry(task)
+                .or_default()
+                .push((tag, key.to_vec(), m.payload().map(|v| v.to_vec())));
+        }
+        if m.offset() == run.inc {
+            remaining.remove(&task);
         }
     }
-    if tpl.count() == 0 {
-        return Ok(0);
-    }
-    reader.assign(&tpl).context("assigning the output topics")?;
-    // Latest value per key: compacted topics keep one key on one partition, in order.
-    let mut windows: BTreeMap<Vec<u8>, PublishedWindow> = BTreeMap::new();
-    let mut totals: BTreeMap<Vec<u8>, PublishedTotal> = BTreeMap::new();
-    let (mut count, started, mut quiet_since) = (0, Instant::now(), Instant::now());
-    // Some brokers report end offsets unreliably: read until the topics stay quiet.
-    while quiet_since.elapsed() < Duration::from_millis(1500)
-        && started.elapsed() < Duration::from_secs(600)
-    {
-        match reader.poll(Duration::from_millis(100)) {
-            Some(Ok(m)) => {
-                quiet_since = Instant::now();
-                let (Some(key), Some(value)) = (m.key(), m.payload()) else {
-                    continue;
-                };
-                count += 1;
-                let parsed = if m.topic() == t.milestones {
-                    serde_json::from_slice::<MilestoneSeen>(value)
-                        .map(|s| engine.mark_milestone_emitted(s.dim, &s.key, s.threshold_fen))
-                } else if m.topic() == t.gmv_windows {
-                    serde_json::from_slice(value).map(|w| {
-                        windows.insert(key.to_vec(), w);
-                    })
-                } else {
-                    serde_json::from_slice(value).map(|v| {
-                        totals.insert(key.to_vec(), v);
-                    })
-                };
-                if let Err(e) = parsed {
-                    tracing::warn!(
-                        topic = m.topic(),
-                        "ignoring an unreadable output record: {e}"
-                    );
-                }
+    let mut out = Restored::new();
+    for (task, run) in runs {
+        let ms = markers.remove(task).unwrap_or_default();
+        // Our own marker closes the previous incarnation's range at `run.base`.
+        let lineage = Lineage::new(&ms, run.base);
+        let mut latest: HashMap<Vec<u8>, Option<Vec<u8>>> = HashMap::new();
+        for (tag, key, value) in records.remove(task).unwrap_or_default() {
+            if lineage.is_committed(tag) {
+                latest.insert(key, value);
             }
-            Some(Err(e)) => tracing::warn!("reading back outputs: {e}"),
-            None => {}
         }
+        let entries: Vec<_> = latest.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))).collect();
+        out.insert(*task, entries);
     }
-    for w in windows.into_values() {
-        let sums = WindowSums {
-            gmv_fen: w.gmv_fen,
-            refund_fen: w.refund_fen,
-            paid_orders: w.paid_orders,
-        };
-        let p = Published {
-            sums,
-            revision: w.revision,
-            is_final: w.is_final,
-        };
-        engine.seed_window(w.dim, &w.key, w.window_size_ms, w.window_start_ms, p);
-    }
-    for t in totals.into_values() {
-        let sums = Totals {
-            gmv_fen: t.gmv_fen,
-            refund_fen: t.refund_fen,
-            paid_orders: t.paid_orders,
-            placed_orders: t.placed_orders,
-            shipped_orders: t.shipped_orders,
-            delivered_orders: t.delivered_orders,
-        };
-        engine.seed_total(t.dim, &t.key, sums, t.revision);
-    }
-    Ok(count)
-}
-
-#[derive(serde::Deserialize)]
-struct MilestoneSeen {
-    dim: Dim,
-    key: String,
-    threshold_fen: i128,
-}
-
-#[derive(serde::Deserialize)]
-struct PublishedWindow {
-    dim: Dim,
-    key: String,
-    window_start_ms: i64,
-    window_size_ms: i64,
-    gmv_fen: i128,
-    refund_fen: i128,
-    paid_orders: u64,
-    #[serde(rename = "final")]
-    is_final: bool,
-    revision: u64,
-}
-
-#[derive(serde::Deserialize)]
-struct PublishedTotal {
-    dim: Dim,
-    key: String,
-    gmv_fen: i128,
-    refund_fen: i128,
-    paid_orders: u64,
-    placed_orders: u64,
-    shipped_orders: u64,
-    delivered_orders: u64,
-    revision: u64,
+    Ok(out)
 }

@@ -35,6 +35,11 @@ pub struct KafkaConfig {
     pub brokers: String,
     pub group_id: String,
     pub client_id: String,
+    /// Stable name of this instance: its transactional id is `{group_id}-{instance_id}`,
+    /// so a restarted instance fences its previous self. Unique per running instance.
+    pub instance_id: String,
+    /// Outputs, state changes and input offsets are committed in one transaction this often.
+    pub commit_interval_ms: i64,
     /// librdkafka properties for every client, e.g. `"security.protocol" = "SASL_SSL"`.
     pub properties: BTreeMap<String, String>,
     /// librdkafka properties for the consumer only.
@@ -53,6 +58,12 @@ pub struct TopicNames {
     pub gmv_totals: String,
     pub milestones: String,
     pub dead_letters: String,
+    /// Internal: partial sums from the attribution stage, keyed by dimension key.
+    pub repartition: String,
+    /// Internal: state of the attribution tasks (one partition per input partition).
+    pub attribution_changelog: String,
+    /// Internal: state of the aggregation tasks (one partition per repartition partition).
+    pub aggregation_changelog: String,
 }
 
 /// Tumbling window sizes per dimension, in ms.
@@ -105,6 +116,8 @@ impl Default for KafkaConfig {
             brokers: "localhost:9092".into(),
             group_id: "gmv-job".into(),
             client_id: "gmv".into(),
+            instance_id: "0".into(),
+            commit_interval_ms: 1_000,
             properties: BTreeMap::new(),
             consumer_properties: BTreeMap::new(),
             producer_properties: BTreeMap::new(),
@@ -122,6 +135,9 @@ impl Default for TopicNames {
             gmv_totals: "gmv-totals".into(),
             milestones: "milestones".into(),
             dead_letters: "dead-letters".into(),
+            repartition: "gmv-repartition".into(),
+            attribution_changelog: "gmv-attribution-changelog".into(),
+            aggregation_changelog: "gmv-aggregation-changelog".into(),
         }
     }
 }
@@ -167,6 +183,8 @@ pub struct Overrides {
     pub group_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", rename = "metrics.listen")]
     pub metrics_listen: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", rename = "kafka.instance_id")]
+    pub instance_id: Option<String>,
 }
 
 impl Config {
@@ -186,6 +204,7 @@ impl Config {
             ("kafka.brokers", &overrides.brokers),
             ("kafka.group_id", &overrides.group_id),
             ("metrics.listen", &overrides.metrics_listen),
+            ("kafka.instance_id", &overrides.instance_id),
         ] {
             if let Some(v) = value {
                 fig = fig.merge(Serialized::default(key, v));
@@ -209,6 +228,15 @@ impl Config {
         }
         if self.kafka.group_id.trim().is_empty() {
             p.push("kafka.group_id must not be empty".to_string());
+        }
+        if self.kafka.instance_id.trim().is_empty() {
+            p.push("kafka.instance_id must not be empty".to_string());
+        }
+        if self.kafka.commit_interval_ms < 10 {
+            p.push(format!(
+                "kafka.commit_interval_ms must be at least 10, got {}",
+                self.kafka.commit_interval_ms
+            ));
         }
         let t = &self.time;
         for (name, v, min) in [
@@ -242,8 +270,10 @@ impl Config {
             ("windows.channel_ms", &self.windows.channel_ms),
             ("windows.country_ms", &self.windows.country_ms),
         ] {
-            if let Some(bad) = sizes.iter().find(|s| **s <= 0) {
-                p.push(format!("{name} sizes must be positive, got {bad}"));
+            if let Some(bad) = sizes.iter().find(|s| **s <= 0 || **s % 1_000 != 0) {
+                p.push(format!(
+                    "{name} sizes must be positive whole seconds (the stages exchange 1-second sums), got {bad}"
+                ));
             }
         }
         for (name, list) in [
@@ -339,9 +369,16 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The producer's `transactional.id`: stable across restarts of one instance.
+    pub fn transactional_id(&self) -> String {
+        format!("{}-{}", self.kafka.group_id, self.kafka.instance_id)
+    }
+}
+
 impl TopicNames {
     /// (config key, topic name) of every topic, inputs first.
-    pub fn all(&self) -> [(&'static str, &str); 7] {
+    pub fn all(&self) -> [(&'static str, &str); 10] {
         [
             ("orders", &self.orders),
             ("payments", &self.payments),
@@ -350,6 +387,9 @@ impl TopicNames {
             ("gmv_totals", &self.gmv_totals),
             ("milestones", &self.milestones),
             ("dead_letters", &self.dead_letters),
+            ("repartition", &self.repartition),
+            ("attribution_changelog", &self.attribution_changelog),
+            ("aggregation_changelog", &self.aggregation_changelog),
         ]
     }
 

@@ -65,12 +65,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         None => {
             let cluster = MockCluster::new(1).context("starting the embedded Kafka broker")?;
             for def in crate::io::topics::definitions(&cfg) {
-                let partitions =
-                    if def.role == "orders" || def.role == "payments" || def.role == "deliveries" {
-                        args.partitions
-                    } else {
-                        def.partitions
-                    };
+                let partitions = def.partitions_with(Some(args.partitions));
                 cluster
                     .create_topic(&def.name, partitions, 1)
                     .with_context(|| format!("creating topic {}", def.name))?;

@@ -73,6 +73,10 @@ struct Common {
     /// Address for /metrics and /healthz (overrides metrics.listen).
     #[arg(long)]
     metrics_listen: Option<String>,
+    /// Stable name of this instance, unique among running ones (overrides kafka.instance_id);
+    /// a restart with the same id fences the old process.
+    #[arg(long)]
+    instance_id: Option<String>,
 }
 
 impl Common {
@@ -83,6 +87,7 @@ impl Common {
                 brokers: self.brokers.clone(),
                 group_id: self.group_id.clone(),
                 metrics_listen: self.metrics_listen.clone(),
+                instance_id: self.instance_id.clone(),
             },
         )
     }

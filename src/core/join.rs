@@ -21,7 +21,7 @@ pub struct Attribution {
 }
 
 /// What the job keeps of an order.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OrderInfo {
     pub attribution: Attribution,
     pub ts_ms: i64,
@@ -30,7 +30,7 @@ pub struct OrderInfo {
 }
 
 /// A payment, refund or delivery whose order has not arrived yet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Joinable {
     Payment { kind: PaymentKind, amount_fen: i64 },
     Delivery { status: DeliveryStatus },
@@ -45,7 +45,7 @@ impl Joinable {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Waiting {
     pub ts_ms: i64,
     pub deadline_ms: i64,
@@ -79,11 +79,63 @@ pub struct JoinState {
     order_count: usize,
     waiting_count: usize,
     deadlines: BinaryHeap<Reverse<(i64, CompactString)>>,
+    /// Ids changed since the last `take_changed`, when tracking for a changelog.
+    changed: Option<Vec<CompactString>>,
 }
 
 impl JoinState {
-    pub fn order_mut(&mut self, order_id: &str) -> Option<&mut OrderInfo> {
-        self.slots.get_mut(order_id).and_then(|s| s.order.as_mut())
+    /// Starts recording changed ids, for a changelog.
+    pub fn track_changes(&mut self) {
+        self.changed.get_or_insert_with(Vec::new);
+    }
+
+    fn mark(&mut self, order_id: &str) {
+        if let Some(c) = &mut self.changed {
+            c.push(order_id.into());
+        }
+    }
+
+    /// Ids changed since the last call, each once.
+    pub fn take_changed(&mut self) -> Vec<CompactString> {
+        let mut c = self.changed.as_mut().map(std::mem::take).unwrap_or_default();
+        c.sort_unstable();
+        c.dedup();
+        c
+    }
+
+    /// What is stored for an id, for the changelog: its order and the events waiting for it.
+    pub fn get(&self, order_id: &str) -> Option<(Option<OrderInfo>, &[Waiting])> {
+        self.slots
+            .get(order_id)
+            .map(|s| (s.order, s.waiting.as_deref().map_or(&[][..], |w| &w[..])))
+    }
+
+    /// Puts back what [`JoinState::get`] returned (restore from the changelog).
+    pub fn restore(&mut self, order_id: &str, order: Option<OrderInfo>, waiting: Vec<Waiting>) {
+        if order.is_none() && waiting.is_empty() {
+            return;
+        }
+        self.order_count += order.is_some() as usize;
+        self.waiting_count += waiting.len();
+        if let Some(d) = waiting.iter().map(|w| w.deadline_ms).min() {
+            self.deadlines.push(Reverse((d, order_id.into())));
+        }
+        let waiting = (!waiting.is_empty()).then(|| Box::new(waiting));
+        self.slots.insert(order_id.into(), Slot { order, waiting });
+    }
+
+    pub fn order(&self, order_id: &str) -> Option<OrderInfo> {
+        self.slots.get(order_id).and_then(|s| s.order)
+    }
+
+    /// Records the first `paid` payment's time on an order (for pay-to-delivery).
+    pub fn paid_at(&mut self, order_id: &str, ts_ms: i64) {
+        if let Some(o) = self.slots.get_mut(order_id).and_then(|s| s.order.as_mut()) {
+            if ts_ms < o.first_paid_ms {
+                o.first_paid_ms = ts_ms;
+                self.mark(order_id);
+            }
+        }
     }
 
     /// Stores an order and returns the events that were waiting for it, or
@@ -102,6 +154,7 @@ impl JoinState {
                     order: Some(info),
                     waiting: None,
                 });
+                self.mark(order_id);
                 return Ok(Vec::new());
             }
         };
@@ -122,6 +175,7 @@ impl JoinState {
         }
         let released = slot.waiting.take().map_or_else(Vec::new, |w| *w);
         self.waiting_count -= released.len();
+        self.mark(order_id);
         Ok(released)
     }
 
@@ -135,6 +189,7 @@ impl JoinState {
         }
         list.push(w);
         self.waiting_count += 1;
+        self.mark(order_id);
     }
 
     /// Removes the waiting events whose deadline the watermark has reached.
@@ -159,6 +214,9 @@ impl JoinState {
                 !due
             });
             self.waiting_count -= before - list.len();
+            if let Some(c) = &mut self.changed {
+                c.push(order_id.clone());
+            }
             let next = list.iter().map(|w| w.deadline_ms).min();
             if next.is_none() {
                 slot.waiting = None;
@@ -176,10 +234,14 @@ impl JoinState {
     /// Forgets orders placed before `limit_ms` (their `order_ttl` has passed).
     pub fn sweep_orders(&mut self, limit_ms: i64) {
         let mut forgotten = 0;
-        self.slots.retain(|_, s| {
+        let changed = &mut self.changed;
+        self.slots.retain(|id, s| {
             if s.order.is_some_and(|o| o.ts_ms < limit_ms) {
                 s.order = None;
                 forgotten += 1;
+                if let Some(c) = changed {
+                    c.push(id.clone());
+                }
             }
             s.order.is_some() || s.waiting_len() > 0
         });
@@ -199,19 +261,50 @@ impl JoinState {
 #[derive(Debug, Default)]
 pub struct Dedup {
     seen: FastMap<CompactString, i64>,
+    /// Ids changed since the last `take_changed`, when tracking for a changelog.
+    changed: Option<Vec<CompactString>>,
 }
 
 impl Dedup {
+    /// Starts recording changed ids, for a changelog.
+    pub fn track_changes(&mut self) {
+        self.changed.get_or_insert_with(Vec::new);
+    }
+
+    /// Ids changed since the last call, each once.
+    pub fn take_changed(&mut self) -> Vec<CompactString> {
+        let mut c = self.changed.as_mut().map(std::mem::take).unwrap_or_default();
+        c.sort_unstable();
+        c.dedup();
+        c
+    }
+
+    /// Event time an id was seen at, for the changelog.
+    pub fn get(&self, id: &str) -> Option<i64> {
+        self.seen.get(id).copied()
+    }
+
+    /// Puts back a seen id (restore).
+    pub fn restore(&mut self, id: &str, ts_ms: i64) {
+        self.seen.insert(id.into(), ts_ms);
+    }
+
     /// True for the first copy of `id`; a copy more than `ttl_ms` of event time apart counts again.
     pub fn first_copy(&mut self, id: &str, ts_ms: i64, ttl_ms: i64) -> bool {
         match self.seen.get_mut(id) {
             Some(seen) if (ts_ms - *seen).abs() <= ttl_ms => false,
             Some(seen) => {
                 *seen = ts_ms;
+                if let Some(c) = &mut self.changed {
+                    c.push(id.into());
+                }
                 true
             }
             None => {
                 self.seen.insert(CompactString::from(id), ts_ms);
+                if let Some(c) = &mut self.changed {
+                    c.push(id.into());
+                }
                 true
             }
         }
@@ -219,7 +312,14 @@ impl Dedup {
 
     /// Forgets ids seen before `limit_ms`: any copy close enough to match them would be late.
     pub fn sweep(&mut self, limit_ms: i64) {
-        self.seen.retain(|_, ts| *ts >= limit_ms);
+        let changed = &mut self.changed;
+        self.seen.retain(|id, ts| {
+            let keep = *ts >= limit_ms;
+            if let (false, Some(c)) = (keep, changed.as_mut()) {
+                c.push(id.clone());
+            }
+            keep
+        });
     }
 
     pub fn len(&self) -> usize {

@@ -2,8 +2,8 @@
 //! threshold, found by summing 1-second event-time buckets in time order once
 //! they are final, so the result does not depend on arrival order.
 
-use super::window::TumblingWindows;
-use super::{FastMap, FastSet};
+use super::window::{TumblingWindows, WindowSums};
+use super::FastMap;
 
 /// Event-time bucket of the contract: 1 second.
 pub const BUCKET_MS: i64 = 1_000;
@@ -55,10 +55,8 @@ pub struct Crossing {
 pub struct Milestones {
     rule: ThresholdRule,
     buckets: TumblingWindows,
-    /// Cumulative GMV of final buckets, per key.
+    /// Cumulative GMV of final buckets, per key: thresholds at or below it have fired.
     final_gmv: FastMap<u32, i128>,
-    /// Milestones already emitted by an earlier run: never emitted again.
-    already_emitted: FastSet<(u32, i128)>,
 }
 
 impl Milestones {
@@ -67,7 +65,6 @@ impl Milestones {
             rule,
             buckets: TumblingWindows::new(BUCKET_MS),
             final_gmv: FastMap::default(),
-            already_emitted: FastSet::default(),
         }
     }
 
@@ -75,39 +72,61 @@ impl Milestones {
         !self.rule.is_empty()
     }
 
-    pub fn add(&mut self, ts_ms: i64, key: u32, gmv_fen: i64) {
-        if self.enabled() {
-            self.buckets
-                .add(ts_ms, key, |s| s.gmv_fen += gmv_fen as i128);
+    pub fn add(&mut self, ts_ms: i64, key: u32, gmv_fen: i128) {
+        if self.enabled() && gmv_fen != 0 {
+            self.buckets.add(ts_ms, key, |s| s.gmv_fen += gmv_fen);
         }
     }
 
-    /// Marks a milestone as emitted before (read back from the `milestones` topic).
-    pub fn mark_emitted(&mut self, key: u32, threshold_fen: i128) {
-        self.already_emitted.insert((key, threshold_fen));
+    /// An open bucket's GMV, for the changelog.
+    pub fn bucket(&self, start_ms: i64, key: u32) -> Option<i128> {
+        self.buckets.get(start_ms, key).map(|(s, _)| s.gmv_fen)
     }
 
-    /// Finalizes buckets ending at or before `limit_ms`, in time order, reporting crossings.
-    pub fn finalize_through(&mut self, limit_ms: i64, mut f: impl FnMut(Crossing)) {
+    /// Cumulative GMV of a key's final buckets, for the changelog.
+    pub fn final_gmv(&self, key: u32) -> Option<i128> {
+        self.final_gmv.get(&key).copied()
+    }
+
+    /// Puts back an open bucket (restore).
+    pub fn restore_bucket(&mut self, start_ms: i64, key: u32, gmv_fen: i128) {
+        let sums = WindowSums {
+            gmv_fen,
+            ..WindowSums::default()
+        };
+        self.buckets.restore(start_ms, key, sums, 0);
+    }
+
+    /// Puts back a key's cumulative final GMV (restore): thresholds up to it never fire again.
+    pub fn restore_final(&mut self, key: u32, gmv_fen: i128) {
+        self.final_gmv.insert(key, gmv_fen);
+    }
+
+    /// Finalizes buckets ending at or before `limit_ms`, in time order, reporting
+    /// each finalized bucket (start, key) and each crossing.
+    pub fn finalize_through(
+        &mut self,
+        limit_ms: i64,
+        mut bucket_done: impl FnMut(i64, u32),
+        mut f: impl FnMut(Crossing),
+    ) {
         let Milestones {
             rule,
             buckets,
             final_gmv,
-            already_emitted,
         } = self;
         buckets.close_through(limit_ms, |b| {
+            bucket_done(b.start_ms, b.key);
             let cum = final_gmv.entry(b.key).or_insert(0);
             let before = *cum;
             *cum += b.sums.gmv_fen;
             for threshold_fen in rule.crossed(before, *cum) {
-                if already_emitted.insert((b.key, threshold_fen)) {
-                    f(Crossing {
-                        key: b.key,
-                        threshold_fen,
-                        crossed_at_ms: b.start_ms + BUCKET_MS,
-                        gmv_fen: *cum,
-                    });
-                }
+                f(Crossing {
+                    key: b.key,
+                    threshold_fen,
+                    crossed_at_ms: b.start_ms + BUCKET_MS,
+                    gmv_fen: *cum,
+                });
             }
         });
     }
@@ -140,7 +159,7 @@ mod tests {
                 m.add(ts, 7, gmv);
             }
             let mut hits = vec![];
-            m.finalize_through(10_000, |c| hits.push(c));
+            m.finalize_through(10_000, |_, _| {}, |c| hits.push(c));
             results.push(hits);
         }
         // Sorted by time: 1.2s:30, 2.9s:50 (80), 3.1s:20 (100) -> bucket [3s,4s) ends at 4s.
@@ -159,26 +178,31 @@ mod tests {
         let mut m = Milestones::new(rule());
         m.add(500, 1, 150);
         let mut hits = vec![];
-        m.finalize_through(999, |c| hits.push(c));
+        m.finalize_through(999, |_, _| {}, |c| hits.push(c));
         assert!(hits.is_empty(), "bucket [0,1s) is not final before 1 s");
-        m.finalize_through(1_000, |c| hits.push(c));
+        m.finalize_through(1_000, |_, _| {}, |c| hits.push(c));
         assert_eq!(hits.len(), 1);
         m.add(1_500, 1, 500);
-        m.finalize_through(5_000, |c| hits.push(c));
+        m.finalize_through(5_000, |_, _| {}, |c| hits.push(c));
         assert_eq!(hits.len(), 1);
     }
 
     #[test]
-    fn every_step_fires_each_multiple_and_marked_ones_are_skipped() {
+    fn every_step_fires_each_multiple_and_restored_ones_are_not_repeated() {
         let mut m = Milestones::new(ThresholdRule {
             list_fen: vec![],
             every_fen: Some(10),
         });
-        m.mark_emitted(1, 10);
-        m.add(0, 1, 35);
+        m.restore_final(1, 12);
+        m.restore_bucket(0, 1, 23);
+        m.add(500, 1, 12);
+        assert_eq!(m.bucket(0, 1), Some(35));
         let mut hits = vec![];
-        m.finalize_through(1_000, |c| hits.push(c.threshold_fen));
-        assert_eq!(hits, vec![20, 30]);
+        let mut done = vec![];
+        m.finalize_through(1_000, |s, k| done.push((s, k)), |c| hits.push(c.threshold_fen));
+        assert_eq!(hits, vec![20, 30, 40]);
+        assert_eq!(done, vec![(0, 1)]);
+        assert_eq!(m.final_gmv(1), Some(47));
     }
 
     #[test]

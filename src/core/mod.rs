@@ -1,11 +1,14 @@
 //! The pure core: join, de-duplication, FX, watermarks, windows and
 //! milestones. No I/O, no clock, no runtime: events and wall time in, outputs out.
 
+pub mod aggregation;
+pub mod attribution;
 pub mod engine;
 pub mod fx;
 pub mod join;
 pub mod milestone;
 pub mod output;
+pub mod state;
 pub mod watermark;
 pub mod window;
 

@@ -110,6 +110,28 @@ impl Watermarks {
             .unwrap_or(i64::MIN)
     }
 
+    /// Largest event time per partition, for the changelog.
+    pub fn clocks(&self) -> Vec<(PartitionId, i64)> {
+        let mut v: Vec<_> = self.parts.iter().map(|(p, c)| (*p, c.max_ts_ms)).collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Puts back saved clocks and watermark (restore); idleness starts over from `now_ms`.
+    pub fn restore(&mut self, clocks: &[(PartitionId, i64)], current_ms: i64, now_ms: i64) {
+        for (p, max_ts_ms) in clocks {
+            self.parts.insert(
+                *p,
+                PartitionClock {
+                    max_ts_ms: *max_ts_ms,
+                    last_seen_wall_ms: now_ms,
+                    idle: false,
+                },
+            );
+        }
+        self.current_ms = self.current_ms.max(current_ms);
+    }
+
     /// Moves the watermark forward to at least `to_ms` (the after-the-sale flush).
     pub fn advance_to(&mut self, to_ms: i64) -> bool {
         if to_ms > self.current_ms {

@@ -13,34 +13,11 @@ pub struct WindowSums {
     pub paid_orders: u64,
 }
 
-impl WindowSums {
-    /// True when every figure is at least the other's: a replay has caught up with it.
-    pub fn covers(&self, other: &WindowSums) -> bool {
-        self.gmv_fen >= other.gmv_fen
-            && self.refund_fen >= other.refund_fen
-            && self.paid_orders >= other.paid_orders
-    }
-}
-
-/// What an earlier run already published for a window (read back at start),
-/// so a rebuild from the input neither goes backwards nor updates a final window.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Published {
-    pub sums: WindowSums,
-    pub revision: u64,
-    pub is_final: bool,
-}
-
 #[derive(Debug, Clone, Default)]
 struct Slot {
     sums: WindowSums,
     revision: u64,
     dirty: bool,
-    /// Published before and not yet caught up with: no update until the sums cover it.
-    /// Boxed: only after a restart, and it keeps the hot slot small.
-    floor: Option<Box<WindowSums>>,
-    /// Published as final before: never published again.
-    done: bool,
 }
 
 /// One emitted state of a window (the upsert record's payload).
@@ -60,8 +37,6 @@ pub struct TumblingWindows {
     /// Windows changed since the last `drain_dirty`; may name closed ones, which are skipped.
     dirty: Vec<(i64, u32)>,
     open_slots: usize,
-    /// Published states of windows not (re)opened yet, by start and key.
-    published: BTreeMap<i64, FastMap<u32, Published>>,
 }
 
 impl TumblingWindows {
@@ -72,7 +47,6 @@ impl TumblingWindows {
             open: BTreeMap::new(),
             dirty: Vec::new(),
             open_slots: 0,
-            published: BTreeMap::new(),
         }
     }
 
@@ -84,9 +58,35 @@ impl TumblingWindows {
         ts_ms.div_euclid(self.size_ms) * self.size_ms
     }
 
-    /// Records what an earlier run published for the window starting at `start_ms`.
-    pub fn seed(&mut self, start_ms: i64, key: u32, p: Published) {
-        self.published.entry(start_ms).or_default().insert(key, p);
+    /// Puts back an open window's state (restore from the changelog).
+    pub fn restore(&mut self, start_ms: i64, key: u32, sums: WindowSums, revision: u64) {
+        let slots = self.open.entry(start_ms).or_default();
+        if slots
+            .insert(
+                key,
+                Slot {
+                    sums,
+                    revision,
+                    dirty: false,
+                },
+            )
+            .is_none()
+        {
+            self.open_slots += 1;
+        }
+    }
+
+    /// An open window's sums and revision, for the changelog.
+    pub fn get(&self, start_ms: i64, key: u32) -> Option<(WindowSums, u64)> {
+        self.open
+            .get(&start_ms)
+            .and_then(|m| m.get(&key))
+            .map(|s| (s.sums, s.revision))
+    }
+
+    /// True when the window starting at `start_ms` is closed (its end is at or before `limit_ms`).
+    pub fn is_closed(&self, start_ms: i64, limit_ms: i64) -> bool {
+        start_ms.saturating_add(self.size_ms) <= limit_ms
     }
 
     /// Adds to the window of `ts_ms` for `key`, opening it if needed.
@@ -95,16 +95,7 @@ impl TumblingWindows {
         let slots = self.open.entry(start).or_default();
         let slot = slots.entry(key).or_insert_with(|| {
             self.open_slots += 1;
-            let seed = self.published.get_mut(&start).and_then(|m| m.remove(&key));
-            match seed {
-                Some(p) => Slot {
-                    revision: p.revision,
-                    floor: (!p.is_final).then(|| Box::new(p.sums)),
-                    done: p.is_final,
-                    ..Slot::default()
-                },
-                None => Slot::default(),
-            }
+            Slot::default()
         });
         f(&mut slot.sums);
         if !slot.dirty {
@@ -123,15 +114,6 @@ impl TumblingWindows {
                 continue;
             }
             slot.dirty = false;
-            if slot.done {
-                continue;
-            }
-            if let Some(floor) = &slot.floor {
-                if !slot.sums.covers(floor) || slot.sums == **floor {
-                    continue;
-                }
-                slot.floor = None;
-            }
             slot.revision += 1;
             f(WindowState {
                 start_ms: start,
@@ -144,13 +126,6 @@ impl TumblingWindows {
 
     /// Closes, in start order, every window whose end is at or before `limit_ms`.
     pub fn close_through(&mut self, limit_ms: i64, mut f: impl FnMut(WindowState)) {
-        // Published windows this run never reopened are settled: forget them.
-        while let Some(entry) = self.published.first_entry() {
-            if entry.key().saturating_add(self.size_ms) > limit_ms {
-                break;
-            }
-            entry.remove();
-        }
         while let Some(entry) = self.open.first_entry() {
             if entry.key().saturating_add(self.size_ms) > limit_ms {
                 break;
@@ -161,7 +136,7 @@ impl TumblingWindows {
             let mut keys: Vec<_> = slots.into_iter().collect();
             // Stable output order makes runs reproducible.
             keys.sort_unstable_by_key(|(k, _)| *k);
-            for (key, slot) in keys.into_iter().filter(|(_, s)| !s.done) {
+            for (key, slot) in keys {
                 f(WindowState {
                     start_ms: start,
                     key,
@@ -214,53 +189,21 @@ mod tests {
     }
 
     #[test]
-    fn a_rebuild_neither_goes_back_nor_touches_a_published_final_window() {
+    fn a_restored_window_continues_its_sums_and_revisions() {
         let mut w = TumblingWindows::new(1_000);
-        let sums = |g: i128| WindowSums {
-            gmv_fen: g,
+        let sums = WindowSums {
+            gmv_fen: 2,
             refund_fen: 0,
-            paid_orders: g as u64,
+            paid_orders: 2,
         };
-        w.seed(
-            0,
-            1,
-            Published {
-                sums: sums(2),
-                revision: 5,
-                is_final: false,
-            },
-        );
-        w.seed(
-            1_000,
-            1,
-            Published {
-                sums: sums(1),
-                revision: 2,
-                is_final: true,
-            },
-        );
+        w.restore(0, 1, sums, 5);
+        assert_eq!(w.get(0, 1), Some((sums, 5)));
+        assert_eq!(w.open_slots(), 1);
         let mut seen = vec![];
-        w.add(10, 1, gmv(1));
-        w.add(1_010, 1, gmv(1));
-        w.drain_dirty(|s| seen.push((s.start_ms, s.sums.gmv_fen, s.revision)));
-        assert!(
-            seen.is_empty(),
-            "below what was published, and a final window"
-        );
-        w.add(20, 1, gmv(1));
-        w.drain_dirty(|s| seen.push((s.start_ms, s.sums.gmv_fen, s.revision)));
-        assert!(seen.is_empty(), "equal to what was published: nothing new");
         w.add(30, 1, gmv(1));
         w.drain_dirty(|s| seen.push((s.start_ms, s.sums.gmv_fen, s.revision)));
-        assert_eq!(seen, vec![(0, 3, 6)], "caught up: continues the revisions");
-        w.close_through(2_000, |s| {
-            seen.push((s.start_ms, s.sums.gmv_fen, s.revision))
-        });
-        assert_eq!(
-            seen,
-            vec![(0, 3, 6), (0, 3, 7)],
-            "the final window [1 s, 2 s) is not published again"
-        );
+        assert_eq!(seen, vec![(0, 3, 6)]);
+        assert!(!w.is_closed(0, 999) && w.is_closed(0, 1_000));
     }
 
     #[test]

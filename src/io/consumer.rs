@@ -1,23 +1,30 @@
-//! The input consumer: reads the three input topics from the beginning
-//! (state is rebuilt from input at this stage), commits only what the app says
-//! is done, and exports per-partition lag from librdkafka's statistics.
+//! The consumer: a member of the job's consumer group reading the input and
+//! repartition topics with `read_committed`. On a rebalance it aborts the open
+//! transaction (the new owners redo that work from the last commit) and tells the
+//! loop to restore state. It also exports per-partition lag from librdkafka's statistics.
 
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientContext;
 
+use super::producer::TxnProducer;
 use crate::config::Config;
 use crate::telemetry::Metrics;
 
-/// Client context that turns statistics into the consumer-lag metric.
+/// Client context: lag metric, and rebalance handling for the group member.
 pub struct LagContext {
     pub metrics: Option<Arc<Mutex<Metrics>>>,
     pub input_topics: Vec<String>,
+    /// Set on every assignment change; the loop restores state before going on.
+    pub rebalanced: Arc<AtomicBool>,
+    /// Aborted when partitions are revoked.
+    pub producer: OnceLock<Arc<TxnProducer>>,
 }
 
 impl ClientContext for LagContext {
@@ -40,13 +47,32 @@ impl ClientContext for LagContext {
     }
 }
 
-impl ConsumerContext for LagContext {}
+impl ConsumerContext for LagContext {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, r: &Rebalance<'_>) {
+        if let Rebalance::Revoke(_) = r {
+            // Work since the last commit is redone by whoever gets the partitions.
+            if let Some(p) = self.producer.get() {
+                if let Err(e) = p.abort() {
+                    tracing::warn!("aborting the open transaction on revoke: {e:#}");
+                }
+            }
+        }
+        self.rebalanced.store(true, Ordering::SeqCst);
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, _: &Rebalance<'_>) {
+        self.rebalanced.store(true, Ordering::SeqCst);
+    }
+}
 
 pub type InputConsumer = BaseConsumer<LagContext>;
 
-/// Creates the consumer (not yet assigned).
+/// Creates a consumer (not yet assigned or subscribed).
 pub fn create(cfg: &Config, metrics: Option<Arc<Mutex<Metrics>>>) -> anyhow::Result<InputConsumer> {
     let ours = [
+        // Range keeps partition p of every co-partitioned input topic on one member;
+        // librdkafka's cooperative-sticky does not promise that (docs/scaling.md).
+        ("partition.assignment.strategy", "range"),
         ("group.id", cfg.kafka.group_id.as_str()),
         ("enable.auto.commit", "false"),
         ("enable.auto.offset.store", "false"),
@@ -62,6 +88,8 @@ pub fn create(cfg: &Config, metrics: Option<Arc<Mutex<Metrics>>>) -> anyhow::Res
     let ctx = LagContext {
         metrics,
         input_topics: cfg.topics.inputs().iter().map(|s| s.to_string()).collect(),
+        rebalanced: Arc::new(AtomicBool::new(false)),
+        producer: OnceLock::new(),
     };
     super::client_config(&cfg.kafka, &ours, &cfg.kafka.consumer_properties)
         .create_with_context(ctx)
@@ -82,22 +110,6 @@ pub fn assign_from_beginning(
         }
     }
     c.assign(&tpl).context("assigning input partitions")
-}
-
-/// Commits `offsets` (topic, partition, next offset) and waits for the broker.
-pub fn commit(c: &InputConsumer, offsets: &[(String, i32, i64)]) -> anyhow::Result<()> {
-    let mut tpl = TopicPartitionList::new();
-    for (t, p, o) in offsets {
-        if *o > 0 {
-            tpl.add_partition_offset(t, *p, Offset::Offset(*o))
-                .context("building the commit")?;
-        }
-    }
-    if tpl.count() == 0 {
-        return Ok(());
-    }
-    c.commit(&tpl, rdkafka::consumer::CommitMode::Sync)
-        .context("committing input offsets")
 }
 
 /// Poll timeout while waiting for input.

@@ -1,208 +1,241 @@
-//! The output producer, with acknowledgement tracking by emit cycle
-//! ("epoch"): the input offsets of an epoch are committable once every output
-//! sent in it, and in every earlier epoch, has been acknowledged by the broker.
+//! The transactional producer: outputs, repartition batches, changelog records
+//! and input offsets of one commit interval go to Kafka in one transaction.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use anyhow::{anyhow, bail, Context};
+use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::ClientContext;
+use rdkafka::topic_partition_list::TopicPartitionList;
+use rdkafka::{ClientContext, Message};
 
 use crate::config::Config;
 use crate::core::output::OutputTopic;
+use crate::core::state::Tag;
 use crate::telemetry::Metrics;
 
-/// Input offsets to commit: (topic, partition, next offset).
-pub type Offsets = Vec<(String, i32, i64)>;
-
-#[derive(Debug, Default)]
-struct Epoch {
-    outstanding: usize,
-    /// Set when the epoch is closed: what may be committed once it is acknowledged.
-    sealed: Option<(Offsets, i64)>,
+/// What a record is, for its delivery report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Output(OutputTopic),
+    Internal,
+    /// A changelog marker: its offset names an incarnation.
+    Marker,
 }
 
-/// Outputs in flight per epoch.
-#[derive(Debug, Default)]
-pub struct Epochs {
-    current: u64,
-    open: BTreeMap<u64, Epoch>,
-    failure: Option<String>,
-}
-
-impl Epochs {
-    fn sent(&mut self) -> u64 {
-        self.open.entry(self.current).or_default().outstanding += 1;
-        self.current
-    }
-
-    fn acked(&mut self, epoch: u64, error: Option<String>) {
-        if let Some(e) = self.open.get_mut(&epoch) {
-            e.outstanding -= 1;
+impl Kind {
+    fn opaque(self) -> usize {
+        match self {
+            Kind::Output(t) => t.index(),
+            Kind::Internal => 4,
+            Kind::Marker => 5,
         }
-        if let (Some(err), None) = (error, &self.failure) {
-            self.failure = Some(err);
-        }
-    }
-
-    /// Closes the current epoch with the offsets its outputs cover.
-    pub fn seal(&mut self, offsets: Offsets, newest_input_ms: i64) {
-        self.open.entry(self.current).or_default().sealed = Some((offsets, newest_input_ms));
-        self.current += 1;
-    }
-
-    /// The newest fully acknowledged epoch's offsets, removing it and those before.
-    pub fn take_completed(&mut self) -> Option<(Offsets, i64)> {
-        if self.failure.is_some() {
-            // An output was lost: nothing after it may be committed.
-            return None;
-        }
-        let mut done = None;
-        while let Some(entry) = self.open.first_entry() {
-            let e = entry.get();
-            if e.outstanding > 0 || e.sealed.is_none() {
-                break;
-            }
-            done = entry.remove().sealed;
-        }
-        done
-    }
-
-    /// The first delivery failure; the job must stop without committing past it.
-    pub fn failure(&self) -> Option<&str> {
-        self.failure.as_deref()
     }
 }
 
-/// Producer context: counts acknowledgements per epoch and per output topic.
-pub struct AckContext {
-    epochs: Arc<Mutex<Epochs>>,
+/// Producer context: counts acknowledgements, keeps the first failure and marker offsets.
+pub struct TxnContext {
     metrics: Option<Arc<Mutex<Metrics>>>,
+    failure: Mutex<Option<String>>,
+    /// (topic, partition) → offset of the marker written there.
+    markers: Mutex<BTreeMap<(String, i32), i64>>,
 }
 
-impl ClientContext for AckContext {}
+impl ClientContext for TxnContext {}
 
-impl ProducerContext for AckContext {
-    /// epoch × 4 + output topic index.
+impl ProducerContext for TxnContext {
     type DeliveryOpaque = usize;
 
     fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
-        let (epoch, topic) = ((opaque / 4) as u64, OutputTopic::ALL[opaque % 4]);
-        let error = result
-            .as_ref()
-            .err()
-            .map(|(e, _)| format!("delivery to {} failed: {e}", topic.label()));
-        if let Some(m) = &self.metrics {
+        if let (Some(m), Some(topic)) = (&self.metrics, OutputTopic::ALL.get(opaque)) {
             if let Ok(m) = m.lock() {
-                m.output_acked(topic, error.is_none());
+                m.output_acked(*topic, result.is_ok());
             }
         }
-        if let Ok(mut e) = self.epochs.lock() {
-            e.acked(epoch, error);
+        match result {
+            Ok(msg) if opaque == Kind::Marker.opaque() => {
+                if let Ok(mut markers) = self.markers.lock() {
+                    markers.insert((msg.topic().to_string(), msg.partition()), msg.offset());
+                }
+            }
+            Ok(_) => {}
+            Err((e, msg)) => {
+                if let Ok(mut f) = self.failure.lock() {
+                    f.get_or_insert_with(|| format!("delivery to {} failed: {e}", msg.topic()));
+                }
+            }
         }
     }
 }
 
-/// Sends output records and tracks their acknowledgement.
-pub struct Publisher {
-    producer: ThreadedProducer<AckContext>,
-    pub epochs: Arc<Mutex<Epochs>>,
-    topic_names: [String; 4],
+/// One instance's transactional producer.
+pub struct TxnProducer {
+    producer: ThreadedProducer<TxnContext>,
+    open: AtomicBool,
+    timeout: Duration,
 }
 
-impl Publisher {
+/// A record to send in the current transaction.
+pub struct Record<'a> {
+    pub topic: &'a str,
+    pub partition: Option<i32>,
+    pub key: Option<&'a [u8]>,
+    /// `None` is a tombstone.
+    pub value: Option<&'a [u8]>,
+    pub tag: Option<Tag>,
+    pub kind: Kind,
+}
+
+impl TxnProducer {
+    /// Creates the producer with `transactional.id` and fences any older producer using it.
     pub fn create(cfg: &Config, metrics: Option<Arc<Mutex<Metrics>>>) -> anyhow::Result<Self> {
+        let txn_id = cfg.transactional_id();
         let ours = [
+            ("transactional.id", txn_id.as_str()),
             ("enable.idempotence", "true"),
             ("acks", "all"),
             ("linger.ms", "5"),
-            ("message.timeout.ms", "120000"),
+            ("transaction.timeout.ms", "60000"),
+            ("message.timeout.ms", "60000"),
             ("queue.buffering.max.messages", "1000000"),
         ];
-        let epochs = Arc::new(Mutex::new(Epochs::default()));
-        let producer = super::client_config(&cfg.kafka, &ours, &cfg.kafka.producer_properties)
-            .create_with_context(AckContext {
-                epochs: epochs.clone(),
-                metrics,
-            })
-            .context("creating the Kafka producer (check kafka.* settings)")?;
-        let t = &cfg.topics;
-        Ok(Publisher {
+        let producer: ThreadedProducer<TxnContext> =
+            super::client_config(&cfg.kafka, &ours, &cfg.kafka.producer_properties)
+                .create_with_context(TxnContext {
+                    metrics,
+                    failure: Mutex::new(None),
+                    markers: Mutex::new(BTreeMap::new()),
+                })
+                .context("creating the Kafka producer (check kafka.* settings)")?;
+        let timeout = Duration::from_secs(60);
+        producer.init_transactions(timeout).with_context(|| {
+            format!("initialising transactions for transactional.id `{txn_id}` (does the broker support transactions?)")
+        })?;
+        Ok(TxnProducer {
             producer,
-            epochs,
-            topic_names: [
-                t.gmv_windows.clone(),
-                t.gmv_totals.clone(),
-                t.milestones.clone(),
-                t.dead_letters.clone(),
-            ],
+            open: AtomicBool::new(false),
+            timeout,
         })
     }
 
-    /// Sends one record in the current epoch, waiting while the local queue is full.
-    pub fn send(&self, topic: OutputTopic, key: Option<&[u8]>, value: &[u8]) -> anyhow::Result<()> {
-        let epoch = self.epochs.lock().expect("epochs lock").sent();
-        let opaque = epoch as usize * 4 + topic.index();
-        let mut record =
-            BaseRecord::with_opaque_to(&self.topic_names[topic.index()], opaque).payload(value);
-        if let Some(k) = key {
+    pub fn is_open(&self) -> bool {
+        self.open.load(Ordering::SeqCst)
+    }
+
+    fn ensure_open(&self) -> anyhow::Result<()> {
+        if !self.is_open() {
+            self.producer
+                .begin_transaction()
+                .map_err(txn_error)
+                .context("beginning a transaction")?;
+            self.open.store(true, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+
+    /// Sends a record in the current transaction (beginning one if needed), waiting while the queue is full.
+    pub fn send(&self, r: Record<'_>) -> anyhow::Result<()> {
+        self.ensure_open()?;
+        let mut record = BaseRecord::with_opaque_to(r.topic, r.kind.opaque());
+        if let Some(p) = r.partition {
+            record = record.partition(p);
+        }
+        if let Some(k) = r.key {
             record = record.key(k);
+        }
+        if let Some(v) = r.value {
+            record = record.payload(v);
+        }
+        if let Some(tag) = r.tag {
+            let bytes = tag.to_bytes();
+            record = record.headers(OwnedHeaders::new().insert(Header {
+                key: Tag::HEADER,
+                value: Some(&bytes[..]),
+            }));
         }
         loop {
             match self.producer.send(record) {
                 Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    record = r;
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
                     std::thread::sleep(Duration::from_millis(5));
                 }
-                Err((e, _)) => {
-                    self.epochs
-                        .lock()
-                        .expect("epochs lock")
-                        .acked(epoch, Some(e.to_string()));
-                    return Err(e).context("producing an output record");
-                }
+                Err((e, _)) => return Err(e).with_context(|| format!("producing to {}", r.topic)),
             }
         }
     }
 
-    /// Waits until everything sent is acknowledged (shutdown).
-    pub fn flush(&self, timeout: Duration) -> anyhow::Result<()> {
-        self.producer
-            .flush(timeout)
-            .context("flushing outputs to Kafka")
+    /// Commits the open transaction with the consumer offsets it covers (if any is open).
+    pub fn commit(&self, offsets: &TopicPartitionList, group: &ConsumerGroupMetadata) -> anyhow::Result<()> {
+        if !self.is_open() {
+            if offsets.count() == 0 {
+                return Ok(());
+            }
+            self.ensure_open()?;
+        }
+        if offsets.count() > 0 {
+            self.producer
+                .send_offsets_to_transaction(offsets, group, self.timeout)
+                .map_err(txn_error)
+                .context("adding the input offsets to the transaction")?;
+        }
+        self.commit_open()
+    }
+
+    /// Commits the open transaction without offsets (restore markers).
+    pub fn commit_open(&self) -> anyhow::Result<()> {
+        let result = self
+            .producer
+            .commit_transaction(self.timeout)
+            .map_err(txn_error)
+            .context("committing the transaction");
+        self.open.store(false, Ordering::SeqCst);
+        if let Some(f) = self.producer.context().failure.lock().expect("failure lock").take() {
+            bail!("{f}");
+        }
+        result
+    }
+
+    /// Aborts the open transaction, if any: its records and offsets never count.
+    pub fn abort(&self) -> anyhow::Result<()> {
+        if self.open.swap(false, Ordering::SeqCst) {
+            self.producer
+                .abort_transaction(self.timeout)
+                .map_err(txn_error)
+                .context("aborting the transaction")?;
+            self.producer.context().failure.lock().expect("failure lock").take();
+        }
+        Ok(())
+    }
+
+    /// Offsets of the markers written since the last call, waiting for their delivery reports.
+    pub fn take_markers(&self, expected: usize) -> anyhow::Result<BTreeMap<(String, i32), i64>> {
+        let started = Instant::now();
+        loop {
+            let mut m = self.producer.context().markers.lock().expect("markers lock");
+            if m.len() >= expected {
+                return Ok(std::mem::take(&mut *m));
+            }
+            drop(m);
+            if started.elapsed() > self.timeout {
+                bail!("no delivery report for restore markers after {:?}", self.timeout);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn offsets_complete_only_when_that_epoch_and_earlier_ones_are_acknowledged() {
-        let mut e = Epochs::default();
-        let a = e.sent();
-        e.seal(vec![("orders".into(), 0, 10)], 1);
-        let b = e.sent();
-        e.seal(vec![("orders".into(), 0, 20)], 2);
-        e.acked(b, None);
-        assert_eq!(e.take_completed(), None, "epoch {a} is still in flight");
-        e.acked(a, None);
-        assert_eq!(
-            e.take_completed(),
-            Some((vec![("orders".into(), 0, 20)], 2))
-        );
-        assert_eq!(e.take_completed(), None);
-        // An epoch with no outputs completes as soon as it is sealed.
-        e.seal(vec![("orders".into(), 0, 30)], 3);
-        assert_eq!(e.take_completed().map(|x| x.1), Some(3));
-        let c = e.sent();
-        e.acked(c, Some("broken".into()));
-        e.seal(vec![("orders".into(), 0, 40)], 4);
-        assert_eq!(e.failure(), Some("broken"));
-        assert_eq!(e.take_completed(), None, "no commit past a lost output");
+/// Says whether a transaction error means this instance was fenced.
+fn txn_error(e: KafkaError) -> anyhow::Error {
+    match &e {
+        KafkaError::Transaction(t) if t.is_fatal() => anyhow!(
+            "{e}: fatal for this producer; another instance with the same kafka.instance_id has probably taken over (fenced)"
+        ),
+        _ => anyhow!(e),
     }
 }

@@ -25,11 +25,11 @@ pub struct TopicDef {
     pub replication_factor: i32,
     pub cleanup_policy: String,
     pub retention_ms: i64,
-    /// JSON Schema of the values, relative to `topics/`.
-    pub schema: String,
+    /// JSON Schema of the values, relative to `topics/`; internal topics hold binary values.
+    pub schema: Option<String>,
 }
 
-const DEFINITIONS: [&str; 7] = [
+const DEFINITIONS: [&str; 10] = [
     include_str!("../../topics/orders.toml"),
     include_str!("../../topics/payments.toml"),
     include_str!("../../topics/deliveries.toml"),
@@ -37,7 +37,23 @@ const DEFINITIONS: [&str; 7] = [
     include_str!("../../topics/gmv_totals.toml"),
     include_str!("../../topics/milestones.toml"),
     include_str!("../../topics/dead_letters.toml"),
+    include_str!("../../topics/repartition.toml"),
+    include_str!("../../topics/attribution_changelog.toml"),
+    include_str!("../../topics/aggregation_changelog.toml"),
 ];
+
+/// Roles whose partition count must equal the input topics'.
+const INPUT_PARTITIONED: [&str; 4] = ["orders", "payments", "deliveries", "attribution_changelog"];
+
+impl TopicDef {
+    /// Its partition count when the inputs have `input_partitions` (if overridden).
+    pub fn partitions_with(&self, input_partitions: Option<i32>) -> i32 {
+        match input_partitions {
+            Some(n) if INPUT_PARTITIONED.contains(&self.role.as_str()) => n,
+            _ => self.partitions,
+        }
+    }
+}
 
 /// Every topic, inputs first, with the configured names.
 pub fn definitions(cfg: &Config) -> Vec<TopicDef> {
@@ -72,16 +88,10 @@ pub fn create_all(
     let topics: Vec<NewTopic> = defs
         .iter()
         .zip(&retention)
-        .enumerate()
-        .map(|(i, (d, retention))| {
-            let partitions = if i < 3 {
-                input_partitions.unwrap_or(d.partitions)
-            } else {
-                d.partitions
-            };
+        .map(|(d, retention)| {
             NewTopic::new(
                 &d.name,
-                partitions,
+                d.partitions_with(input_partitions),
                 TopicReplication::Fixed(replication.unwrap_or(d.replication_factor)),
             )
             .set("cleanup.policy", &d.cleanup_policy)
@@ -110,6 +120,20 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
         .build()
         .expect("a tokio runtime")
         .block_on(f)
+}
+
+/// Partition count of a topic the job needs, or an error saying how to create it.
+pub fn partition_count<C: Consumer<X>, X: rdkafka::consumer::ConsumerContext>(
+    consumer: &C,
+    name: &str,
+) -> anyhow::Result<i32> {
+    let md = consumer
+        .fetch_metadata(Some(name), Duration::from_secs(15))
+        .with_context(|| format!("reading metadata of topic `{name}` (is the broker reachable?)"))?;
+    match md.topics().first() {
+        Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(t.partitions().len() as i32),
+        _ => bail!("topic `{name}` does not exist; create it with `gmv topics`"),
+    }
 }
 
 /// Checks that the input topics exist with the same partition count; returns it.
@@ -158,10 +182,13 @@ mod tests {
     #[test]
     fn every_definition_parses_and_its_schema_exists() {
         let defs = definitions(&Config::default());
-        assert_eq!(defs.len(), 7);
+        assert_eq!(defs.len(), 10);
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("topics");
         for d in &defs {
-            let schema = std::fs::read_to_string(root.join(&d.schema)).unwrap();
+            let internal = d.name.starts_with("gmv-") && !d.name.starts_with("gmv-windows") && !d.name.starts_with("gmv-totals");
+            assert_eq!(d.schema.is_none(), internal, "{}", d.name);
+            let Some(schema) = &d.schema else { continue };
+            let schema = std::fs::read_to_string(root.join(schema)).unwrap();
             let v: serde_json::Value = serde_json::from_str(&schema).unwrap();
             assert_eq!(v["title"], d.name.as_str());
             assert!(d.partitions > 0);
@@ -169,7 +196,7 @@ mod tests {
         // Inputs share one partition count; upsert outputs are compacted.
         assert!(defs[..3].iter().all(|d| d.partitions == defs[0].partitions));
         for d in &defs {
-            let upsert = d.role == "gmv_windows" || d.role == "gmv_totals";
+            let upsert = d.role == "gmv_windows" || d.role == "gmv_totals" || d.role.ends_with("changelog");
             assert_eq!(d.cleanup_policy == "compact", upsert, "{}", d.role);
         }
     }

@@ -1,0 +1,602 @@
+//! Stage two, per aggregation partition: combines the partial sums of every
+//! attribution task for the dimension keys it owns into windows, cumulative
+//! totals and milestones. Its watermark is the minimum over every attribution
+//! task's (idle ones left out), so a window closes only once no task can add to it.
+//!
+//! A batch is applied only once the transaction that wrote it is known to have
+//! committed: the next transaction of the same incarnation, or a newer
+//! incarnation restored from a later point, proves it. So records of aborted
+//! transactions never count, even on a broker that shows them.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::attribution::{flush_target, Interner, TOTAL_KEY, UNKNOWN_KEY};
+use super::engine::{EngineConfig, Stats, Totals};
+use super::milestone::{Milestones, ThresholdRule, BUCKET_MS};
+use super::output::{Dim, MilestoneRecord, Output, TotalRecord, WindowRecord};
+use super::state::{self, Delta, PartialBatch, PartialEntry, Progress};
+use super::window::{TumblingWindows, WindowState, WindowSums};
+use super::FastSet;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct TotalSlot {
+    sums: Totals,
+    revision: u64,
+    #[serde(skip)]
+    dirty: bool,
+}
+
+/// Aggregates of one dimension.
+#[derive(Debug)]
+struct DimState {
+    dim: Dim,
+    names: Interner,
+    windows: Vec<TumblingWindows>,
+    totals: Vec<TotalSlot>,
+    dirty_totals: Vec<u32>,
+    milestones: Milestones,
+}
+
+/// A piece of aggregation state, for the changelog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum StateKey {
+    Total(Dim, u32),
+    /// (dim, window size index, start, key).
+    Window(Dim, usize, i64, u32),
+    Bucket(Dim, i64, u32),
+    Cumulative(Dim, u32),
+    Source(i32),
+    Clock,
+}
+
+impl DimState {
+    fn new(dim: Dim, sizes: &[i64], rule: ThresholdRule) -> Self {
+        DimState {
+            dim,
+            names: Interner::default(),
+            windows: sizes.iter().map(|&s| TumblingWindows::new(s)).collect(),
+            totals: Vec::new(),
+            dirty_totals: Vec::new(),
+            milestones: Milestones::new(rule),
+        }
+    }
+
+    fn total_slot(&mut self, key: u32) -> &mut TotalSlot {
+        let idx = key as usize;
+        if idx >= self.totals.len() {
+            self.totals.resize_with(idx + 1, TotalSlot::default);
+        }
+        &mut self.totals[idx]
+    }
+
+    fn apply(&mut self, key: u32, bucket_ms: i64, d: &Delta, changed: &mut Option<FastSet<StateKey>>) {
+        let dim = self.dim;
+        if d.gmv_fen != 0 || d.refund_fen != 0 || d.paid_orders != 0 {
+            for (i, w) in self.windows.iter_mut().enumerate() {
+                w.add(bucket_ms, key, |s| {
+                    s.gmv_fen += d.gmv_fen;
+                    s.refund_fen += d.refund_fen;
+                    s.paid_orders += d.paid_orders;
+                });
+                if let Some(c) = changed {
+                    c.insert(StateKey::Window(dim, i, w.start_of(bucket_ms), key));
+                }
+            }
+            if self.milestones.enabled() && d.gmv_fen != 0 {
+                self.milestones.add(bucket_ms, key, d.gmv_fen);
+                if let Some(c) = changed {
+                    c.insert(StateKey::Bucket(dim, bucket_ms, key));
+                }
+            }
+        }
+        let slot = self.total_slot(key);
+        let t = &mut slot.sums;
+        t.gmv_fen += d.gmv_fen;
+        t.refund_fen += d.refund_fen;
+        t.paid_orders += d.paid_orders;
+        t.placed_orders += d.placed_orders;
+        t.shipped_orders += d.shipped_orders;
+        t.delivered_orders += d.delivered_orders;
+        if !slot.dirty {
+            slot.dirty = true;
+            self.dirty_totals.push(key);
+        }
+        if let Some(c) = changed {
+            c.insert(StateKey::Total(dim, key));
+        }
+    }
+
+    fn window_record(&self, size_ms: i64, s: WindowState, is_final: bool) -> Output {
+        Output::Window(WindowRecord {
+            dim: self.dim,
+            key: self.names.name(s.key).to_string(),
+            window_start_ms: s.start_ms,
+            window_size_ms: size_ms,
+            gmv_fen: s.sums.gmv_fen,
+            refund_fen: s.sums.refund_fen,
+            paid_orders: s.sums.paid_orders,
+            is_final,
+            revision: s.revision,
+        })
+    }
+
+    /// Closes windows and finalizes milestone buckets ending at or before `limit_ms`.
+    fn close_through(
+        &mut self,
+        limit_ms: i64,
+        stats: &mut Stats,
+        changed: &mut Option<FastSet<StateKey>>,
+        out: &mut Vec<Output>,
+    ) {
+        let dim = self.dim;
+        let mut windows = std::mem::take(&mut self.windows);
+        for (i, w) in windows.iter_mut().enumerate() {
+            let size = w.size_ms();
+            w.close_through(limit_ms, |s| {
+                if let Some(c) = changed.as_mut() {
+                    c.insert(StateKey::Window(dim, i, s.start_ms, s.key));
+                }
+                out.push(self.window_record(size, s, true))
+            });
+        }
+        self.windows = windows;
+        let DimState {
+            names, milestones, ..
+        } = self;
+        let mut done = Vec::new();
+        milestones.finalize_through(
+            limit_ms,
+            |start, key| done.push((start, key)),
+            |c| {
+                stats.milestones[dim.index()] += 1;
+                out.push(Output::Milestone(MilestoneRecord {
+                    dim,
+                    key: names.name(c.key).to_string(),
+                    threshold_fen: c.threshold_fen,
+                    crossed_at_ms: c.crossed_at_ms,
+                    gmv_fen: c.gmv_fen,
+                }))
+            },
+        );
+        if let Some(c) = changed {
+            for (start, key) in done {
+                c.insert(StateKey::Bucket(dim, start, key));
+                c.insert(StateKey::Cumulative(dim, key));
+            }
+        }
+    }
+
+    /// Emits changed open windows and changed totals.
+    fn emit(&mut self, watermark_ms: i64, out: &mut Vec<Output>) {
+        let mut windows = std::mem::take(&mut self.windows);
+        for w in &mut windows {
+            let size = w.size_ms();
+            w.drain_dirty(|s| out.push(self.window_record(size, s, false)));
+        }
+        self.windows = windows;
+        for key in std::mem::take(&mut self.dirty_totals) {
+            let name = self.names.name(key).to_string();
+            let slot = &mut self.totals[key as usize];
+            slot.dirty = false;
+            slot.revision += 1;
+            out.push(Output::Total(TotalRecord {
+                dim: self.dim,
+                key: name,
+                totals: slot.sums,
+                watermark_ms,
+                revision: slot.revision,
+            }));
+        }
+    }
+}
+
+/// What the aggregation stage knows of one attribution task.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct SourceState {
+    /// Incarnation whose batches are being received; older ones are zombies.
+    inc: i64,
+    /// Every committed transaction up to this one has been applied.
+    applied_n: u64,
+    progress: Progress,
+    /// Received but not yet known to be committed: (offset, batch). Not saved:
+    /// the committed input offset stays before the first of them, so they are read again.
+    #[serde(skip)]
+    pending: Vec<(i64, PartialBatch)>,
+}
+
+/// Stage two for one aggregation partition.
+#[derive(Debug)]
+pub struct AggregationTask {
+    partition: i32,
+    cfg: Arc<EngineConfig>,
+    dims: [DimState; 4],
+    /// Attribution tasks by input partition number; all of them must report before time moves.
+    sources: BTreeMap<i32, SourceState>,
+    source_count: usize,
+    watermark_ms: i64,
+    emitted_watermark_ms: i64,
+    /// Offset after the last repartition record received.
+    next_offset: Option<i64>,
+    changed: Option<FastSet<StateKey>>,
+}
+
+impl AggregationTask {
+    /// `source_count`: the number of input partitions (attribution tasks).
+    pub fn new(partition: i32, cfg: Arc<EngineConfig>, source_count: usize) -> Self {
+        let mut dims = Dim::ALL.map(|d| {
+            DimState::new(
+                d,
+                &cfg.window_sizes_ms[d.index()],
+                cfg.milestones[d.index()].clone(),
+            )
+        });
+        dims[Dim::Total.index()].names.intern(TOTAL_KEY);
+        dims[Dim::Brand.index()].names.intern(UNKNOWN_KEY);
+        dims[Dim::Country.index()].names.intern(UNKNOWN_KEY);
+        AggregationTask {
+            partition,
+            cfg,
+            dims,
+            sources: BTreeMap::new(),
+            source_count,
+            watermark_ms: i64::MIN,
+            emitted_watermark_ms: i64::MIN,
+            next_offset: None,
+            changed: None,
+        }
+    }
+
+    /// Records every state change from now on, for [`AggregationTask::take_changes`].
+    pub fn track_changes(&mut self) {
+        self.changed.get_or_insert_with(FastSet::default);
+    }
+
+    pub fn partition(&self) -> i32 {
+        self.partition
+    }
+
+    pub fn watermark_ms(&self) -> i64 {
+        self.watermark_ms
+    }
+
+    /// A batch read from the repartition topic at `offset`: kept until its transaction
+    /// is known to have committed, then applied.
+    pub fn receive(&mut self, offset: i64, batch: PartialBatch, stats: &mut Stats, out: &mut Vec<Output>) {
+        self.next_offset = Some(self.next_offset.map_or(offset + 1, |o| o.max(offset + 1)));
+        let src = self.sources.entry(batch.source).or_default();
+        if batch.tag.inc < src.inc {
+            stats.zombie_batches += 1;
+            return;
+        }
+        let mut ready = Vec::new();
+        if batch.tag.inc > src.inc {
+            // A newer incarnation restored from `base`: what the old one wrote up to
+            // there committed, the rest was aborted.
+            for (_, b) in src.pending.drain(..) {
+                if b.tag.n <= batch.base {
+                    ready.push(b);
+                } else {
+                    stats.aborted_batches += 1;
+                }
+            }
+            src.inc = batch.tag.inc;
+        }
+        if batch.tag.n <= src.applied_n {
+            // Read again after a restore, or superseded: already counted.
+            return self.apply_all(ready, stats, out);
+        }
+        // A later transaction of the same incarnation proves the earlier ones committed.
+        let (done, keep): (Vec<_>, Vec<_>) = src.pending.drain(..).partition(|(_, b)| b.tag.n < batch.tag.n);
+        ready.extend(done.into_iter().map(|(_, b)| b));
+        src.pending = keep;
+        src.pending.push((offset, batch));
+        self.apply_all(ready, stats, out);
+    }
+
+    fn apply_all(&mut self, ready: Vec<PartialBatch>, stats: &mut Stats, out: &mut Vec<Output>) {
+        for b in ready {
+            let src = self.sources.entry(b.source).or_default();
+            src.applied_n = src.applied_n.max(b.tag.n);
+            self.apply(b.source, b.progress, &b.entries, stats, out);
+        }
+    }
+
+    /// Applies a committed batch: its sums, then its progress.
+    pub fn apply(&mut self, source: i32, progress: Progress, entries: &[PartialEntry], stats: &mut Stats, out: &mut Vec<Output>) {
+        let limit = self.close_limit();
+        for e in entries {
+            if e.bucket_ms.saturating_add(BUCKET_MS) <= limit {
+                // Its task judged it on time, but its bucket closed meanwhile: only
+                // possible when that task came back from idleness behind the others.
+                stats.late_partials += 1;
+                continue;
+            }
+            let d = &mut self.dims[e.dim.index()];
+            let key = d.names.intern(&e.key);
+            d.apply(key, e.bucket_ms, &e.delta, &mut self.changed);
+        }
+        let src = self.sources.entry(source).or_default();
+        if src.progress != progress {
+            src.progress = progress;
+            if let Some(c) = &mut self.changed {
+                c.insert(StateKey::Source(source));
+            }
+        }
+        self.advance(stats, out);
+    }
+
+    fn close_limit(&self) -> i64 {
+        self.watermark_ms
+            .saturating_sub(self.cfg.time.allowed_lateness_ms)
+    }
+
+    /// Recomputes the watermark over every attribution task; when all are idle,
+    /// the after-the-sale flush closes everything they could have added to.
+    fn advance(&mut self, stats: &mut Stats, out: &mut Vec<Output>) {
+        let known = self.sources.len() >= self.source_count;
+        let active = self.sources.values().filter(|s| !s.progress.idle);
+        let target = match active.map(|s| s.progress.watermark_ms).min() {
+            Some(w) if known => w,
+            Some(_) => return,
+            None if known => {
+                let max_ts = self.sources.values().map(|s| s.progress.max_event_ms).max().unwrap_or(i64::MIN);
+                if max_ts == i64::MIN {
+                    return;
+                }
+                let t = &self.cfg.time;
+                flush_target(max_ts, &self.cfg.window_sizes_ms)
+                    .saturating_add(t.allowed_lateness_ms.max(t.join_timeout_ms))
+            }
+            None => return,
+        };
+        if target <= self.watermark_ms {
+            return;
+        }
+        self.watermark_ms = target;
+        if let Some(c) = &mut self.changed {
+            c.insert(StateKey::Clock);
+        }
+        let limit = self.close_limit();
+        for d in &mut self.dims {
+            d.close_through(limit, stats, &mut self.changed, out);
+        }
+    }
+
+    /// Emits every changed open window and total.
+    pub fn emit(&mut self, out: &mut Vec<Output>) {
+        let w = self.watermark_ms.max(0);
+        // The big screen's headline key also carries the watermark when only it moved.
+        if std::mem::replace(&mut self.emitted_watermark_ms, self.watermark_ms) != self.watermark_ms {
+            let total = &mut self.dims[Dim::Total.index()];
+            if let Some(slot) = total.totals.first_mut() {
+                if !slot.dirty {
+                    slot.dirty = true;
+                    total.dirty_totals.push(0);
+                    if let Some(c) = &mut self.changed {
+                        c.insert(StateKey::Total(Dim::Total, 0));
+                    }
+                }
+            }
+        }
+        for d in &mut self.dims {
+            d.emit(w, out);
+        }
+    }
+
+    /// The offset to commit on this repartition partition: before the first batch
+    /// not yet known to be committed, so a restart reads it again.
+    pub fn committable_offset(&self) -> Option<i64> {
+        self.sources
+            .values()
+            .flat_map(|s| s.pending.first().map(|(o, _)| *o))
+            .min()
+            .or(self.next_offset)
+    }
+
+    /// (open windows, open milestone buckets).
+    pub fn sizes(&self) -> (usize, usize) {
+        (
+            self.dims.iter().map(|d| d.windows.iter().map(|w| w.open_slots()).sum::<usize>()).sum(),
+            self.dims.iter().map(|d| d.milestones.open_buckets()).sum(),
+        )
+    }
+
+    /// Current cumulative figures of one key, if this task owns it.
+    pub fn totals(&self, dim: Dim, key: &str) -> Option<Totals> {
+        let d = &self.dims[dim.index()];
+        d.names.id(key).and_then(|id| d.totals.get(id as usize)).map(|s| s.sums)
+    }
+
+    /// Every key of `dim` with GMV, for the top-N metrics.
+    pub fn gmv_by_key(&self, dim: Dim) -> impl Iterator<Item = (&str, i128)> + '_ {
+        let d = &self.dims[dim.index()];
+        d.totals
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.sums.gmv_fen > 0)
+            .map(|(k, s)| (d.names.name(k as u32), s.sums.gmv_fen))
+    }
+
+    /// Changelog records for everything changed since the last call (after `emit`, so revisions are current).
+    pub fn take_changes(&mut self) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+        let Some(changed) = self.changed.as_mut() else {
+            return Vec::new();
+        };
+        let keys: Vec<StateKey> = changed.drain().collect();
+        keys.into_iter().map(|k| self.change(k)).collect()
+    }
+
+    fn change(&self, k: StateKey) -> (Vec<u8>, Option<Vec<u8>>) {
+        let name = |dim: Dim, id: u32| self.dims[dim.index()].names.name(id).to_string();
+        match k {
+            StateKey::Total(dim, id) => {
+                let slot = &self.dims[dim.index()].totals[id as usize];
+                (format!("t{}|{}", dim.as_str(), name(dim, id)).into_bytes(), Some(state::encode(slot)))
+            }
+            StateKey::Window(dim, i, start, id) => {
+                let w = &self.dims[dim.index()].windows[i];
+                let key = format!("w{}|{}|{}|{}", dim.as_str(), w.size_ms(), start, name(dim, id));
+                (key.into_bytes(), w.get(start, id).map(|(s, rev)| state::encode(&(s.gmv_fen, s.refund_fen, s.paid_orders, rev))))
+            }
+            StateKey::Bucket(dim, start, id) => {
+                let m = &self.dims[dim.index()].milestones;
+                let key = format!("b{}|{}|{}", dim.as_str(), start, name(dim, id));
+                (key.into_bytes(), m.bucket(start, id).map(|g| state::encode(&g)))
+            }
+            StateKey::Cumulative(dim, id) => {
+                let m = &self.dims[dim.index()].milestones;
+                let key = format!("m{}|{}", dim.as_str(), name(dim, id));
+                (key.into_bytes(), m.final_gmv(id).map(|g| state::encode(&g)))
+            }
+            StateKey::Source(p) => (format!("s{p}").into_bytes(), self.sources.get(&p).map(state::encode)),
+            StateKey::Clock => (b"~clock".to_vec(), Some(state::encode(&self.watermark_ms))),
+        }
+    }
+
+    /// Puts back one changelog record (the latest committed value of its key).
+    pub fn restore(&mut self, key: &[u8], value: &[u8]) -> Result<(), String> {
+        let text = std::str::from_utf8(key).map_err(|e| format!("changelog key: {e}"))?;
+        let bad = |e: postcard::Error| format!("changelog record {text:?}: {e}");
+        let dim_of = |s: &str| Dim::ALL.into_iter().find(|d| d.as_str() == s).ok_or_else(|| format!("changelog key {text:?}: unknown dimension"));
+        let num = |s: &str| s.parse::<i64>().map_err(|e| format!("changelog key {text:?}: {e}"));
+        if text == "~clock" {
+            self.watermark_ms = self.watermark_ms.max(state::decode(value).map_err(bad)?);
+            self.emitted_watermark_ms = self.watermark_ms;
+            return Ok(());
+        }
+        let (kind, rest) = text.split_at(1);
+        match kind {
+            "t" => {
+                let (dim, name) = rest.split_once('|').ok_or("bad total key")?;
+                let d = &mut self.dims[dim_of(dim)?.index()];
+                let id = d.names.intern(name);
+                let mut slot: TotalSlot = state::decode(value).map_err(bad)?;
+                slot.dirty = false;
+                *d.total_slot(id) = slot;
+            }
+            "w" => {
+                let mut it = rest.splitn(4, '|');
+                let (Some(dim), Some(size), Some(start), Some(name)) = (it.next(), it.next(), it.next(), it.next()) else {
+                    return Err(format!("bad window key {text:?}"));
+                };
+                let (size, start) = (num(size)?, num(start)?);
+                let d = &mut self.dims[dim_of(dim)?.index()];
+                let id = d.names.intern(name);
+                let (gmv_fen, refund_fen, paid_orders, rev): (i128, i128, u64, u64) = state::decode(value).map_err(bad)?;
+                if let Some(w) = d.windows.iter_mut().find(|w| w.size_ms() == size) {
+                    w.restore(start, id, WindowSums { gmv_fen, refund_fen, paid_orders }, rev);
+                }
+            }
+            "b" => {
+                let mut it = rest.splitn(3, '|');
+                let (Some(dim), Some(start), Some(name)) = (it.next(), it.next(), it.next()) else {
+                    return Err(format!("bad bucket key {text:?}"));
+                };
+                let start = num(start)?;
+                let d = &mut self.dims[dim_of(dim)?.index()];
+                let id = d.names.intern(name);
+                d.milestones.restore_bucket(start, id, state::decode(value).map_err(bad)?);
+            }
+            "m" => {
+                let (dim, name) = rest.split_once('|').ok_or("bad milestone key")?;
+                let d = &mut self.dims[dim_of(dim)?.index()];
+                let id = d.names.intern(name);
+                d.milestones.restore_final(id, state::decode(value).map_err(bad)?);
+            }
+            "s" => {
+                let p = num(rest)? as i32;
+                self.sources.insert(p, state::decode(value).map_err(bad)?);
+            }
+            _ => return Err(format!("unknown changelog key {text:?}")),
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::state::Tag;
+    use super::*;
+
+    fn batch(source: i32, inc: i64, n: u64, base: u64, gmv: i128) -> PartialBatch {
+        PartialBatch {
+            source,
+            tag: Tag { inc, n },
+            base,
+            progress: Progress {
+                watermark_ms: 0,
+                max_event_ms: 5_000,
+                idle: false,
+            },
+            entries: vec![PartialEntry {
+                dim: Dim::Total,
+                key: TOTAL_KEY.into(),
+                bucket_ms: 100_000,
+                delta: Delta {
+                    gmv_fen: gmv,
+                    paid_orders: 1,
+                    ..Delta::default()
+                },
+            }],
+        }
+    }
+
+    fn gmv(t: &AggregationTask) -> i128 {
+        t.totals(Dim::Total, TOTAL_KEY).map_or(0, |t| t.gmv_fen)
+    }
+
+    #[test]
+    fn merge_applies_committed_batches_once_and_skips_aborted_and_zombie_ones() {
+        let mut t = AggregationTask::new(0, Arc::new(EngineConfig::default()), 2);
+        let (mut s, mut out) = (Stats::default(), vec![]);
+        t.receive(0, batch(0, 10, 1, 0, 1), &mut s, &mut out);
+        t.receive(1, batch(1, 20, 1, 0, 100), &mut s, &mut out);
+        assert_eq!(gmv(&t), 0, "nothing is known to be committed yet");
+        assert_eq!(t.committable_offset(), Some(0));
+        t.receive(2, batch(0, 10, 2, 0, 2), &mut s, &mut out);
+        assert_eq!(gmv(&t), 1, "transaction 2 proves 1 committed");
+        // Source 0 dies in transaction 3; its successor restored from 2 rewrites 3.
+        t.receive(3, batch(0, 10, 3, 0, 999), &mut s, &mut out);
+        t.receive(4, batch(0, 30, 3, 2, 4), &mut s, &mut out);
+        assert_eq!(gmv(&t), 3, "2 applied, the aborted 3 dropped");
+        // A zombie of the old incarnation is ignored.
+        t.receive(5, batch(0, 10, 4, 0, 777), &mut s, &mut out);
+        t.receive(6, batch(0, 30, 4, 2, 8), &mut s, &mut out);
+        t.receive(7, batch(1, 20, 2, 0, 0), &mut s, &mut out);
+        assert_eq!(gmv(&t), 3 + 4 + 100);
+        assert_eq!((s.aborted_batches, s.zombie_batches), (1, 1));
+        assert_eq!(t.committable_offset(), Some(6), "4 from source 0 and 2 from source 1 are pending");
+    }
+
+    #[test]
+    fn restored_state_reapplies_nothing_and_continues_revisions() {
+        let cfg = Arc::new(EngineConfig::default());
+        let mut a = AggregationTask::new(0, cfg.clone(), 1);
+        a.track_changes();
+        let (mut s, mut out) = (Stats::default(), vec![]);
+        a.receive(0, batch(0, 10, 1, 0, 5), &mut s, &mut out);
+        a.receive(1, batch(0, 10, 2, 0, 7), &mut s, &mut out);
+        a.emit(&mut out);
+        let changes = a.take_changes();
+        let mut b = AggregationTask::new(0, cfg, 1);
+        for (k, v) in &changes {
+            if let Some(v) = v {
+                b.restore(k, v).unwrap();
+            }
+        }
+        // The restart reads from the committable offset (1) again.
+        assert_eq!(a.committable_offset(), Some(1));
+        b.receive(1, batch(0, 10, 2, 0, 7), &mut s, &mut out);
+        b.receive(2, batch(0, 10, 3, 0, 0), &mut s, &mut out);
+        a.receive(2, batch(0, 10, 3, 0, 0), &mut s, &mut out);
+        assert_eq!(gmv(&b), 12);
+        assert_eq!(gmv(&a), 12);
+        let (mut ea, mut eb) = (vec![], vec![]);
+        a.emit(&mut ea);
+        b.emit(&mut eb);
+        assert_eq!(ea, eb, "same records, same revisions");
+    }
+}

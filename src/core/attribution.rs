@@ -1,0 +1,690 @@
+//! Stage one, per input partition number: decode, lateness, de-duplication,
+//! the join of payments and deliveries with their orders, and partial sums per
+//! dimension key and 1-second bucket. Co-partitioning keeps all of it local;
+//! the partial sums go to the aggregation stage, keyed by dimension.
+
+use std::sync::Arc;
+
+use compact_str::CompactString;
+use serde::{Deserialize, Serialize};
+
+use super::engine::{EngineConfig, Stats};
+use super::fx::FxTable;
+use super::join::{Attribution, Dedup, JoinState, Joinable, OrderInfo, Waiting, NO_CHANNEL};
+use super::milestone::BUCKET_MS;
+use super::output::{DeadLetter, Dim, Output};
+use super::state::{self, Delta, PartialEntry, Progress};
+use super::watermark::{PartitionId, Watermarks};
+use super::FastMap;
+use crate::decode::decode;
+use crate::model::{
+    DeadReason, Delivery, DeliveryStatus, Event, InputTopic, Order, Payment, PaymentKind, Source,
+};
+
+/// Key of the `total` dimension, and of orphans in `brand` and `country`.
+pub const TOTAL_KEY: &str = "all";
+pub const UNKNOWN_KEY: &str = "unknown";
+
+/// What a payment or delivery adds once attributed.
+#[derive(Debug, Clone, Copy)]
+enum Contribution {
+    Paid(i64),
+    Refund(i64),
+    Placed,
+    Shipped,
+    Delivered,
+}
+
+impl Contribution {
+    fn of(what: Joinable) -> Self {
+        match what {
+            Joinable::Payment {
+                kind: PaymentKind::Paid,
+                amount_fen,
+            } => Contribution::Paid(amount_fen),
+            Joinable::Payment {
+                kind: PaymentKind::Refund,
+                amount_fen,
+            } => Contribution::Refund(amount_fen),
+            Joinable::Delivery {
+                status: DeliveryStatus::Shipped,
+            } => Contribution::Shipped,
+            Joinable::Delivery {
+                status: DeliveryStatus::Delivered,
+            } => Contribution::Delivered,
+        }
+    }
+
+    fn add_to(self, d: &mut Delta) {
+        match self {
+            Contribution::Paid(fen) => {
+                d.gmv_fen += fen as i128;
+                d.paid_orders += 1;
+            }
+            Contribution::Refund(fen) => d.refund_fen += fen as i128,
+            Contribution::Placed => d.placed_orders += 1,
+            Contribution::Shipped => d.shipped_orders += 1,
+            Contribution::Delivered => d.delivered_orders += 1,
+        }
+    }
+}
+
+/// Dimension key names to small ids, so hot maps hash integers.
+#[derive(Debug, Default)]
+pub(crate) struct Interner {
+    ids: FastMap<Box<str>, u32>,
+    names: Vec<Box<str>>,
+}
+
+impl Interner {
+    pub(crate) fn intern(&mut self, s: &str) -> u32 {
+        if let Some(&id) = self.ids.get(s) {
+            return id;
+        }
+        let id = self.names.len() as u32;
+        self.names.push(s.into());
+        self.ids.insert(s.into(), id);
+        id
+    }
+
+    pub(crate) fn id(&self, s: &str) -> Option<u32> {
+        self.ids.get(s).copied()
+    }
+
+    pub(crate) fn name(&self, id: u32) -> &str {
+        &self.names[id as usize]
+    }
+}
+
+/// An order as saved in the changelog: names, not ids, since ids are per process.
+#[derive(Debug, Serialize, Deserialize)]
+struct SavedOrder {
+    brand: String,
+    channel: Option<String>,
+    country: String,
+    ts_ms: i64,
+    first_paid_ms: i64,
+}
+
+/// The changelog value of one order id.
+#[derive(Debug, Serialize, Deserialize)]
+struct SavedSlot {
+    order: Option<SavedOrder>,
+    waiting: Vec<Waiting>,
+}
+
+/// The changelog value of the task's clocks.
+#[derive(Debug, Serialize, Deserialize)]
+struct SavedClock {
+    /// (topic index, partition, largest event time).
+    clocks: Vec<(u8, i32, i64)>,
+    watermark_ms: i64,
+    last_sweep_watermark_ms: i64,
+}
+
+const ORDER: u8 = b'o';
+const PAYMENT_ID: u8 = b'p';
+const DELIVERY_ID: u8 = b'd';
+const CLOCK_KEY: &[u8] = b"~clock";
+
+/// Stage one for one input partition number (the same partition of all three input topics).
+#[derive(Debug)]
+pub struct AttributionTask {
+    partition: i32,
+    cfg: Arc<EngineConfig>,
+    fx: FxTable,
+    wm: Watermarks,
+    /// Brand, channel and country names.
+    names: [Interner; 3],
+    joins: JoinState,
+    payment_ids: Dedup,
+    delivery_ids: Dedup,
+    /// Partial sums since the last `take_partials`: (dim, key id, bucket start) → delta.
+    partials: FastMap<(Dim, u32, i64), Delta>,
+    last_sweep_watermark_ms: i64,
+    /// Per input topic, the offset after the last record processed.
+    next_offsets: [Option<i64>; 3],
+    now_ms: i64,
+    /// Interned id of each two-letter country code, `u32::MAX` until seen.
+    country_ids: Box<[u32; 26 * 26]>,
+    clock_changed: bool,
+    tracking: bool,
+}
+
+impl AttributionTask {
+    pub fn new(partition: i32, cfg: Arc<EngineConfig>, now_ms: i64) -> Self {
+        let mut wm = Watermarks::new(cfg.time.max_out_of_orderness_ms, cfg.time.idle_timeout_ms);
+        let parts: Vec<PartitionId> = InputTopic::ALL.iter().map(|t| (*t, partition)).collect();
+        wm.assign(&parts, now_ms);
+        let mut names: [Interner; 3] = Default::default();
+        names[0].intern(UNKNOWN_KEY);
+        names[2].intern(UNKNOWN_KEY);
+        AttributionTask {
+            partition,
+            fx: FxTable::new(&cfg.fx),
+            cfg,
+            wm,
+            names,
+            joins: JoinState::default(),
+            payment_ids: Dedup::default(),
+            delivery_ids: Dedup::default(),
+            partials: FastMap::default(),
+            last_sweep_watermark_ms: i64::MIN,
+            next_offsets: [None; 3],
+            now_ms,
+            country_ids: Box::new([u32::MAX; 26 * 26]),
+            clock_changed: false,
+            tracking: false,
+        }
+    }
+
+    /// Records every state change from now on, for [`AttributionTask::take_changes`].
+    pub fn track_changes(&mut self) {
+        self.tracking = true;
+        self.joins.track_changes();
+        self.payment_ids.track_changes();
+        self.delivery_ids.track_changes();
+    }
+
+    pub fn partition(&self) -> i32 {
+        self.partition
+    }
+
+    pub fn watermark_ms(&self) -> i64 {
+        self.wm.current_ms()
+    }
+
+    pub fn progress(&self) -> Progress {
+        Progress {
+            watermark_ms: self.wm.current_ms(),
+            max_event_ms: self.wm.max_event_ms(),
+            idle: self.wm.all_idle(),
+        }
+    }
+
+    /// (partitions, of which idle).
+    pub fn partitions(&self) -> (usize, usize) {
+        (self.wm.partition_count(), self.wm.idle_count())
+    }
+
+    /// Per input topic, the offset to commit: after the last record processed.
+    pub fn next_offsets(&self) -> [Option<i64>; 3] {
+        self.next_offsets
+    }
+
+    /// (orders, waiting events, de-duplication ids) held.
+    pub fn sizes(&self) -> (usize, usize, usize) {
+        (
+            self.joins.order_count(),
+            self.joins.waiting_count(),
+            self.payment_ids.len() + self.delivery_ids.len(),
+        )
+    }
+
+    /// Processes one input record: decodes it, and either counts it or dead-letters it.
+    pub fn on_record(
+        &mut self,
+        source: Source,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        stats: &mut Stats,
+        out: &mut Vec<Output>,
+    ) {
+        stats.events_read[source.topic.index()] += 1;
+        let slot = &mut self.next_offsets[source.topic.index()];
+        *slot = Some(slot.map_or(source.offset + 1, |o| o.max(source.offset + 1)));
+        let Some(value) = value else {
+            self.dead_letter(source, key, &[], DeadReason::MalformedJson, "record has no value".into(), stats, out);
+            return;
+        };
+        match decode(source.topic, value, &self.fx) {
+            Ok(ev) => self.on_event(source, key, value, ev, stats, out),
+            Err(r) => self.dead_letter(source, key, value, r.reason, r.detail, stats, out),
+        }
+    }
+
+    /// Wall-clock tick: idleness; when every partition of the task is idle, the
+    /// after-the-sale flush (joins time out as if the watermark had passed them).
+    pub fn on_tick(&mut self, now_ms: i64, stats: &mut Stats) {
+        self.now_ms = now_ms;
+        if self.wm.on_tick(now_ms) {
+            self.advance(stats);
+        }
+        if self.wm.all_idle() {
+            let max_ts = self.wm.max_event_ms();
+            if max_ts == i64::MIN {
+                return;
+            }
+            let t = &self.cfg.time;
+            let target = flush_target(max_ts, &self.cfg.window_sizes_ms)
+                .saturating_add(t.allowed_lateness_ms.max(t.join_timeout_ms));
+            if self.wm.advance_to(target) {
+                self.advance(stats);
+            }
+        }
+    }
+
+    /// Partial sums since the last call, with names.
+    pub fn take_partials(&mut self) -> Vec<PartialEntry> {
+        let mut v: Vec<PartialEntry> = self
+            .partials
+            .drain()
+            .map(|((dim, id, bucket_ms), delta)| PartialEntry {
+                dim,
+                key: match dim {
+                    Dim::Total => TOTAL_KEY.to_string(),
+                    d => self.names[d.index() - 1].name(id).to_string(),
+                },
+                bucket_ms,
+                delta,
+            })
+            .collect();
+        v.sort_unstable_by(|a, b| (a.dim, &a.key, a.bucket_ms).cmp(&(b.dim, &b.key, b.bucket_ms)));
+        v
+    }
+
+    fn dead_letter(
+        &mut self,
+        source: Source,
+        key: Option<&[u8]>,
+        value: &[u8],
+        reason: DeadReason,
+        detail: String,
+        stats: &mut Stats,
+        out: &mut Vec<Output>,
+    ) {
+        stats.dead_letters[reason.index()] += 1;
+        out.push(Output::DeadLetter(DeadLetter {
+            source,
+            topic_name: self.cfg.input_topic_names[source.topic.index()].clone(),
+            reason,
+            detail,
+            key: key.map(|k| k.to_vec()),
+            payload: value[..value.len().min(super::output::DEAD_LETTER_PAYLOAD_BYTES)].to_vec(),
+        }));
+    }
+
+    fn on_event(
+        &mut self,
+        source: Source,
+        key: Option<&[u8]>,
+        value: &[u8],
+        ev: Event<'_>,
+        stats: &mut Stats,
+        out: &mut Vec<Output>,
+    ) {
+        let ts = ev.ts_ms();
+        let lateness = self.cfg.time.allowed_lateness_ms;
+        let w = self.wm.current_ms();
+        let part = (source.topic, source.partition);
+        if ts < w.saturating_sub(lateness) {
+            // A late event still shows its partition is alive; bad records do not.
+            self.wm.observe(part, ts, self.now_ms);
+            stats.late_events[source.topic.index()] += 1;
+            let detail = format!(
+                "ts_ms {ts} is more than allowed_lateness ({lateness} ms) behind the watermark {w}; its windows are closed"
+            );
+            self.dead_letter(source, key, value, DeadReason::Late, detail, stats, out);
+            return;
+        }
+        let moved = self.wm.observe(part, ts, self.now_ms);
+        self.clock_changed = true;
+        match ev {
+            Event::Order(o) => self.on_order(o, stats, out),
+            Event::Payment(p) => self.on_payment(p, stats, out),
+            Event::Delivery(d) => self.on_delivery(d, stats, out),
+        }
+        if moved {
+            self.advance(stats);
+        }
+    }
+
+    fn on_order(&mut self, o: Order<'_>, stats: &mut Stats, out: &mut Vec<Output>) {
+        let attribution = Attribution {
+            brand: self.names[0].intern(&o.brand_id),
+            channel: o
+                .channel_id
+                .as_deref()
+                .map_or(NO_CHANNEL, |c| self.names[1].intern(c)),
+            country: self.country_id(&o.country),
+        };
+        let info = OrderInfo {
+            attribution,
+            ts_ms: o.ts_ms,
+            first_paid_ms: i64::MAX,
+        };
+        let Ok(mut released) = self
+            .joins
+            .insert_order(&o.order_id, info, self.cfg.time.dedup_ttl_ms)
+        else {
+            stats.duplicates[InputTopic::Orders.index()] += 1;
+            return;
+        };
+        stats.placed_orders += 1;
+        self.add(Dim::Total, 0, o.ts_ms, Contribution::Placed);
+        self.apply_attributed(attribution, o.ts_ms, Contribution::Placed);
+        // Payments first, so a delivery that waited too can measure pay-to-delivery.
+        released.sort_by_key(|w| matches!(w.what, Joinable::Delivery { .. }));
+        for w in released {
+            self.resolve(&o.order_id, attribution, w, out);
+        }
+    }
+
+    fn on_payment(&mut self, p: Payment<'_>, stats: &mut Stats, out: &mut Vec<Output>) {
+        if !self
+            .payment_ids
+            .first_copy(&p.payment_id, p.ts_ms, self.cfg.time.dedup_ttl_ms)
+        {
+            stats.duplicates[InputTopic::Payments.index()] += 1;
+            return;
+        }
+        let c = match p.kind {
+            PaymentKind::Paid => {
+                stats.paid_fen += p.amount_fen as i128;
+                stats.paid_orders += 1;
+                Contribution::Paid(p.amount_fen)
+            }
+            PaymentKind::Refund => {
+                stats.refunded_fen += p.amount_fen as i128;
+                Contribution::Refund(p.amount_fen)
+            }
+        };
+        // The total never waits for the join.
+        self.add(Dim::Total, 0, p.ts_ms, c);
+        let what = Joinable::Payment {
+            kind: p.kind,
+            amount_fen: p.amount_fen,
+        };
+        self.attribute_or_wait(&p.order_id, p.ts_ms, what, out);
+    }
+
+    fn on_delivery(&mut self, d: Delivery<'_>, stats: &mut Stats, out: &mut Vec<Output>) {
+        if !self
+            .delivery_ids
+            .first_copy(&d.delivery_id, d.ts_ms, self.cfg.time.dedup_ttl_ms)
+        {
+            stats.duplicates[InputTopic::Deliveries.index()] += 1;
+            return;
+        }
+        let c = match d.status {
+            DeliveryStatus::Shipped => {
+                stats.shipped_orders += 1;
+                Contribution::Shipped
+            }
+            DeliveryStatus::Delivered => {
+                stats.delivered_orders += 1;
+                Contribution::Delivered
+            }
+        };
+        self.add(Dim::Total, 0, d.ts_ms, c);
+        let what = Joinable::Delivery { status: d.status };
+        self.attribute_or_wait(&d.order_id, d.ts_ms, what, out);
+    }
+
+    /// Country codes are two upper-case letters (checked by `decode`): a table beats hashing.
+    fn country_id(&mut self, code: &str) -> u32 {
+        let slot = match code.as_bytes() {
+            [x @ b'A'..=b'Z', y @ b'A'..=b'Z'] => (x - b'A') as usize * 26 + (y - b'A') as usize,
+            _ => return self.names[2].intern(code),
+        };
+        if self.country_ids[slot] == u32::MAX {
+            self.country_ids[slot] = self.names[2].intern(code);
+        }
+        self.country_ids[slot]
+    }
+
+    /// Attributes a payment or delivery to its order's keys now, or parks it until the order arrives.
+    fn attribute_or_wait(&mut self, order_id: &str, ts_ms: i64, what: Joinable, out: &mut Vec<Output>) {
+        let w = Waiting {
+            ts_ms,
+            deadline_ms: ts_ms + self.cfg.time.join_timeout_ms,
+            what,
+        };
+        match self.joins.order(order_id) {
+            Some(order) => self.resolve(order_id, order.attribution, w, out),
+            None => self.joins.wait(order_id, w),
+        }
+    }
+
+    /// Attributes a payment or delivery to its order's keys (the order is known).
+    fn resolve(&mut self, order_id: &str, a: Attribution, w: Waiting, out: &mut Vec<Output>) {
+        match w.what {
+            Joinable::Payment {
+                kind: PaymentKind::Paid,
+                ..
+            } => self.joins.paid_at(order_id, w.ts_ms),
+            Joinable::Delivery {
+                status: DeliveryStatus::Delivered,
+            } => {
+                let paid = self.joins.order(order_id).map_or(i64::MAX, |o| o.first_paid_ms);
+                if paid != i64::MAX {
+                    out.push(Output::PayToDelivery {
+                        millis: w.ts_ms - paid,
+                    });
+                }
+            }
+            _ => {}
+        }
+        self.apply_attributed(a, w.ts_ms, Contribution::of(w.what));
+    }
+
+    fn apply_attributed(&mut self, a: Attribution, ts_ms: i64, c: Contribution) {
+        self.add(Dim::Brand, a.brand, ts_ms, c);
+        self.add(Dim::Country, a.country, ts_ms, c);
+        if a.channel != NO_CHANNEL {
+            self.add(Dim::Channel, a.channel, ts_ms, c);
+        }
+    }
+
+    fn add(&mut self, dim: Dim, key: u32, ts_ms: i64, c: Contribution) {
+        let bucket = ts_ms.div_euclid(BUCKET_MS) * BUCKET_MS;
+        c.add_to(self.partials.entry((dim, key, bucket)).or_default());
+    }
+
+    /// The watermark moved: time out joins, and forget what no event can match any more.
+    fn advance(&mut self, stats: &mut Stats) {
+        self.clock_changed = true;
+        let w = self.wm.current_ms();
+        let mut expired = Vec::new();
+        self.joins.expire(w, |x| expired.push(x));
+        // Unknown keys are id 0 in `brand` and `country`; an orphan has no channel.
+        let unknown = Attribution {
+            brand: 0,
+            channel: NO_CHANNEL,
+            country: 0,
+        };
+        for x in expired {
+            stats.join_timeouts[x.what.topic().index()] += 1;
+            self.apply_attributed(unknown, x.ts_ms, Contribution::of(x.what));
+        }
+        let limit = w.saturating_sub(self.cfg.time.allowed_lateness_ms);
+        let every = (self.cfg.time.dedup_ttl_ms / 4).max(1_000);
+        if self.last_sweep_watermark_ms != i64::MIN && limit - self.last_sweep_watermark_ms < every {
+            return;
+        }
+        self.last_sweep_watermark_ms = limit;
+        let ids_before = limit.saturating_sub(self.cfg.time.dedup_ttl_ms);
+        self.payment_ids.sweep(ids_before);
+        self.delivery_ids.sweep(ids_before);
+        self.joins
+            .sweep_orders(limit.saturating_sub(self.cfg.time.order_ttl_ms));
+    }
+
+    /// Changelog records for everything changed since the last call: (key, value or tombstone).
+    pub fn take_changes(&mut self) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+        let mut out = Vec::new();
+        for id in self.joins.take_changed() {
+            let value = self.joins.get(&id).map(|(order, waiting)| {
+                state::encode(&SavedSlot {
+                    order: order.map(|o| self.save_order(o)),
+                    waiting: waiting.to_vec(),
+                })
+            });
+            out.push((prefixed(ORDER, &id), value));
+        }
+        for (prefix, ids) in [(PAYMENT_ID, &mut self.payment_ids), (DELIVERY_ID, &mut self.delivery_ids)] {
+            for id in ids.take_changed() {
+                let value = ids.get(&id).map(|ts| state::encode(&ts));
+                out.push((prefixed(prefix, &id), value));
+            }
+        }
+        if std::mem::take(&mut self.clock_changed) {
+            let clock = SavedClock {
+                clocks: self
+                    .wm
+                    .clocks()
+                    .into_iter()
+                    .map(|((t, p), ts)| (t.index() as u8, p, ts))
+                    .collect(),
+                watermark_ms: self.wm.current_ms(),
+                last_sweep_watermark_ms: self.last_sweep_watermark_ms,
+            };
+            out.push((CLOCK_KEY.to_vec(), Some(state::encode(&clock))));
+        }
+        out
+    }
+
+    fn save_order(&self, o: OrderInfo) -> SavedOrder {
+        let a = o.attribution;
+        SavedOrder {
+            brand: self.names[0].name(a.brand).to_string(),
+            channel: (a.channel != NO_CHANNEL).then(|| self.names[1].name(a.channel).to_string()),
+            country: self.names[2].name(a.country).to_string(),
+            ts_ms: o.ts_ms,
+            first_paid_ms: o.first_paid_ms,
+        }
+    }
+
+    /// Puts back one changelog record (the latest committed value of its key).
+    pub fn restore(&mut self, key: &[u8], value: &[u8]) -> Result<(), String> {
+        let bad = |e: postcard::Error| format!("changelog record {:?}: {e}", String::from_utf8_lossy(key));
+        if key == CLOCK_KEY {
+            let c: SavedClock = state::decode(value).map_err(bad)?;
+            let clocks: Vec<(PartitionId, i64)> = c
+                .clocks
+                .iter()
+                .filter_map(|(t, p, ts)| InputTopic::ALL.get(*t as usize).map(|t| ((*t, *p), *ts)))
+                .collect();
+            self.wm.restore(&clocks, c.watermark_ms, self.now_ms);
+            self.last_sweep_watermark_ms = c.last_sweep_watermark_ms;
+            return Ok(());
+        }
+        let (prefix, id) = key.split_first().ok_or("empty changelog key")?;
+        let id = std::str::from_utf8(id).map_err(|e| e.to_string())?;
+        match *prefix {
+            ORDER => {
+                let s: SavedSlot = state::decode(value).map_err(bad)?;
+                let order = s.order.map(|o| OrderInfo {
+                    attribution: Attribution {
+                        brand: self.names[0].intern(&o.brand),
+                        channel: o.channel.as_deref().map_or(NO_CHANNEL, |c| self.names[1].intern(c)),
+                        country: self.names[2].intern(&o.country),
+                    },
+                    ts_ms: o.ts_ms,
+                    first_paid_ms: o.first_paid_ms,
+                });
+                self.joins.restore(id, order, s.waiting);
+            }
+            PAYMENT_ID => self.payment_ids.restore(id, state::decode(value).map_err(bad)?),
+            DELIVERY_ID => self.delivery_ids.restore(id, state::decode(value).map_err(bad)?),
+            other => return Err(format!("unknown changelog key prefix {:?}", other as char)),
+        }
+        Ok(())
+    }
+}
+
+fn prefixed(prefix: u8, id: &CompactString) -> Vec<u8> {
+    let mut k = Vec::with_capacity(id.len() + 1);
+    k.push(prefix);
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+/// End of the last window or bucket holding `max_ts`: where the after-the-sale flush starts.
+pub(crate) fn flush_target(max_ts: i64, window_sizes_ms: &[Vec<i64>; 4]) -> i64 {
+    window_sizes_ms
+        .iter()
+        .flatten()
+        .chain([&BUCKET_MS])
+        .map(|s| max_ts.div_euclid(*s) * s + s)
+        .max()
+        .unwrap_or(max_ts + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn src(topic: InputTopic, offset: i64) -> Source {
+        Source {
+            topic,
+            partition: 2,
+            offset,
+        }
+    }
+
+    #[test]
+    fn state_round_trips_through_the_changelog() {
+        let cfg = Arc::new(EngineConfig::default());
+        let mut a = AttributionTask::new(2, cfg.clone(), 0);
+        a.track_changes();
+        let (mut stats, mut out) = (Stats::default(), vec![]);
+        let order = br#"{"order_id":"o1","user_id":"u","brand_id":"b1","channel_id":"c1","country":"FR","device":"pc","currency":"EUR","amount_minor":100,"ts_ms":10000}"#;
+        let pay = br#"{"payment_id":"p1","order_id":"o1","kind":"paid","currency":"EUR","amount_minor":100,"ts_ms":11000}"#;
+        let early = br#"{"payment_id":"p2","order_id":"o2","kind":"paid","currency":"CNY","amount_minor":5,"ts_ms":12000}"#;
+        let ship = br#"{"delivery_id":"d1","order_id":"o1","status":"shipped","ts_ms":13000}"#;
+        a.on_record(src(InputTopic::Orders, 0), None, Some(order), &mut stats, &mut out);
+        a.on_record(src(InputTopic::Payments, 0), None, Some(pay), &mut stats, &mut out);
+        a.on_record(src(InputTopic::Payments, 1), None, Some(early), &mut stats, &mut out);
+        a.on_record(src(InputTopic::Deliveries, 0), None, Some(ship), &mut stats, &mut out);
+        let changes = a.take_changes();
+        assert_eq!(changes.len(), 6, "o1, o2, p1, p2, d1 and the clock");
+
+        let mut b = AttributionTask::new(2, cfg, 0);
+        for (k, v) in &changes {
+            b.restore(k, v.as_deref().unwrap()).unwrap();
+        }
+        assert_eq!(b.sizes(), a.sizes());
+        assert_eq!(b.watermark_ms(), a.watermark_ms());
+        assert_eq!(b.joins.order("o1").map(|o| o.first_paid_ms), Some(11_000));
+        assert_eq!(b.names[1].name(b.joins.order("o1").unwrap().attribution.channel), "c1");
+        // The restored task knows the duplicates and releases the waiting payment to its order.
+        a.take_partials();
+        for t in [&mut a, &mut b] {
+            t.on_record(src(InputTopic::Payments, 2), None, Some(pay), &mut stats, &mut out);
+            let o2 = br#"{"order_id":"o2","user_id":"u","brand_id":"b2","channel_id":null,"country":"CN","device":"pc","currency":"CNY","amount_minor":5,"ts_ms":12500}"#;
+            t.on_record(src(InputTopic::Orders, 1), None, Some(o2), &mut stats, &mut out);
+        }
+        let (pa, pb) = (a.take_partials(), b.take_partials());
+        assert_eq!(pa, pb);
+        assert!(pb.iter().any(|e| e.key == "b2" && e.delta.gmv_fen == 5));
+        assert!(!pb.iter().any(|e| e.delta.paid_orders > 0 && e.key == "b1"), "p1 was a duplicate");
+    }
+
+    #[test]
+    fn removed_entries_become_tombstones() {
+        let mut cfg = EngineConfig::default();
+        cfg.time.dedup_ttl_ms = 1_000;
+        cfg.time.order_ttl_ms = 1_000;
+        let mut a = AttributionTask::new(2, Arc::new(cfg), 0);
+        a.track_changes();
+        let (mut stats, mut out) = (Stats::default(), vec![]);
+        let pay = |id: &str, ts: i64| format!(r#"{{"payment_id":"{id}","order_id":"x{id}","kind":"paid","currency":"CNY","amount_minor":5,"ts_ms":{ts}}}"#);
+        a.on_record(src(InputTopic::Payments, 0), None, Some(pay("p1", 1_000).as_bytes()), &mut stats, &mut out);
+        a.take_changes();
+        // Far later on every partition: p1 is forgotten, its payment times out to unknown.
+        for t in InputTopic::ALL {
+            let v = match t {
+                InputTopic::Payments => pay("p9", 10_000_000),
+                InputTopic::Orders => r#"{"order_id":"o9","user_id":"u","brand_id":"b","channel_id":null,"country":"CN","device":"pc","currency":"CNY","amount_minor":5,"ts_ms":10000000}"#.into(),
+                InputTopic::Deliveries => r#"{"delivery_id":"d9","order_id":"o9","status":"shipped","ts_ms":10000000}"#.into(),
+            };
+            a.on_record(src(t, 5), None, Some(v.as_bytes()), &mut stats, &mut out);
+        }
+        let changes = a.take_changes();
+        let tomb = |k: &[u8]| changes.iter().any(|(key, v)| key == k && v.is_none());
+        assert!(tomb(b"pp1"), "{changes:?}");
+        assert!(tomb(b"oxp1"), "the waiting payment resolved");
+        assert_eq!(stats.join_timeouts[InputTopic::Payments.index()], 1);
+    }
+}
