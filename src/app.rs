@@ -240,7 +240,13 @@ impl Loop<'_> {
         self.send_changes()?;
         let offsets = self.offsets()?;
         let started = Instant::now();
-        let result = self.producer.commit(&offsets, &self.consumer.group_metadata().context("no consumer group metadata")?);
+        let group = self.consumer.group_metadata().context("no consumer group metadata")?;
+        let consumer = &self.consumer;
+        let result = self.producer.commit(&offsets, &group, |o| {
+            consumer
+                .commit(o, rdkafka::consumer::CommitMode::Sync)
+                .context("committing offsets")
+        });
         drop(offsets);
         let mut m = self.handles.metrics.lock().expect("metrics lock");
         m.commit(result.is_ok(), started.elapsed().as_secs_f64());

@@ -40,6 +40,11 @@ pub struct KafkaConfig {
     pub instance_id: String,
     /// Outputs, state changes and input offsets are committed in one transaction this often.
     pub commit_interval_ms: i64,
+    /// Use Kafka transactions (read_committed readers never see uncommitted results).
+    /// `false` is for brokers without them (Tansu 0.6 has no EndTxn): commits are then
+    /// offset commits after every record is acknowledged; state and totals stay exact,
+    /// but readers may see results of work that a crash makes the job redo.
+    pub transactions: bool,
     /// librdkafka properties for every client, e.g. `"security.protocol" = "SASL_SSL"`.
     pub properties: BTreeMap<String, String>,
     /// librdkafka properties for the consumer only.
@@ -118,6 +123,7 @@ impl Default for KafkaConfig {
             client_id: "gmv".into(),
             instance_id: "0".into(),
             commit_interval_ms: 1_000,
+            transactions: true,
             properties: BTreeMap::new(),
             consumer_properties: BTreeMap::new(),
             producer_properties: BTreeMap::new(),

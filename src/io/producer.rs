@@ -1,5 +1,8 @@
 //! The transactional producer: outputs, repartition batches, changelog records
 //! and input offsets of one commit interval go to Kafka in one transaction.
+//! Without broker transactions (`kafka.transactions = false`) a commit is: wait
+//! for every record's acknowledgement, then commit the offsets; readers of the
+//! changelogs and repartition topic tell committed work by its tags either way.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -78,6 +81,7 @@ pub struct TxnProducer {
     producer: ThreadedProducer<TxnContext>,
     open: AtomicBool,
     timeout: Duration,
+    transactional: bool,
 }
 
 /// A record to send in the current transaction.
@@ -95,8 +99,8 @@ impl TxnProducer {
     /// Creates the producer with `transactional.id` and fences any older producer using it.
     pub fn create(cfg: &Config, metrics: Option<Arc<Mutex<Metrics>>>) -> anyhow::Result<Self> {
         let txn_id = cfg.transactional_id();
-        let ours = [
-            ("transactional.id", txn_id.as_str()),
+        let transactional = cfg.kafka.transactions;
+        let mut ours = vec![
             ("enable.idempotence", "true"),
             ("acks", "all"),
             ("linger.ms", "5"),
@@ -104,6 +108,9 @@ impl TxnProducer {
             ("message.timeout.ms", "60000"),
             ("queue.buffering.max.messages", "1000000"),
         ];
+        if transactional {
+            ours.push(("transactional.id", txn_id.as_str()));
+        }
         let producer: ThreadedProducer<TxnContext> =
             super::client_config(&cfg.kafka, &ours, &cfg.kafka.producer_properties)
                 .create_with_context(TxnContext {
@@ -113,13 +120,16 @@ impl TxnProducer {
                 })
                 .context("creating the Kafka producer (check kafka.* settings)")?;
         let timeout = Duration::from_secs(60);
-        producer.init_transactions(timeout).with_context(|| {
-            format!("initialising transactions for transactional.id `{txn_id}` (does the broker support transactions?)")
-        })?;
+        if transactional {
+            producer.init_transactions(timeout).with_context(|| {
+                format!("initialising transactions for transactional.id `{txn_id}` (does the broker support transactions? see kafka.transactions)")
+            })?;
+        }
         Ok(TxnProducer {
             producer,
             open: AtomicBool::new(false),
             timeout,
+            transactional,
         })
     }
 
@@ -127,14 +137,18 @@ impl TxnProducer {
         self.open.load(Ordering::SeqCst)
     }
 
+    pub fn is_transactional(&self) -> bool {
+        self.transactional
+    }
+
     fn ensure_open(&self) -> anyhow::Result<()> {
-        if !self.is_open() {
+        if !self.is_open() && self.transactional {
             self.producer
                 .begin_transaction()
                 .map_err(txn_error)
                 .context("beginning a transaction")?;
-            self.open.store(true, Ordering::SeqCst);
         }
+        self.open.store(true, Ordering::SeqCst);
         Ok(())
     }
 
@@ -171,7 +185,17 @@ impl TxnProducer {
     }
 
     /// Commits the open transaction with the consumer offsets it covers (if any is open).
-    pub fn commit(&self, offsets: &TopicPartitionList, group: &ConsumerGroupMetadata) -> anyhow::Result<()> {
+    /// Without broker transactions, `commit_offsets` commits them once every record is acknowledged.
+    pub fn commit(
+        &self,
+        offsets: &TopicPartitionList,
+        group: &ConsumerGroupMetadata,
+        commit_offsets: impl FnOnce(&TopicPartitionList) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        if !self.transactional {
+            self.commit_open()?;
+            return if offsets.count() > 0 { commit_offsets(offsets) } else { Ok(()) };
+        }
         if !self.is_open() {
             if offsets.count() == 0 {
                 return Ok(());
@@ -189,11 +213,16 @@ impl TxnProducer {
 
     /// Commits the open transaction without offsets (restore markers).
     pub fn commit_open(&self) -> anyhow::Result<()> {
-        let result = self
-            .producer
-            .commit_transaction(self.timeout)
-            .map_err(txn_error)
-            .context("committing the transaction");
+        let result = if self.transactional {
+            self.producer
+                .commit_transaction(self.timeout)
+                .map_err(txn_error)
+                .context("committing the transaction")
+        } else {
+            self.producer
+                .flush(self.timeout)
+                .context("waiting for acknowledgements")
+        };
         self.open.store(false, Ordering::SeqCst);
         if let Some(f) = self.producer.context().failure.lock().expect("failure lock").take() {
             bail!("{f}");
@@ -203,7 +232,7 @@ impl TxnProducer {
 
     /// Aborts the open transaction, if any: its records and offsets never count.
     pub fn abort(&self) -> anyhow::Result<()> {
-        if self.open.swap(false, Ordering::SeqCst) {
+        if self.open.swap(false, Ordering::SeqCst) && self.transactional {
             self.producer
                 .abort_transaction(self.timeout)
                 .map_err(txn_error)
