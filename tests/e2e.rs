@@ -25,7 +25,9 @@ use rdkafka::ClientConfig;
 use serde_json::{json, Value};
 
 mod support;
-use support::broker::{create_topics, free_port, http_get, metric_sum, start_broker, Proc};
+use support::broker::{
+    create_topics, free_port, http_get, metric_sum, start_broker, wait_for_port, Proc,
+};
 
 const PARTITIONS: i32 = 4;
 const RECORDS: usize = 60_000;
@@ -626,15 +628,15 @@ fn job_output_matches_independent_totals_and_survives_a_restart() {
     // committed offsets: it reads no input again (its own metrics say so), and a
     // reader of the whole history sees no figure go back, no update after a final
     // one, revisions growing by one and no milestone twice.
+    wait_for_port(metrics_port, Duration::from_secs(30), "the restarted job's metrics");
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let metrics = http_get(metrics_port, "/metrics");
-        if metrics.contains("gmv_rebalances_total 1") {
-            assert_eq!(metric_sum(&metrics, "gmv_events_read_total"), 0.0, "the restart re-read input");
-            assert!(metric_sum(&metrics, "gmv_state_entries") > 0.0, "no state was restored");
+        assert_eq!(metric_sum(&metrics, "gmv_events_read_total"), 0.0, "the restart re-read input");
+        if metric_sum(&metrics, "gmv_state_entries") > 0.0 {
             break;
         }
-        assert!(Instant::now() < deadline, "the restarted job never got its partitions");
+        assert!(Instant::now() < deadline, "the restarted job never restored its state");
         std::thread::sleep(Duration::from_millis(200));
     }
     let mut again = Outputs {
