@@ -445,8 +445,9 @@ impl Loop<'_> {
             .context("reading committed transaction numbers")?;
         let mut bases = BTreeMap::new();
         for (stage, p) in &wanted {
+            // The offset committed on a task's changelog partition is its transaction number.
             let n = match committed.find_partition(self.changelog(*stage), *p).map(|e| e.offset()) {
-                Some(Offset::Offset(o)) if o > 0 => o as u64 - 1,
+                Some(Offset::Offset(o)) if o > 0 => o as u64,
                 _ => 0,
             };
             bases.insert((*stage, *p), n);
@@ -574,7 +575,11 @@ fn read_changelogs(
     runs: &BTreeMap<(Stage, i32), TaskRun>,
     topic_of: impl Fn(Stage) -> String,
 ) -> anyhow::Result<Restored> {
-    let reader: BaseConsumer<consumer::LagContext> = consumer::create(cfg, None)?;
+    // Its own group id: a reader that assigns partitions must not touch the job's group
+    // (some brokers rebalance the group when such a member closes).
+    let mut own = cfg.clone();
+    own.kafka.group_id = format!("{}-restore-{}", cfg.kafka.group_id, cfg.kafka.instance_id);
+    let reader: BaseConsumer<consumer::LagContext> = consumer::create(&own, None)?;
     let mut tpl = TopicPartitionList::new();
     let mut by_topic: HashMap<(String, i32), (Stage, i32)> = HashMap::new();
     for (stage, p) in runs.keys() {

@@ -798,9 +798,9 @@ fn instances_killed_added_and_removed_still_end_exact() {
         let started = Instant::now();
         for (i, r) in records.iter().enumerate() {
             gmv::gen::writer::send(&p, r.topic.label(), r.key.as_deref(), &r.value).unwrap();
-            // 20,000 records/s: about 25 s of traffic.
+            // 8,000 records/s: about a minute of traffic, so the kills land mid-stream.
             if let Some(ahead) =
-                Duration::from_micros(i as u64 * 1_000_000 / 20_000).checked_sub(started.elapsed())
+                Duration::from_micros(i as u64 * 1_000_000 / 8_000).checked_sub(started.elapsed())
             {
                 std::thread::sleep(ahead);
             }
@@ -815,7 +815,8 @@ fn instances_killed_added_and_removed_still_end_exact() {
         None,
     ];
     for event in 1..=12 {
-        std::thread::sleep(Duration::from_millis(rng.gen_range(500..2_500)));
+        // Long enough for the group to settle (Tansu holds each JoinGroup ~3 s) and commit work.
+        std::thread::sleep(Duration::from_millis(rng.gen_range(2_000..6_000)));
         match event {
             4 => {
                 println!("adding instance c");
