@@ -37,10 +37,19 @@ impl ClientContext for LagContext {
             }
             for (p, part) in &topic.partitions {
                 // -1 is librdkafka's "unknown" (internal partition or no offsets yet).
-                if *p >= 0 && part.consumer_lag >= 0 {
+                // Offsets committed in a transaction are not the consumer's own commits,
+                // so fall back to the position handed to the application.
+                let lag = if part.consumer_lag >= 0 {
+                    part.consumer_lag
+                } else if part.app_offset >= 0 && part.hi_offset >= 0 {
+                    (part.hi_offset - part.app_offset).max(0)
+                } else {
+                    -1
+                };
+                if *p >= 0 && lag >= 0 {
                     m.consumer_lag
                         .with_label_values(&[name, &p.to_string()])
-                        .set(part.consumer_lag);
+                        .set(lag);
                 }
             }
         }
