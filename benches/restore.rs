@@ -17,12 +17,17 @@ use rdkafka::ClientConfig;
 
 #[path = "../tests/support/mod.rs"]
 mod support;
-use support::broker::{create_topics, free_port, http_get, metric_sum, start_broker, wait_for_port};
+use support::broker::{
+    create_topics, free_port, http_get, metric_sum, start_broker, wait_for_port,
+};
 
 const PARTITIONS: i32 = 4;
 
 fn main() {
-    let keys: usize = std::env::var("KEYS").ok().and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
+    let keys: usize = std::env::var("KEYS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000);
     let (_broker, brokers) = start_broker();
     let dir = std::env::temp_dir().join(format!("gmv-restore-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -49,7 +54,8 @@ fn main() {
             i % 500,
             t0 + (i as i64) / 100
         );
-        gmv::gen::writer::send(&producer, "orders", Some(&format!("o{i:09}")), v.as_bytes()).unwrap();
+        gmv::gen::writer::send(&producer, "orders", Some(&format!("o{i:09}")), v.as_bytes())
+            .unwrap();
     }
     producer.flush(Duration::from_secs(120)).unwrap();
     println!("wrote {keys} orders");
@@ -67,7 +73,12 @@ fn main() {
     };
     let mut job = run("first.log");
     wait_for_port(metrics_port, Duration::from_secs(60), "the job's metrics");
-    let orders = || metric_sum(&http_get(metrics_port, "/metrics"), "gmv_state_entries{kind=\"orders\"}");
+    let orders = || {
+        metric_sum(
+            &http_get(metrics_port, "/metrics"),
+            "gmv_state_entries{kind=\"orders\"}",
+        )
+    };
     let deadline = Instant::now() + Duration::from_secs(900);
     while orders() < keys as f64 {
         assert!(Instant::now() < deadline, "the job did not build the state");
@@ -75,7 +86,10 @@ fn main() {
     }
     // Let a commit cover everything, then stop cleanly.
     std::thread::sleep(Duration::from_secs(3));
-    Command::new("kill").args(["-TERM", &job.id().to_string()]).status().unwrap();
+    Command::new("kill")
+        .args(["-TERM", &job.id().to_string()])
+        .status()
+        .unwrap();
     assert!(job.wait().unwrap().success());
 
     // Baseline: read the attribution changelog from the beginning with a plain consumer.
@@ -87,7 +101,8 @@ fn main() {
         .unwrap();
     let mut tpl = TopicPartitionList::new();
     for p in 0..PARTITIONS {
-        tpl.add_partition_offset("gmv-attribution-changelog", p, Offset::Beginning).unwrap();
+        tpl.add_partition_offset("gmv-attribution-changelog", p, Offset::Beginning)
+            .unwrap();
     }
     c.assign(&tpl).unwrap();
     let (started, mut last, mut records) = (Instant::now(), Instant::now(), 0u64);
@@ -103,26 +118,52 @@ fn main() {
     // The restart: time from process start until the state is back, and the restore itself (its log).
     let started = Instant::now();
     let mut job = run("second.log");
-    wait_for_port(metrics_port, Duration::from_secs(60), "the restarted job's metrics");
+    wait_for_port(
+        metrics_port,
+        Duration::from_secs(60),
+        "the restarted job's metrics",
+    );
     while orders() < keys as f64 {
-        assert!(started.elapsed() < Duration::from_secs(600), "the restart did not restore the state");
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "the restart did not restore the state"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let to_resume = started.elapsed().as_secs_f64();
     let read_again = metric_sum(&http_get(metrics_port, "/metrics"), "gmv_events_read_total");
-    Command::new("kill").args(["-TERM", &job.id().to_string()]).status().unwrap();
+    Command::new("kill")
+        .args(["-TERM", &job.id().to_string()])
+        .status()
+        .unwrap();
     job.wait().unwrap();
     let restore: f64 = BufReader::new(std::fs::File::open(dir.join("second.log")).unwrap())
         .lines()
         .map_while(Result::ok)
         .filter(|l| l.contains("state restored"))
-        .filter_map(|l| l.split("seconds=").nth(1)?.split_whitespace().next()?.trim_end_matches(|c: char| !c.is_ascii_digit()).parse().ok())
+        .filter_map(|l| {
+            l.split("seconds=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .trim_end_matches(|c: char| !c.is_ascii_digit())
+                .parse()
+                .ok()
+        })
         .next()
         .expect("the restarted job logs its restore");
-    assert_eq!(read_again, 0.0, "the restart read input again instead of restoring");
+    assert_eq!(
+        read_again, 0.0,
+        "the restart read input again instead of restoring"
+    );
     println!("changelog records: {records}; state keys: {keys}");
     println!("baseline: plain read of the changelog   {baseline:8.2} s");
-    println!("restore (markers, read, filter, apply) {restore:8.2} s   ratio {:.2}", restore / baseline);
-    println!("process start to state restored        {to_resume:8.2} s (includes joining the group)");
+    println!(
+        "restore (markers, read, filter, apply) {restore:8.2} s   ratio {:.2}",
+        restore / baseline
+    );
+    println!(
+        "process start to state restored        {to_resume:8.2} s (includes joining the group)"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -125,7 +125,11 @@ pub fn run(cfg: &Config, handles: &Handles) -> anyhow::Result<()> {
         last_emit_ms: 0,
     };
     let result = lp.process();
-    let shutdown = if result.is_ok() { lp.shutdown() } else { Ok(()) };
+    let shutdown = if result.is_ok() {
+        lp.shutdown()
+    } else {
+        Ok(())
+    };
     result.and(shutdown)
 }
 
@@ -176,17 +180,31 @@ impl Loop<'_> {
             let mut started = None;
             let mut n = 0;
             while n < MAX_BATCH && last_commit.elapsed() < commit_every {
-                let wait = if n == 0 { consumer::POLL_WAIT } else { Duration::ZERO };
+                let wait = if n == 0 {
+                    consumer::POLL_WAIT
+                } else {
+                    Duration::ZERO
+                };
                 let polled = self.consumer.poll(wait);
                 if self.consumer.context().rebalanced.load(Ordering::SeqCst) {
                     // The record (if any) is from the new assignment: keep it across the restore.
                     let owned = polled.map(|r| r.map(|m| m.detach()));
-                    self.consumer.context().rebalanced.store(false, Ordering::SeqCst);
+                    self.consumer
+                        .context()
+                        .rebalanced
+                        .store(false, Ordering::SeqCst);
                     self.restore()?;
                     if let Some(Ok(m)) = owned {
                         started.get_or_insert_with(Instant::now);
                         n += 1;
-                        dispatch(&mut self.engine, &mut self.out, &mut self.newest_input_ms, &inputs, &repartition, &m);
+                        dispatch(
+                            &mut self.engine,
+                            &mut self.out,
+                            &mut self.newest_input_ms,
+                            &inputs,
+                            &repartition,
+                            &m,
+                        );
                     }
                     continue;
                 }
@@ -199,7 +217,14 @@ impl Loop<'_> {
                     Some(Ok(m)) => {
                         started.get_or_insert_with(Instant::now);
                         n += 1;
-                        dispatch(&mut self.engine, &mut self.out, &mut self.newest_input_ms, &inputs, &repartition, &m);
+                        dispatch(
+                            &mut self.engine,
+                            &mut self.out,
+                            &mut self.newest_input_ms,
+                            &inputs,
+                            &repartition,
+                            &m,
+                        );
                     }
                 }
             }
@@ -218,7 +243,11 @@ impl Loop<'_> {
             }
             if last_latency_log.elapsed() >= LATENCY_LOG_EVERY {
                 last_latency_log = Instant::now();
-                self.handles.metrics.lock().expect("metrics lock").log_latencies();
+                self.handles
+                    .metrics
+                    .lock()
+                    .expect("metrics lock")
+                    .log_latencies();
             }
         }
         Ok(())
@@ -240,7 +269,10 @@ impl Loop<'_> {
         self.send_changes()?;
         let offsets = self.offsets()?;
         let started = Instant::now();
-        let group = self.consumer.group_metadata().context("no consumer group metadata")?;
+        let group = self
+            .consumer
+            .group_metadata()
+            .context("no consumer group metadata")?;
         let consumer = &self.consumer;
         let result = self.producer.commit(&offsets, &group, |o| {
             consumer
@@ -262,7 +294,8 @@ impl Loop<'_> {
         drop(m);
         // A transaction that failed is aborted by the broker; this instance's memory is
         // ahead of what committed, so it stops and a restart resumes from the commit.
-        result.context("the transaction failed; restart the instance to resume from the last commit")
+        result
+            .context("the transaction failed; restart the instance to resume from the last commit")
     }
 
     /// Sends each attribution task's partial sums, split by aggregation partition, and its progress.
@@ -284,7 +317,8 @@ impl Loop<'_> {
             if entries.is_empty() && last == progress && !had_sums {
                 continue;
             }
-            self.sent_progress.insert(p, (progress, !entries.is_empty()));
+            self.sent_progress
+                .insert(p, (progress, !entries.is_empty()));
             let mut split: Vec<Vec<_>> = vec![Vec::new(); r_count as usize];
             for e in entries {
                 split[state::aggregation_partition(e.dim, &e.key, r_count) as usize].push(e);
@@ -293,7 +327,10 @@ impl Loop<'_> {
             for (r, entries) in split.into_iter().enumerate() {
                 let batch = PartialBatch {
                     source: p,
-                    tag: Tag { inc: run.inc, n: run.n + 1 },
+                    tag: Tag {
+                        inc: run.inc,
+                        n: run.n + 1,
+                    },
                     base: run.base,
                     progress,
                     entries,
@@ -322,8 +359,13 @@ impl Loop<'_> {
             changes.push(((Stage::Aggregation, t.partition()), t.take_changes()));
         }
         for ((stage, p), list) in changes {
-            let Some(run) = self.tasks.get(&(stage, p)) else { continue };
-            let tag = Tag { inc: run.inc, n: run.n + 1 };
+            let Some(run) = self.tasks.get(&(stage, p)) else {
+                continue;
+            };
+            let tag = Tag {
+                inc: run.inc,
+                n: run.n + 1,
+            };
             let topic = self.changelog(stage);
             for (key, value) in &list {
                 self.producer.send(Record {
@@ -360,7 +402,11 @@ impl Loop<'_> {
         }
         for t in self.engine.aggregation_tasks() {
             if let Some(o) = t.committable_offset() {
-                tpl.add_partition_offset(&self.cfg.topics.repartition, t.partition(), Offset::Offset(o))?;
+                tpl.add_partition_offset(
+                    &self.cfg.topics.repartition,
+                    t.partition(),
+                    Offset::Offset(o),
+                )?;
             }
         }
         for ((stage, p), run) in &self.tasks {
@@ -418,7 +464,10 @@ impl Loop<'_> {
         self.tasks.clear();
         self.sent_progress.clear();
         self.out.clear();
-        let assignment = self.consumer.assignment().context("reading the assignment")?;
+        let assignment = self
+            .consumer
+            .assignment()
+            .context("reading the assignment")?;
         let t = &self.cfg.topics;
         let mut wanted = BTreeSet::new();
         for e in assignment.elements() {
@@ -429,7 +478,12 @@ impl Loop<'_> {
             }
         }
         drop(assignment);
-        self.handles.metrics.lock().expect("metrics lock").rebalances.inc();
+        self.handles
+            .metrics
+            .lock()
+            .expect("metrics lock")
+            .rebalances
+            .inc();
         if wanted.is_empty() {
             tracing::info!("no partitions assigned");
             return Ok(());
@@ -446,7 +500,10 @@ impl Loop<'_> {
         let mut bases = BTreeMap::new();
         for (stage, p) in &wanted {
             // The offset committed on a task's changelog partition is its transaction number.
-            let n = match committed.find_partition(self.changelog(*stage), *p).map(|e| e.offset()) {
+            let n = match committed
+                .find_partition(self.changelog(*stage), *p)
+                .map(|e| e.offset())
+            {
                 Some(Offset::Offset(o)) if o > 0 => o as u64,
                 _ => 0,
             };
@@ -467,7 +524,9 @@ impl Loop<'_> {
                 kind: Kind::Marker,
             })?;
         }
-        self.producer.commit_open().context("committing restore markers")?;
+        self.producer
+            .commit_open()
+            .context("committing restore markers")?;
         let markers = self.producer.take_markers(bases.len())?;
         // 3. Read each changelog partition up to its marker; keep what committed.
         let mut runs = BTreeMap::new();
@@ -475,7 +534,14 @@ impl Loop<'_> {
             let inc = *markers
                 .get(&(self.changelog(*stage).to_string(), *p))
                 .context("a restore marker has no offset")?;
-            runs.insert((*stage, *p), TaskRun { inc, base: *base, n: *base });
+            runs.insert(
+                (*stage, *p),
+                TaskRun {
+                    inc,
+                    base: *base,
+                    n: *base,
+                },
+            );
         }
         let states = read_changelogs(self.cfg, &runs, |stage| self.changelog(stage).to_string())?;
         let now = now_ms();
@@ -494,7 +560,9 @@ impl Loop<'_> {
                     entries.iter().try_for_each(|(k, v)| task.restore(k, v))
                 }
             };
-            result.map_err(|e| anyhow::anyhow!(e)).with_context(|| format!("restoring {stage:?} task {p}"))?;
+            result
+                .map_err(|e| anyhow::anyhow!(e))
+                .with_context(|| format!("restoring {stage:?} task {p}"))?;
         }
         self.tasks = runs;
         tracing::info!(
@@ -529,7 +597,11 @@ impl Loop<'_> {
         self.last_emit_ms = 0;
         let result = self.commit();
         self.refresh_metrics();
-        self.handles.metrics.lock().expect("metrics lock").log_latencies();
+        self.handles
+            .metrics
+            .lock()
+            .expect("metrics lock")
+            .log_latencies();
         self.consumer.unsubscribe();
         result
     }
@@ -547,7 +619,11 @@ fn dispatch<M: Message>(
     if m.topic() == repartition {
         match m.payload().map(state::decode::<PartialBatch>) {
             Some(Ok(batch)) => engine.receive(m.partition(), m.offset(), batch, out),
-            _ => tracing::error!(partition = m.partition(), offset = m.offset(), "unreadable repartition record skipped"),
+            _ => tracing::error!(
+                partition = m.partition(),
+                offset = m.offset(),
+                "unreadable repartition record skipped"
+            ),
         }
         return;
     }
@@ -587,7 +663,9 @@ fn read_changelogs(
         tpl.add_partition_offset(&topic, *p, Offset::Beginning)?;
         by_topic.insert((topic, *p), (*stage, *p));
     }
-    reader.assign(&tpl).context("assigning changelog partitions")?;
+    reader
+        .assign(&tpl)
+        .context("assigning changelog partitions")?;
     drop(tpl);
     // Per task: records (offset order) and markers.
     type Rec = (Tag, Vec<u8>, Option<Vec<u8>>);
@@ -607,7 +685,10 @@ fn read_changelogs(
             }
             None => continue,
         };
-        let Some(task) = by_topic.get(&(m.topic().to_string(), m.partition())).copied() else {
+        let Some(task) = by_topic
+            .get(&(m.topic().to_string(), m.partition()))
+            .copied()
+        else {
             continue;
         };
         let run = runs[&task];
@@ -619,14 +700,16 @@ fn read_changelogs(
             if let Some(Ok(mk)) = m.payload().map(state::decode::<Marker>) {
                 markers.entry(task).or_default().push((m.offset(), mk));
             }
-        } else if let Some(tag) = m
-            .headers()
-            .and_then(|h| h.iter().find(|h| h.key == Tag::HEADER).and_then(|h| h.value.and_then(Tag::from_bytes)))
-        {
-            records
-                .entry(task)
-                .or_default()
-                .push((tag, key.to_vec(), m.payload().map(|v| v.to_vec())));
+        } else if let Some(tag) = m.headers().and_then(|h| {
+            h.iter()
+                .find(|h| h.key == Tag::HEADER)
+                .and_then(|h| h.value.and_then(Tag::from_bytes))
+        }) {
+            records.entry(task).or_default().push((
+                tag,
+                key.to_vec(),
+                m.payload().map(|v| v.to_vec()),
+            ));
         }
         if m.offset() == run.inc {
             remaining.remove(&task);
@@ -643,7 +726,10 @@ fn read_changelogs(
                 latest.insert(key, value);
             }
         }
-        let entries: Vec<_> = latest.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))).collect();
+        let entries: Vec<_> = latest
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .collect();
         out.insert(*task, entries);
     }
     Ok(out)

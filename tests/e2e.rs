@@ -89,7 +89,8 @@ fn start_job(config: &std::path::Path) -> Proc {
 /// Starts `gmv run` as instance `id`; `metrics_port` overrides the config's.
 fn start_instance(config: &std::path::Path, id: &str, metrics_port: Option<u16>) -> Proc {
     let mut cmd = gmv();
-    cmd.args(["run", "--instance-id", id, "--config"]).arg(config);
+    cmd.args(["run", "--instance-id", id, "--config"])
+        .arg(config);
     if let Some(port) = metrics_port {
         cmd.args(["--metrics-listen", &format!("127.0.0.1:{port}")]);
     }
@@ -628,15 +629,26 @@ fn job_output_matches_independent_totals_and_survives_a_restart() {
     // committed offsets: it reads no input again (its own metrics say so), and a
     // reader of the whole history sees no figure go back, no update after a final
     // one, revisions growing by one and no milestone twice.
-    wait_for_port(metrics_port, Duration::from_secs(30), "the restarted job's metrics");
+    wait_for_port(
+        metrics_port,
+        Duration::from_secs(30),
+        "the restarted job's metrics",
+    );
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let metrics = http_get(metrics_port, "/metrics");
-        assert_eq!(metric_sum(&metrics, "gmv_events_read_total"), 0.0, "the restart re-read input");
+        assert_eq!(
+            metric_sum(&metrics, "gmv_events_read_total"),
+            0.0,
+            "the restart re-read input"
+        );
         if metric_sum(&metrics, "gmv_state_entries") > 0.0 {
             break;
         }
-        assert!(Instant::now() < deadline, "the restarted job never restored its state");
+        assert!(
+            Instant::now() < deadline,
+            "the restarted job never restored its state"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     let mut again = Outputs {
@@ -828,8 +840,14 @@ fn instances_killed_added_and_removed_still_end_exact() {
                 // Removed for good below: SIGTERM, it commits and leaves the group.
                 let mut j = jobs[2].take().expect("c runs");
                 println!("removing instance c");
-                Command::new("kill").args(["-TERM", &j.0.id().to_string()]).status().unwrap();
-                assert!(j.0.wait().unwrap().success(), "instance c did not stop cleanly");
+                Command::new("kill")
+                    .args(["-TERM", &j.0.id().to_string()])
+                    .status()
+                    .unwrap();
+                assert!(
+                    j.0.wait().unwrap().success(),
+                    "instance c did not stop cleanly"
+                );
                 continue;
             }
             _ => {}
@@ -839,7 +857,10 @@ fn instances_killed_added_and_removed_still_end_exact() {
         let mut j = jobs[i].take().unwrap();
         j.0.kill().unwrap(); // SIGKILL: no flush, no commit
         j.0.wait().unwrap();
-        println!("kill -9 of instance {} (event {event}), restarting it", ids[i]);
+        println!(
+            "kill -9 of instance {} (event {event}), restarting it",
+            ids[i]
+        );
         jobs[i] = Some(start_instance(&config, ids[i], Some(free_port())));
     }
     writer.join().unwrap();
@@ -848,15 +869,28 @@ fn instances_killed_added_and_removed_still_end_exact() {
         strict: broker_has_transactions(),
         ..Outputs::default()
     };
-    wait_for(&reader(&brokers), &mut out, &want, "after 10 kills, an added and a removed instance");
+    wait_for(
+        &reader(&brokers),
+        &mut out,
+        &want,
+        "after 10 kills, an added and a removed instance",
+    );
     let mut by_key: BTreeMap<&String, Vec<&Value>> = BTreeMap::new();
     for (k, v) in &out.milestone_records {
         by_key.entry(k).or_default().push(v);
     }
     for (k, vs) in &by_key {
-        assert!(vs.iter().all(|v| v == &vs[0]), "milestone {k} has different values (seed {seed}): {vs:?}");
+        assert!(
+            vs.iter().all(|v| v == &vs[0]),
+            "milestone {k} has different values (seed {seed}): {vs:?}"
+        );
         if out.strict {
-            assert_eq!(vs.len(), 1, "milestone {k} was emitted {} times (seed {seed})", vs.len());
+            assert_eq!(
+                vs.len(),
+                1,
+                "milestone {k} was emitted {} times (seed {seed})",
+                vs.len()
+            );
         }
     }
     assert_eq!(by_key.len(), want.milestones.len());

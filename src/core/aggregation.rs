@@ -72,7 +72,13 @@ impl DimState {
         &mut self.totals[idx]
     }
 
-    fn apply(&mut self, key: u32, bucket_ms: i64, d: &Delta, changed: &mut Option<FastSet<StateKey>>) {
+    fn apply(
+        &mut self,
+        key: u32,
+        bucket_ms: i64,
+        d: &Delta,
+        changed: &mut Option<FastSet<StateKey>>,
+    ) {
         let dim = self.dim;
         if d.gmv_fen != 0 || d.refund_fen != 0 || d.paid_orders != 0 {
             for (i, w) in self.windows.iter_mut().enumerate() {
@@ -264,7 +270,13 @@ impl AggregationTask {
 
     /// A batch read from the repartition topic at `offset`: kept until its transaction
     /// is known to have committed, then applied.
-    pub fn receive(&mut self, offset: i64, batch: PartialBatch, stats: &mut Stats, out: &mut Vec<Output>) {
+    pub fn receive(
+        &mut self,
+        offset: i64,
+        batch: PartialBatch,
+        stats: &mut Stats,
+        out: &mut Vec<Output>,
+    ) {
         self.next_offset = Some(self.next_offset.map_or(offset + 1, |o| o.max(offset + 1)));
         let src = self.sources.entry(batch.source).or_default();
         if batch.tag.inc < src.inc {
@@ -289,7 +301,10 @@ impl AggregationTask {
             return self.apply_all(ready, stats, out);
         }
         // A later transaction of the same incarnation proves the earlier ones committed.
-        let (done, keep): (Vec<_>, Vec<_>) = src.pending.drain(..).partition(|(_, b)| b.tag.n < batch.tag.n);
+        let (done, keep): (Vec<_>, Vec<_>) = src
+            .pending
+            .drain(..)
+            .partition(|(_, b)| b.tag.n < batch.tag.n);
         ready.extend(done.into_iter().map(|(_, b)| b));
         src.pending = keep;
         src.pending.push((offset, batch));
@@ -305,7 +320,14 @@ impl AggregationTask {
     }
 
     /// Applies a committed batch: its sums, then its progress.
-    pub fn apply(&mut self, source: i32, progress: Progress, entries: &[PartialEntry], stats: &mut Stats, out: &mut Vec<Output>) {
+    pub fn apply(
+        &mut self,
+        source: i32,
+        progress: Progress,
+        entries: &[PartialEntry],
+        stats: &mut Stats,
+        out: &mut Vec<Output>,
+    ) {
         let limit = self.close_limit();
         for e in entries {
             if e.bucket_ms.saturating_add(BUCKET_MS) <= limit {
@@ -342,7 +364,12 @@ impl AggregationTask {
             Some(w) if known => w,
             Some(_) => return,
             None if known => {
-                let max_ts = self.sources.values().map(|s| s.progress.max_event_ms).max().unwrap_or(i64::MIN);
+                let max_ts = self
+                    .sources
+                    .values()
+                    .map(|s| s.progress.max_event_ms)
+                    .max()
+                    .unwrap_or(i64::MIN);
                 if max_ts == i64::MIN {
                     return;
                 }
@@ -369,7 +396,8 @@ impl AggregationTask {
     pub fn emit(&mut self, out: &mut Vec<Output>) {
         let w = self.watermark_ms.max(0);
         // The big screen's headline key also carries the watermark when only it moved.
-        if std::mem::replace(&mut self.emitted_watermark_ms, self.watermark_ms) != self.watermark_ms {
+        if std::mem::replace(&mut self.emitted_watermark_ms, self.watermark_ms) != self.watermark_ms
+        {
             let total = &mut self.dims[Dim::Total.index()];
             if let Some(slot) = total.totals.first_mut() {
                 if !slot.dirty {
@@ -399,7 +427,10 @@ impl AggregationTask {
     /// (open windows, open milestone buckets).
     pub fn sizes(&self) -> (usize, usize) {
         (
-            self.dims.iter().map(|d| d.windows.iter().map(|w| w.open_slots()).sum::<usize>()).sum(),
+            self.dims
+                .iter()
+                .map(|d| d.windows.iter().map(|w| w.open_slots()).sum::<usize>())
+                .sum(),
             self.dims.iter().map(|d| d.milestones.open_buckets()).sum(),
         )
     }
@@ -407,7 +438,10 @@ impl AggregationTask {
     /// Current cumulative figures of one key, if this task owns it.
     pub fn totals(&self, dim: Dim, key: &str) -> Option<Totals> {
         let d = &self.dims[dim.index()];
-        d.names.id(key).and_then(|id| d.totals.get(id as usize)).map(|s| s.sums)
+        d.names
+            .id(key)
+            .and_then(|id| d.totals.get(id as usize))
+            .map(|s| s.sums)
     }
 
     /// Every key of `dim` with GMV, for the top-N metrics.
@@ -434,24 +468,44 @@ impl AggregationTask {
         match k {
             StateKey::Total(dim, id) => {
                 let slot = &self.dims[dim.index()].totals[id as usize];
-                (format!("t{}|{}", dim.as_str(), name(dim, id)).into_bytes(), Some(state::encode(slot)))
+                (
+                    format!("t{}|{}", dim.as_str(), name(dim, id)).into_bytes(),
+                    Some(state::encode(slot)),
+                )
             }
             StateKey::Window(dim, i, start, id) => {
                 let w = &self.dims[dim.index()].windows[i];
-                let key = format!("w{}|{}|{}|{}", dim.as_str(), w.size_ms(), start, name(dim, id));
-                (key.into_bytes(), w.get(start, id).map(|(s, rev)| state::encode(&(s.gmv_fen, s.refund_fen, s.paid_orders, rev))))
+                let key = format!(
+                    "w{}|{}|{}|{}",
+                    dim.as_str(),
+                    w.size_ms(),
+                    start,
+                    name(dim, id)
+                );
+                (
+                    key.into_bytes(),
+                    w.get(start, id).map(|(s, rev)| {
+                        state::encode(&(s.gmv_fen, s.refund_fen, s.paid_orders, rev))
+                    }),
+                )
             }
             StateKey::Bucket(dim, start, id) => {
                 let m = &self.dims[dim.index()].milestones;
                 let key = format!("b{}|{}|{}", dim.as_str(), start, name(dim, id));
-                (key.into_bytes(), m.bucket(start, id).map(|g| state::encode(&g)))
+                (
+                    key.into_bytes(),
+                    m.bucket(start, id).map(|g| state::encode(&g)),
+                )
             }
             StateKey::Cumulative(dim, id) => {
                 let m = &self.dims[dim.index()].milestones;
                 let key = format!("m{}|{}", dim.as_str(), name(dim, id));
                 (key.into_bytes(), m.final_gmv(id).map(|g| state::encode(&g)))
             }
-            StateKey::Source(p) => (format!("s{p}").into_bytes(), self.sources.get(&p).map(state::encode)),
+            StateKey::Source(p) => (
+                format!("s{p}").into_bytes(),
+                self.sources.get(&p).map(state::encode),
+            ),
             StateKey::Clock => (b"~clock".to_vec(), Some(state::encode(&self.watermark_ms))),
         }
     }
@@ -460,8 +514,16 @@ impl AggregationTask {
     pub fn restore(&mut self, key: &[u8], value: &[u8]) -> Result<(), String> {
         let text = std::str::from_utf8(key).map_err(|e| format!("changelog key: {e}"))?;
         let bad = |e: postcard::Error| format!("changelog record {text:?}: {e}");
-        let dim_of = |s: &str| Dim::ALL.into_iter().find(|d| d.as_str() == s).ok_or_else(|| format!("changelog key {text:?}: unknown dimension"));
-        let num = |s: &str| s.parse::<i64>().map_err(|e| format!("changelog key {text:?}: {e}"));
+        let dim_of = |s: &str| {
+            Dim::ALL
+                .into_iter()
+                .find(|d| d.as_str() == s)
+                .ok_or_else(|| format!("changelog key {text:?}: unknown dimension"))
+        };
+        let num = |s: &str| {
+            s.parse::<i64>()
+                .map_err(|e| format!("changelog key {text:?}: {e}"))
+        };
         if text == "~clock" {
             self.watermark_ms = self.watermark_ms.max(state::decode(value).map_err(bad)?);
             self.emitted_watermark_ms = self.watermark_ms;
@@ -479,15 +541,27 @@ impl AggregationTask {
             }
             "w" => {
                 let mut it = rest.splitn(4, '|');
-                let (Some(dim), Some(size), Some(start), Some(name)) = (it.next(), it.next(), it.next(), it.next()) else {
+                let (Some(dim), Some(size), Some(start), Some(name)) =
+                    (it.next(), it.next(), it.next(), it.next())
+                else {
                     return Err(format!("bad window key {text:?}"));
                 };
                 let (size, start) = (num(size)?, num(start)?);
                 let d = &mut self.dims[dim_of(dim)?.index()];
                 let id = d.names.intern(name);
-                let (gmv_fen, refund_fen, paid_orders, rev): (i128, i128, u64, u64) = state::decode(value).map_err(bad)?;
+                let (gmv_fen, refund_fen, paid_orders, rev): (i128, i128, u64, u64) =
+                    state::decode(value).map_err(bad)?;
                 if let Some(w) = d.windows.iter_mut().find(|w| w.size_ms() == size) {
-                    w.restore(start, id, WindowSums { gmv_fen, refund_fen, paid_orders }, rev);
+                    w.restore(
+                        start,
+                        id,
+                        WindowSums {
+                            gmv_fen,
+                            refund_fen,
+                            paid_orders,
+                        },
+                        rev,
+                    );
                 }
             }
             "b" => {
@@ -498,13 +572,15 @@ impl AggregationTask {
                 let start = num(start)?;
                 let d = &mut self.dims[dim_of(dim)?.index()];
                 let id = d.names.intern(name);
-                d.milestones.restore_bucket(start, id, state::decode(value).map_err(bad)?);
+                d.milestones
+                    .restore_bucket(start, id, state::decode(value).map_err(bad)?);
             }
             "m" => {
                 let (dim, name) = rest.split_once('|').ok_or("bad milestone key")?;
                 let d = &mut self.dims[dim_of(dim)?.index()];
                 let id = d.names.intern(name);
-                d.milestones.restore_final(id, state::decode(value).map_err(bad)?);
+                d.milestones
+                    .restore_final(id, state::decode(value).map_err(bad)?);
             }
             "s" => {
                 let p = num(rest)? as i32;
@@ -568,7 +644,11 @@ mod tests {
         t.receive(7, batch(1, 20, 2, 0, 0), &mut s, &mut out);
         assert_eq!(gmv(&t), 3 + 4 + 100);
         assert_eq!((s.aborted_batches, s.zombie_batches), (1, 1));
-        assert_eq!(t.committable_offset(), Some(6), "4 from source 0 and 2 from source 1 are pending");
+        assert_eq!(
+            t.committable_offset(),
+            Some(6),
+            "4 from source 0 and 2 from source 1 are pending"
+        );
     }
 
     #[test]

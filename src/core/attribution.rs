@@ -234,7 +234,15 @@ impl AttributionTask {
         let slot = &mut self.next_offsets[source.topic.index()];
         *slot = Some(slot.map_or(source.offset + 1, |o| o.max(source.offset + 1)));
         let Some(value) = value else {
-            self.dead_letter(source, key, &[], DeadReason::MalformedJson, "record has no value".into(), stats, out);
+            self.dead_letter(
+                source,
+                key,
+                &[],
+                DeadReason::MalformedJson,
+                "record has no value".into(),
+                stats,
+                out,
+            );
             return;
         };
         match decode(source.topic, value, &self.fx) {
@@ -353,9 +361,9 @@ impl AttributionTask {
             ts_ms: o.ts_ms,
             first_paid_ms: i64::MAX,
         };
-        let Ok(mut released) = self
-            .joins
-            .insert_order(&o.order_id, info, self.cfg.time.dedup_ttl_ms)
+        let Ok(mut released) =
+            self.joins
+                .insert_order(&o.order_id, info, self.cfg.time.dedup_ttl_ms)
         else {
             stats.duplicates[InputTopic::Orders.index()] += 1;
             return;
@@ -434,7 +442,13 @@ impl AttributionTask {
     }
 
     /// Attributes a payment or delivery to its order's keys now, or parks it until the order arrives.
-    fn attribute_or_wait(&mut self, order_id: &str, ts_ms: i64, what: Joinable, out: &mut Vec<Output>) {
+    fn attribute_or_wait(
+        &mut self,
+        order_id: &str,
+        ts_ms: i64,
+        what: Joinable,
+        out: &mut Vec<Output>,
+    ) {
         let w = Waiting {
             ts_ms,
             deadline_ms: ts_ms + self.cfg.time.join_timeout_ms,
@@ -456,7 +470,10 @@ impl AttributionTask {
             Joinable::Delivery {
                 status: DeliveryStatus::Delivered,
             } => {
-                let paid = self.joins.order(order_id).map_or(i64::MAX, |o| o.first_paid_ms);
+                let paid = self
+                    .joins
+                    .order(order_id)
+                    .map_or(i64::MAX, |o| o.first_paid_ms);
                 if paid != i64::MAX {
                     out.push(Output::PayToDelivery {
                         millis: w.ts_ms - paid,
@@ -499,7 +516,8 @@ impl AttributionTask {
         }
         let limit = w.saturating_sub(self.cfg.time.allowed_lateness_ms);
         let every = (self.cfg.time.dedup_ttl_ms / 4).max(1_000);
-        if self.last_sweep_watermark_ms != i64::MIN && limit - self.last_sweep_watermark_ms < every {
+        if self.last_sweep_watermark_ms != i64::MIN && limit - self.last_sweep_watermark_ms < every
+        {
             return;
         }
         self.last_sweep_watermark_ms = limit;
@@ -522,7 +540,10 @@ impl AttributionTask {
             });
             out.push((prefixed(ORDER, &id), value));
         }
-        for (prefix, ids) in [(PAYMENT_ID, &mut self.payment_ids), (DELIVERY_ID, &mut self.delivery_ids)] {
+        for (prefix, ids) in [
+            (PAYMENT_ID, &mut self.payment_ids),
+            (DELIVERY_ID, &mut self.delivery_ids),
+        ] {
             for id in ids.take_changed() {
                 let value = ids.get(&id).map(|ts| state::encode(&ts));
                 out.push((prefixed(prefix, &id), value));
@@ -557,7 +578,9 @@ impl AttributionTask {
 
     /// Puts back one changelog record (the latest committed value of its key).
     pub fn restore(&mut self, key: &[u8], value: &[u8]) -> Result<(), String> {
-        let bad = |e: postcard::Error| format!("changelog record {:?}: {e}", String::from_utf8_lossy(key));
+        let bad = |e: postcard::Error| {
+            format!("changelog record {:?}: {e}", String::from_utf8_lossy(key))
+        };
         if key == CLOCK_KEY {
             let c: SavedClock = state::decode(value).map_err(bad)?;
             let clocks: Vec<(PartitionId, i64)> = c
@@ -577,7 +600,10 @@ impl AttributionTask {
                 let order = s.order.map(|o| OrderInfo {
                     attribution: Attribution {
                         brand: self.names[0].intern(&o.brand),
-                        channel: o.channel.as_deref().map_or(NO_CHANNEL, |c| self.names[1].intern(c)),
+                        channel: o
+                            .channel
+                            .as_deref()
+                            .map_or(NO_CHANNEL, |c| self.names[1].intern(c)),
                         country: self.names[2].intern(&o.country),
                     },
                     ts_ms: o.ts_ms,
@@ -585,8 +611,12 @@ impl AttributionTask {
                 });
                 self.joins.restore(id, order, s.waiting);
             }
-            PAYMENT_ID => self.payment_ids.restore(id, state::decode(value).map_err(bad)?),
-            DELIVERY_ID => self.delivery_ids.restore(id, state::decode(value).map_err(bad)?),
+            PAYMENT_ID => self
+                .payment_ids
+                .restore(id, state::decode(value).map_err(bad)?),
+            DELIVERY_ID => self
+                .delivery_ids
+                .restore(id, state::decode(value).map_err(bad)?),
             other => return Err(format!("unknown changelog key prefix {:?}", other as char)),
         }
         Ok(())
@@ -633,10 +663,34 @@ mod tests {
         let pay = br#"{"payment_id":"p1","order_id":"o1","kind":"paid","currency":"EUR","amount_minor":100,"ts_ms":11000}"#;
         let early = br#"{"payment_id":"p2","order_id":"o2","kind":"paid","currency":"CNY","amount_minor":5,"ts_ms":12000}"#;
         let ship = br#"{"delivery_id":"d1","order_id":"o1","status":"shipped","ts_ms":13000}"#;
-        a.on_record(src(InputTopic::Orders, 0), None, Some(order), &mut stats, &mut out);
-        a.on_record(src(InputTopic::Payments, 0), None, Some(pay), &mut stats, &mut out);
-        a.on_record(src(InputTopic::Payments, 1), None, Some(early), &mut stats, &mut out);
-        a.on_record(src(InputTopic::Deliveries, 0), None, Some(ship), &mut stats, &mut out);
+        a.on_record(
+            src(InputTopic::Orders, 0),
+            None,
+            Some(order),
+            &mut stats,
+            &mut out,
+        );
+        a.on_record(
+            src(InputTopic::Payments, 0),
+            None,
+            Some(pay),
+            &mut stats,
+            &mut out,
+        );
+        a.on_record(
+            src(InputTopic::Payments, 1),
+            None,
+            Some(early),
+            &mut stats,
+            &mut out,
+        );
+        a.on_record(
+            src(InputTopic::Deliveries, 0),
+            None,
+            Some(ship),
+            &mut stats,
+            &mut out,
+        );
         let changes = a.take_changes();
         assert_eq!(changes.len(), 6, "o1, o2, p1, p2, d1 and the clock");
 
@@ -647,18 +701,36 @@ mod tests {
         assert_eq!(b.sizes(), a.sizes());
         assert_eq!(b.watermark_ms(), a.watermark_ms());
         assert_eq!(b.joins.order("o1").map(|o| o.first_paid_ms), Some(11_000));
-        assert_eq!(b.names[1].name(b.joins.order("o1").unwrap().attribution.channel), "c1");
+        assert_eq!(
+            b.names[1].name(b.joins.order("o1").unwrap().attribution.channel),
+            "c1"
+        );
         // The restored task knows the duplicates and releases the waiting payment to its order.
         a.take_partials();
         for t in [&mut a, &mut b] {
-            t.on_record(src(InputTopic::Payments, 2), None, Some(pay), &mut stats, &mut out);
+            t.on_record(
+                src(InputTopic::Payments, 2),
+                None,
+                Some(pay),
+                &mut stats,
+                &mut out,
+            );
             let o2 = br#"{"order_id":"o2","user_id":"u","brand_id":"b2","channel_id":null,"country":"CN","device":"pc","currency":"CNY","amount_minor":5,"ts_ms":12500}"#;
-            t.on_record(src(InputTopic::Orders, 1), None, Some(o2), &mut stats, &mut out);
+            t.on_record(
+                src(InputTopic::Orders, 1),
+                None,
+                Some(o2),
+                &mut stats,
+                &mut out,
+            );
         }
         let (pa, pb) = (a.take_partials(), b.take_partials());
         assert_eq!(pa, pb);
         assert!(pb.iter().any(|e| e.key == "b2" && e.delta.gmv_fen == 5));
-        assert!(!pb.iter().any(|e| e.delta.paid_orders > 0 && e.key == "b1"), "p1 was a duplicate");
+        assert!(
+            !pb.iter().any(|e| e.delta.paid_orders > 0 && e.key == "b1"),
+            "p1 was a duplicate"
+        );
     }
 
     #[test]
@@ -669,8 +741,18 @@ mod tests {
         let mut a = AttributionTask::new(2, Arc::new(cfg), 0);
         a.track_changes();
         let (mut stats, mut out) = (Stats::default(), vec![]);
-        let pay = |id: &str, ts: i64| format!(r#"{{"payment_id":"{id}","order_id":"x{id}","kind":"paid","currency":"CNY","amount_minor":5,"ts_ms":{ts}}}"#);
-        a.on_record(src(InputTopic::Payments, 0), None, Some(pay("p1", 1_000).as_bytes()), &mut stats, &mut out);
+        let pay = |id: &str, ts: i64| {
+            format!(
+                r#"{{"payment_id":"{id}","order_id":"x{id}","kind":"paid","currency":"CNY","amount_minor":5,"ts_ms":{ts}}}"#
+            )
+        };
+        a.on_record(
+            src(InputTopic::Payments, 0),
+            None,
+            Some(pay("p1", 1_000).as_bytes()),
+            &mut stats,
+            &mut out,
+        );
         a.take_changes();
         // Far later on every partition: p1 is forgotten, its payment times out to unknown.
         for t in InputTopic::ALL {

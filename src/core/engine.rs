@@ -220,15 +220,27 @@ impl Engine {
     ) {
         match self.attribution.get_mut(&source.partition) {
             Some(t) => t.on_record(source, key, value, &mut self.stats, out),
-            None => tracing::warn!(partition = source.partition, "record of a partition this instance does not own"),
+            None => tracing::warn!(
+                partition = source.partition,
+                "record of a partition this instance does not own"
+            ),
         }
     }
 
     /// A batch read from the repartition topic, for the aggregation task of `partition`.
-    pub fn receive(&mut self, partition: i32, offset: i64, batch: PartialBatch, out: &mut Vec<Output>) {
+    pub fn receive(
+        &mut self,
+        partition: i32,
+        offset: i64,
+        batch: PartialBatch,
+        out: &mut Vec<Output>,
+    ) {
         match self.aggregation.get_mut(&partition) {
             Some(t) => t.receive(offset, batch, &mut self.stats, out),
-            None => tracing::warn!(partition, "repartition record of a partition this instance does not own"),
+            None => tracing::warn!(
+                partition,
+                "repartition record of a partition this instance does not own"
+            ),
         }
     }
 
@@ -256,7 +268,9 @@ impl Engine {
             return false;
         }
         self.route(out);
-        if self.last_emit_ms == i64::MIN || now_ms - self.last_emit_ms >= self.cfg.time.emit_interval_ms {
+        if self.last_emit_ms == i64::MIN
+            || now_ms - self.last_emit_ms >= self.cfg.time.emit_interval_ms
+        {
             self.emit(out);
             self.last_emit_ms = now_ms;
             return true;
@@ -286,7 +300,10 @@ impl Engine {
 
     /// (assigned input partitions, of which idle).
     pub fn partitions(&self) -> (usize, usize) {
-        self.attribution.values().map(|t| t.partitions()).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+        self.attribution
+            .values()
+            .map(|t| t.partitions())
+            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
     }
 
     pub fn state_size(&self) -> StateSize {
@@ -312,10 +329,18 @@ impl Engine {
 
     /// The `n` keys of `dim` with the largest cumulative GMV here, and the sum of the rest.
     pub fn top_gmv(&self, dim: Dim, n: usize) -> (Vec<(String, i128)>, i128) {
-        let mut all: Vec<(&str, i128)> = self.aggregation.values().flat_map(|t| t.gmv_by_key(dim)).collect();
+        let mut all: Vec<(&str, i128)> = self
+            .aggregation
+            .values()
+            .flat_map(|t| t.gmv_by_key(dim))
+            .collect();
         all.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
         let other = all.iter().skip(n).map(|(_, g)| g).sum();
-        let top = all.into_iter().take(n).map(|(k, g)| (k.to_string(), g)).collect();
+        let top = all
+            .into_iter()
+            .take(n)
+            .map(|(k, g)| (k.to_string(), g))
+            .collect();
         (top, other)
     }
 }

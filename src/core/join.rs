@@ -97,7 +97,11 @@ impl JoinState {
 
     /// Ids changed since the last call, each once.
     pub fn take_changed(&mut self) -> Vec<CompactString> {
-        let mut c = self.changed.as_mut().map(std::mem::take).unwrap_or_default();
+        let mut c = self
+            .changed
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default();
         c.sort_unstable();
         c.dedup();
         c
@@ -273,7 +277,11 @@ impl Dedup {
 
     /// Ids changed since the last call, each once.
     pub fn take_changed(&mut self) -> Vec<CompactString> {
-        let mut c = self.changed.as_mut().map(std::mem::take).unwrap_or_default();
+        let mut c = self
+            .changed
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default();
         c.sort_unstable();
         c.dedup();
         c

@@ -199,7 +199,11 @@ mod tests {
         assert_eq!(m.bucket(0, 1), Some(35));
         let mut hits = vec![];
         let mut done = vec![];
-        m.finalize_through(1_000, |s, k| done.push((s, k)), |c| hits.push(c.threshold_fen));
+        m.finalize_through(
+            1_000,
+            |s, k| done.push((s, k)),
+            |c| hits.push(c.threshold_fen),
+        );
         assert_eq!(hits, vec![20, 30, 40]);
         assert_eq!(done, vec![(0, 1)]);
         assert_eq!(m.final_gmv(1), Some(47));

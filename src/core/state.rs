@@ -70,7 +70,9 @@ impl Lineage {
             .iter()
             .enumerate()
             .map(|(i, (inc, m))| {
-                let end = markers.get(i + 1).map_or(committed_n, |(_, next)| next.base);
+                let end = markers
+                    .get(i + 1)
+                    .map_or(committed_n, |(_, next)| next.base);
                 (*inc, m.base + 1, end)
             })
             .collect();
@@ -87,16 +89,9 @@ impl Lineage {
     }
 }
 
-/// Sums one attribution task adds to one key in one 1-second event-time bucket.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Delta {
-    pub gmv_fen: i128,
-    pub refund_fen: i128,
-    pub paid_orders: u64,
-    pub placed_orders: u64,
-    pub shipped_orders: u64,
-    pub delivered_orders: u64,
-}
+/// Sums one attribution task adds to one key in one 1-second event-time bucket:
+/// the same figures as a cumulative total.
+pub type Delta = super::engine::Totals;
 
 /// One key's delta in one bucket.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -168,7 +163,10 @@ mod tests {
 
     #[test]
     fn tag_round_trips_through_its_header_bytes() {
-        let t = Tag { inc: 1234567, n: 42 };
+        let t = Tag {
+            inc: 1234567,
+            n: 42,
+        };
         assert_eq!(Tag::from_bytes(&t.to_bytes()), Some(t));
         assert_eq!(Tag::from_bytes(b"short"), None);
     }
@@ -226,7 +224,10 @@ mod tests {
         let mut seen = [0; 4];
         for i in 0..1000 {
             let p = aggregation_partition(Dim::Brand, &format!("brand-{i}"), 4);
-            assert_eq!(p, aggregation_partition(Dim::Brand, &format!("brand-{i}"), 4));
+            assert_eq!(
+                p,
+                aggregation_partition(Dim::Brand, &format!("brand-{i}"), 4)
+            );
             seen[p as usize] += 1;
         }
         assert!(seen.iter().all(|n| *n > 150), "{seen:?}");

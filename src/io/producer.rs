@@ -194,7 +194,11 @@ impl TxnProducer {
     ) -> anyhow::Result<()> {
         if !self.transactional {
             self.commit_open()?;
-            return if offsets.count() > 0 { commit_offsets(offsets) } else { Ok(()) };
+            return if offsets.count() > 0 {
+                commit_offsets(offsets)
+            } else {
+                Ok(())
+            };
         }
         if !self.is_open() {
             if offsets.count() == 0 {
@@ -224,7 +228,14 @@ impl TxnProducer {
                 .context("waiting for acknowledgements")
         };
         self.open.store(false, Ordering::SeqCst);
-        if let Some(f) = self.producer.context().failure.lock().expect("failure lock").take() {
+        if let Some(f) = self
+            .producer
+            .context()
+            .failure
+            .lock()
+            .expect("failure lock")
+            .take()
+        {
             bail!("{f}");
         }
         result
@@ -237,7 +248,12 @@ impl TxnProducer {
                 .abort_transaction(self.timeout)
                 .map_err(txn_error)
                 .context("aborting the transaction")?;
-            self.producer.context().failure.lock().expect("failure lock").take();
+            self.producer
+                .context()
+                .failure
+                .lock()
+                .expect("failure lock")
+                .take();
         }
         Ok(())
     }
@@ -246,13 +262,21 @@ impl TxnProducer {
     pub fn take_markers(&self, expected: usize) -> anyhow::Result<BTreeMap<(String, i32), i64>> {
         let started = Instant::now();
         loop {
-            let mut m = self.producer.context().markers.lock().expect("markers lock");
+            let mut m = self
+                .producer
+                .context()
+                .markers
+                .lock()
+                .expect("markers lock");
             if m.len() >= expected {
                 return Ok(std::mem::take(&mut *m));
             }
             drop(m);
             if started.elapsed() > self.timeout {
-                bail!("no delivery report for restore markers after {:?}", self.timeout);
+                bail!(
+                    "no delivery report for restore markers after {:?}",
+                    self.timeout
+                );
             }
             std::thread::sleep(Duration::from_millis(5));
         }

@@ -129,9 +129,13 @@ pub fn partition_count<C: Consumer<X>, X: rdkafka::consumer::ConsumerContext>(
 ) -> anyhow::Result<i32> {
     let md = consumer
         .fetch_metadata(Some(name), Duration::from_secs(15))
-        .with_context(|| format!("reading metadata of topic `{name}` (is the broker reachable?)"))?;
+        .with_context(|| {
+            format!("reading metadata of topic `{name}` (is the broker reachable?)")
+        })?;
     match md.topics().first() {
-        Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(t.partitions().len() as i32),
+        Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
+            Ok(t.partitions().len() as i32)
+        }
         _ => bail!("topic `{name}` does not exist; create it with `gmv topics`"),
     }
 }
@@ -185,7 +189,9 @@ mod tests {
         assert_eq!(defs.len(), 10);
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("topics");
         for d in &defs {
-            let internal = d.name.starts_with("gmv-") && !d.name.starts_with("gmv-windows") && !d.name.starts_with("gmv-totals");
+            let internal = d.name.starts_with("gmv-")
+                && !d.name.starts_with("gmv-windows")
+                && !d.name.starts_with("gmv-totals");
             assert_eq!(d.schema.is_none(), internal, "{}", d.name);
             let Some(schema) = &d.schema else { continue };
             let schema = std::fs::read_to_string(root.join(schema)).unwrap();
@@ -196,7 +202,8 @@ mod tests {
         // Inputs share one partition count; upsert outputs are compacted.
         assert!(defs[..3].iter().all(|d| d.partitions == defs[0].partitions));
         for d in &defs {
-            let upsert = d.role == "gmv_windows" || d.role == "gmv_totals" || d.role.ends_with("changelog");
+            let upsert =
+                d.role == "gmv_windows" || d.role == "gmv_totals" || d.role.ends_with("changelog");
             assert_eq!(d.cleanup_policy == "compact", upsert, "{}", d.role);
         }
     }
