@@ -36,7 +36,7 @@ fn main() {
     std::fs::write(
         &config,
         format!(
-            "[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"gmv-restore\"\ntransactions = false\n[kafka.consumer_properties]\n\"fetch.wait.max.ms\" = \"20\"\n\"session.timeout.ms\" = \"6000\"\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n"
+            "[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"gmv-restore\"\ntransactions = false\n[kafka.consumer_properties]\n\"fetch.wait.max.ms\" = \"20\"\n\"session.timeout.ms\" = \"10000\"\n\"heartbeat.interval.ms\" = \"500\"\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n"
         ),
     )
     .unwrap();

@@ -19,10 +19,13 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use crate::config::Config;
 use crate::core::output::{Dim, Output};
-use crate::core::state::{self, Lineage, Marker, PartialBatch, Progress, Tag, MARKER_PREFIX};
+use crate::core::state::{
+    self, CommitRecord, Entry, Lineage, LineageRecord, PartialBatch, Progress, Tag, COMMIT_PREFIX,
+    LINEAGE_PREFIX, MARKER_PREFIX,
+};
 use crate::core::Engine;
 use crate::io::consumer::{self, InputConsumer};
-use crate::io::producer::{Kind, Record, TxnProducer};
+use crate::io::producer::{Kind, Record, TxnProducer, Written};
 use crate::io::topics;
 use crate::model::{InputTopic, Source};
 use crate::telemetry::http::now_ms;
@@ -141,7 +144,7 @@ enum Stage {
 }
 
 /// A task this instance owns: its incarnation and transaction counter.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct TaskRun {
     /// Offset of the marker written when it was restored.
     inc: i64,
@@ -149,6 +152,10 @@ struct TaskRun {
     base: u64,
     /// Its last committed transaction number.
     n: u64,
+    /// Where its input partitions resume after `n` (per input; `None`: from the beginning).
+    offsets: Vec<Option<i64>>,
+    /// The offset of this instance's last record in the task's changelog partition.
+    last_own: i64,
 }
 
 struct Loop<'a> {
@@ -187,25 +194,14 @@ impl Loop<'_> {
                 };
                 let polled = self.consumer.poll(wait);
                 if self.consumer.context().rebalanced.load(Ordering::SeqCst) {
-                    // The record (if any) is from the new assignment: keep it across the restore.
-                    let owned = polled.map(|r| r.map(|m| m.detach()));
+                    // A record polled now was fetched from the group's offsets; the restore
+                    // repositions every partition at its last commit, which re-reads it.
+                    drop(polled);
                     self.consumer
                         .context()
                         .rebalanced
                         .store(false, Ordering::SeqCst);
                     self.restore()?;
-                    if let Some(Ok(m)) = owned {
-                        started.get_or_insert_with(Instant::now);
-                        n += 1;
-                        dispatch(
-                            &mut self.engine,
-                            &mut self.out,
-                            &mut self.newest_input_ms,
-                            &inputs,
-                            &repartition,
-                            &m,
-                        );
-                    }
                     continue;
                 }
                 match polled {
@@ -253,7 +249,9 @@ impl Loop<'_> {
         Ok(())
     }
 
-    /// One transaction: repartition batches, outputs, changelog records and offsets.
+    /// One transaction: repartition batches, outputs, changelog records, and last
+    /// each task's commit record (with where its inputs resume), plus the consumer
+    /// group's offsets (for lag; the commit records are what a restore trusts).
     fn commit(&mut self) -> anyhow::Result<()> {
         if self.tasks.is_empty() {
             return Ok(());
@@ -267,18 +265,51 @@ impl Loop<'_> {
         }
         self.publish()?;
         self.send_changes()?;
-        let offsets = self.offsets()?;
+        let resume = self.resume_offsets();
+        let offsets = self.group_offsets(&resume)?;
         let started = Instant::now();
         let group = self
             .consumer
             .group_metadata()
             .context("no consumer group metadata")?;
-        let consumer = &self.consumer;
-        let result = self.producer.commit(&offsets, &group, |o| {
-            consumer
-                .commit(o, rdkafka::consumer::CommitMode::Sync)
-                .context("committing offsets")
+        let (tasks, cfg) = (&self.tasks, self.cfg);
+        let mut result = self.producer.commit(&offsets, &group, |producer| {
+            for (task, run) in tasks {
+                let value = state::encode(&CommitRecord {
+                    n: run.n + 1,
+                    offsets: resume[task].clone(),
+                });
+                producer.send(Record {
+                    topic: changelog_topic(cfg, task.0),
+                    partition: Some(task.1),
+                    key: Some(&state::bookkeeping_key(COMMIT_PREFIX, run.inc)),
+                    value: Some(&value),
+                    tag: None,
+                    kind: Kind::Changelog,
+                })?;
+            }
+            Ok(())
         });
+        let written = self.producer.take_written();
+        if result.is_ok() && !self.producer.is_transactional() {
+            // Without broker transactions nothing stops a zombie from writing: check
+            // that no newer incarnation's marker came before these commit records
+            // before anything (a later repartition batch) vouches for them.
+            match self.still_owner(&written) {
+                Ok(true) => {}
+                Ok(false) => {
+                    drop(offsets);
+                    return self.restore();
+                }
+                Err(e) => result = Err(e),
+            }
+            if result.is_ok() && offsets.count() > 0 {
+                result = self
+                    .consumer
+                    .commit(&offsets, rdkafka::consumer::CommitMode::Sync)
+                    .context("committing offsets");
+            }
+        }
         drop(offsets);
         let mut m = self.handles.metrics.lock().expect("metrics lock");
         m.commit(result.is_ok(), started.elapsed().as_secs_f64());
@@ -287,8 +318,9 @@ impl Loop<'_> {
                 m.observe_end_to_end(now_ms() - self.newest_input_ms);
             }
             self.newest_input_ms = 0;
-            for run in self.tasks.values_mut() {
+            for (task, run) in self.tasks.iter_mut() {
                 run.n += 1;
+                run.offsets = resume[task].clone();
             }
         }
         drop(m);
@@ -296,6 +328,35 @@ impl Loop<'_> {
         // ahead of what committed, so it stops and a restart resumes from the commit.
         result
             .context("the transaction failed; restart the instance to resume from the last commit")
+    }
+
+    /// Whether every task's changelog partition shows no newer incarnation's marker
+    /// between this instance's records; updates where its own records end. A gap
+    /// in its own offsets means someone else wrote there: only then is the gap read.
+    fn still_owner(&mut self, written: &HashMap<String, HashMap<i32, Written>>) -> anyhow::Result<bool> {
+        let mut owner = true;
+        let keys: Vec<(Stage, i32)> = self.tasks.keys().copied().collect();
+        for (stage, p) in keys {
+            let topic = self.changelog(stage).to_string();
+            let Some(w) = written.get(&topic).and_then(|m| m.get(&p)).copied() else {
+                continue;
+            };
+            let run = self.tasks.get_mut(&(stage, p)).expect("task");
+            let from = run.last_own + 1;
+            run.last_own = run.last_own.max(w.max);
+            if w.min == from && w.max - w.min + 1 == w.count {
+                continue;
+            }
+            if marker_between(self.cfg, &topic, p, from, w.max)? {
+                tracing::warn!(
+                    instance = %self.cfg.kafka.instance_id,
+                    task = ?(stage, p),
+                    "another instance has restored this task: its last transaction does not count; restoring again"
+                );
+                owner = false;
+            }
+        }
+        Ok(owner)
     }
 
     /// Sends each attribution task's partial sums, split by aggregation partition, and its progress.
@@ -308,7 +369,7 @@ impl Loop<'_> {
             .map(|t| (t.partition(), t.take_partials(), t.progress()))
             .collect();
         for (p, entries, progress) in tasks {
-            let Some(run) = self.tasks.get(&(Stage::Attribution, p)).copied() else {
+            let Some(run) = self.tasks.get(&(Stage::Attribution, p)).cloned() else {
                 continue;
             };
             let (last, had_sums) = self.sent_progress.get(&p).copied().unwrap_or_default();
@@ -374,7 +435,7 @@ impl Loop<'_> {
                     key: Some(key),
                     value: value.as_deref(),
                     tag: Some(tag),
-                    kind: Kind::Internal,
+                    kind: Kind::Changelog,
                 })?;
             }
         }
@@ -382,37 +443,55 @@ impl Loop<'_> {
     }
 
     fn changelog(&self, stage: Stage) -> &str {
-        match stage {
-            Stage::Attribution => &self.cfg.topics.attribution_changelog,
-            Stage::Aggregation => &self.cfg.topics.aggregation_changelog,
-        }
+        changelog_topic(self.cfg, stage)
     }
 
-    /// Offsets committed with the transaction: where each input and repartition
-    /// partition resumes, and each task's transaction number (on its changelog partition).
-    fn offsets(&mut self) -> anyhow::Result<TopicPartitionList> {
-        let mut tpl = TopicPartitionList::new();
-        let inputs = self.cfg.topics.inputs();
+    /// Per task, where its input partitions resume once the open transaction commits:
+    /// after the last record processed, or where the last commit left them.
+    fn resume_offsets(&mut self) -> BTreeMap<(Stage, i32), Vec<Option<i64>>> {
+        let mut resume = BTreeMap::new();
         for t in self.engine.attribution_tasks() {
-            for (i, next) in t.next_offsets().into_iter().enumerate() {
-                if let Some(o) = next {
-                    tpl.add_partition_offset(inputs[i], t.partition(), Offset::Offset(o))?;
-                }
+            if let Some(run) = self.tasks.get(&(Stage::Attribution, t.partition())) {
+                let next = t.next_offsets();
+                let o = (0..next.len())
+                    .map(|i| next[i].or(run.offsets.get(i).copied().flatten()))
+                    .collect();
+                resume.insert((Stage::Attribution, t.partition()), o);
             }
         }
         for t in self.engine.aggregation_tasks() {
-            if let Some(o) = t.committable_offset() {
-                tpl.add_partition_offset(
-                    &self.cfg.topics.repartition,
-                    t.partition(),
-                    Offset::Offset(o),
-                )?;
+            if let Some(run) = self.tasks.get(&(Stage::Aggregation, t.partition())) {
+                let o = t
+                    .committable_offset()
+                    .or(run.offsets.first().copied().flatten());
+                resume.insert((Stage::Aggregation, t.partition()), vec![o]);
             }
         }
-        for ((stage, p), run) in &self.tasks {
-            tpl.add_partition_offset(self.changelog(*stage), *p, Offset::Offset(run.n as i64 + 1))?;
+        resume
+    }
+
+    /// The same positions as consumer group offsets.
+    fn group_offsets(
+        &self,
+        resume: &BTreeMap<(Stage, i32), Vec<Option<i64>>>,
+    ) -> anyhow::Result<TopicPartitionList> {
+        let mut tpl = TopicPartitionList::new();
+        for ((stage, p), offsets) in resume {
+            for (topic, o) in self.task_topics(*stage).into_iter().zip(offsets) {
+                if let Some(o) = o {
+                    tpl.add_partition_offset(topic, *p, Offset::Offset(*o))?;
+                }
+            }
         }
         Ok(tpl)
+    }
+
+    /// The topics a task of `stage` reads, in the order of its offsets.
+    fn task_topics(&self, stage: Stage) -> Vec<&str> {
+        match stage {
+            Stage::Attribution => self.cfg.topics.inputs().to_vec(),
+            Stage::Aggregation => vec![self.cfg.topics.repartition.as_str()],
+        }
     }
 
     /// Sends the engine's outputs; derives the output-driven metrics in the same pass.
@@ -456,7 +535,8 @@ impl Loop<'_> {
     }
 
     /// After an assignment change: drops every task and restores the assigned ones
-    /// from their changelogs (the open transaction was aborted on revoke).
+    /// from their changelogs (the open transaction was aborted on revoke), then
+    /// points the consumer at the offsets their last commits recorded.
     fn restore(&mut self) -> anyhow::Result<()> {
         let started = Instant::now();
         self.producer.abort()?;
@@ -485,41 +565,19 @@ impl Loop<'_> {
             .rebalances
             .inc();
         if wanted.is_empty() {
-            tracing::info!("no partitions assigned");
+            tracing::info!(instance = %self.cfg.kafka.instance_id, "no partitions assigned");
             return Ok(());
         }
-        // 1. Each task's committed transaction number.
-        let mut tpl = TopicPartitionList::new();
-        for (stage, p) in &wanted {
-            tpl.add_partition(self.changelog(*stage), *p);
-        }
-        let committed = self
-            .consumer
-            .committed_offsets(tpl, Duration::from_secs(30))
-            .context("reading committed transaction numbers")?;
-        let mut bases = BTreeMap::new();
-        for (stage, p) in &wanted {
-            // The offset committed on a task's changelog partition is its transaction number.
-            let n = match committed
-                .find_partition(self.changelog(*stage), *p)
-                .map(|e| e.offset())
-            {
-                Some(Offset::Offset(o)) if o > 0 => o as u64,
-                _ => 0,
-            };
-            bases.insert((*stage, *p), n);
-        }
-        drop(committed);
-        // 2. A marker per task, committed: its offset names this incarnation and bounds the read.
+        // 1. A marker per task, committed: its offset names this incarnation, bounds
+        //    the read, and voids whatever an older owner still writes after it.
         let nonce = format!("{}|{}", self.cfg.kafka.instance_id, now_ms());
         let key = [MARKER_PREFIX, nonce.as_bytes()].concat();
-        for ((stage, p), base) in &bases {
-            let value = state::encode(&Marker { base: *base });
+        for (stage, p) in &wanted {
             self.producer.send(Record {
                 topic: self.changelog(*stage),
                 partition: Some(*p),
                 key: Some(&key),
-                value: Some(&value),
+                value: Some(&[]),
                 tag: None,
                 kind: Kind::Marker,
             })?;
@@ -527,26 +585,22 @@ impl Loop<'_> {
         self.producer
             .commit_open()
             .context("committing restore markers")?;
-        let markers = self.producer.take_markers(bases.len())?;
-        // 3. Read each changelog partition up to its marker; keep what committed.
-        let mut runs = BTreeMap::new();
-        for ((stage, p), base) in &bases {
+        let markers = self.producer.take_markers(wanted.len())?;
+        // Everything this producer wrote before the markers is acknowledged: start counting afresh.
+        self.producer.take_written();
+        let mut incs = BTreeMap::new();
+        for (stage, p) in &wanted {
             let inc = *markers
                 .get(&(self.changelog(*stage).to_string(), *p))
                 .context("a restore marker has no offset")?;
-            runs.insert(
-                (*stage, *p),
-                TaskRun {
-                    inc,
-                    base: *base,
-                    n: *base,
-                },
-            );
+            incs.insert((*stage, *p), inc);
         }
-        let states = read_changelogs(self.cfg, &runs, |stage| self.changelog(stage).to_string())?;
+        // 2. Each changelog partition up to its marker: what committed, and the state.
+        let states = read_changelogs(self.cfg, &incs, |stage| self.changelog(stage).to_string())?;
         let now = now_ms();
         let mut keys = 0;
-        for ((stage, p), entries) in states {
+        let mut runs = BTreeMap::new();
+        for ((stage, p), (lineage, entries)) in states {
             keys += entries.len();
             let result: Result<(), String> = match stage {
                 Stage::Attribution => {
@@ -563,9 +617,52 @@ impl Loop<'_> {
             result
                 .map_err(|e| anyhow::anyhow!(e))
                 .with_context(|| format!("restoring {stage:?} task {p}"))?;
+            // 3. The lineage record: this incarnation's start, before any of its work.
+            let inc = incs[&(stage, p)];
+            let value = state::encode(&LineageRecord {
+                base: lineage.base,
+                offsets: lineage.offsets.clone(),
+                ranges: lineage.ranges,
+            });
+            self.producer.send(Record {
+                topic: self.changelog(stage),
+                partition: Some(p),
+                key: Some(&state::bookkeeping_key(LINEAGE_PREFIX, inc)),
+                value: Some(&value),
+                tag: None,
+                kind: Kind::Changelog,
+            })?;
+            runs.insert(
+                (stage, p),
+                TaskRun {
+                    inc,
+                    base: lineage.base,
+                    n: lineage.base,
+                    offsets: lineage.offsets,
+                    last_own: inc,
+                },
+            );
         }
+        self.producer
+            .commit_open()
+            .context("committing lineage records")?;
+        // 4. Resume every partition where the restored state's last commit left it.
+        let mut tpl = TopicPartitionList::new();
+        for ((stage, p), run) in &runs {
+            for (i, topic) in self.task_topics(*stage).into_iter().enumerate() {
+                let at = match run.offsets.get(i).copied().flatten() {
+                    Some(o) => Offset::Offset(o),
+                    None => Offset::Beginning,
+                };
+                tpl.add_partition_offset(topic, *p, at)?;
+            }
+        }
+        self.consumer
+            .assign(&tpl)
+            .context("positioning the consumer at the restored offsets")?;
         self.tasks = runs;
         tracing::info!(
+            instance = %self.cfg.kafka.instance_id,
             tasks = self.tasks.len(),
             keys,
             seconds = started.elapsed().as_secs_f64(),
@@ -641,14 +738,15 @@ fn dispatch<M: Message>(
     engine.on_record(source, m.key(), m.payload(), out);
 }
 
-/// State of each task: the latest committed value of every key in its changelog partition.
-type Restored = BTreeMap<(Stage, i32), Vec<(Vec<u8>, Vec<u8>)>>;
+/// Per task: its lineage, and the latest committed value of every key in its changelog partition.
+type Restored = BTreeMap<(Stage, i32), (Lineage, Vec<(Vec<u8>, Vec<u8>)>)>;
 
-/// Reads the changelog partitions of `runs` from the beginning through their
-/// markers, and keeps, per key, the latest value written by a committed transaction.
+/// Reads the changelog partitions of the tasks in `incs` from the beginning up
+/// to their new markers, resolves which transactions committed, and keeps, per
+/// key, the latest value a committed transaction wrote.
 fn read_changelogs(
     cfg: &Config,
-    runs: &BTreeMap<(Stage, i32), TaskRun>,
+    incs: &BTreeMap<(Stage, i32), i64>,
     topic_of: impl Fn(Stage) -> String,
 ) -> anyhow::Result<Restored> {
     // Its own group id: a reader that assigns partitions must not touch the job's group
@@ -658,7 +756,7 @@ fn read_changelogs(
     let reader: BaseConsumer<consumer::LagContext> = consumer::create(&own, None)?;
     let mut tpl = TopicPartitionList::new();
     let mut by_topic: HashMap<(String, i32), (Stage, i32)> = HashMap::new();
-    for (stage, p) in runs.keys() {
+    for (stage, p) in incs.keys() {
         let topic = topic_of(*stage);
         tpl.add_partition_offset(&topic, *p, Offset::Beginning)?;
         by_topic.insert((topic, *p), (*stage, *p));
@@ -667,11 +765,11 @@ fn read_changelogs(
         .assign(&tpl)
         .context("assigning changelog partitions")?;
     drop(tpl);
-    // Per task: records (offset order) and markers.
+    // Per task: tagged state records and bookkeeping entries, in offset order.
     type Rec = (Tag, Vec<u8>, Option<Vec<u8>>);
     let mut records: BTreeMap<(Stage, i32), Vec<Rec>> = BTreeMap::new();
-    let mut markers: BTreeMap<(Stage, i32), Vec<(i64, Marker)>> = BTreeMap::new();
-    let mut remaining: BTreeSet<(Stage, i32)> = runs.keys().copied().collect();
+    let mut books: BTreeMap<(Stage, i32), Vec<(i64, Entry)>> = BTreeMap::new();
+    let mut remaining: BTreeSet<(Stage, i32)> = incs.keys().copied().collect();
     let started = Instant::now();
     while !remaining.is_empty() {
         if started.elapsed() > Duration::from_secs(600) {
@@ -691,14 +789,15 @@ fn read_changelogs(
         else {
             continue;
         };
-        let run = runs[&task];
-        if m.offset() > run.inc {
+        let inc = incs[&task];
+        if m.offset() >= inc {
+            remaining.remove(&task);
             continue;
         }
         let key = m.key().unwrap_or_default();
-        if key.starts_with(MARKER_PREFIX) {
-            if let Some(Ok(mk)) = m.payload().map(state::decode::<Marker>) {
-                markers.entry(task).or_default().push((m.offset(), mk));
+        if state::is_bookkeeping(key) {
+            if let Some(e) = bookkeeping_entry(key, m.payload()) {
+                books.entry(task).or_default().push((m.offset(), e));
             }
         } else if let Some(tag) = m.headers().and_then(|h| {
             h.iter()
@@ -711,15 +810,10 @@ fn read_changelogs(
                 m.payload().map(|v| v.to_vec()),
             ));
         }
-        if m.offset() == run.inc {
-            remaining.remove(&task);
-        }
     }
     let mut out = Restored::new();
-    for (task, run) in runs {
-        let ms = markers.remove(task).unwrap_or_default();
-        // Our own marker closes the previous incarnation's range at `run.base`.
-        let lineage = Lineage::new(&ms, run.base);
+    for task in incs.keys() {
+        let lineage = Lineage::resolve(&books.remove(task).unwrap_or_default());
         let mut latest: HashMap<Vec<u8>, Option<Vec<u8>>> = HashMap::new();
         for (tag, key, value) in records.remove(task).unwrap_or_default() {
             if lineage.is_committed(tag) {
@@ -730,7 +824,62 @@ fn read_changelogs(
             .into_iter()
             .filter_map(|(k, v)| v.map(|v| (k, v)))
             .collect();
-        out.insert(*task, entries);
+        out.insert(*task, (lineage, entries));
     }
     Ok(out)
+}
+
+/// Decodes a marker, lineage or commit record; `None` for one this version cannot read.
+fn bookkeeping_entry(key: &[u8], value: Option<&[u8]>) -> Option<Entry> {
+    if key.starts_with(MARKER_PREFIX) {
+        return Some(Entry::Marker);
+    }
+    let inc = |prefix: &[u8]| -> Option<i64> {
+        std::str::from_utf8(&key[prefix.len()..]).ok()?.parse().ok()
+    };
+    let value = value?;
+    if key.starts_with(LINEAGE_PREFIX) {
+        Some(Entry::Lineage(inc(LINEAGE_PREFIX)?, state::decode(value).ok()?))
+    } else if key.starts_with(COMMIT_PREFIX) {
+        Some(Entry::Commit(inc(COMMIT_PREFIX)?, state::decode(value).ok()?))
+    } else {
+        None
+    }
+}
+
+/// The changelog topic of a stage's tasks.
+fn changelog_topic(cfg: &Config, stage: Stage) -> &str {
+    match stage {
+        Stage::Attribution => &cfg.topics.attribution_changelog,
+        Stage::Aggregation => &cfg.topics.aggregation_changelog,
+    }
+}
+
+/// Whether a changelog partition holds a marker at an offset in `from..=to`.
+fn marker_between(cfg: &Config, topic: &str, partition: i32, from: i64, to: i64) -> anyhow::Result<bool> {
+    let mut own = cfg.clone();
+    own.kafka.group_id = format!("{}-restore-{}", cfg.kafka.group_id, cfg.kafka.instance_id);
+    let reader: BaseConsumer<consumer::LagContext> = consumer::create(&own, None)?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(from))?;
+    reader.assign(&tpl).context("assigning a changelog partition")?;
+    drop(tpl);
+    let started = Instant::now();
+    loop {
+        if started.elapsed() > Duration::from_secs(60) {
+            bail!("could not read {topic} [{partition}] offsets {from}..={to} within a minute");
+        }
+        match reader.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                if m.key().is_some_and(|k| k.starts_with(MARKER_PREFIX)) {
+                    return Ok(true);
+                }
+                if m.offset() >= to {
+                    return Ok(false);
+                }
+            }
+            Some(Err(e)) => tracing::warn!("reading {topic} [{partition}]: {e}"),
+            None => {}
+        }
+    }
 }

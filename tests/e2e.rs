@@ -57,7 +57,8 @@ transactions = {transactions}
 commit_interval_ms = 500
 [kafka.consumer_properties]
 "fetch.wait.max.ms" = "20"
-"session.timeout.ms" = "6000"
+"session.timeout.ms" = "10000"
+"heartbeat.interval.ms" = "500"
 [time]
 idle_timeout_ms = 3000
 emit_interval_ms = 500
@@ -389,37 +390,61 @@ fn check_revision(key: &str, prev: &Value, v: &Value) {
 
 /// Polls the outputs until they equal `want` (or the time is up, then shows the difference).
 fn wait_for(c: &BaseConsumer, out: &mut Outputs, want: &Expected, what: &str) {
+    if let Err(diff) = try_wait_for(c, out, want) {
+        panic!("{what}: outputs did not reach the expected state in time.\n{diff}");
+    }
+}
+
+/// Polls the outputs until they equal `want`; after 180 s, the difference.
+fn try_wait_for(c: &BaseConsumer, out: &mut Outputs, want: &Expected) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
         drain(c, out, Duration::from_secs(2));
         let got = out.actual();
         let windows_final = out.windows.values().all(|w| w["final"] == true);
         if got == *want && windows_final {
-            return;
+            return Ok(());
         }
         if Instant::now() > deadline {
-            let missing: Vec<_> = want
+            let windows: Vec<_> = want
                 .windows
-                .keys()
-                .filter(|k| got.windows.get(*k) != want.windows.get(*k))
-                .take(5)
+                .iter()
+                .filter(|(k, v)| got.windows.get(*k) != Some(v))
+                .map(|(k, v)| format!("{k}: want {v:?} got {:?}", got.windows.get(k)))
                 .collect();
             let totals: Vec<_> = want
                 .totals
                 .iter()
                 .filter(|(k, v)| got.totals.get(*k) != Some(v))
-                .take(5)
+                .map(|(k, v)| format!("{k}: want {v:?} got {:?}", got.totals.get(k)))
                 .collect();
             let ms: Vec<_> = want
                 .milestones
                 .iter()
                 .filter(|(k, v)| got.milestones.get(*k) != Some(v))
-                .take(5)
+                .map(|(k, v)| format!("{k}: want {v:?} got {:?}", got.milestones.get(k)))
                 .collect();
-            panic!(
-                "{what}: outputs did not reach the expected state in time.\n windows differing (first 5): {missing:?}\n totals differing: {totals:?}\n milestones differing: {ms:?}\n extra windows: {}\n all windows final: {windows_final}",
-                got.windows.len() as i64 - want.windows.len() as i64
-            );
+            // The overall figures show how much is off, not just where.
+            let overall: Vec<_> = windows
+                .iter()
+                .chain(&totals)
+                .filter(|l| l.starts_with("total|"))
+                .collect();
+            let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+            for d in &out.dead_letters {
+                *reasons.entry(d["reason"].to_string()).or_default() += 1;
+            }
+            return Err(format!(
+                " overall figures differing: {overall:#?}\n dead letters by reason (with repeats from redone work): {reasons:?}\n windows differing: {} (first 5: {:?})\n totals differing: {} (first 5: {:?})\n milestones differing: {} (first 5: {:?})\n windows: {} expected, {} seen; all final: {windows_final}",
+                windows.len(),
+                &windows[..windows.len().min(5)],
+                totals.len(),
+                &totals[..totals.len().min(5)],
+                ms.len(),
+                &ms[..ms.len().min(5)],
+                want.windows.len(),
+                got.windows.len(),
+            ));
         }
     }
 }
@@ -822,9 +847,10 @@ fn instances_killed_added_and_removed_still_end_exact() {
     });
 
     let ids = ["a", "b", "c"];
+    let mut ports = [free_port(), free_port(), free_port()];
     let mut jobs: Vec<Option<Proc>> = vec![
-        Some(start_instance(&config, "a", Some(free_port()))),
-        Some(start_instance(&config, "b", Some(free_port()))),
+        Some(start_instance(&config, "a", Some(ports[0]))),
+        Some(start_instance(&config, "b", Some(ports[1]))),
         None,
     ];
     for event in 1..=12 {
@@ -833,7 +859,7 @@ fn instances_killed_added_and_removed_still_end_exact() {
         match event {
             4 => {
                 println!("adding instance c");
-                jobs[2] = Some(start_instance(&config, "c", Some(free_port())));
+                jobs[2] = Some(start_instance(&config, "c", Some(ports[2])));
                 continue;
             }
             9 => {
@@ -861,7 +887,8 @@ fn instances_killed_added_and_removed_still_end_exact() {
             "kill -9 of instance {} (event {event}), restarting it",
             ids[i]
         );
-        jobs[i] = Some(start_instance(&config, ids[i], Some(free_port())));
+        ports[i] = free_port();
+        jobs[i] = Some(start_instance(&config, ids[i], Some(ports[i])));
     }
     writer.join().unwrap();
 
@@ -869,12 +896,32 @@ fn instances_killed_added_and_removed_still_end_exact() {
         strict: broker_has_transactions(),
         ..Outputs::default()
     };
-    wait_for(
-        &reader(&brokers),
-        &mut out,
-        &want,
-        "after 10 kills, an added and a removed instance",
-    );
+    if let Err(diff) = try_wait_for(&reader(&brokers), &mut out, &want) {
+        // What the running instances dropped or saw late says where a difference comes from.
+        let counters: Vec<String> = (0..3)
+            .filter(|i| jobs[*i].is_some())
+            .flat_map(|i| {
+                http_get(ports[i], "/metrics")
+                    .lines()
+                    .filter(|l| {
+                        [
+                            "gmv_late_partials_total",
+                            "gmv_repartition_batches_dropped_total",
+                            "gmv_dead_letters_total",
+                            "gmv_rebalances_total",
+                        ]
+                        .iter()
+                        .any(|m| l.starts_with(m))
+                    })
+                    .map(|l| format!("{}: {l}", ids[i]))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        panic!(
+            "after 10 kills, an added and a removed instance (seed {seed}): outputs did not reach the expected state in time.\n{diff}\n counters of the running instances since their last start:\n  {}",
+            counters.join("\n  ")
+        );
+    }
     let mut by_key: BTreeMap<&String, Vec<&Value>> = BTreeMap::new();
     for (k, v) in &out.milestone_records {
         by_key.entry(k).or_default().push(v);

@@ -295,6 +295,12 @@ impl AggregationTask {
                 }
             }
             src.inc = batch.tag.inc;
+            // Its numbers continue from `base`: everything up to there is settled
+            // (applied now or before), whatever the old incarnation's numbers reached.
+            src.applied_n = batch.base;
+            if let Some(c) = &mut self.changed {
+                c.insert(StateKey::Source(batch.source));
+            }
         }
         if batch.tag.n <= src.applied_n {
             // Read again after a restore, or superseded: already counted.
@@ -315,6 +321,9 @@ impl AggregationTask {
         for b in ready {
             let src = self.sources.entry(b.source).or_default();
             src.applied_n = src.applied_n.max(b.tag.n);
+            if let Some(c) = &mut self.changed {
+                c.insert(StateKey::Source(b.source));
+            }
             self.apply(b.source, b.progress, &b.entries, stats, out);
         }
     }
@@ -649,6 +658,26 @@ mod tests {
             Some(6),
             "4 from source 0 and 2 from source 1 are pending"
         );
+    }
+
+    #[test]
+    fn a_new_incarnation_numbers_from_its_base_not_from_what_was_applied() {
+        let mut t = AggregationTask::new(0, Arc::new(EngineConfig::default()), 1);
+        let (mut s, mut out) = (Stats::default(), vec![]);
+        for n in 1..=4 {
+            t.receive(n as i64, batch(0, 10, n, 0, n as i128), &mut s, &mut out);
+        }
+        assert_eq!(gmv(&t), 1 + 2 + 3);
+        // The successor restored from 2. Its 3 and 4 cover other input than the old
+        // incarnation's 3 and 4, so neither may be taken for one already applied.
+        // (Here the old 3 counted although it did not commit: a 4 vouched for it
+        // after the takeover; the job's ownership check before every batch keeps a
+        // zombie from doing that.)
+        t.receive(5, batch(0, 30, 3, 2, 30), &mut s, &mut out);
+        t.receive(6, batch(0, 30, 4, 2, 40), &mut s, &mut out);
+        t.receive(7, batch(0, 30, 5, 2, 50), &mut s, &mut out);
+        assert_eq!(gmv(&t), 1 + 2 + 3 + 30 + 40);
+        assert_eq!(s.aborted_batches, 1, "the old 4");
     }
 
     #[test]

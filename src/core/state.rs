@@ -4,9 +4,14 @@
 //!
 //! Every record the job writes is tagged with the incarnation of the task that
 //! wrote it (the offset of the marker it wrote to its changelog when it was
-//! restored) and the task's transaction number. That lets readers ignore records
-//! of aborted transactions even on brokers that show them to `read_committed`
-//! readers, and ignore zombies: a newer incarnation has a larger marker offset.
+//! restored) and the task's transaction number. Each transaction ends with a
+//! commit record in the task's changelog, which also holds where the task's
+//! inputs resume. The changelog's order, not the consumer group, is the
+//! authority: a record an older incarnation writes after a newer one's marker
+//! never counts. That lets readers ignore records of aborted transactions even
+//! on brokers that show them to `read_committed` readers (or have no
+//! transactions), and ignore zombies, including their offset commits, which a
+//! broker without generation checks would otherwise accept.
 
 use serde::{Deserialize, Serialize};
 
@@ -43,48 +48,126 @@ impl Tag {
 
 /// Key prefix of changelog markers; state keys never start with it.
 pub const MARKER_PREFIX: &[u8] = b"~inc|";
+/// Key prefix of an incarnation's lineage record (`~lin|{inc}`).
+pub const LINEAGE_PREFIX: &[u8] = b"~lin|";
+/// Key prefix of an incarnation's commit record (`~com|{inc}`).
+pub const COMMIT_PREFIX: &[u8] = b"~com|";
 
-/// Written to a task's changelog when an instance restores it; its offset names the incarnation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Marker {
-    /// The task's committed transaction number when it was restored.
-    pub base: u64,
+/// True for the bookkeeping records of a changelog (markers, lineage, commits), not state.
+pub fn is_bookkeeping(key: &[u8]) -> bool {
+    [MARKER_PREFIX, LINEAGE_PREFIX, COMMIT_PREFIX]
+        .iter()
+        .any(|p| key.starts_with(p))
 }
 
-/// Which tagged records of one task belong to committed transactions.
-///
-/// Incarnation `k` (marker at offset `inc_k`, restored from `base_k`) wrote
-/// transactions `base_k + 1, base_k + 2, ...`; the next incarnation restored from
-/// `base_{k+1}`, so exactly those up to `base_{k+1}` committed. For the newest one
-/// the committed number is read from the consumer group's offsets.
-#[derive(Debug, Clone, Default)]
+/// The key of incarnation `inc`'s lineage or commit record.
+pub fn bookkeeping_key(prefix: &[u8], inc: i64) -> Vec<u8> {
+    [prefix, inc.to_string().as_bytes()].concat()
+}
+
+/// Written once by an incarnation, right after it restored and before it does any
+/// work: what it restored from. It is also that incarnation's commit of
+/// transaction `base`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LineageRecord {
+    /// The committed transaction number it continued from.
+    pub base: u64,
+    /// Where the task's input partitions resume (per input; `None`: from the beginning).
+    pub offsets: Vec<Option<i64>>,
+    /// The committed transactions of every earlier incarnation.
+    pub ranges: Vec<Range>,
+}
+
+/// Written with every transaction of an incarnation, after all its other records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitRecord {
+    pub n: u64,
+    /// Where the task's input partitions resume once `n` committed.
+    pub offsets: Vec<Option<i64>>,
+}
+
+/// Incarnation `inc` committed transactions `first..=last`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Range {
+    pub inc: i64,
+    pub first: u64,
+    pub last: u64,
+}
+
+/// A bookkeeping record of a changelog partition, at its offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    Marker,
+    Lineage(i64, LineageRecord),
+    Commit(i64, CommitRecord),
+}
+
+/// What a new incarnation restores: which tagged records committed, the
+/// transaction number to continue from, and where its inputs resume.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Lineage {
-    /// (incarnation, first transaction, last committed transaction), by incarnation.
-    ranges: Vec<(i64, u64, u64)>,
+    /// Committed ranges, by incarnation.
+    pub ranges: Vec<Range>,
+    pub base: u64,
+    pub offsets: Vec<Option<i64>>,
 }
 
 impl Lineage {
-    /// `markers`: (offset, base) in offset order; `committed_n`: the task's committed transaction number.
-    pub fn new(markers: &[(i64, Marker)], committed_n: u64) -> Self {
-        let ranges = markers
-            .iter()
-            .enumerate()
-            .map(|(i, (inc, m))| {
-                let end = markers
-                    .get(i + 1)
-                    .map_or(committed_n, |(_, next)| next.base);
-                (*inc, m.base + 1, end)
-            })
-            .collect();
-        Lineage { ranges }
+    /// Resolves the bookkeeping records of a partition read up to (not including) the
+    /// new incarnation's marker, in offset order.
+    ///
+    /// The newest incarnation that wrote its lineage record is the one to continue:
+    /// its last commit record decides. A record counts only if it precedes the next
+    /// incarnation's marker: whatever an older incarnation writes after that marker
+    /// comes from a zombie (an instance that lost the task but has not noticed yet),
+    /// whose transaction the new owner redoes. An incarnation that died before its
+    /// lineage record did no work.
+    pub fn resolve(entries: &[(i64, Entry)]) -> Lineage {
+        // Per incarnation: its lineage record and last commit, both before the next marker.
+        let mut current: Option<i64> = None;
+        let mut found: Option<(i64, LineageRecord, Option<CommitRecord>)> = None;
+        for (offset, e) in entries {
+            match e {
+                Entry::Marker => current = Some(*offset),
+                Entry::Lineage(inc, rec) if Some(*inc) == current => {
+                    found = Some((*inc, rec.clone(), None));
+                }
+                Entry::Commit(inc, rec) if Some(*inc) == current => {
+                    if let Some((_, _, last)) = found.as_mut().filter(|f| f.0 == *inc) {
+                        *last = Some(rec.clone());
+                    }
+                }
+                _ => {} // a zombie's record, after a newer marker
+            }
+        }
+        let Some((inc, lin, commit)) = found else {
+            return Lineage::default();
+        };
+        let (n, offsets) = match commit {
+            Some(c) if c.n >= lin.base => (c.n, c.offsets),
+            _ => (lin.base, lin.offsets),
+        };
+        let mut ranges = lin.ranges;
+        if n > lin.base {
+            ranges.push(Range {
+                inc,
+                first: lin.base + 1,
+                last: n,
+            });
+        }
+        Lineage {
+            ranges,
+            base: n,
+            offsets,
+        }
     }
 
     pub fn is_committed(&self, tag: Tag) -> bool {
         self.ranges
-            .binary_search_by_key(&tag.inc, |r| r.0)
+            .binary_search_by_key(&tag.inc, |r| r.inc)
             .is_ok_and(|i| {
-                let (_, first, last) = self.ranges[i];
-                first <= tag.n && tag.n <= last
+                let r = self.ranges[i];
+                r.first <= tag.n && tag.n <= r.last
             })
     }
 }
@@ -200,23 +283,89 @@ mod tests {
         assert!(decode::<PartialBatch>(&encode(&b)[..5]).is_err());
     }
 
+    fn lin(base: u64, ranges: &[Range]) -> LineageRecord {
+        LineageRecord {
+            base,
+            offsets: vec![Some(base as i64 * 100)],
+            ranges: ranges.to_vec(),
+        }
+    }
+
+    fn com(n: u64) -> CommitRecord {
+        CommitRecord {
+            n,
+            offsets: vec![Some(n as i64 * 100)],
+        }
+    }
+
     #[test]
     fn lineage_keeps_exactly_the_committed_transactions() {
-        // Incarnation at offset 10 restored from 0 and got to commit 3 (then crashed in 4);
-        // the one at 50 restored from 3, committed 4 and 5; the one at 90 restored from 5.
-        let markers = [
-            (10, Marker { base: 0 }),
-            (50, Marker { base: 3 }),
-            (90, Marker { base: 5 }),
+        // Incarnation 10 started fresh, committed 1..=3, died in 4 (its records of 4
+        // are there, no commit). 50 restored from 3, committed 4 and 5. 90 is a new
+        // incarnation that died before its lineage record: it did nothing.
+        let log = [
+            (10, Entry::Marker),
+            (11, Entry::Lineage(10, lin(0, &[]))),
+            (20, Entry::Commit(10, com(1))),
+            (30, Entry::Commit(10, com(3))),
+            (50, Entry::Marker),
+            (
+                51,
+                Entry::Lineage(
+                    50,
+                    lin(
+                        3,
+                        &[Range {
+                            inc: 10,
+                            first: 1,
+                            last: 3,
+                        }],
+                    ),
+                ),
+            ),
+            (60, Entry::Commit(50, com(4))),
+            (70, Entry::Commit(50, com(5))),
+            (90, Entry::Marker),
         ];
-        let l = Lineage::new(&markers, 7);
+        let l = Lineage::resolve(&log);
+        assert_eq!(l.base, 5);
+        assert_eq!(l.offsets, vec![Some(500)]);
         let c = |inc, n| l.is_committed(Tag { inc, n });
         assert!(c(10, 1) && c(10, 3));
         assert!(!c(10, 4), "aborted when its writer died");
         assert!(c(50, 4) && c(50, 5) && !c(50, 6));
-        assert!(c(90, 6) && c(90, 7));
-        assert!(!c(90, 8), "not committed yet");
+        assert!(!c(90, 6), "no work from an incarnation without lineage");
         assert!(!c(70, 4), "no such incarnation");
+    }
+
+    #[test]
+    fn a_zombie_commit_after_the_next_marker_does_not_count() {
+        // 10 committed 1 and 2; 50 took over (marker) while 10 still ran and then
+        // committed 3: that commit comes after 50's marker, so 50's successor
+        // must not count it, and resumes from 2 with 2's offsets.
+        let log = [
+            (10, Entry::Marker),
+            (11, Entry::Lineage(10, lin(0, &[]))),
+            (20, Entry::Commit(10, com(2))),
+            (50, Entry::Marker),
+            (55, Entry::Commit(10, com(3))),
+            (56, Entry::Lineage(50, lin(2, &[Range { inc: 10, first: 1, last: 2 }]))),
+        ];
+        let l = Lineage::resolve(&log);
+        assert_eq!((l.base, l.offsets.clone()), (2, vec![Some(200)]));
+        assert!(l.is_committed(Tag { inc: 10, n: 2 }));
+        assert!(!l.is_committed(Tag { inc: 10, n: 3 }));
+        // Without 50's lineage record (it died at once), 10's pre-marker commit decides.
+        let l = Lineage::resolve(&log[..5]);
+        assert_eq!(l.base, 2);
+        assert!(!l.is_committed(Tag { inc: 10, n: 3 }));
+    }
+
+    #[test]
+    fn a_fresh_partition_starts_from_nothing() {
+        let l = Lineage::resolve(&[(0, Entry::Marker)]);
+        assert_eq!(l, Lineage::default());
+        assert!(!l.is_committed(Tag { inc: 0, n: 1 }));
     }
 
     #[test]

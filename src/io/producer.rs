@@ -1,10 +1,11 @@
-//! The transactional producer: outputs, repartition batches, changelog records
-//! and input offsets of one commit interval go to Kafka in one transaction.
-//! Without broker transactions (`kafka.transactions = false`) a commit is: wait
-//! for every record's acknowledgement, then commit the offsets; readers of the
-//! changelogs and repartition topic tell committed work by its tags either way.
+//! The transactional producer: outputs, repartition batches, changelog records,
+//! commit records and input offsets of one commit interval go to Kafka in one
+//! transaction. Without broker transactions (`kafka.transactions = false`) a
+//! commit is: wait for every record's acknowledgement, then write the commit
+//! records and wait again, then commit the offsets; readers of the changelogs
+//! and repartition topic tell committed work by its tags either way.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -26,7 +27,10 @@ use crate::telemetry::Metrics;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Output(OutputTopic),
+    /// A repartition batch.
     Internal,
+    /// A changelog record (state, lineage or commit): its offset is tracked.
+    Changelog,
     /// A changelog marker: its offset names an incarnation.
     Marker,
 }
@@ -36,17 +40,30 @@ impl Kind {
         match self {
             Kind::Output(t) => t.index(),
             Kind::Internal => 4,
-            Kind::Marker => 5,
+            Kind::Changelog => 5,
+            Kind::Marker => 6,
         }
     }
 }
 
-/// Producer context: counts acknowledgements, keeps the first failure and marker offsets.
+/// Producer context: counts acknowledgements, keeps the first failure, marker
+/// offsets and which offsets changelog records landed at.
 pub struct TxnContext {
     metrics: Option<Arc<Mutex<Metrics>>>,
     failure: Mutex<Option<String>>,
     /// (topic, partition) → offset of the marker written there.
     markers: Mutex<BTreeMap<(String, i32), i64>>,
+    /// Changelog topic → partition → offsets written since the last `take_written`.
+    written: Mutex<HashMap<String, HashMap<i32, Written>>>,
+}
+
+/// The offsets one producer's records took in one partition: together with the
+/// previous ones, they show whether anyone else wrote in between.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    pub min: i64,
+    pub max: i64,
+    pub count: i64,
 }
 
 impl ClientContext for TxnContext {}
@@ -64,6 +81,27 @@ impl ProducerContext for TxnContext {
             Ok(msg) if opaque == Kind::Marker.opaque() => {
                 if let Ok(mut markers) = self.markers.lock() {
                     markers.insert((msg.topic().to_string(), msg.partition()), msg.offset());
+                }
+            }
+            Ok(msg) if opaque == Kind::Changelog.opaque() => {
+                if let Ok(mut w) = self.written.lock() {
+                    let by_partition = match w.get_mut(msg.topic()) {
+                        Some(m) => m,
+                        None => w.entry(msg.topic().to_string()).or_default(),
+                    };
+                    let o = msg.offset();
+                    by_partition
+                        .entry(msg.partition())
+                        .and_modify(|x| {
+                            x.min = x.min.min(o);
+                            x.max = x.max.max(o);
+                            x.count += 1;
+                        })
+                        .or_insert(Written {
+                            min: o,
+                            max: o,
+                            count: 1,
+                        });
                 }
             }
             Ok(_) => {}
@@ -117,6 +155,7 @@ impl TxnProducer {
                     metrics,
                     failure: Mutex::new(None),
                     markers: Mutex::new(BTreeMap::new()),
+                    written: Mutex::new(HashMap::new()),
                 })
                 .context("creating the Kafka producer (check kafka.* settings)")?;
         let timeout = Duration::from_secs(60);
@@ -184,28 +223,23 @@ impl TxnProducer {
         }
     }
 
-    /// Commits the open transaction with the consumer offsets it covers (if any is open).
-    /// Without broker transactions, `commit_offsets` commits them once every record is acknowledged.
+    /// Commits the open transaction: `commit_records` sends each task's commit record,
+    /// which must come after every other record of the transaction; with broker
+    /// transactions the consumer offsets go with it. Without, that order is made by
+    /// waiting (every record acknowledged, then the commit records sent and
+    /// acknowledged), and the caller commits the offsets afterwards.
     pub fn commit(
         &self,
         offsets: &TopicPartitionList,
         group: &ConsumerGroupMetadata,
-        commit_offsets: impl FnOnce(&TopicPartitionList) -> anyhow::Result<()>,
+        commit_records: impl FnOnce(&Self) -> anyhow::Result<()>,
     ) -> anyhow::Result<()> {
         if !self.transactional {
             self.commit_open()?;
-            return if offsets.count() > 0 {
-                commit_offsets(offsets)
-            } else {
-                Ok(())
-            };
+            commit_records(self)?;
+            return self.commit_open();
         }
-        if !self.is_open() {
-            if offsets.count() == 0 {
-                return Ok(());
-            }
-            self.ensure_open()?;
-        }
+        commit_records(self)?;
         if offsets.count() > 0 {
             self.producer
                 .send_offsets_to_transaction(offsets, group, self.timeout)
@@ -213,6 +247,11 @@ impl TxnProducer {
                 .context("adding the input offsets to the transaction")?;
         }
         self.commit_open()
+    }
+
+    /// Per changelog partition, the offsets written (and acknowledged) since the last call.
+    pub fn take_written(&self) -> HashMap<String, HashMap<i32, Written>> {
+        std::mem::take(&mut *self.producer.context().written.lock().expect("written lock"))
     }
 
     /// Commits the open transaction without offsets (restore markers).

@@ -42,9 +42,21 @@ pub fn free_port() -> u16 {
 }
 
 /// Starts Tansu and returns it with its bootstrap address once it accepts connections.
+/// With TANSU_LOG=<file> its log goes there (appended), filtered by TANSU_LOG_FILTER
+/// (default `warn`), for debugging the broker's side of a test.
 pub fn start_broker() -> (Proc, String) {
     let port = free_port();
     let url = format!("tcp://127.0.0.1:{port}");
+    let log = || match std::env::var_os("TANSU_LOG") {
+        Some(path) => Stdio::from(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .expect("opening TANSU_LOG"),
+        ),
+        None => Stdio::null(),
+    };
     let child = Command::new(tansu_binary())
         .args([
             "broker",
@@ -55,8 +67,12 @@ pub fn start_broker() -> (Proc, String) {
             "--advertised-listener-url",
             &url,
         ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .env(
+            "RUST_LOG",
+            std::env::var("TANSU_LOG_FILTER").unwrap_or("warn".into()),
+        )
+        .stdout(log())
+        .stderr(log())
         .spawn()
         .expect("starting tansu");
     wait_for_port(port, Duration::from_secs(30), "tansu");
