@@ -24,7 +24,7 @@ use crate::core::state::{
     LINEAGE_PREFIX, MARKER_PREFIX,
 };
 use crate::core::Engine;
-use crate::io::consumer::{self, InputConsumer};
+use crate::io::consumer::{self, Assignment, InputConsumer};
 use crate::io::producer::{Kind, Record, TxnProducer, Written};
 use crate::io::topics;
 use crate::model::{InputTopic, Source};
@@ -194,14 +194,19 @@ impl Loop<'_> {
                 };
                 let polled = self.consumer.poll(wait);
                 if self.consumer.context().rebalanced.load(Ordering::SeqCst) {
-                    // A record polled now was fetched from the group's offsets; the restore
-                    // repositions every partition at its last commit, which re-reads it.
+                    // A record polled along with a rebalance belongs to the assignment
+                    // before it; the restore positions every partition at its last commit.
                     drop(polled);
                     self.consumer
                         .context()
                         .rebalanced
                         .store(false, Ordering::SeqCst);
-                    self.restore()?;
+                    let event = self.consumer.context().pending.lock().expect("pending lock").take();
+                    match event {
+                        Some(Assignment::Assign(list)) => self.restore(Some(list))?,
+                        Some(Assignment::Revoke) => self.restore(None)?,
+                        None => {}
+                    }
                     continue;
                 }
                 match polled {
@@ -299,7 +304,14 @@ impl Loop<'_> {
                 Ok(true) => {}
                 Ok(false) => {
                     drop(offsets);
-                    return self.restore();
+                    let assignment = self.consumer.assignment().context("reading the assignment")?;
+                    let assigned = assignment
+                        .elements()
+                        .iter()
+                        .map(|e| (e.topic().to_string(), e.partition()))
+                        .collect();
+                    drop(assignment);
+                    return self.restore(Some(assigned));
                 }
                 Err(e) => result = Err(e),
             }
@@ -534,39 +546,42 @@ impl Loop<'_> {
         Ok(())
     }
 
-    /// After an assignment change: drops every task and restores the assigned ones
-    /// from their changelogs (the open transaction was aborted on revoke), then
-    /// points the consumer at the offsets their last commits recorded.
-    fn restore(&mut self) -> anyhow::Result<()> {
+    /// After an assignment change: drops every task and restores the ones of
+    /// `assigned` (`None`: everything was revoked) from their changelogs (the open
+    /// transaction was aborted on revoke), then assigns the partitions at the
+    /// offsets their last commits recorded.
+    fn restore(&mut self, assigned: Option<Vec<(String, i32)>>) -> anyhow::Result<()> {
         let started = Instant::now();
         self.producer.abort()?;
         self.engine.clear();
         self.tasks.clear();
         self.sent_progress.clear();
         self.out.clear();
-        let assignment = self
-            .consumer
-            .assignment()
-            .context("reading the assignment")?;
-        let t = &self.cfg.topics;
-        let mut wanted = BTreeSet::new();
-        for e in assignment.elements() {
-            if e.topic() == t.repartition {
-                wanted.insert((Stage::Aggregation, e.partition()));
-            } else if t.inputs().contains(&e.topic()) {
-                wanted.insert((Stage::Attribution, e.partition()));
-            }
-        }
-        drop(assignment);
         self.handles
             .metrics
             .lock()
             .expect("metrics lock")
             .rebalances
             .inc();
+        let Some(assigned) = assigned else {
+            tracing::info!(instance = %self.cfg.kafka.instance_id, "partitions revoked");
+            return Ok(());
+        };
+        let t = &self.cfg.topics;
+        let mut wanted = BTreeSet::new();
+        for (topic, p) in &assigned {
+            if *topic == t.repartition {
+                wanted.insert((Stage::Aggregation, *p));
+            } else if t.inputs().contains(&topic.as_str()) {
+                wanted.insert((Stage::Attribution, *p));
+            }
+        }
         if wanted.is_empty() {
             tracing::info!(instance = %self.cfg.kafka.instance_id, "no partitions assigned");
-            return Ok(());
+            return self
+                .consumer
+                .assign(&TopicPartitionList::new())
+                .context("taking an empty assignment");
         }
         // 1. A marker per task, committed: its offset names this incarnation, bounds
         //    the read, and voids whatever an older owner still writes after it.

@@ -1,14 +1,18 @@
 //! The consumer: a member of the job's consumer group reading the input and
-//! repartition topics with `read_committed`. On a rebalance it aborts the open
-//! transaction (the new owners redo that work from the last commit) and tells the
-//! loop to restore state. It also exports per-partition lag from librdkafka's statistics.
+//! repartition topics with `read_committed`. On a revoke it aborts the open
+//! transaction (the new owners redo that work from the last commit). A new
+//! assignment is not taken at once: the loop restores the tasks' state first and
+//! then assigns the partitions at the offsets their last commits recorded
+//! (librdkafka waits for that `assign` call, heartbeating meanwhile). It also
+//! exports per-partition lag from librdkafka's statistics.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientContext;
@@ -23,8 +27,19 @@ pub struct LagContext {
     pub input_topics: Vec<String>,
     /// Set on every assignment change; the loop restores state before going on.
     pub rebalanced: Arc<AtomicBool>,
+    /// The latest rebalance event not yet handled by the loop.
+    pub pending: Mutex<Option<Assignment>>,
     /// Aborted when partitions are revoked.
     pub producer: OnceLock<Arc<TxnProducer>>,
+}
+
+/// A rebalance event for the loop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Assignment {
+    /// These (topic, partition)s are ours: restore, then `assign` them.
+    Assign(Vec<(String, i32)>),
+    /// Everything was taken away (already unassigned).
+    Revoke,
 }
 
 impl ClientContext for LagContext {
@@ -57,19 +72,36 @@ impl ClientContext for LagContext {
 }
 
 impl ConsumerContext for LagContext {
-    fn pre_rebalance(&self, _: &BaseConsumer<Self>, r: &Rebalance<'_>) {
-        if let Rebalance::Revoke(_) = r {
-            // Work since the last commit is redone by whoever gets the partitions.
-            if let Some(p) = self.producer.get() {
-                if let Err(e) = p.abort() {
-                    tracing::warn!("aborting the open transaction on revoke: {e:#}");
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let event = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => Assignment::Assign(
+                tpl.elements()
+                    .iter()
+                    .map(|e| (e.topic().to_string(), e.partition()))
+                    .collect(),
+            ),
+            other => {
+                if other != RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS {
+                    tracing::error!("rebalance error: {other:?}");
                 }
+                // Work since the last commit is redone by whoever gets the partitions.
+                if let Some(p) = self.producer.get() {
+                    if let Err(e) = p.abort() {
+                        tracing::warn!("aborting the open transaction on revoke: {e:#}");
+                    }
+                }
+                if let Err(e) = consumer.unassign() {
+                    tracing::warn!("unassigning revoked partitions: {e}");
+                }
+                Assignment::Revoke
             }
-        }
-        self.rebalanced.store(true, Ordering::SeqCst);
-    }
-
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, _: &Rebalance<'_>) {
+        };
+        *self.pending.lock().expect("pending lock") = Some(event);
         self.rebalanced.store(true, Ordering::SeqCst);
     }
 }
@@ -98,6 +130,7 @@ pub fn create(cfg: &Config, metrics: Option<Arc<Mutex<Metrics>>>) -> anyhow::Res
         metrics,
         input_topics: cfg.topics.inputs().iter().map(|s| s.to_string()).collect(),
         rebalanced: Arc::new(AtomicBool::new(false)),
+        pending: Mutex::new(None),
         producer: OnceLock::new(),
     };
     super::client_config(&cfg.kafka, &ours, &cfg.kafka.consumer_properties)
