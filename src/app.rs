@@ -107,11 +107,6 @@ pub fn run(cfg: &Config, handles: &Handles) -> anyhow::Result<()> {
 
     let producer = Arc::new(TxnProducer::create(cfg, Some(handles.metrics.clone()))?);
     let _ = consumer.context().producer.set(producer.clone());
-    let mut subscribed: Vec<&str> = inputs.to_vec();
-    subscribed.push(&t.repartition);
-    consumer
-        .subscribe(&subscribed)
-        .context("subscribing to the input and repartition topics")?;
 
     let mut lp = Loop {
         cfg,
@@ -127,6 +122,7 @@ pub fn run(cfg: &Config, handles: &Handles) -> anyhow::Result<()> {
         newest_input_ms: 0,
         last_emit_ms: 0,
     };
+    lp.subscribe()?;
     let result = lp.process();
     let shutdown = if result.is_ok() {
         lp.shutdown()
@@ -201,7 +197,13 @@ impl Loop<'_> {
                         .context()
                         .rebalanced
                         .store(false, Ordering::SeqCst);
-                    let event = self.consumer.context().pending.lock().expect("pending lock").take();
+                    let event = self
+                        .consumer
+                        .context()
+                        .pending
+                        .lock()
+                        .expect("pending lock")
+                        .take();
                     match event {
                         Some(Assignment::Assign(list)) => self.restore(Some(list))?,
                         Some(Assignment::Revoke) => self.restore(None)?,
@@ -303,15 +305,13 @@ impl Loop<'_> {
             match self.still_owner(&written) {
                 Ok(true) => {}
                 Ok(false) => {
+                    // Another member restored one of our tasks: the group's view and ours
+                    // differ. As Kafka Streams does with a migrated task: drop every task
+                    // and rejoin, so the group hands out a consistent assignment.
                     drop(offsets);
-                    let assignment = self.consumer.assignment().context("reading the assignment")?;
-                    let assigned = assignment
-                        .elements()
-                        .iter()
-                        .map(|e| (e.topic().to_string(), e.partition()))
-                        .collect();
-                    drop(assignment);
-                    return self.restore(Some(assigned));
+                    self.restore(None)?;
+                    self.consumer.unsubscribe();
+                    return self.subscribe();
                 }
                 Err(e) => result = Err(e),
             }
@@ -342,10 +342,23 @@ impl Loop<'_> {
             .context("the transaction failed; restart the instance to resume from the last commit")
     }
 
+    /// Joins the group for the input and repartition topics.
+    fn subscribe(&self) -> anyhow::Result<()> {
+        let t = &self.cfg.topics;
+        let mut topics: Vec<&str> = t.inputs().to_vec();
+        topics.push(&t.repartition);
+        self.consumer
+            .subscribe(&topics)
+            .context("subscribing to the input and repartition topics")
+    }
+
     /// Whether every task's changelog partition shows no newer incarnation's marker
     /// between this instance's records; updates where its own records end. A gap
     /// in its own offsets means someone else wrote there: only then is the gap read.
-    fn still_owner(&mut self, written: &HashMap<String, HashMap<i32, Written>>) -> anyhow::Result<bool> {
+    fn still_owner(
+        &mut self,
+        written: &HashMap<String, HashMap<i32, Written>>,
+    ) -> anyhow::Result<bool> {
         let mut owner = true;
         let keys: Vec<(Stage, i32)> = self.tasks.keys().copied().collect();
         for (stage, p) in keys {
@@ -363,7 +376,7 @@ impl Loop<'_> {
                 tracing::warn!(
                     instance = %self.cfg.kafka.instance_id,
                     task = ?(stage, p),
-                    "another instance has restored this task: its last transaction does not count; restoring again"
+                    "another instance has restored this task: its last transaction does not count; rejoining the group"
                 );
                 owner = false;
             }
@@ -854,9 +867,15 @@ fn bookkeeping_entry(key: &[u8], value: Option<&[u8]>) -> Option<Entry> {
     };
     let value = value?;
     if key.starts_with(LINEAGE_PREFIX) {
-        Some(Entry::Lineage(inc(LINEAGE_PREFIX)?, state::decode(value).ok()?))
+        Some(Entry::Lineage(
+            inc(LINEAGE_PREFIX)?,
+            state::decode(value).ok()?,
+        ))
     } else if key.starts_with(COMMIT_PREFIX) {
-        Some(Entry::Commit(inc(COMMIT_PREFIX)?, state::decode(value).ok()?))
+        Some(Entry::Commit(
+            inc(COMMIT_PREFIX)?,
+            state::decode(value).ok()?,
+        ))
     } else {
         None
     }
@@ -871,13 +890,21 @@ fn changelog_topic(cfg: &Config, stage: Stage) -> &str {
 }
 
 /// Whether a changelog partition holds a marker at an offset in `from..=to`.
-fn marker_between(cfg: &Config, topic: &str, partition: i32, from: i64, to: i64) -> anyhow::Result<bool> {
+fn marker_between(
+    cfg: &Config,
+    topic: &str,
+    partition: i32,
+    from: i64,
+    to: i64,
+) -> anyhow::Result<bool> {
     let mut own = cfg.clone();
     own.kafka.group_id = format!("{}-restore-{}", cfg.kafka.group_id, cfg.kafka.instance_id);
     let reader: BaseConsumer<consumer::LagContext> = consumer::create(&own, None)?;
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, partition, Offset::Offset(from))?;
-    reader.assign(&tpl).context("assigning a changelog partition")?;
+    reader
+        .assign(&tpl)
+        .context("assigning a changelog partition")?;
     drop(tpl);
     let started = Instant::now();
     loop {

@@ -797,7 +797,7 @@ fn run_refuses_missing_or_not_co_partitioned_inputs_and_bad_settings() {
 /// is strict: no figure goes back, nothing follows a final window, each milestone
 /// once. Replay a failure with GMV_CHAOS_SEED=<the printed seed>.
 #[test]
-#[ignore = "does not converge on Tansu yet: after the churn the surviving instances keep rebalancing (about every 3 s) and the outputs do not reach the expected state within the deadline; run with --ignored while fixing it"]
+#[ignore = "not exact yet: on Tansu the group now converges and every window ends final, but the final state misses about 0.01% of the payments (seen in every run; those being processed around a kill -9); run with --ignored while fixing it"]
 fn instances_killed_added_and_removed_still_end_exact() {
     use rand::{Rng, SeedableRng};
     let seed: u64 = std::env::var("GMV_CHAOS_SEED")
@@ -928,8 +928,9 @@ fn instances_killed_added_and_removed_still_end_exact() {
                     .collect::<Vec<_>>()
             })
             .collect();
+        let stored: i64 = input_counts(&brokers).values().sum();
         panic!(
-            "after 10 kills, an added and a removed instance (seed {seed}): outputs did not reach the expected state in time.\n{diff}\n counters of the running instances since their last start:\n  {}",
+            "after 10 kills, an added and a removed instance (seed {seed}): outputs did not reach the expected state in time.\n{diff}\n input records in the topics: {stored} of {CHAOS_RECORDS} written\n counters of the running instances since their last start:\n  {}",
             counters.join("\n  ")
         );
     }

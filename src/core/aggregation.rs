@@ -338,16 +338,27 @@ impl AggregationTask {
         out: &mut Vec<Output>,
     ) {
         let limit = self.close_limit();
+        let mut late = 0;
         for e in entries {
             if e.bucket_ms.saturating_add(BUCKET_MS) <= limit {
                 // Its task judged it on time, but its bucket closed meanwhile: only
                 // possible when that task came back from idleness behind the others.
-                stats.late_partials += 1;
+                late += 1;
                 continue;
             }
             let d = &mut self.dims[e.dim.index()];
             let key = d.names.intern(&e.key);
             d.apply(key, e.bucket_ms, &e.delta, &mut self.changed);
+        }
+        if late > 0 {
+            stats.late_partials += late;
+            tracing::warn!(
+                partition = self.partition,
+                source,
+                late,
+                close_limit_ms = limit,
+                "partial sums reached closed buckets and are not counted (the source was idle, then came back behind the others)"
+            );
         }
         let src = self.sources.entry(source).or_default();
         if src.progress != progress {
@@ -707,5 +718,81 @@ mod tests {
         a.emit(&mut ea);
         b.emit(&mut eb);
         assert_eq!(ea, eb, "same records, same revisions");
+    }
+
+    #[test]
+    fn crashes_of_sources_and_of_the_merge_change_no_total() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        // Two sources commit or die in each transaction; what each committed is the truth.
+        struct Src {
+            inc: i64,
+            committed: u64,
+            base: u64,
+        }
+        let mut srcs = [
+            Src {
+                inc: 1,
+                committed: 0,
+                base: 0,
+            },
+            Src {
+                inc: 2,
+                committed: 0,
+                base: 0,
+            },
+        ];
+        let (mut topic, mut want) = (Vec::new(), 0i128);
+        let mut next_inc = 3;
+        for _ in 0..3_000 {
+            let i = rng.gen_range(0..2);
+            let s = &mut srcs[i];
+            let value = rng.gen_range(1..1_000);
+            topic.push(batch(i as i32, s.inc, s.committed + 1, s.base, value));
+            if rng.gen_ratio(9, 10) {
+                s.committed += 1;
+                want += value;
+            } else {
+                // Died before its commit: the successor restores from what committed.
+                (s.inc, s.base) = (next_inc, s.committed);
+                next_inc += 1;
+            }
+        }
+        // The last commit of each is proven by one more batch.
+        for (i, s) in srcs.iter().enumerate() {
+            topic.push(batch(i as i32, s.inc, s.committed + 1, s.base, 0));
+        }
+
+        // The merge commits now and then and dies now and then; a restart restores the
+        // committed changelog and reads again from the committed offset.
+        let cfg = Arc::new(EngineConfig::default());
+        let (mut st, mut out) = (Stats::default(), vec![]);
+        let mut changelog: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        let mut t = AggregationTask::new(0, cfg.clone(), 2);
+        t.track_changes();
+        let (mut offset, mut resume, mut crashes) = (0usize, 0usize, 0);
+        while offset < topic.len() {
+            t.receive(offset as i64, topic[offset].clone(), &mut st, &mut out);
+            offset += 1;
+            if rng.gen_ratio(1, 20) || offset == topic.len() {
+                for (k, v) in t.take_changes() {
+                    match v {
+                        Some(v) => changelog.insert(k, v),
+                        None => changelog.remove(&k),
+                    };
+                }
+                resume = t.committable_offset().map_or(offset, |o| o as usize);
+            } else if rng.gen_ratio(1, 50) {
+                crashes += 1;
+                t = AggregationTask::new(0, cfg.clone(), 2);
+                t.track_changes();
+                for (k, v) in &changelog {
+                    t.restore(k, v).unwrap();
+                }
+                offset = resume;
+            }
+        }
+        assert!(crashes > 10, "{crashes} crashes");
+        assert_eq!(gmv(&t), want);
     }
 }

@@ -349,7 +349,20 @@ mod tests {
             (20, Entry::Commit(10, com(2))),
             (50, Entry::Marker),
             (55, Entry::Commit(10, com(3))),
-            (56, Entry::Lineage(50, lin(2, &[Range { inc: 10, first: 1, last: 2 }]))),
+            (
+                56,
+                Entry::Lineage(
+                    50,
+                    lin(
+                        2,
+                        &[Range {
+                            inc: 10,
+                            first: 1,
+                            last: 2,
+                        }],
+                    ),
+                ),
+            ),
         ];
         let l = Lineage::resolve(&log);
         assert_eq!((l.base, l.offsets.clone()), (2, vec![Some(200)]));

@@ -251,7 +251,14 @@ impl TxnProducer {
 
     /// Per changelog partition, the offsets written (and acknowledged) since the last call.
     pub fn take_written(&self) -> HashMap<String, HashMap<i32, Written>> {
-        std::mem::take(&mut *self.producer.context().written.lock().expect("written lock"))
+        std::mem::take(
+            &mut *self
+                .producer
+                .context()
+                .written
+                .lock()
+                .expect("written lock"),
+        )
     }
 
     /// Commits the open transaction without offsets (restore markers).
