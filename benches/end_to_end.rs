@@ -19,7 +19,7 @@ use rdkafka::ClientConfig;
 #[path = "../tests/support/mod.rs"]
 mod support;
 use support::broker::{
-    create_topics, free_port, http_get, metric_sum, start_broker, wait_for_port, Proc,
+    bench_config, create_topics, http_get, metric_sum, start_broker, wait_for_port, Proc,
 };
 
 const PARTITIONS: i32 = 4;
@@ -37,15 +37,7 @@ fn main() {
     let (_broker, brokers) = start_broker();
     let dir = std::env::temp_dir().join(format!("gmv-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let metrics_port = free_port();
-    let config = dir.join("gmv.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"gmv-bench\"\ntransactions = false\n[kafka.consumer_properties]\n\"fetch.wait.max.ms\" = \"20\"\n\"session.timeout.ms\" = \"10000\"\n\"heartbeat.interval.ms\" = \"500\"\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n"
-        ),
-    )
-    .unwrap();
+    let (config, metrics_port) = bench_config(&dir, &brokers, "gmv-bench");
     let gmv = env!("CARGO_BIN_EXE_gmv");
     create_topics(&config, PARTITIONS);
 

@@ -34,6 +34,15 @@ const RECORDS: usize = 60_000;
 const CHAOS_RECORDS: usize = 500_000;
 const BRAND_THRESHOLD_FEN: i64 = 1_000_000;
 const TOTAL_EVERY_FEN: i64 = 100_000_000;
+/// The figures of a `gmv-totals` record.
+const TOTAL_FIELDS: [&str; 6] = [
+    "gmv_fen",
+    "refund_fen",
+    "paid_orders",
+    "placed_orders",
+    "shipped_orders",
+    "delivered_orders",
+];
 
 fn gmv() -> Command {
     Command::new(env!("CARGO_BIN_EXE_gmv"))
@@ -295,20 +304,7 @@ impl Outputs {
             totals: self
                 .totals
                 .iter()
-                .map(|(k, v)| {
-                    (
-                        k.clone(),
-                        [
-                            "gmv_fen",
-                            "refund_fen",
-                            "paid_orders",
-                            "placed_orders",
-                            "shipped_orders",
-                            "delivered_orders",
-                        ]
-                        .map(|f| i(v, f)),
-                    )
-                })
+                .map(|(k, v)| (k.clone(), TOTAL_FIELDS.map(|f| i(v, f))))
                 .collect(),
             milestones,
         }
@@ -356,14 +352,7 @@ fn drain(c: &BaseConsumer, out: &mut Outputs, for_at_least: Duration) {
             }
             "gmv-totals" => {
                 if let Some(prev) = out.totals.get(&key).filter(|_| out.strict) {
-                    for f in [
-                        "gmv_fen",
-                        "refund_fen",
-                        "paid_orders",
-                        "placed_orders",
-                        "shipped_orders",
-                        "delivered_orders",
-                    ] {
+                    for f in TOTAL_FIELDS {
                         assert!(
                             v[f].as_i64() >= prev[f].as_i64(),
                             "{key}: {f} went backwards: {prev} then {v}"

@@ -775,12 +775,7 @@ mod tests {
             t.receive(offset as i64, topic[offset].clone(), &mut st, &mut out);
             offset += 1;
             if rng.gen_ratio(1, 20) || offset == topic.len() {
-                for (k, v) in t.take_changes() {
-                    match v {
-                        Some(v) => changelog.insert(k, v),
-                        None => changelog.remove(&k),
-                    };
-                }
+                state::compact_into(&mut changelog, t.take_changes());
                 resume = t.committable_offset().map_or(offset, |o| o as usize);
             } else if rng.gen_ratio(1, 50) {
                 crashes += 1;

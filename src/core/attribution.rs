@@ -805,12 +805,7 @@ mod tests {
             i += 1;
             if rng.gen_ratio(1, 300) || i == records.len() {
                 add(&mut got, t.take_partials());
-                for (k, v) in t.take_changes() {
-                    match v {
-                        Some(v) => changelog.insert(k, v),
-                        None => changelog.remove(&k),
-                    };
-                }
+                state::compact_into(&mut changelog, t.take_changes());
                 committed = i;
             } else if rng.gen_ratio(1, 1_000) {
                 crashes += 1;

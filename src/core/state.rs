@@ -240,6 +240,21 @@ pub fn decode<'a, T: Deserialize<'a>>(b: &'a [u8]) -> Result<T, postcard::Error>
     postcard::from_bytes(b)
 }
 
+/// What compaction leaves of a changelog after `changes`: the latest value per
+/// key, tombstones removing it (the crash simulations of both stages use it).
+#[cfg(test)]
+pub(crate) fn compact_into(
+    log: &mut std::collections::BTreeMap<Vec<u8>, Vec<u8>>,
+    changes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+) {
+    for (k, v) in changes {
+        match v {
+            Some(v) => log.insert(k, v),
+            None => log.remove(&k),
+        };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -126,3 +126,19 @@ pub fn create_topics(config: &std::path::Path, partitions: i32) {
         .expect("running gmv topics");
     assert!(status.success(), "gmv topics failed");
 }
+
+/// Writes a job config for a benchmark against Tansu (no EndTxn, so no broker
+/// transactions; short fetch waits; a heartbeat fast enough for its group
+/// coordinator, see docs/testing.md) and returns its path and the metrics port.
+pub fn bench_config(dir: &std::path::Path, brokers: &str, group: &str) -> (PathBuf, u16) {
+    let metrics_port = free_port();
+    let config = dir.join("gmv.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"{group}\"\ntransactions = false\n[kafka.consumer_properties]\n\"fetch.wait.max.ms\" = \"20\"\n\"session.timeout.ms\" = \"10000\"\n\"heartbeat.interval.ms\" = \"500\"\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n"
+        ),
+    )
+    .unwrap();
+    (config, metrics_port)
+}
