@@ -634,11 +634,13 @@ impl Loop<'_> {
                 Stage::Attribution => {
                     let task = self.engine.add_attribution(p, now);
                     task.track_changes();
+                    task.resume_at(&lineage.offsets);
                     entries.iter().try_for_each(|(k, v)| task.restore(k, v))
                 }
                 Stage::Aggregation => {
                     let task = self.engine.add_aggregation(p, self.partitions as usize);
                     task.track_changes();
+                    task.resume_at(lineage.offsets.first().copied().flatten());
                     entries.iter().try_for_each(|(k, v)| task.restore(k, v))
                 }
             };
@@ -674,12 +676,14 @@ impl Loop<'_> {
         self.producer
             .commit_open()
             .context("committing lineage records")?;
-        // 4. Resume every partition where the restored state's last commit left it.
+        // 4. Resume every partition where the restored state's last commit left it
+        //    (fetching from a little before: the tasks skip what they already counted).
+        let rewind = self.cfg.kafka.resume_rewind_records;
         let mut tpl = TopicPartitionList::new();
         for ((stage, p), run) in &runs {
             for (i, topic) in self.task_topics(*stage).into_iter().enumerate() {
                 let at = match run.offsets.get(i).copied().flatten() {
-                    Some(o) => Offset::Offset(o),
+                    Some(o) => Offset::Offset(o.saturating_sub(rewind).max(0)),
                     None => Offset::Beginning,
                 };
                 tpl.add_partition_offset(topic, *p, at)?;
@@ -901,7 +905,9 @@ fn marker_between(
     own.kafka.group_id = format!("{}-restore-{}", cfg.kafka.group_id, cfg.kafka.instance_id);
     let reader: BaseConsumer<consumer::LagContext> = consumer::create(&own, None)?;
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, partition, Offset::Offset(from))?;
+    // Rewound, as the restore is: the broker may not return the batch holding `from`.
+    let start = from.saturating_sub(cfg.kafka.resume_rewind_records).max(0);
+    tpl.add_partition_offset(topic, partition, Offset::Offset(start))?;
     reader
         .assign(&tpl)
         .context("assigning a changelog partition")?;
@@ -912,6 +918,7 @@ fn marker_between(
             bail!("could not read {topic} [{partition}] offsets {from}..={to} within a minute");
         }
         match reader.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) if m.offset() < from => {}
             Some(Ok(m)) => {
                 if m.key().is_some_and(|k| k.starts_with(MARKER_PREFIX)) {
                     return Ok(true);

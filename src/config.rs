@@ -45,6 +45,12 @@ pub struct KafkaConfig {
     /// offset commits after every record is acknowledged; state and totals stay exact,
     /// but readers may see results of work that a crash makes the job redo.
     pub transactions: bool,
+    /// How many records before a resume offset the consumer starts fetching (they are
+    /// skipped, not processed again). A fetch at an offset inside a record batch must
+    /// return that batch; Tansu 0.6 returns only the batches after it, which would lose
+    /// the batch's remaining records. Covers batches of up to this many records;
+    /// 0 is right for Apache Kafka.
+    pub resume_rewind_records: i64,
     /// librdkafka properties for every client, e.g. `"security.protocol" = "SASL_SSL"`.
     pub properties: BTreeMap<String, String>,
     /// librdkafka properties for the consumer only.
@@ -124,6 +130,7 @@ impl Default for KafkaConfig {
             instance_id: "0".into(),
             commit_interval_ms: 1_000,
             transactions: true,
+            resume_rewind_records: 10_000,
             properties: BTreeMap::new(),
             consumer_properties: BTreeMap::new(),
             producer_properties: BTreeMap::new(),
@@ -237,6 +244,12 @@ impl Config {
         }
         if self.kafka.instance_id.trim().is_empty() {
             p.push("kafka.instance_id must not be empty".to_string());
+        }
+        if self.kafka.resume_rewind_records < 0 {
+            p.push(format!(
+                "kafka.resume_rewind_records must not be negative, got {}",
+                self.kafka.resume_rewind_records
+            ));
         }
         if self.kafka.commit_interval_ms < 10 {
             p.push(format!(
