@@ -786,7 +786,6 @@ fn run_refuses_missing_or_not_co_partitioned_inputs_and_bad_settings() {
 /// is strict: no figure goes back, nothing follows a final window, each milestone
 /// once. Replay a failure with E2E_CHAOS_SEED=<the printed seed>.
 #[test]
-#[ignore = "not exact yet: on Tansu the group now converges and every window ends final, but the final state misses about 0.01% of the payments (seen in every run; those being processed around a kill -9); run with --ignored while fixing it"]
 fn instances_killed_added_and_removed_still_end_exact() {
     use rand::{Rng, SeedableRng};
     let seed: u64 = std::env::var("E2E_CHAOS_SEED")
