@@ -104,10 +104,20 @@ fn main() {
         }
     }
     let (t0, c0) = first.unwrap();
-    let job_rate = (n as f64 - c0) / t0.elapsed().as_secs_f64();
+    let run_secs = t0.elapsed().as_secs_f64();
+    let job_rate = (n as f64 - c0) / run_secs;
+    let metrics = http_get(metrics_port, "/metrics");
+    let (commits, in_commit) = (
+        metric_sum(&metrics, "gmv_commit_duration_seconds_count"),
+        metric_sum(&metrics, "gmv_commit_duration_seconds_sum"),
+    );
     println!("do-nothing consumer: {baseline:>10.0} records/s");
     println!("gmv run:             {job_rate:>10.0} records/s (its events-read metric, refreshed every 250 ms)");
     println!("ratio job/baseline:  {:>10.2}", job_rate / baseline);
+    println!(
+        "commits:             {commits:>10.0} taking {in_commit:.1} s of the loop's time ({:.0}% of the {run_secs:.1} s run)",
+        100.0 * in_commit / run_secs
+    );
 
     // Latency: produce at a steady rate; each `total|all` update shows how many
     // orders it includes, so it is matched with the send time of that order.
