@@ -438,8 +438,10 @@ mod tests {
         c.windows.brand_ms = vec![0];
         c.topics.payments = "orders".into();
         c.metrics.listen = "nowhere".into();
+        c.kafka.resume_rewind_records = -1;
         let p = c.validate().unwrap_err();
-        assert_eq!(p.len(), 4, "{p:#?}");
+        assert_eq!(p.len(), 5, "{p:#?}");
+        assert!(p.iter().any(|m| m.contains("kafka.resume_rewind_records")));
         assert!(p.iter().any(|m| m.contains("time.join_timeout_ms")));
         assert!(p.iter().any(|m| m.contains("windows.brand_ms")));
         assert!(p.iter().any(|m| m.contains("topics.payments")));
