@@ -670,6 +670,17 @@ mod tests {
         }
     }
 
+    fn feed(
+        a: &mut AttributionTask,
+        topic: InputTopic,
+        offset: i64,
+        value: &[u8],
+        stats: &mut Stats,
+        out: &mut Vec<Output>,
+    ) {
+        a.on_record(src(topic, offset), None, Some(value), stats, out);
+    }
+
     #[test]
     fn state_round_trips_through_the_changelog() {
         let cfg = Arc::new(EngineConfig::default());
@@ -680,31 +691,14 @@ mod tests {
         let pay = br#"{"payment_id":"p1","order_id":"o1","kind":"paid","currency":"EUR","amount_minor":100,"ts_ms":11000}"#;
         let early = br#"{"payment_id":"p2","order_id":"o2","kind":"paid","currency":"CNY","amount_minor":5,"ts_ms":12000}"#;
         let ship = br#"{"delivery_id":"d1","order_id":"o1","status":"shipped","ts_ms":13000}"#;
-        a.on_record(
-            src(InputTopic::Orders, 0),
-            None,
-            Some(order),
-            &mut stats,
-            &mut out,
-        );
-        a.on_record(
-            src(InputTopic::Payments, 0),
-            None,
-            Some(pay),
-            &mut stats,
-            &mut out,
-        );
-        a.on_record(
-            src(InputTopic::Payments, 1),
-            None,
-            Some(early),
-            &mut stats,
-            &mut out,
-        );
-        a.on_record(
-            src(InputTopic::Deliveries, 0),
-            None,
-            Some(ship),
+        feed(&mut a, InputTopic::Orders, 0, order, &mut stats, &mut out);
+        feed(&mut a, InputTopic::Payments, 0, pay, &mut stats, &mut out);
+        feed(&mut a, InputTopic::Payments, 1, early, &mut stats, &mut out);
+        feed(
+            &mut a,
+            InputTopic::Deliveries,
+            0,
+            ship,
             &mut stats,
             &mut out,
         );
@@ -725,21 +719,9 @@ mod tests {
         // The restored task knows the duplicates and releases the waiting payment to its order.
         a.take_partials();
         for t in [&mut a, &mut b] {
-            t.on_record(
-                src(InputTopic::Payments, 2),
-                None,
-                Some(pay),
-                &mut stats,
-                &mut out,
-            );
+            feed(t, InputTopic::Payments, 2, pay, &mut stats, &mut out);
             let o2 = br#"{"order_id":"o2","user_id":"u","brand_id":"b2","channel_id":null,"country":"CN","device":"pc","currency":"CNY","amount_minor":5,"ts_ms":12500}"#;
-            t.on_record(
-                src(InputTopic::Orders, 1),
-                None,
-                Some(o2),
-                &mut stats,
-                &mut out,
-            );
+            feed(t, InputTopic::Orders, 1, o2, &mut stats, &mut out);
         }
         let (pa, pb) = (a.take_partials(), b.take_partials());
         assert_eq!(pa, pb);
@@ -854,10 +836,11 @@ mod tests {
         };
         for (offset, id) in [(3, "o3"), (4, "o4"), (5, "o5"), (6, "o6")] {
             let v = order(id);
-            a.on_record(
-                src(InputTopic::Orders, offset),
-                None,
-                Some(v.as_bytes()),
+            feed(
+                &mut a,
+                InputTopic::Orders,
+                offset,
+                v.as_bytes(),
                 &mut stats,
                 &mut out,
             );
@@ -868,13 +851,7 @@ mod tests {
         assert_eq!(a.next_offsets(), [Some(7), None, None]);
         // A topic without a resume offset takes everything.
         let pay = br#"{"payment_id":"p1","order_id":"o5","kind":"paid","currency":"CNY","amount_minor":5,"ts_ms":1000}"#;
-        a.on_record(
-            src(InputTopic::Payments, 0),
-            None,
-            Some(pay),
-            &mut stats,
-            &mut out,
-        );
+        feed(&mut a, InputTopic::Payments, 0, pay, &mut stats, &mut out);
         assert_eq!(stats.paid_orders, 1);
     }
 
@@ -891,10 +868,12 @@ mod tests {
                 r#"{{"payment_id":"{id}","order_id":"x{id}","kind":"paid","currency":"CNY","amount_minor":5,"ts_ms":{ts}}}"#
             )
         };
-        a.on_record(
-            src(InputTopic::Payments, 0),
-            None,
-            Some(pay("p1", 1_000).as_bytes()),
+        let p1 = pay("p1", 1_000);
+        feed(
+            &mut a,
+            InputTopic::Payments,
+            0,
+            p1.as_bytes(),
             &mut stats,
             &mut out,
         );
@@ -906,7 +885,7 @@ mod tests {
                 InputTopic::Orders => r#"{"order_id":"o9","user_id":"u","brand_id":"b","channel_id":null,"country":"CN","device":"pc","currency":"CNY","amount_minor":5,"ts_ms":10000000}"#.into(),
                 InputTopic::Deliveries => r#"{"delivery_id":"d9","order_id":"o9","status":"shipped","ts_ms":10000000}"#.into(),
             };
-            a.on_record(src(t, 5), None, Some(v.as_bytes()), &mut stats, &mut out);
+            feed(&mut a, t, 5, v.as_bytes(), &mut stats, &mut out);
         }
         let changes = a.take_changes();
         let tomb = |k: &[u8]| changes.iter().any(|(key, v)| key == k && v.is_none());
