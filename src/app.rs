@@ -121,6 +121,7 @@ pub fn run(cfg: &Config, handles: &Handles) -> anyhow::Result<()> {
         sent_progress: BTreeMap::new(),
         newest_input_ms: 0,
         last_emit_ms: 0,
+        in_flight: None,
     };
     lp.subscribe()?;
     let result = lp.process();
@@ -154,6 +155,14 @@ struct TaskRun {
     last_own: i64,
 }
 
+/// A commit whose records are sent but not yet sealed by commit records.
+struct InFlight {
+    /// Per task, where its inputs resume once it is sealed.
+    resume: BTreeMap<(Stage, i32), Vec<Option<i64>>>,
+    /// Newest Kafka timestamp of the input it covers, for end-to-end latency.
+    newest_input_ms: i64,
+}
+
 struct Loop<'a> {
     cfg: &'a Config,
     engine: Engine,
@@ -169,6 +178,7 @@ struct Loop<'a> {
     /// Newest Kafka timestamp read in the current commit interval, for end-to-end latency.
     newest_input_ms: i64,
     last_emit_ms: i64,
+    in_flight: Option<InFlight>,
 }
 
 impl Loop<'_> {
@@ -259,8 +269,18 @@ impl Loop<'_> {
     /// One transaction: repartition batches, outputs, changelog records, and last
     /// each task's commit record (with where its inputs resume), plus the consumer
     /// group's offsets (for lag; the commit records are what a restore trusts).
+    ///
+    /// Without broker transactions the commit is pipelined: this interval's records
+    /// are sent and the loop goes on reading while they are acknowledged; their
+    /// commit records are written at the next commit (or at shutdown), before that
+    /// commit sends anything, so a repartition batch still only ever follows the
+    /// commit it vouches for.
     fn commit(&mut self) -> anyhow::Result<()> {
         if self.tasks.is_empty() {
+            return Ok(());
+        }
+        let transactional = self.producer.is_transactional();
+        if !transactional && !self.seal_in_flight()? {
             return Ok(());
         }
         let now = now_ms();
@@ -272,7 +292,27 @@ impl Loop<'_> {
         }
         self.publish()?;
         self.send_changes()?;
-        let resume = self.resume_offsets();
+        self.in_flight = Some(InFlight {
+            resume: self.resume_offsets(),
+            newest_input_ms: std::mem::take(&mut self.newest_input_ms),
+        });
+        if transactional {
+            self.seal_in_flight()?;
+        }
+        Ok(())
+    }
+
+    /// Commits the records sent by the last `commit`: their commit records and the
+    /// consumer offsets. False when this instance turned out to have lost a task
+    /// (it has then dropped its tasks and is rejoining the group).
+    fn seal_in_flight(&mut self) -> anyhow::Result<bool> {
+        let Some(InFlight {
+            resume,
+            newest_input_ms,
+        }) = self.in_flight.take()
+        else {
+            return Ok(true);
+        };
         let offsets = self.group_offsets(&resume)?;
         let started = Instant::now();
         let group = self
@@ -311,7 +351,8 @@ impl Loop<'_> {
                     drop(offsets);
                     self.restore(None)?;
                     self.consumer.unsubscribe();
-                    return self.subscribe();
+                    self.subscribe()?;
+                    return Ok(false);
                 }
                 Err(e) => result = Err(e),
             }
@@ -326,10 +367,9 @@ impl Loop<'_> {
         let mut m = self.handles.metrics.lock().expect("metrics lock");
         m.commit(result.is_ok(), started.elapsed().as_secs_f64());
         if result.is_ok() {
-            if self.newest_input_ms > 0 {
-                m.observe_end_to_end(now_ms() - self.newest_input_ms);
+            if newest_input_ms > 0 {
+                m.observe_end_to_end(now_ms() - newest_input_ms);
             }
-            self.newest_input_ms = 0;
             for (task, run) in self.tasks.iter_mut() {
                 run.n += 1;
                 run.offsets = resume[task].clone();
@@ -339,7 +379,8 @@ impl Loop<'_> {
         // A transaction that failed is aborted by the broker; this instance's memory is
         // ahead of what committed, so it stops and a restart resumes from the commit.
         result
-            .context("the transaction failed; restart the instance to resume from the last commit")
+            .context("the transaction failed; restart the instance to resume from the last commit")?;
+        Ok(true)
     }
 
     /// Joins the group for the input and repartition topics.
@@ -566,6 +607,8 @@ impl Loop<'_> {
     fn restore(&mut self, assigned: Option<Vec<(String, i32)>>) -> anyhow::Result<()> {
         let started = Instant::now();
         self.producer.abort()?;
+        // Records sent but not sealed never count: a restore treats them as aborted.
+        self.in_flight = None;
         self.engine.clear();
         self.tasks.clear();
         self.sent_progress.clear();
@@ -724,7 +767,7 @@ impl Loop<'_> {
     fn shutdown(&mut self) -> anyhow::Result<()> {
         tracing::info!("shutting down: committing the last transaction");
         self.last_emit_ms = 0;
-        let result = self.commit();
+        let result = self.commit().and_then(|()| self.seal_in_flight().map(|_| ()));
         self.refresh_metrics();
         self.handles
             .metrics
