@@ -378,8 +378,9 @@ impl Loop<'_> {
         drop(m);
         // A transaction that failed is aborted by the broker; this instance's memory is
         // ahead of what committed, so it stops and a restart resumes from the commit.
-        result
-            .context("the transaction failed; restart the instance to resume from the last commit")?;
+        result.context(
+            "the transaction failed; restart the instance to resume from the last commit",
+        )?;
         Ok(true)
     }
 
@@ -767,7 +768,9 @@ impl Loop<'_> {
     fn shutdown(&mut self) -> anyhow::Result<()> {
         tracing::info!("shutting down: committing the last transaction");
         self.last_emit_ms = 0;
-        let result = self.commit().and_then(|()| self.seal_in_flight().map(|_| ()));
+        let result = self
+            .commit()
+            .and_then(|()| self.seal_in_flight().map(|_| ()));
         self.refresh_metrics();
         self.handles
             .metrics
