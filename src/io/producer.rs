@@ -2,8 +2,9 @@
 //! commit records and input offsets of one commit interval go to Kafka in one
 //! transaction. Without broker transactions (`kafka.transactions = false`) a
 //! commit is: wait for every record's acknowledgement, then write the commit
-//! records and wait again, then commit the offsets; readers of the changelogs
-//! and repartition topic tell committed work by its tags either way.
+//! records and wait again, then commit the offsets (the loop in `app.rs` does
+//! that one interval later, while it reads on); readers of the changelogs and
+//! repartition topic tell committed work by its tags either way.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
