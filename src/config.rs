@@ -49,7 +49,7 @@ pub struct KafkaConfig {
     /// skipped, not processed again). A fetch at an offset inside a record batch must
     /// return that batch; Tansu 0.6 returns only the batches after it, which would lose
     /// the batch's remaining records. Covers batches of up to this many records;
-    /// 0 is right for Apache Kafka.
+    /// 0 is enough for Apache Kafka.
     pub resume_rewind_records: i64,
     /// librdkafka properties for every client, e.g. `"security.protocol" = "SASL_SSL"`.
     pub properties: BTreeMap<String, String>,

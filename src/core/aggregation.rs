@@ -224,7 +224,7 @@ pub struct AggregationTask {
     source_count: usize,
     watermark_ms: i64,
     emitted_watermark_ms: i64,
-    /// Offset after the last repartition record received.
+    /// Offset after the last repartition record received, or where the task resumed.
     next_offset: Option<i64>,
     changed: Option<FastSet<StateKey>>,
 }

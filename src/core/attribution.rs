@@ -142,7 +142,7 @@ pub struct AttributionTask {
     /// Partial sums since the last `take_partials`: (dim, key id, bucket start) → delta.
     partials: FastMap<(Dim, u32, i64), Delta>,
     last_sweep_watermark_ms: i64,
-    /// Per input topic, the offset after the last record processed.
+    /// Per input topic, the offset after the last record processed, or where the task resumed.
     next_offsets: [Option<i64>; 3],
     now_ms: i64,
     /// Interned id of each two-letter country code, `u32::MAX` until seen.
