@@ -827,11 +827,7 @@ fn read_changelogs(
     incs: &BTreeMap<(Stage, i32), i64>,
     topic_of: impl Fn(Stage) -> String,
 ) -> anyhow::Result<Restored> {
-    // Its own group id: a reader that assigns partitions must not touch the job's group
-    // (some brokers rebalance the group when such a member closes).
-    let mut own = cfg.clone();
-    own.kafka.group_id = format!("{}-restore-{}", cfg.kafka.group_id, cfg.kafka.instance_id);
-    let reader: BaseConsumer<consumer::LagContext> = consumer::create(&own, None)?;
+    let reader = changelog_reader(cfg)?;
     let mut tpl = TopicPartitionList::new();
     let mut by_topic: HashMap<(String, i32), (Stage, i32)> = HashMap::new();
     for (stage, p) in incs.keys() {
@@ -939,6 +935,15 @@ fn changelog_topic(cfg: &Config, stage: Stage) -> &str {
     }
 }
 
+/// A consumer for reading changelog partitions by assignment. Its own group id: a
+/// reader that assigns partitions must not touch the job's group (some brokers
+/// rebalance the group when such a member closes).
+fn changelog_reader(cfg: &Config) -> anyhow::Result<BaseConsumer<consumer::LagContext>> {
+    let mut own = cfg.clone();
+    own.kafka.group_id = format!("{}-restore-{}", cfg.kafka.group_id, cfg.kafka.instance_id);
+    consumer::create(&own, None)
+}
+
 /// Whether a changelog partition holds a marker at an offset in `from..=to`.
 fn marker_between(
     cfg: &Config,
@@ -947,9 +952,7 @@ fn marker_between(
     from: i64,
     to: i64,
 ) -> anyhow::Result<bool> {
-    let mut own = cfg.clone();
-    own.kafka.group_id = format!("{}-restore-{}", cfg.kafka.group_id, cfg.kafka.instance_id);
-    let reader: BaseConsumer<consumer::LagContext> = consumer::create(&own, None)?;
+    let reader = changelog_reader(cfg)?;
     let mut tpl = TopicPartitionList::new();
     // Rewound, as the restore is: the broker may not return the batch holding `from`.
     let start = from.saturating_sub(cfg.kafka.resume_rewind_records).max(0);

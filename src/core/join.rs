@@ -67,6 +67,31 @@ impl Slot {
     }
 }
 
+/// Ids changed since the last `take`, recorded only once tracking started (for a changelog).
+#[derive(Debug, Default)]
+struct ChangedIds(Option<Vec<CompactString>>);
+
+impl ChangedIds {
+    fn track(&mut self) {
+        self.0.get_or_insert_with(Vec::new);
+    }
+
+    /// Copies the id only when tracking.
+    fn mark(&mut self, id: &str) {
+        if let Some(c) = &mut self.0 {
+            c.push(id.into());
+        }
+    }
+
+    /// Each id once.
+    fn take(&mut self) -> Vec<CompactString> {
+        let mut c = self.0.as_mut().map(std::mem::take).unwrap_or_default();
+        c.sort_unstable();
+        c.dedup();
+        c
+    }
+}
+
 /// A repeated order within `dedup_ttl`: dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DuplicateOrder;
@@ -79,32 +104,22 @@ pub struct JoinState {
     order_count: usize,
     waiting_count: usize,
     deadlines: BinaryHeap<Reverse<(i64, CompactString)>>,
-    /// Ids changed since the last `take_changed`, when tracking for a changelog.
-    changed: Option<Vec<CompactString>>,
+    changed: ChangedIds,
 }
 
 impl JoinState {
     /// Starts recording changed ids, for a changelog.
     pub fn track_changes(&mut self) {
-        self.changed.get_or_insert_with(Vec::new);
+        self.changed.track();
     }
 
     fn mark(&mut self, order_id: &str) {
-        if let Some(c) = &mut self.changed {
-            c.push(order_id.into());
-        }
+        self.changed.mark(order_id);
     }
 
     /// Ids changed since the last call, each once.
     pub fn take_changed(&mut self) -> Vec<CompactString> {
-        let mut c = self
-            .changed
-            .as_mut()
-            .map(std::mem::take)
-            .unwrap_or_default();
-        c.sort_unstable();
-        c.dedup();
-        c
+        self.changed.take()
     }
 
     /// What is stored for an id, for the changelog: its order and the events waiting for it.
@@ -218,9 +233,7 @@ impl JoinState {
                 !due
             });
             self.waiting_count -= before - list.len();
-            if let Some(c) = &mut self.changed {
-                c.push(order_id.clone());
-            }
+            self.changed.mark(&order_id);
             let next = list.iter().map(|w| w.deadline_ms).min();
             if next.is_none() {
                 slot.waiting = None;
@@ -243,9 +256,7 @@ impl JoinState {
             if s.order.is_some_and(|o| o.ts_ms < limit_ms) {
                 s.order = None;
                 forgotten += 1;
-                if let Some(c) = changed {
-                    c.push(id.clone());
-                }
+                changed.mark(id);
             }
             s.order.is_some() || s.waiting_len() > 0
         });
@@ -265,26 +276,18 @@ impl JoinState {
 #[derive(Debug, Default)]
 pub struct Dedup {
     seen: FastMap<CompactString, i64>,
-    /// Ids changed since the last `take_changed`, when tracking for a changelog.
-    changed: Option<Vec<CompactString>>,
+    changed: ChangedIds,
 }
 
 impl Dedup {
     /// Starts recording changed ids, for a changelog.
     pub fn track_changes(&mut self) {
-        self.changed.get_or_insert_with(Vec::new);
+        self.changed.track();
     }
 
     /// Ids changed since the last call, each once.
     pub fn take_changed(&mut self) -> Vec<CompactString> {
-        let mut c = self
-            .changed
-            .as_mut()
-            .map(std::mem::take)
-            .unwrap_or_default();
-        c.sort_unstable();
-        c.dedup();
-        c
+        self.changed.take()
     }
 
     /// Event time an id was seen at, for the changelog.
@@ -303,16 +306,12 @@ impl Dedup {
             Some(seen) if (ts_ms - *seen).abs() <= ttl_ms => false,
             Some(seen) => {
                 *seen = ts_ms;
-                if let Some(c) = &mut self.changed {
-                    c.push(id.into());
-                }
+                self.changed.mark(id);
                 true
             }
             None => {
                 self.seen.insert(CompactString::from(id), ts_ms);
-                if let Some(c) = &mut self.changed {
-                    c.push(id.into());
-                }
+                self.changed.mark(id);
                 true
             }
         }
@@ -323,8 +322,8 @@ impl Dedup {
         let changed = &mut self.changed;
         self.seen.retain(|id, ts| {
             let keep = *ts >= limit_ms;
-            if let (false, Some(c)) = (keep, changed.as_mut()) {
-                c.push(id.clone());
+            if !keep {
+                changed.mark(id);
             }
             keep
         });

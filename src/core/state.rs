@@ -306,6 +306,10 @@ mod tests {
         }
     }
 
+    fn range(inc: i64, first: u64, last: u64) -> Range {
+        Range { inc, first, last }
+    }
+
     fn com(n: u64) -> CommitRecord {
         CommitRecord {
             n,
@@ -324,20 +328,7 @@ mod tests {
             (20, Entry::Commit(10, com(1))),
             (30, Entry::Commit(10, com(3))),
             (50, Entry::Marker),
-            (
-                51,
-                Entry::Lineage(
-                    50,
-                    lin(
-                        3,
-                        &[Range {
-                            inc: 10,
-                            first: 1,
-                            last: 3,
-                        }],
-                    ),
-                ),
-            ),
+            (51, Entry::Lineage(50, lin(3, &[range(10, 1, 3)]))),
             (60, Entry::Commit(50, com(4))),
             (70, Entry::Commit(50, com(5))),
             (90, Entry::Marker),
@@ -364,20 +355,7 @@ mod tests {
             (20, Entry::Commit(10, com(2))),
             (50, Entry::Marker),
             (55, Entry::Commit(10, com(3))),
-            (
-                56,
-                Entry::Lineage(
-                    50,
-                    lin(
-                        2,
-                        &[Range {
-                            inc: 10,
-                            first: 1,
-                            last: 2,
-                        }],
-                    ),
-                ),
-            ),
+            (56, Entry::Lineage(50, lin(2, &[range(10, 1, 2)]))),
         ];
         let l = Lineage::resolve(&log);
         assert_eq!((l.base, l.offsets.clone()), (2, vec![Some(200)]));
