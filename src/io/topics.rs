@@ -122,21 +122,34 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
         .block_on(f)
 }
 
-/// Partition count of a topic the job needs, or an error saying how to create it.
-pub fn partition_count<C: Consumer<X>, X: rdkafka::consumer::ConsumerContext>(
+/// A topic's partition count from the broker's metadata; `Err(detail)` when it does
+/// not exist or has no partitions.
+fn partitions_of<C: Consumer<X>, X: rdkafka::consumer::ConsumerContext>(
     consumer: &C,
     name: &str,
-) -> anyhow::Result<i32> {
+) -> anyhow::Result<Result<i32, String>> {
     let md = consumer
         .fetch_metadata(Some(name), Duration::from_secs(15))
         .with_context(|| {
             format!("reading metadata of topic `{name}` (is the broker reachable?)")
         })?;
-    match md.topics().first() {
+    Ok(match md.topics().first() {
         Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
             Ok(t.partitions().len() as i32)
         }
-        _ => bail!("topic `{name}` does not exist; create it with `gmv topics`"),
+        Some(t) => Err(format!(" or has no partitions ({:?})", t.error())),
+        None => Err(String::new()),
+    })
+}
+
+/// Partition count of a topic the job needs, or an error saying how to create it.
+pub fn partition_count<C: Consumer<X>, X: rdkafka::consumer::ConsumerContext>(
+    consumer: &C,
+    name: &str,
+) -> anyhow::Result<i32> {
+    match partitions_of(consumer, name)? {
+        Ok(n) => Ok(n),
+        Err(_) => bail!("topic `{name}` does not exist; create it with `gmv topics`"),
     }
 }
 
@@ -148,18 +161,11 @@ pub fn check_inputs<C: Consumer<X>, X: rdkafka::consumer::ConsumerContext>(
     let mut counts = Vec::new();
     let mut problems = Vec::new();
     for name in names {
-        let md = consumer
-            .fetch_metadata(Some(name), Duration::from_secs(15))
-            .with_context(|| {
-                format!("reading metadata of topic `{name}` (is the broker reachable?)")
-            })?;
-        match md.topics().first() {
-            Some(t) if t.error().is_none() && !t.partitions().is_empty() => counts.push((name, t.partitions().len() as i32)),
-            Some(t) => problems.push(format!(
-                "input topic `{name}` does not exist or has no partitions ({:?}); create it with `gmv topics`",
-                t.error()
+        match partitions_of(consumer, name)? {
+            Ok(n) => counts.push((name, n)),
+            Err(detail) => problems.push(format!(
+                "input topic `{name}` does not exist{detail}; create it with `gmv topics`"
             )),
-            None => problems.push(format!("input topic `{name}` does not exist; create it with `gmv topics`")),
         }
     }
     if !problems.is_empty() {
