@@ -58,7 +58,16 @@ fn main() {
     println!("produced {n} records in {:.1} s", t.elapsed().as_secs_f64());
 
     // Baseline: a consumer with the job's own settings that reads the same topics and does nothing.
-    let job_cfg = Config::load(Some(&config), &Default::default()).unwrap();
+    let mut job_cfg = Config::load(Some(&config), &Default::default()).unwrap();
+    // One queue for all partitions here, so the job's per-partition prefetch limit
+    // (it reads through lanes) would starve it: give it a deep one, as the job has in all.
+    job_cfg.kafka.consumer_properties.extend([
+        (
+            "queued.max.messages.kbytes".to_string(),
+            "262144".to_string(),
+        ),
+        ("queued.min.messages".to_string(), "1000000".to_string()),
+    ]);
     let c = gmv::io::consumer::create(&job_cfg, None).unwrap();
     gmv::io::consumer::assign_from_beginning(&c, &job_cfg.topics.inputs(), PARTITIONS).unwrap();
     let (mut read, mut started) = (0usize, None);

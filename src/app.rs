@@ -25,6 +25,7 @@ use crate::core::state::{
 };
 use crate::core::Engine;
 use crate::io::consumer::{self, Assignment, InputConsumer};
+use crate::io::lanes::{Lanes, LANE_BATCH};
 use crate::io::producer::{Kind, Record, TxnProducer, Written};
 use crate::io::topics;
 use crate::model::{InputTopic, Source};
@@ -89,16 +90,16 @@ pub fn stop_on_signal(flag: Arc<AtomicBool>) -> anyhow::Result<()> {
 
 /// Runs the job until `handles.shutdown` is set; then commits what is done.
 pub fn run(cfg: &Config, handles: &Handles) -> anyhow::Result<()> {
-    let consumer = consumer::create(cfg, Some(handles.metrics.clone()))?;
+    let consumer = Arc::new(consumer::create(cfg, Some(handles.metrics.clone()))?);
     let t = &cfg.topics;
     let inputs = t.inputs();
-    let partitions = topics::check_inputs(&consumer, &inputs)?;
-    let aggregation_partitions = topics::partition_count(&consumer, &t.repartition)?;
+    let partitions = topics::check_inputs(&*consumer, &inputs)?;
+    let aggregation_partitions = topics::partition_count(&*consumer, &t.repartition)?;
     for (name, want) in [
         (&t.attribution_changelog, partitions),
         (&t.aggregation_changelog, aggregation_partitions),
     ] {
-        let have = topics::partition_count(&consumer, name)?;
+        let have = topics::partition_count(&*consumer, name)?;
         if have != want {
             bail!("topic `{name}` has {have} partitions but needs {want}: one per task (see docs/scaling.md)");
         }
@@ -112,6 +113,7 @@ pub fn run(cfg: &Config, handles: &Handles) -> anyhow::Result<()> {
         cfg,
         engine: Engine::distributed(cfg.engine()),
         consumer,
+        lanes: Lanes::default(),
         producer,
         handles,
         out: Vec::new(),
@@ -166,7 +168,10 @@ struct InFlight {
 struct Loop<'a> {
     cfg: &'a Config,
     engine: Engine,
-    consumer: InputConsumer,
+    /// In an `Arc`: the lanes' queues hold it.
+    consumer: Arc<InputConsumer>,
+    /// The input partitions' own queues (the repartition topic stays on the consumer's).
+    lanes: Lanes,
     producer: Arc<TxnProducer>,
     handles: &'a Handles,
     out: Vec<Output>,
@@ -192,8 +197,10 @@ impl Loop<'_> {
         while !self.handles.shutdown.load(Ordering::Relaxed) {
             let mut started = None;
             let mut n = 0;
+            let mut idle = false;
             while n < MAX_BATCH && last_commit.elapsed() < commit_every {
-                let wait = if n == 0 {
+                // The consumer's own queue first: rebalances, the repartition topic.
+                let wait = if idle {
                     consumer::POLL_WAIT
                 } else {
                     Duration::ZERO
@@ -221,24 +228,30 @@ impl Loop<'_> {
                     }
                     continue;
                 }
+                let (engine, out, newest) =
+                    (&mut self.engine, &mut self.out, &mut self.newest_input_ms);
                 match polled {
-                    None => break,
-                    Some(Err(e)) => {
-                        tracing::warn!("consumer: {e}");
-                        break;
-                    }
                     Some(Ok(m)) => {
                         started.get_or_insert_with(Instant::now);
                         n += 1;
-                        dispatch(
-                            &mut self.engine,
-                            &mut self.out,
-                            &mut self.newest_input_ms,
-                            &inputs,
-                            &repartition,
-                            &m,
-                        );
+                        dispatch(engine, out, newest, &inputs, &repartition, &m);
+                        continue;
                     }
+                    Some(Err(e)) => tracing::warn!("consumer: {e}"),
+                    None => {}
+                }
+                let read = self.lanes.read(LANE_BATCH, |m| {
+                    dispatch(engine, out, newest, &inputs, &repartition, m)
+                });
+                if read > 0 {
+                    started.get_or_insert_with(Instant::now);
+                    n += read;
+                    idle = false;
+                } else if idle {
+                    // Waited and still nothing: see to commits and metrics.
+                    break;
+                } else {
+                    idle = true;
                 }
             }
             if let Some(started) = started {
@@ -479,31 +492,35 @@ impl Loop<'_> {
 
     /// Sends every task's state changes to its changelog partition, tagged with the transaction.
     fn send_changes(&mut self) -> anyhow::Result<()> {
-        let mut changes = Vec::new();
-        for t in self.engine.attribution_tasks() {
-            changes.push(((Stage::Attribution, t.partition()), t.take_changes()));
-        }
-        for t in self.engine.aggregation_tasks() {
-            changes.push(((Stage::Aggregation, t.partition()), t.take_changes()));
-        }
-        for ((stage, p), list) in changes {
-            let Some(run) = self.tasks.get(&(stage, p)) else {
-                continue;
-            };
-            let tag = Tag {
+        let (tasks, producer) = (&self.tasks, &self.producer);
+        // Tagged with the transaction being opened; a task without a run has nothing to write.
+        let tag_of = |stage, p| {
+            tasks.get(&(stage, p)).map(|run: &TaskRun| Tag {
                 inc: run.inc,
                 n: run.n + 1,
-            };
-            let topic = self.changelog(stage);
-            for (key, value) in &list {
-                self.producer.send(Record {
-                    topic,
-                    partition: Some(p),
-                    key: Some(key),
-                    value: value.as_deref(),
-                    tag: Some(tag),
-                    kind: Kind::Changelog,
-                })?;
+            })
+        };
+        let send = |stage, p, tag, key: &[u8], value: Option<&[u8]>| {
+            let Some(tag) = tag else { return Ok(()) };
+            producer.send(Record {
+                topic: changelog_topic(self.cfg, stage),
+                partition: Some(p),
+                key: Some(key),
+                value,
+                tag: Some(tag),
+                kind: Kind::Changelog,
+            })
+        };
+        for t in self.engine.attribution_tasks() {
+            let (stage, p) = (Stage::Attribution, t.partition());
+            let tag = tag_of(stage, p);
+            t.drain_changes(|key, value| send(stage, p, tag, key, value))?;
+        }
+        for t in self.engine.aggregation_tasks() {
+            let (stage, p) = (Stage::Aggregation, t.partition());
+            let tag = tag_of(stage, p);
+            for (key, value) in t.take_changes() {
+                send(stage, p, tag, &key, value.as_deref())?;
             }
         }
         Ok(())
@@ -608,6 +625,8 @@ impl Loop<'_> {
     fn restore(&mut self, assigned: Option<Vec<(String, i32)>>) -> anyhow::Result<()> {
         let started = Instant::now();
         self.producer.abort()?;
+        // The old assignment's queues: `assign` deactivates them anyway.
+        self.lanes = Lanes::default();
         // Records sent but not sealed never count: a restore treats them as aborted.
         self.in_flight = None;
         self.engine.clear();
@@ -736,6 +755,14 @@ impl Loop<'_> {
         self.consumer
             .assign(&tpl)
             .context("positioning the consumer at the restored offsets")?;
+        let inputs = self.cfg.topics.inputs();
+        let elements = tpl.elements();
+        let lanes: Vec<(&str, i32)> = elements
+            .iter()
+            .filter(|e| inputs.contains(&e.topic()))
+            .map(|e| (e.topic(), e.partition()))
+            .collect();
+        self.lanes = Lanes::split(&self.consumer, &lanes)?;
         self.tasks = runs;
         tracing::info!(
             instance = %self.cfg.kafka.instance_id,

@@ -5,7 +5,6 @@
 
 use std::sync::Arc;
 
-use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 use super::engine::{EngineConfig, Stats};
@@ -97,20 +96,22 @@ impl Interner {
 }
 
 /// An order as saved in the changelog: names, not ids, since ids are per process.
+/// Borrowed both ways: written from the interned names, read from the record.
 #[derive(Debug, Serialize, Deserialize)]
-struct SavedOrder {
-    brand: String,
-    channel: Option<String>,
-    country: String,
+struct SavedOrder<'a> {
+    brand: &'a str,
+    channel: Option<&'a str>,
+    country: &'a str,
     ts_ms: i64,
     first_paid_ms: i64,
 }
 
-/// The changelog value of one order id.
+/// The changelog value of one order id (`W`: a slice written, a `Vec` read).
 #[derive(Debug, Serialize, Deserialize)]
-struct SavedSlot {
-    order: Option<SavedOrder>,
-    waiting: Vec<Waiting>,
+struct SavedSlot<'a, W> {
+    #[serde(borrow)]
+    order: Option<SavedOrder<'a>>,
+    waiting: W,
 }
 
 /// The changelog value of the task's clocks.
@@ -545,26 +546,45 @@ impl AttributionTask {
             .sweep_orders(limit.saturating_sub(self.cfg.time.order_ttl_ms));
     }
 
-    /// Changelog records for everything changed since the last call: (key, value or tombstone).
-    pub fn take_changes(&mut self) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
-        let mut out = Vec::new();
-        for id in self.joins.take_changed() {
-            let value = self.joins.get(&id).map(|(order, waiting)| {
-                state::encode(&SavedSlot {
-                    order: order.map(|o| self.save_order(o)),
-                    waiting: waiting.to_vec(),
-                })
+    /// Hands every state change since the last call to `f` as a changelog
+    /// record (key, value or tombstone), encoded into buffers reused from one
+    /// record to the next: this runs once per changed id at every commit.
+    pub fn drain_changes<E>(
+        &mut self,
+        mut f: impl FnMut(&[u8], Option<&[u8]>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let (mut key, mut value) = (Vec::new(), Vec::new());
+        let names = &self.names;
+        self.joins.drain_changes(|id, slot| {
+            prefixed(&mut key, ORDER, id);
+            let Some((order, waiting)) = slot else {
+                return f(&key, None);
+            };
+            let order = order.map(|o| {
+                let a = o.attribution;
+                SavedOrder {
+                    brand: names[0].name(a.brand),
+                    channel: (a.channel != NO_CHANNEL).then(|| names[1].name(a.channel)),
+                    country: names[2].name(a.country),
+                    ts_ms: o.ts_ms,
+                    first_paid_ms: o.first_paid_ms,
+                }
             });
-            out.push((prefixed(ORDER, &id), value));
-        }
+            state::encode_into(&SavedSlot { order, waiting }, &mut value);
+            f(&key, Some(&value))
+        })?;
         for (prefix, ids) in [
             (PAYMENT_ID, &mut self.payment_ids),
             (DELIVERY_ID, &mut self.delivery_ids),
         ] {
-            for id in ids.take_changed() {
-                let value = ids.get(&id).map(|ts| state::encode(&ts));
-                out.push((prefixed(prefix, &id), value));
-            }
+            ids.drain_changes(|id, seen_ms| {
+                prefixed(&mut key, prefix, id);
+                let Some(ts) = seen_ms else {
+                    return f(&key, None);
+                };
+                state::encode_into(&ts, &mut value);
+                f(&key, Some(&value))
+            })?;
         }
         if std::mem::take(&mut self.clock_changed) {
             let clock = SavedClock {
@@ -577,20 +597,20 @@ impl AttributionTask {
                 watermark_ms: self.wm.current_ms(),
                 last_sweep_watermark_ms: self.last_sweep_watermark_ms,
             };
-            out.push((CLOCK_KEY.to_vec(), Some(state::encode(&clock))));
+            f(CLOCK_KEY, Some(&state::encode(&clock)))?;
         }
-        out
+        Ok(())
     }
 
-    fn save_order(&self, o: OrderInfo) -> SavedOrder {
-        let a = o.attribution;
-        SavedOrder {
-            brand: self.names[0].name(a.brand).to_string(),
-            channel: (a.channel != NO_CHANNEL).then(|| self.names[1].name(a.channel).to_string()),
-            country: self.names[2].name(a.country).to_string(),
-            ts_ms: o.ts_ms,
-            first_paid_ms: o.first_paid_ms,
-        }
+    /// [`AttributionTask::drain_changes`] collected, for tests.
+    #[cfg(test)]
+    pub fn take_changes(&mut self) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+        let mut out = Vec::new();
+        let _ = self.drain_changes(|k, v| {
+            out.push((k.to_vec(), v.map(<[u8]>::to_vec)));
+            Ok::<(), std::convert::Infallible>(())
+        });
+        out
     }
 
     /// Puts back one changelog record (the latest committed value of its key).
@@ -613,15 +633,12 @@ impl AttributionTask {
         let id = std::str::from_utf8(id).map_err(|e| e.to_string())?;
         match *prefix {
             ORDER => {
-                let s: SavedSlot = state::decode(value).map_err(bad)?;
+                let s: SavedSlot<Vec<Waiting>> = state::decode(value).map_err(bad)?;
                 let order = s.order.map(|o| OrderInfo {
                     attribution: Attribution {
-                        brand: self.names[0].intern(&o.brand),
-                        channel: o
-                            .channel
-                            .as_deref()
-                            .map_or(NO_CHANNEL, |c| self.names[1].intern(c)),
-                        country: self.names[2].intern(&o.country),
+                        brand: self.names[0].intern(o.brand),
+                        channel: o.channel.map_or(NO_CHANNEL, |c| self.names[1].intern(c)),
+                        country: self.names[2].intern(o.country),
                     },
                     ts_ms: o.ts_ms,
                     first_paid_ms: o.first_paid_ms,
@@ -640,11 +657,11 @@ impl AttributionTask {
     }
 }
 
-fn prefixed(prefix: u8, id: &CompactString) -> Vec<u8> {
-    let mut k = Vec::with_capacity(id.len() + 1);
-    k.push(prefix);
-    k.extend_from_slice(id.as_bytes());
-    k
+/// A state key: its kind's prefix, then the id.
+fn prefixed(key: &mut Vec<u8>, prefix: u8, id: &str) {
+    key.clear();
+    key.push(prefix);
+    key.extend_from_slice(id.as_bytes());
 }
 
 /// End of the last window or bucket holding `max_ts`: where the after-the-sale flush starts.

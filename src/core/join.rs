@@ -83,12 +83,17 @@ impl ChangedIds {
         }
     }
 
-    /// Each id once.
-    fn take(&mut self) -> Vec<CompactString> {
-        let mut c = self.0.as_mut().map(std::mem::take).unwrap_or_default();
+    /// Each id changed since the last call, once. The buffer keeps its capacity:
+    /// regrowing it every interval faulted in fresh pages each time.
+    fn drain_each<E>(&mut self, mut f: impl FnMut(&str) -> Result<(), E>) -> Result<(), E> {
+        let Some(c) = &mut self.0 else {
+            return Ok(());
+        };
         c.sort_unstable();
         c.dedup();
-        c
+        let r = c.iter().try_for_each(|id| f(id));
+        c.clear();
+        r
     }
 }
 
@@ -117,16 +122,19 @@ impl JoinState {
         self.changed.mark(order_id);
     }
 
-    /// Ids changed since the last call, each once.
-    pub fn take_changed(&mut self) -> Vec<CompactString> {
-        self.changed.take()
-    }
-
-    /// What is stored for an id, for the changelog: its order and the events waiting for it.
-    pub fn get(&self, order_id: &str) -> Option<(Option<OrderInfo>, &[Waiting])> {
-        self.slots
-            .get(order_id)
-            .map(|s| (s.order, s.waiting.as_deref().map_or(&[][..], |w| &w[..])))
+    /// Each id changed since the last call, once, with what is stored for it
+    /// now (its order and the events waiting for it; `None`: forgotten).
+    pub fn drain_changes<E>(
+        &mut self,
+        mut f: impl FnMut(&str, Option<(Option<OrderInfo>, &[Waiting])>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let slots = &self.slots;
+        self.changed.drain_each(|id| {
+            let slot = slots
+                .get(id)
+                .map(|s| (s.order, s.waiting.as_deref().map_or(&[][..], |w| &w[..])));
+            f(id, slot)
+        })
     }
 
     /// Puts back what [`JoinState::get`] returned (restore from the changelog).
@@ -285,14 +293,14 @@ impl Dedup {
         self.changed.track();
     }
 
-    /// Ids changed since the last call, each once.
-    pub fn take_changed(&mut self) -> Vec<CompactString> {
-        self.changed.take()
-    }
-
-    /// Event time an id was seen at, for the changelog.
-    pub fn get(&self, id: &str) -> Option<i64> {
-        self.seen.get(id).copied()
+    /// Each id changed since the last call, once, with the event time it was
+    /// seen at (`None`: forgotten).
+    pub fn drain_changes<E>(
+        &mut self,
+        mut f: impl FnMut(&str, Option<i64>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let seen = &self.seen;
+        self.changed.drain_each(|id| f(id, seen.get(id).copied()))
     }
 
     /// Puts back a seen id (restore).

@@ -235,6 +235,12 @@ pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     postcard::to_stdvec(v).expect("state values always encode")
 }
 
+/// [`encode`] into a buffer the caller reuses (replacing what it held).
+pub fn encode_into<T: Serialize>(v: &T, buf: &mut Vec<u8>) {
+    buf.clear();
+    *buf = postcard::to_extend(v, std::mem::take(buf)).expect("state values always encode");
+}
+
 /// Decodes what [`encode`] wrote; an error means a corrupt or foreign record.
 pub fn decode<'a, T: Deserialize<'a>>(b: &'a [u8]) -> Result<T, postcard::Error> {
     postcard::from_bytes(b)

@@ -121,10 +121,12 @@ pub fn create(cfg: &Config, metrics: Option<Arc<Mutex<Metrics>>>) -> anyhow::Res
         ("isolation.level", "read_committed"),
         ("statistics.interval.ms", "5000"),
         ("fetch.wait.max.ms", "100"),
-        // A deep prefetch queue keeps the loop fed while a fetch round trip is in flight;
-        // with librdkafka's 64 MB default the loop waited on refills (docs/performance.md).
-        ("queued.max.messages.kbytes", "262144"),
-        ("queued.min.messages", "1000000"),
+        // The input is read through per-partition queues (`lanes`), where these
+        // prefetch limits apply per partition, not to the whole consumer: enough to
+        // cover a fetch round trip at full speed, without buffering a whole backlog
+        // (every byte of it fresh memory, which costs here: docs/performance.md).
+        ("queued.max.messages.kbytes", "8192"),
+        ("queued.min.messages", "100000"),
     ];
     let ctx = LagContext {
         metrics,

@@ -1,7 +1,8 @@
-//! Kafka only: client settings, the input consumer, the acknowledged output
-//! producer, and topic creation and checks.
+//! Kafka only: client settings, the input consumer and its per-partition
+//! lanes, the acknowledged output producer, and topic creation and checks.
 
 pub mod consumer;
+pub mod lanes;
 pub mod producer;
 pub mod topics;
 
