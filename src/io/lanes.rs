@@ -84,3 +84,106 @@ impl Lanes {
         0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::CString;
+    use std::time::{Duration, Instant};
+
+    use rdkafka::consumer::Consumer;
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+    use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+    use rdkafka::ClientConfig;
+
+    use super::*;
+    use crate::config::Config;
+
+    /// Messages fetched into a partition's queue, not yet read.
+    fn queued(consumer: &InputConsumer, topic: &str, p: i32) -> usize {
+        let topic = CString::new(topic).unwrap();
+        let client = consumer.client().native_ptr();
+        // SAFETY: a new handle on the partition's queue, only measured, then released.
+        unsafe {
+            let q = rdkafka::bindings::rd_kafka_queue_get_partition(client, topic.as_ptr(), p);
+            assert!(!q.is_null());
+            let n = rdkafka::bindings::rd_kafka_queue_length(q);
+            rdkafka::bindings::rd_kafka_queue_destroy(q);
+            n
+        }
+    }
+
+    #[test]
+    fn the_lane_whose_last_record_is_oldest_is_read_first() {
+        let cluster = MockCluster::new(1).unwrap();
+        for t in ["ahead", "behind"] {
+            cluster.create_topic(t, 1, 1).unwrap();
+        }
+        let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .create()
+            .unwrap();
+        // `ahead` was written later than `behind` (Kafka timestamps), as payments are after orders.
+        // (A timestamp of 0 would mean "now" to librdkafka.)
+        const T0: i64 = 1_762_790_400_000;
+        for i in 0..5i64 {
+            for (topic, ts) in [("ahead", 1_000 + i), ("behind", i)] {
+                let v = format!("{topic}{ts}");
+                let ts = T0 + ts;
+                producer
+                    .send(
+                        BaseRecord::<(), _>::to(topic)
+                            .payload(&v)
+                            .partition(0)
+                            .timestamp(ts),
+                    )
+                    .unwrap();
+            }
+        }
+        producer.flush(Duration::from_secs(10)).unwrap();
+
+        let mut cfg = Config::default();
+        cfg.kafka.brokers = cluster.bootstrap_servers();
+        let consumer = Arc::new(super::super::consumer::create(&cfg, None).unwrap());
+        let mut tpl = TopicPartitionList::new();
+        for t in ["ahead", "behind"] {
+            tpl.add_partition_offset(t, 0, Offset::Beginning).unwrap();
+        }
+        consumer.assign(&tpl).unwrap();
+        let mut lanes = Lanes::split(&consumer, &[("ahead", 0), ("behind", 0)]).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while queued(&consumer, "ahead", 0) < 5 || queued(&consumer, "behind", 0) < 5 {
+            assert!(
+                Instant::now() < deadline,
+                "the mock broker did not deliver the records"
+            );
+            let _ = consumer.poll(Duration::from_millis(10));
+        }
+
+        let mut seen = Vec::new();
+        while seen.len() < 10 {
+            let n = lanes.read(1, |m| {
+                seen.push(String::from_utf8(m.payload().unwrap().to_vec()).unwrap())
+            });
+            assert_eq!(n, 1, "both lanes still hold records");
+        }
+        // Lanes not read yet go first (in assignment order); then always the oldest.
+        assert_eq!(
+            seen,
+            [
+                "ahead1000",
+                "behind0",
+                "behind1",
+                "behind2",
+                "behind3",
+                "behind4",
+                "ahead1001",
+                "ahead1002",
+                "ahead1003",
+                "ahead1004"
+            ]
+        );
+        assert_eq!(lanes.read(LANE_BATCH, |_| {}), 0, "every lane is empty");
+        drop(lanes);
+    }
+}
