@@ -180,7 +180,8 @@ pub type Delta = super::engine::Totals;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartialEntry {
     pub dim: Dim,
-    pub key: String,
+    /// Names are short: stored inline, no allocation per entry (encoded as a string).
+    pub key: compact_str::CompactString,
     pub bucket_ms: i64,
     pub delta: Delta,
 }
