@@ -29,6 +29,9 @@ struct TotalSlot {
     dirty: bool,
 }
 
+/// One key's delta in one bucket, the key as an aggregation task's id.
+pub type KeyedDelta = (Dim, u32, i64, Delta);
+
 /// Aggregates of one dimension.
 #[derive(Debug)]
 struct DimState {
@@ -341,18 +344,38 @@ impl AggregationTask {
         stats: &mut Stats,
         out: &mut Vec<Output>,
     ) {
+        let keyed: Vec<KeyedDelta> = entries
+            .iter()
+            .map(|e| (e.dim, self.intern(e.dim, &e.key), e.bucket_ms, e.delta))
+            .collect();
+        self.apply_keyed(source, progress, &keyed, stats, out);
+    }
+
+    /// This task's id of a key name (ids are per task).
+    pub fn intern(&mut self, dim: Dim, name: &str) -> u32 {
+        self.dims[dim.index()].names.intern(name)
+    }
+
+    /// [`AggregationTask::apply`] with keys already as this task's ids: in process,
+    /// the engine translates ids without going through names each time.
+    pub fn apply_keyed(
+        &mut self,
+        source: i32,
+        progress: Progress,
+        entries: &[KeyedDelta],
+        stats: &mut Stats,
+        out: &mut Vec<Output>,
+    ) {
         let limit = self.close_limit();
         let mut late = 0;
-        for e in entries {
-            if e.bucket_ms.saturating_add(BUCKET_MS) <= limit {
+        for (dim, key, bucket_ms, delta) in entries {
+            if bucket_ms.saturating_add(BUCKET_MS) <= limit {
                 // Its task judged it on time, but its bucket closed meanwhile: only
                 // possible when that task came back from idleness behind the others.
                 late += 1;
                 continue;
             }
-            let d = &mut self.dims[e.dim.index()];
-            let key = d.names.intern(&e.key);
-            d.apply(key, e.bucket_ms, &e.delta, &mut self.changed);
+            self.dims[dim.index()].apply(*key, *bucket_ms, delta, &mut self.changed);
         }
         if late > 0 {
             stats.late_partials += late;

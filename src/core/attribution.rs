@@ -293,20 +293,34 @@ impl AttributionTask {
     /// Partial sums since the last call, with names. In this task's key order
     /// (by interned id): sums add up in any order, so names need not be compared.
     pub fn take_partials(&mut self) -> Vec<PartialEntry> {
-        let mut keyed: Vec<_> = self.partials.drain().collect();
-        keyed.sort_unstable_by_key(|(k, _)| *k);
-        keyed
+        self.take_partial_ids()
             .into_iter()
-            .map(|((dim, id, bucket_ms), delta)| PartialEntry {
+            .map(|(dim, id, bucket_ms, delta)| PartialEntry {
                 dim,
-                key: match dim {
-                    Dim::Total => TOTAL_KEY.into(),
-                    d => self.names[d.index() - 1].name(id).into(),
-                },
+                key: self.key_name(dim, id).into(),
                 bucket_ms,
                 delta,
             })
             .collect()
+    }
+
+    /// [`AttributionTask::take_partials`] with this task's key ids instead of names.
+    pub fn take_partial_ids(&mut self) -> Vec<(Dim, u32, i64, Delta)> {
+        let mut keyed: Vec<_> = self
+            .partials
+            .drain()
+            .map(|((dim, id, bucket_ms), delta)| (dim, id, bucket_ms, delta))
+            .collect();
+        keyed.sort_unstable_by_key(|&(dim, id, bucket_ms, _)| (dim, id, bucket_ms));
+        keyed
+    }
+
+    /// The name of this task's key id `id` in `dim`.
+    pub fn key_name(&self, dim: Dim, id: u32) -> &str {
+        match dim {
+            Dim::Total => TOTAL_KEY,
+            d => self.names[d.index() - 1].name(id),
+        }
     }
 
     fn dead_letter(

@@ -142,6 +142,9 @@ pub struct Engine {
     aggregation: BTreeMap<i32, AggregationTask>,
     /// Partial sums go straight to aggregation task 0 (no Kafka between the stages).
     in_process: bool,
+    /// In process, per attribution task and dimension: its key ids as aggregation
+    /// task 0's (`u32::MAX`: not looked up yet), so routing skips the names.
+    route_ids: BTreeMap<i32, [Vec<u32>; 4]>,
     stats: Stats,
     last_emit_ms: i64,
 }
@@ -162,6 +165,7 @@ impl Engine {
             attribution: BTreeMap::new(),
             aggregation: BTreeMap::new(),
             in_process: false,
+            route_ids: BTreeMap::new(),
             stats: Stats::default(),
             last_emit_ms: i64::MIN,
         }
@@ -187,12 +191,14 @@ impl Engine {
     pub fn add_attribution(&mut self, partition: i32, now_ms: i64) -> &mut AttributionTask {
         let task = AttributionTask::new(partition, self.cfg.clone(), now_ms);
         self.attribution.insert(partition, task);
+        self.route_ids.remove(&partition);
         self.attribution.get_mut(&partition).expect("just inserted")
     }
 
     pub fn add_aggregation(&mut self, partition: i32, source_count: usize) -> &mut AggregationTask {
         let task = AggregationTask::new(partition, self.cfg.clone(), source_count);
         self.aggregation.insert(partition, task);
+        self.route_ids.clear();
         self.aggregation.get_mut(&partition).expect("just inserted")
     }
 
@@ -200,6 +206,7 @@ impl Engine {
     pub fn clear(&mut self) {
         self.attribution.clear();
         self.aggregation.clear();
+        self.route_ids.clear();
     }
 
     pub fn attribution_tasks(&mut self) -> impl Iterator<Item = &mut AttributionTask> {
@@ -253,8 +260,20 @@ impl Engine {
             return;
         };
         for t in self.attribution.values_mut() {
-            let entries = t.take_partials();
-            agg.apply(t.partition(), t.progress(), &entries, &mut self.stats, out);
+            let ids = self.route_ids.entry(t.partition()).or_default();
+            let mut entries = t.take_partial_ids();
+            for (dim, id, _, _) in &mut entries {
+                let known = &mut ids[dim.index()];
+                let at = *id as usize;
+                if known.len() <= at {
+                    known.resize(at + 1, u32::MAX);
+                }
+                if known[at] == u32::MAX {
+                    known[at] = agg.intern(*dim, t.key_name(*dim, *id));
+                }
+                *id = known[at];
+            }
+            agg.apply_keyed(t.partition(), t.progress(), &entries, &mut self.stats, out);
         }
     }
 
