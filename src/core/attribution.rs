@@ -323,6 +323,7 @@ impl AttributionTask {
         }
     }
 
+    #[allow(clippy::too_many_arguments)] // the record's parts, as they come
     fn dead_letter(
         &mut self,
         source: Source,

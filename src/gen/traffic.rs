@@ -737,11 +737,9 @@ impl Traffic {
                     self.schedule(at, seq, ST_SHIPPED, 0, 0);
                 }
             }
-            ST_SHIPPED => {
-                if self.chance(DELIVERED_SHARE) {
-                    let at = p.release + self.skewed_delay(DELIVER_DELAY_MS, 2);
-                    self.schedule(at, seq, ST_DELIVERED, 0, 0);
-                }
+            ST_SHIPPED if self.chance(DELIVERED_SHARE) => {
+                let at = p.release + self.skewed_delay(DELIVER_DELAY_MS, 2);
+                self.schedule(at, seq, ST_DELIVERED, 0, 0);
             }
             _ => {}
         }
