@@ -1,7 +1,10 @@
-//! The memory allocator: mimalloc (one small key per order and id is
-//! allocated on the hot path, and it is markedly faster there than glibc's),
-//! told to keep freed memory for reuse rather than return it to the OS; and
-//! glibc's malloc, which librdkafka uses, told the same.
+//! The memory allocator: mimalloc, for the job's own allocations (one small
+//! key per order and id on the hot path, where it is markedly faster than
+//! glibc's) and, through its `override` feature, as the process's `malloc`,
+//! so librdkafka's records and fetch buffers come from it too. glibc's malloc
+//! made the loop wait on an arena lock whenever it freed a message that the
+//! broker thread had allocated (docs/performance.md); mimalloc frees from
+//! another thread without a lock. It is told to keep freed memory for reuse.
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -11,30 +14,9 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 /// Call first thing in `main`. The job's memory is long-lived state that grows
 /// until `order_ttl` and is then reused; handing freed pages back to the OS
-/// only makes the next allocation fault them in again (measured in
-/// docs/performance.md).
+/// only makes the next allocation fault them in and zero them again, which is
+/// slow on virtual machines (measured in docs/performance.md).
 pub fn keep_freed_memory() {
     // SAFETY: sets a process-wide option; mimalloc documents it as safe at any time.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) }
-    keep_freed_c_memory();
 }
-
-/// librdkafka allocates every produced record and every fetch response with
-/// glibc's malloc and frees them once acknowledged or consumed. By default glibc
-/// serves large blocks (a fetch response) with fresh `mmap`s and trims its heaps
-/// after a burst of frees, so each commit interval faulted in and zeroed new pages
-/// again (`perf`: a third of the job's time in the kernel's `clear_page_erms`).
-/// Large blocks from the heap and no trimming keep those pages for reuse.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn keep_freed_c_memory() {
-    // glibc's largest allowed mmap threshold on 64-bit (DEFAULT_MMAP_THRESHOLD_MAX).
-    const MMAP_THRESHOLD: libc::c_int = 32 << 20;
-    // SAFETY: mallopt only changes malloc's parameters; called before any client thread exists.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, libc::c_int::MAX);
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn keep_freed_c_memory() {}
