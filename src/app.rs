@@ -235,6 +235,7 @@ impl Loop<'_> {
                         started.get_or_insert_with(Instant::now);
                         n += 1;
                         dispatch(engine, out, newest, &inputs, &repartition, &m);
+                        idle = false;
                         continue;
                     }
                     Some(Err(e)) => tracing::warn!("consumer: {e}"),
@@ -248,7 +249,9 @@ impl Loop<'_> {
                     n += read;
                     idle = false;
                 } else if idle {
-                    // Waited and still nothing: see to commits and metrics.
+                    // Waited and still nothing: see to commits and metrics. (The wait is
+                    // on the consumer's queue: a record reaching a lane meanwhile waits
+                    // for it to end, up to POLL_WAIT.)
                     break;
                 } else {
                     idle = true;
