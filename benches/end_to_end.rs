@@ -59,8 +59,9 @@ fn main() {
 
     // Baseline: a consumer with the job's own settings that reads the same topics and does nothing.
     let mut job_cfg = Config::load(Some(&config), &Default::default()).unwrap();
-    // One queue for all partitions here, so the job's per-partition prefetch limit
-    // (it reads through lanes) would starve it: give it a deep one, as the job has in all.
+    // One queue for all partitions here, where the job's 8 MB limit (per partition in
+    // its lanes) would apply to everything and starve it: give it the deep single
+    // queue the job had before it read through lanes.
     job_cfg.kafka.consumer_properties.extend([
         (
             "queued.max.messages.kbytes".to_string(),

@@ -241,8 +241,8 @@ impl Loop<'_> {
                     Some(Err(e)) => tracing::warn!("consumer: {e}"),
                     None => {}
                 }
-                let read = self.lanes.read(LANE_BATCH, |m| {
-                    dispatch(engine, out, newest, &inputs, &repartition, m)
+                let read = self.lanes.read(LANE_BATCH, |topic, m| {
+                    dispatch_input(engine, out, newest, topic, m)
                 });
                 if read > 0 {
                     started.get_or_insert_with(Instant::now);
@@ -760,10 +760,12 @@ impl Loop<'_> {
             .context("positioning the consumer at the restored offsets")?;
         let inputs = self.cfg.topics.inputs();
         let elements = tpl.elements();
-        let lanes: Vec<(&str, i32)> = elements
+        let lanes: Vec<(InputTopic, &str, i32)> = elements
             .iter()
-            .filter(|e| inputs.contains(&e.topic()))
-            .map(|e| (e.topic(), e.partition()))
+            .filter_map(|e| {
+                let i = inputs.iter().position(|t| *t == e.topic())?;
+                Some((InputTopic::ALL[i], e.topic(), e.partition()))
+            })
             .collect();
         self.lanes = Lanes::split(&self.consumer, &lanes)?;
         self.tasks = runs;
@@ -812,7 +814,7 @@ impl Loop<'_> {
     }
 }
 
-/// Hands one record to the task that owns its partition.
+/// Hands one record from the consumer's own queue to the task that owns its partition.
 fn dispatch<M: Message>(
     engine: &mut Engine,
     out: &mut Vec<Output>,
@@ -832,11 +834,21 @@ fn dispatch<M: Message>(
         }
         return;
     }
-    let Some(i) = inputs.iter().position(|t| t == m.topic()) else {
-        return;
-    };
+    if let Some(i) = inputs.iter().position(|t| t == m.topic()) {
+        dispatch_input(engine, out, newest_input_ms, InputTopic::ALL[i], m);
+    }
+}
+
+/// Hands one input record, of a topic already known (a lane's), to its attribution task.
+fn dispatch_input<M: Message>(
+    engine: &mut Engine,
+    out: &mut Vec<Output>,
+    newest_input_ms: &mut i64,
+    topic: InputTopic,
+    m: &M,
+) {
     let source = Source {
-        topic: InputTopic::ALL[i],
+        topic,
         partition: m.partition(),
         offset: m.offset(),
     };

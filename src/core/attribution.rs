@@ -179,7 +179,7 @@ impl AttributionTask {
         }
     }
 
-    /// Records every state change from now on, for [`AttributionTask::take_changes`].
+    /// Records every state change from now on, for [`AttributionTask::drain_changes`].
     pub fn track_changes(&mut self) {
         self.tracking = true;
         self.joins.track_changes();

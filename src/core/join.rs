@@ -67,7 +67,7 @@ impl Slot {
     }
 }
 
-/// Ids changed since the last `take`, recorded only once tracking started (for a changelog).
+/// Ids changed since the last `drain_each`, recorded only once tracking started (for a changelog).
 #[derive(Debug, Default)]
 struct ChangedIds(Option<Vec<CompactString>>);
 
@@ -137,7 +137,7 @@ impl JoinState {
         })
     }
 
-    /// Puts back what [`JoinState::get`] returned (restore from the changelog).
+    /// Puts back what [`JoinState::drain_changes`] handed out (restore from the changelog).
     pub fn restore(&mut self, order_id: &str, order: Option<OrderInfo>, waiting: Vec<Waiting>) {
         if order.is_none() && waiting.is_empty() {
             return;

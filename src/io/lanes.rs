@@ -13,12 +13,15 @@ use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::message::{BorrowedMessage, Message};
 
 use super::consumer::{InputConsumer, LagContext};
+use crate::model::InputTopic;
 
 /// Records read from one lane before the lanes are compared again.
 pub const LANE_BATCH: usize = 500;
 
 struct Lane {
     queue: PartitionQueue<LagContext>,
+    /// Known once here, so no record's topic name is looked up and compared.
+    topic: InputTopic,
     /// Kafka timestamp of the last record read from it (`i64::MIN`: none yet).
     last_ms: i64,
 }
@@ -34,17 +37,21 @@ pub struct Lanes {
 impl Lanes {
     /// Takes `parts` out of the consumer's queue. Call right after `assign`,
     /// before the next poll, which would otherwise hand them out first.
-    pub fn split(consumer: &Arc<InputConsumer>, parts: &[(&str, i32)]) -> anyhow::Result<Lanes> {
+    pub fn split(
+        consumer: &Arc<InputConsumer>,
+        parts: &[(InputTopic, &str, i32)],
+    ) -> anyhow::Result<Lanes> {
         let lanes = parts
             .iter()
-            .map(|(topic, p)| {
+            .map(|&(topic, name, p)| {
                 consumer
-                    .split_partition_queue(topic, *p)
+                    .split_partition_queue(name, p)
                     .map(|queue| Lane {
                         queue,
+                        topic,
                         last_ms: i64::MIN,
                     })
-                    .ok_or_else(|| anyhow::anyhow!("no queue for {topic} [{p}]"))
+                    .ok_or_else(|| anyhow::anyhow!("no queue for {name} [{p}]"))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Lanes {
@@ -54,8 +61,12 @@ impl Lanes {
     }
 
     /// Reads up to `max` records from the oldest lane that has any, handing
-    /// each to `f`; 0 when every lane is empty. Never blocks.
-    pub fn read(&mut self, max: usize, mut f: impl FnMut(&BorrowedMessage<'_>)) -> usize {
+    /// each to `f` with its topic; 0 when every lane is empty. Never blocks.
+    pub fn read(
+        &mut self,
+        max: usize,
+        mut f: impl FnMut(InputTopic, &BorrowedMessage<'_>),
+    ) -> usize {
         let lanes = &mut self.lanes;
         self.order.sort_unstable_by_key(|&i| lanes[i].last_ms);
         for &i in &self.order {
@@ -67,7 +78,7 @@ impl Lanes {
                         if let Some(ts) = m.timestamp().to_millis() {
                             lane.last_ms = ts;
                         }
-                        f(&m);
+                        f(lane.topic, &m);
                         n += 1;
                     }
                     Some(Err(e)) => {
@@ -150,7 +161,11 @@ mod tests {
             tpl.add_partition_offset(t, 0, Offset::Beginning).unwrap();
         }
         consumer.assign(&tpl).unwrap();
-        let mut lanes = Lanes::split(&consumer, &[("ahead", 0), ("behind", 0)]).unwrap();
+        let parts = [
+            (InputTopic::Payments, "ahead", 0),
+            (InputTopic::Orders, "behind", 0),
+        ];
+        let mut lanes = Lanes::split(&consumer, &parts).unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
         while queued(&consumer, "ahead", 0) < 5 || queued(&consumer, "behind", 0) < 5 {
             assert!(
@@ -162,8 +177,15 @@ mod tests {
 
         let mut seen = Vec::new();
         while seen.len() < 10 {
-            let n = lanes.read(1, |m| {
-                seen.push(String::from_utf8(m.payload().unwrap().to_vec()).unwrap())
+            let n = lanes.read(1, |topic, m| {
+                let payload = String::from_utf8(m.payload().unwrap().to_vec()).unwrap();
+                let want = if payload.starts_with("ahead") {
+                    InputTopic::Payments
+                } else {
+                    InputTopic::Orders
+                };
+                assert_eq!(topic, want, "{payload} comes with its lane's topic");
+                seen.push(payload)
             });
             assert_eq!(n, 1, "both lanes still hold records");
         }
@@ -183,7 +205,7 @@ mod tests {
                 "ahead1004"
             ]
         );
-        assert_eq!(lanes.read(LANE_BATCH, |_| {}), 0, "every lane is empty");
+        assert_eq!(lanes.read(LANE_BATCH, |_, _| {}), 0, "every lane is empty");
         drop(lanes);
     }
 }
