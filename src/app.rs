@@ -198,6 +198,9 @@ impl Loop<'_> {
             let mut started = None;
             let mut n = 0;
             let mut idle = false;
+            // Records in a row from the consumer's own queue: a backlog there (the
+            // repartition topic after a restore) must not keep the lanes waiting.
+            let mut own_run = 0;
             while n < MAX_BATCH && last_commit.elapsed() < commit_every {
                 // The consumer's own queue first: rebalances, the repartition topic.
                 let wait = if idle {
@@ -236,11 +239,15 @@ impl Loop<'_> {
                         n += 1;
                         dispatch(engine, out, newest, &inputs, &repartition, &m);
                         idle = false;
-                        continue;
+                        own_run += 1;
+                        if own_run < LANE_BATCH {
+                            continue;
+                        }
                     }
                     Some(Err(e)) => tracing::warn!("consumer: {e}"),
                     None => {}
                 }
+                own_run = 0;
                 let read = self.lanes.read(LANE_BATCH, |topic, m| {
                     dispatch_input(engine, out, newest, topic, m)
                 });
@@ -300,6 +307,10 @@ impl Loop<'_> {
             return Ok(());
         }
         let now = now_ms();
+        // A partition whose records wait in its lane is behind the others, not idle.
+        let engine = &mut self.engine;
+        self.lanes
+            .each_waiting(|topic, p| engine.touch((topic, p), now));
         self.engine.on_tick(now, &mut self.out);
         self.send_batches()?;
         if now - self.last_emit_ms >= self.cfg.time.emit_interval_ms {
@@ -713,6 +724,7 @@ impl Loop<'_> {
             result
                 .map_err(|e| anyhow::anyhow!(e))
                 .with_context(|| format!("restoring {stage:?} task {p}"))?;
+            tracing::debug!(instance = %self.cfg.kafka.instance_id, ?stage, p, inc = incs[&(stage, p)], base = lineage.base, offsets = ?lineage.offsets, ranges = ?lineage.ranges, keys = entries.len(), "task restored");
             // 3. The lineage record: this incarnation's start, before any of its work.
             let inc = incs[&(stage, p)];
             let value = state::encode(&LineageRecord {

@@ -292,6 +292,16 @@ impl AggregationTask {
         }
         let mut ready = Vec::new();
         if batch.tag.inc > src.inc {
+            tracing::debug!(
+                task = self.partition,
+                source = batch.source,
+                old_inc = src.inc,
+                new_inc = batch.tag.inc,
+                base = batch.base,
+                applied_n = src.applied_n,
+                pending = ?src.pending.iter().map(|(o, b)| (*o, b.tag.n)).collect::<Vec<_>>(),
+                "a source task's newer incarnation: its old one's batches up to `base` count"
+            );
             // A newer incarnation restored from `base`: what the old one wrote up to
             // there committed, the rest was aborted.
             for (_, b) in src.pending.drain(..) {

@@ -264,6 +264,11 @@ impl AttributionTask {
         }
     }
 
+    /// `part` has records fetched and waiting: not idle (see [`Watermarks::touch`]).
+    pub fn touch(&mut self, part: PartitionId, now_ms: i64) {
+        self.wm.touch(part, now_ms);
+    }
+
     /// Wall-clock tick: idleness; when every partition of the task is idle, the
     /// after-the-sale flush (joins time out as if the watermark had passed them).
     pub fn on_tick(&mut self, now_ms: i64, stats: &mut Stats) {

@@ -234,6 +234,13 @@ impl Engine {
         }
     }
 
+    /// Input partition `part` has records fetched but not read yet: it is not idle.
+    pub fn touch(&mut self, part: PartitionId, now_ms: i64) {
+        if let Some(t) = self.attribution.get_mut(&part.1) {
+            t.touch(part, now_ms);
+        }
+    }
+
     /// A batch read from the repartition topic, for the aggregation task of `partition`.
     pub fn receive(
         &mut self,

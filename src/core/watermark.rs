@@ -77,6 +77,13 @@ impl Watermarks {
         }
     }
 
+    /// The partition has records waiting to be read: not idle, though none was read lately.
+    pub fn touch(&mut self, part: PartitionId, now_ms: i64) {
+        if let Some(c) = self.parts.get_mut(&part) {
+            c.last_seen_wall_ms = c.last_seen_wall_ms.max(now_ms);
+        }
+    }
+
     /// Marks partitions idle after `idle_timeout`; returns true when the watermark moved.
     pub fn on_tick(&mut self, now_ms: i64) -> bool {
         let mut changed = false;
@@ -201,6 +208,23 @@ mod tests {
         assert_eq!(w.current_ms(), 245_000);
         assert!(!w.on_tick(30_000), "no active partition left to move it");
         assert!(w.all_idle());
+    }
+
+    #[test]
+    fn a_partition_with_records_waiting_is_not_idle() {
+        let mut w = Watermarks::new(0, 10_000);
+        w.assign(&[(Orders, 0), (Orders, 1)], 0);
+        w.observe((Orders, 0), 100, 0);
+        w.observe((Orders, 1), 50, 0);
+        // Nothing read from partition 1 for 15 s, but its records wait to be read.
+        w.touch((Orders, 1), 8_000);
+        w.observe((Orders, 0), 200, 15_000);
+        assert!(!w.on_tick(15_000));
+        assert_eq!(w.idle_count(), 0);
+        assert_eq!(w.current_ms(), 50, "held where partition 1 stands");
+        // Once its queue stays empty for the timeout, it is idle.
+        assert!(w.on_tick(18_000));
+        assert_eq!(w.current_ms(), 200);
     }
 
     #[test]

@@ -10,6 +10,7 @@
 use std::sync::Arc;
 
 use rdkafka::consumer::base_consumer::PartitionQueue;
+use rdkafka::consumer::Consumer;
 use rdkafka::message::{BorrowedMessage, Message};
 
 use super::consumer::{InputConsumer, LagContext};
@@ -19,9 +20,14 @@ use crate::model::InputTopic;
 pub const LANE_BATCH: usize = 500;
 
 struct Lane {
+    /// A second handle on the same queue, to ask how many records wait in it
+    /// (`PartitionQueue` does not expose its own). Before `queue`: dropped first,
+    /// while `queue` still holds the consumer.
+    count: QueueHandle,
     queue: PartitionQueue<LagContext>,
     /// Known once here, so no record's topic name is looked up and compared.
     topic: InputTopic,
+    partition: i32,
     /// Kafka timestamp of the last record read from it (`i64::MIN`: none yet).
     last_ms: i64,
 }
@@ -44,20 +50,34 @@ impl Lanes {
         let lanes = parts
             .iter()
             .map(|&(topic, name, p)| {
-                consumer
-                    .split_partition_queue(name, p)
-                    .map(|queue| Lane {
+                let queue = consumer.split_partition_queue(name, p);
+                let count = QueueHandle::of_partition(consumer, name, p);
+                match (queue, count) {
+                    (Some(queue), Some(count)) => Ok(Lane {
                         queue,
+                        count,
                         topic,
+                        partition: p,
                         last_ms: i64::MIN,
-                    })
-                    .ok_or_else(|| anyhow::anyhow!("no queue for {name} [{p}]"))
+                    }),
+                    _ => Err(anyhow::anyhow!("no queue for {name} [{p}]")),
+                }
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Lanes {
             order: (0..lanes.len()).collect(),
             lanes,
         })
+    }
+
+    /// Each lane holding fetched records not read yet. Such a partition is not
+    /// idle, however long since the loop last read it: it waits for its turn.
+    pub fn each_waiting(&self, mut f: impl FnMut(InputTopic, i32)) {
+        for lane in &self.lanes {
+            if lane.count.len() > 0 {
+                f(lane.topic, lane.partition);
+            }
+        }
     }
 
     /// Reads up to `max` records from the oldest lane that has any, handing
@@ -96,12 +116,41 @@ impl Lanes {
     }
 }
 
+/// An owned librdkafka handle on a partition's queue, only ever measured.
+struct QueueHandle(*mut rdkafka::bindings::rd_kafka_queue_t);
+
+impl QueueHandle {
+    fn of_partition(consumer: &InputConsumer, topic: &str, partition: i32) -> Option<Self> {
+        let topic = std::ffi::CString::new(topic).ok()?;
+        // SAFETY: the client outlives the handle (the lane's `PartitionQueue` holds
+        // the consumer); librdkafka returns a new reference or null.
+        let q = unsafe {
+            rdkafka::bindings::rd_kafka_queue_get_partition(
+                consumer.client().native_ptr(),
+                topic.as_ptr(),
+                partition,
+            )
+        };
+        (!q.is_null()).then_some(QueueHandle(q))
+    }
+
+    fn len(&self) -> usize {
+        // SAFETY: a live handle (released only on drop).
+        unsafe { rdkafka::bindings::rd_kafka_queue_length(self.0) }
+    }
+}
+
+impl Drop for QueueHandle {
+    fn drop(&mut self) {
+        // SAFETY: the reference taken in `of_partition`, released once.
+        unsafe { rdkafka::bindings::rd_kafka_queue_destroy(self.0) }
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use std::ffi::CString;
     use std::time::{Duration, Instant};
 
-    use rdkafka::consumer::Consumer;
     use rdkafka::mocking::MockCluster;
     use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
     use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -112,16 +161,7 @@ mod tests {
 
     /// Messages fetched into a partition's queue, not yet read.
     fn queued(consumer: &InputConsumer, topic: &str, p: i32) -> usize {
-        let topic = CString::new(topic).unwrap();
-        let client = consumer.client().native_ptr();
-        // SAFETY: a new handle on the partition's queue, only measured, then released.
-        unsafe {
-            let q = rdkafka::bindings::rd_kafka_queue_get_partition(client, topic.as_ptr(), p);
-            assert!(!q.is_null());
-            let n = rdkafka::bindings::rd_kafka_queue_length(q);
-            rdkafka::bindings::rd_kafka_queue_destroy(q);
-            n
-        }
+        QueueHandle::of_partition(consumer, topic, p).unwrap().len()
     }
 
     #[test]
@@ -175,6 +215,13 @@ mod tests {
             let _ = consumer.poll(Duration::from_millis(10));
         }
 
+        let mut waiting = Vec::new();
+        lanes.each_waiting(|topic, p| waiting.push((topic, p)));
+        assert_eq!(
+            waiting,
+            [(InputTopic::Payments, 0), (InputTopic::Orders, 0)],
+            "both lanes hold records not read yet"
+        );
         let mut seen = Vec::new();
         while seen.len() < 10 {
             let n = lanes.read(1, |topic, m| {
@@ -206,6 +253,7 @@ mod tests {
             ]
         );
         assert_eq!(lanes.read(LANE_BATCH, |_, _| {}), 0, "every lane is empty");
+        lanes.each_waiting(|topic, p| panic!("{topic:?} [{p}] was read to the end"));
         drop(lanes);
     }
 }
