@@ -767,9 +767,9 @@ impl Loop<'_> {
                 tpl.add_partition_offset(topic, *p, at)?;
             }
         }
-        self.consumer
-            .assign(&tpl)
-            .context("positioning the consumer at the restored offsets")?;
+        // The input partitions' lanes before `assign`: every record of theirs then
+        // reaches its lane. (Split after, the first fetches could land in the
+        // consumer's queue, and be read after later records of the same partition.)
         let inputs = self.cfg.topics.inputs();
         let elements = tpl.elements();
         let lanes: Vec<(InputTopic, &str, i32)> = elements
@@ -780,6 +780,9 @@ impl Loop<'_> {
             })
             .collect();
         self.lanes = Lanes::split(&self.consumer, &lanes)?;
+        self.consumer
+            .assign(&tpl)
+            .context("positioning the consumer at the restored offsets")?;
         self.tasks = runs;
         tracing::info!(
             instance = %self.cfg.kafka.instance_id,

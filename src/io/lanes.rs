@@ -41,8 +41,9 @@ pub struct Lanes {
 }
 
 impl Lanes {
-    /// Takes `parts` out of the consumer's queue. Call right after `assign`,
-    /// before the next poll, which would otherwise hand them out first.
+    /// Takes `parts` out of the consumer's queue for good (librdkafka never
+    /// forwards a queue the application has set). Call before `assign`: a fetch
+    /// started by it could otherwise reach the consumer's queue first.
     pub fn split(
         consumer: &Arc<InputConsumer>,
         parts: &[(InputTopic, &str, i32)],
@@ -200,19 +201,25 @@ mod tests {
         for t in ["ahead", "behind"] {
             tpl.add_partition_offset(t, 0, Offset::Beginning).unwrap();
         }
-        consumer.assign(&tpl).unwrap();
         let parts = [
             (InputTopic::Payments, "ahead", 0),
             (InputTopic::Orders, "behind", 0),
         ];
         let mut lanes = Lanes::split(&consumer, &parts).unwrap();
+        consumer.assign(&tpl).unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
         while queued(&consumer, "ahead", 0) < 5 || queued(&consumer, "behind", 0) < 5 {
             assert!(
                 Instant::now() < deadline,
                 "the mock broker did not deliver the records"
             );
-            let _ = consumer.poll(Duration::from_millis(10));
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(10)) {
+                panic!(
+                    "{} [{}] reached the consumer's own queue",
+                    m.topic(),
+                    m.offset()
+                );
+            }
         }
 
         let mut waiting = Vec::new();
