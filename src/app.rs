@@ -466,10 +466,11 @@ impl Loop<'_> {
             let Some(run) = self.tasks.get(&(Stage::Attribution, p)).cloned() else {
                 continue;
             };
-            let (last, had_sums) = self.sent_progress.get(&p).copied().unwrap_or_default();
-            // A batch is applied once a later one proves its transaction committed:
-            // after sums, always send the next one.
-            if entries.is_empty() && last == progress && !had_sums {
+            if !batch_due(
+                self.sent_progress.get(&p).copied(),
+                entries.is_empty(),
+                progress,
+            ) {
                 continue;
             }
             self.sent_progress
@@ -829,6 +830,24 @@ impl Loop<'_> {
     }
 }
 
+/// Whether an attribution task sends a batch at this commit, given what this
+/// incarnation sent last (`None`: nothing yet), whether it has sums, and its progress.
+///
+/// An incarnation's first batch always goes, even empty. The aggregation tasks
+/// count an older incarnation's pending batches up to the `base` the newer one
+/// restored from; that number names a commit of the newer one's direct
+/// predecessor only if every incarnation in between showed itself. Skipped,
+/// an empty first commit of an in-between incarnation would let the older
+/// incarnation's aborted batch with the same number pass for committed.
+fn batch_due(sent: Option<(Progress, bool)>, empty: bool, progress: Progress) -> bool {
+    match sent {
+        None => true,
+        // A batch is applied once a later one proves its transaction committed:
+        // after sums, always send the next one.
+        Some((last, had_sums)) => !empty || last != progress || had_sums,
+    }
+}
+
 /// Hands one record from the consumer's own queue to the task that owns its partition.
 fn dispatch<M: Message>(
     engine: &mut Engine,
@@ -1036,5 +1055,29 @@ fn marker_between(
             Some(Err(e)) => tracing::warn!("reading {topic} [{partition}]: {e}"),
             None => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_incarnation_always_sends_its_first_batch_then_skips_idle_ones() {
+        let (start, later) = (
+            Progress::default(),
+            Progress {
+                watermark_ms: 5,
+                ..Progress::default()
+            },
+        );
+        assert!(batch_due(None, true, start), "the first one, though empty");
+        assert!(!batch_due(Some((start, false)), true, start), "nothing new");
+        assert!(batch_due(Some((start, false)), false, start), "sums");
+        assert!(batch_due(Some((start, false)), true, later), "progress");
+        assert!(
+            batch_due(Some((start, true)), true, start),
+            "proves the batch with sums committed"
+        );
     }
 }

@@ -734,6 +734,26 @@ mod tests {
     }
 
     #[test]
+    fn an_in_between_incarnation_shows_itself_with_its_first_batch() {
+        // Incarnation 2 of source 0 sends 1 and 2, then dies before sealing 2 (its
+        // batch 2 reached this partition). Incarnation 5 restores from 1, seals an
+        // empty 2 and dies; 6255 restores from 5's 2. Old 2 and new 2 are other input.
+        let mut t = AggregationTask::new(0, Arc::new(EngineConfig::default()), 1);
+        let (mut s, mut out) = (Stats::default(), vec![]);
+        t.receive(0, batch(0, 2, 1, 0, 1), &mut s, &mut out);
+        t.receive(1, batch(0, 2, 2, 0, 20), &mut s, &mut out);
+        let mut empty = batch(0, 5, 2, 1, 0);
+        empty.entries.clear();
+        // 5's first batch (sent though empty) says 2's own 2 did not commit.
+        t.receive(2, empty, &mut s, &mut out);
+        assert_eq!(gmv(&t), 1);
+        assert_eq!(s.aborted_batches, 1, "2's batch 2");
+        t.receive(3, batch(0, 6255, 3, 2, 300), &mut s, &mut out);
+        t.receive(4, batch(0, 6255, 4, 2, 400), &mut s, &mut out);
+        assert_eq!(gmv(&t), 1 + 300, "the aborted 20 never counts");
+    }
+
+    #[test]
     fn restored_state_reapplies_nothing_and_continues_revisions() {
         let cfg = Arc::new(EngineConfig::default());
         let mut a = AggregationTask::new(0, cfg.clone(), 1);
