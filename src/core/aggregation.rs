@@ -302,6 +302,17 @@ impl AggregationTask {
                 pending = ?src.pending.iter().map(|(o, b)| (*o, b.tag.n)).collect::<Vec<_>>(),
                 "a source task's newer incarnation: its old one's batches up to `base` count"
             );
+            if batch.base < src.applied_n {
+                // Impossible while every incarnation shows itself (its first batch)
+                // and zombies are fenced: sums between would be counted twice.
+                tracing::error!(
+                    task = self.partition,
+                    source = batch.source,
+                    base = batch.base,
+                    applied_n = src.applied_n,
+                    "a newer incarnation restored from before batches already counted"
+                );
+            }
             // A newer incarnation restored from `base`: what the old one wrote up to
             // there committed, the rest was aborted.
             for (_, b) in src.pending.drain(..) {
