@@ -178,7 +178,8 @@ struct Loop<'a> {
     tasks: BTreeMap<(Stage, i32), TaskRun>,
     partitions: i32,
     aggregation_partitions: i32,
-    /// Per attribution task: the progress last sent, and whether that batch carried sums.
+    /// Per attribution task: the progress last sent, and whether that batch
+    /// carried news (sums or progress) that a later batch must vouch for.
     sent_progress: BTreeMap<i32, (Progress, bool)>,
     /// Newest Kafka timestamp read in the current commit interval, for end-to-end latency.
     newest_input_ms: i64,
@@ -466,15 +467,11 @@ impl Loop<'_> {
             let Some(run) = self.tasks.get(&(Stage::Attribution, p)).cloned() else {
                 continue;
             };
-            if !batch_due(
-                self.sent_progress.get(&p).copied(),
-                entries.is_empty(),
-                progress,
-            ) {
+            let sent = self.sent_progress.get(&p).copied();
+            let Some(now_sent) = batch_due(sent, entries.is_empty(), progress) else {
                 continue;
-            }
-            self.sent_progress
-                .insert(p, (progress, !entries.is_empty()));
+            };
+            self.sent_progress.insert(p, now_sent);
             let mut split: Vec<Vec<_>> = vec![Vec::new(); r_count as usize];
             for e in entries {
                 split[state::aggregation_partition(e.dim, &e.key, r_count) as usize].push(e);
@@ -831,7 +828,9 @@ impl Loop<'_> {
 }
 
 /// Whether an attribution task sends a batch at this commit, given what this
-/// incarnation sent last (`None`: nothing yet), whether it has sums, and its progress.
+/// incarnation sent last (`None`: nothing yet; else its progress and whether it
+/// carried news), whether it has sums now, and its progress. Returns what to
+/// remember as sent, or `None` when no batch is due.
 ///
 /// An incarnation's first batch always goes, even empty. The aggregation tasks
 /// count an older incarnation's pending batches up to the `base` the newer one
@@ -839,13 +838,20 @@ impl Loop<'_> {
 /// predecessor only if every incarnation in between showed itself. Skipped,
 /// an empty first commit of an in-between incarnation would let the older
 /// incarnation's aborted batch with the same number pass for committed.
-fn batch_due(sent: Option<(Progress, bool)>, empty: bool, progress: Progress) -> bool {
-    match sent {
-        None => true,
-        // A batch is applied once a later one proves its transaction committed:
-        // after sums, always send the next one.
-        Some((last, had_sums)) => !empty || last != progress || had_sums,
-    }
+///
+/// A batch counts once a later one of the same incarnation proves its
+/// transaction committed: after one with news (sums or progress), the next
+/// always goes, even empty. Without it, the last progress before the stream
+/// goes quiet (the after-the-sale flush) would wait unapplied, and the
+/// windows it closes would never be final.
+fn batch_due(
+    sent: Option<(Progress, bool)>,
+    empty: bool,
+    progress: Progress,
+) -> Option<(Progress, bool)> {
+    let news = !empty || sent.map(|(last, _)| last).unwrap_or_default() != progress;
+    let due = sent.is_none_or(|(_, unproven)| news || unproven);
+    due.then_some((progress, news))
 }
 
 /// Hands one record from the consumer's own queue to the task that owns its partition.
@@ -1063,7 +1069,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_incarnation_always_sends_its_first_batch_then_skips_idle_ones() {
+    fn an_incarnation_always_sends_its_first_batch_and_a_proof_after_news() {
         let (start, later) = (
             Progress::default(),
             Progress {
@@ -1071,13 +1077,26 @@ mod tests {
                 ..Progress::default()
             },
         );
-        assert!(batch_due(None, true, start), "the first one, though empty");
-        assert!(!batch_due(Some((start, false)), true, start), "nothing new");
-        assert!(batch_due(Some((start, false)), false, start), "sums");
-        assert!(batch_due(Some((start, false)), true, later), "progress");
-        assert!(
-            batch_due(Some((start, true)), true, start),
-            "proves the batch with sums committed"
+        assert_eq!(
+            batch_due(None, true, start),
+            Some((start, false)),
+            "the first one, though empty"
         );
+        assert_eq!(
+            batch_due(Some((start, false)), true, start),
+            None,
+            "nothing new"
+        );
+        assert_eq!(
+            batch_due(Some((start, false)), false, start),
+            Some((start, true)),
+            "sums"
+        );
+        // Progress alone is news: the next batch, though empty, proves it.
+        let sent = batch_due(Some((start, false)), true, later);
+        assert_eq!(sent, Some((later, true)));
+        let proof = batch_due(sent, true, later);
+        assert_eq!(proof, Some((later, false)));
+        assert_eq!(batch_due(proof, true, later), None, "a proof needs none");
     }
 }
