@@ -722,7 +722,17 @@ impl Loop<'_> {
             result
                 .map_err(|e| anyhow::anyhow!(e))
                 .with_context(|| format!("restoring {stage:?} task {p}"))?;
-            tracing::debug!(instance = %self.cfg.kafka.instance_id, ?stage, p, inc = incs[&(stage, p)], base = lineage.base, offsets = ?lineage.offsets, ranges = ?lineage.ranges, keys = entries.len(), "task restored");
+            tracing::debug!(
+                instance = %self.cfg.kafka.instance_id,
+                ?stage,
+                p,
+                inc = incs[&(stage, p)],
+                base = lineage.base,
+                offsets = ?lineage.offsets,
+                ranges = ?lineage.ranges,
+                keys = entries.len(),
+                "task restored"
+            );
             // 3. The lineage record: this incarnation's start, before any of its work.
             let inc = incs[&(stage, p)];
             let value = state::encode(&LineageRecord {
