@@ -17,7 +17,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
-use crate::config::Config;
+use crate::config::{Config, TopicNames};
 use crate::core::output::{Dim, Output};
 use crate::core::state::{
     self, CommitRecord, Entry, Lineage, LineageRecord, PartialBatch, Progress, Tag, COMMIT_PREFIX,
@@ -192,9 +192,7 @@ impl Loop<'_> {
         let (mut last_metrics, mut last_latency_log) = (Instant::now(), Instant::now());
         let mut last_commit = Instant::now();
         let commit_every = Duration::from_millis(self.cfg.kafka.commit_interval_ms as u64);
-        let t = &self.cfg.topics;
-        let inputs: Vec<String> = t.inputs().iter().map(|s| s.to_string()).collect();
-        let repartition = t.repartition.clone();
+        let topics = &self.cfg.topics;
         while !self.handles.shutdown.load(Ordering::Relaxed) {
             let mut started = None;
             let mut n = 0;
@@ -238,7 +236,7 @@ impl Loop<'_> {
                     Some(Ok(m)) => {
                         started.get_or_insert_with(Instant::now);
                         n += 1;
-                        dispatch(engine, out, newest, &inputs, &repartition, &m);
+                        dispatch(engine, out, newest, topics, &m);
                         idle = false;
                         own_run += 1;
                         if own_run < LANE_BATCH {
@@ -249,8 +247,8 @@ impl Loop<'_> {
                     None => {}
                 }
                 own_run = 0;
-                let read = self.lanes.read(LANE_BATCH, |topic, m| {
-                    dispatch_input(engine, out, newest, topic, m)
+                let read = self.lanes.read(LANE_BATCH, |topic, ts, m| {
+                    dispatch_input(engine, out, newest, topic, ts, m)
                 });
                 if read > 0 {
                     started.get_or_insert_with(Instant::now);
@@ -637,7 +635,7 @@ impl Loop<'_> {
     fn restore(&mut self, assigned: Option<Vec<(String, i32)>>) -> anyhow::Result<()> {
         let started = Instant::now();
         self.producer.abort()?;
-        // The old assignment's queues: `assign` deactivates them anyway.
+        // The old assignment's lanes go; the new ones are split below, before `assign`.
         self.lanes = Lanes::default();
         // Records sent but not sealed never count: a restore treats them as aborted.
         self.in_flight = None;
@@ -660,7 +658,7 @@ impl Loop<'_> {
         for (topic, p) in &assigned {
             if *topic == t.repartition {
                 wanted.insert((Stage::Aggregation, *p));
-            } else if t.inputs().contains(&topic.as_str()) {
+            } else if t.input_topic(topic).is_some() {
                 wanted.insert((Stage::Attribution, *p));
             }
         }
@@ -778,13 +776,12 @@ impl Loop<'_> {
         // The input partitions' lanes before `assign`: every record of theirs then
         // reaches its lane. (Split after, the first fetches could land in the
         // consumer's queue, and be read after later records of the same partition.)
-        let inputs = self.cfg.topics.inputs();
         let elements = tpl.elements();
         let lanes: Vec<(InputTopic, &str, i32)> = elements
             .iter()
             .filter_map(|e| {
-                let i = inputs.iter().position(|t| *t == e.topic())?;
-                Some((InputTopic::ALL[i], e.topic(), e.partition()))
+                let topic = self.cfg.topics.input_topic(e.topic())?;
+                Some((topic, e.topic(), e.partition()))
             })
             .collect();
         self.lanes = Lanes::split(&self.consumer, &lanes)?;
@@ -869,11 +866,10 @@ fn dispatch<M: Message>(
     engine: &mut Engine,
     out: &mut Vec<Output>,
     newest_input_ms: &mut i64,
-    inputs: &[String],
-    repartition: &str,
+    topics: &TopicNames,
     m: &M,
 ) {
-    if m.topic() == repartition {
+    if m.topic() == topics.repartition {
         match m.payload().map(state::decode::<PartialBatch>) {
             Some(Ok(batch)) => engine.receive(m.partition(), m.offset(), batch, out),
             _ => tracing::error!(
@@ -884,17 +880,20 @@ fn dispatch<M: Message>(
         }
         return;
     }
-    if let Some(i) = inputs.iter().position(|t| t == m.topic()) {
-        dispatch_input(engine, out, newest_input_ms, InputTopic::ALL[i], m);
+    if let Some(topic) = topics.input_topic(m.topic()) {
+        let ts = m.timestamp().to_millis();
+        dispatch_input(engine, out, newest_input_ms, topic, ts, m);
     }
 }
 
-/// Hands one input record, of a topic already known (a lane's), to its attribution task.
+/// Hands one input record, its topic and Kafka timestamp known (a lane's), to
+/// its attribution task.
 fn dispatch_input<M: Message>(
     engine: &mut Engine,
     out: &mut Vec<Output>,
     newest_input_ms: &mut i64,
     topic: InputTopic,
+    timestamp_ms: Option<i64>,
     m: &M,
 ) {
     let source = Source {
@@ -902,7 +901,7 @@ fn dispatch_input<M: Message>(
         partition: m.partition(),
         offset: m.offset(),
     };
-    if let Some(ts) = m.timestamp().to_millis() {
+    if let Some(ts) = timestamp_ms {
         *newest_input_ms = (*newest_input_ms).max(ts);
     }
     engine.on_record(source, m.key(), m.payload(), out);

@@ -415,6 +415,12 @@ impl TopicNames {
     pub fn inputs(&self) -> [&str; 3] {
         [&self.orders, &self.payments, &self.deliveries]
     }
+
+    /// Which input topic `name` is, if it is one.
+    pub fn input_topic(&self, name: &str) -> Option<crate::model::InputTopic> {
+        let i = self.inputs().iter().position(|t| *t == name)?;
+        Some(crate::model::InputTopic::ALL[i])
+    }
 }
 
 #[cfg(test)]
@@ -482,5 +488,20 @@ mod tests {
         assert_eq!(c.kafka.brokers, "b:1");
         assert_eq!(c.kafka.properties["security.protocol"], "SSL");
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn input_topics_are_known_by_their_configured_names() {
+        use crate::model::InputTopic;
+        let mut t = Config::default().topics;
+        t.payments = "pay".into();
+        assert_eq!(t.input_topic("pay"), Some(InputTopic::Payments));
+        assert_eq!(t.input_topic(&t.orders.clone()), Some(InputTopic::Orders));
+        assert_eq!(
+            t.input_topic("payments"),
+            None,
+            "the default name no longer"
+        );
+        assert_eq!(t.input_topic(&t.repartition.clone()), None);
     }
 }

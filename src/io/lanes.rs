@@ -82,11 +82,12 @@ impl Lanes {
     }
 
     /// Reads up to `max` records from the oldest lane that has any, handing
-    /// each to `f` with its topic; 0 when every lane is empty. Never blocks.
+    /// each to `f` with its topic and Kafka timestamp; 0 when every lane is
+    /// empty. Never blocks.
     pub fn read(
         &mut self,
         max: usize,
-        mut f: impl FnMut(InputTopic, &BorrowedMessage<'_>),
+        mut f: impl FnMut(InputTopic, Option<i64>, &BorrowedMessage<'_>),
     ) -> usize {
         let lanes = &mut self.lanes;
         self.order.sort_unstable_by_key(|&i| lanes[i].last_ms);
@@ -96,10 +97,11 @@ impl Lanes {
             while n < max {
                 match lane.queue.poll(std::time::Duration::ZERO) {
                     Some(Ok(m)) => {
-                        if let Some(ts) = m.timestamp().to_millis() {
+                        let ts = m.timestamp().to_millis();
+                        if let Some(ts) = ts {
                             lane.last_ms = ts;
                         }
-                        f(lane.topic, &m);
+                        f(lane.topic, ts, &m);
                         n += 1;
                     }
                     Some(Err(e)) => {
@@ -231,7 +233,8 @@ mod tests {
         );
         let mut seen = Vec::new();
         while seen.len() < 10 {
-            let n = lanes.read(1, |topic, m| {
+            let n = lanes.read(1, |topic, ts, m| {
+                assert_eq!(ts, m.timestamp().to_millis(), "the record's own timestamp");
                 let payload = String::from_utf8(m.payload().unwrap().to_vec()).unwrap();
                 let want = if payload.starts_with("ahead") {
                     InputTopic::Payments
@@ -259,7 +262,11 @@ mod tests {
                 "ahead1004"
             ]
         );
-        assert_eq!(lanes.read(LANE_BATCH, |_, _| {}), 0, "every lane is empty");
+        assert_eq!(
+            lanes.read(LANE_BATCH, |_, _, _| {}),
+            0,
+            "every lane is empty"
+        );
         lanes.each_waiting(|topic, p| panic!("{topic:?} [{p}] was read to the end"));
         drop(lanes);
     }
