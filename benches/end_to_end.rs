@@ -3,7 +3,8 @@
 //! run; then the latency from produce to the output update, as an
 //! HdrHistogram, while traffic flows at a steady rate into the running job.
 //!
-//! `cargo bench --bench end_to_end` (RECORDS=n, LATENCY_RATE=r/s to change).
+//! `cargo bench --bench end_to_end` (RECORDS=n, LATENCY_RATE=r/s to change;
+//! LATENCY_RATE=0 skips the latency part).
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -129,6 +130,10 @@ fn main() {
         100.0 * in_commit / run_secs
     );
 
+    if latency_rate == 0 {
+        std::fs::remove_dir_all(&dir).ok();
+        return;
+    }
     // Latency: produce at a steady rate; each `total|all` update shows how many
     // orders it includes, so it is matched with the send time of that order.
     let reader: BaseConsumer = ClientConfig::new()
