@@ -71,9 +71,9 @@ struct Slot {
 }
 
 impl Slot {
-    fn new(order: Option<OrderInfo>, waiting: Option<Box<Vec<Waiting>>>) -> Slot {
+    fn new(order: Option<OrderInfo>, waiting: Vec<Waiting>) -> Slot {
         let mut slot = Slot {
-            waiting,
+            waiting: (!waiting.is_empty()).then(|| Box::new(waiting)),
             ..Slot::default()
         };
         slot.set_order(order);
@@ -206,7 +206,6 @@ impl JoinState {
         if let Some(d) = waiting.iter().map(|w| w.deadline_ms).min() {
             self.deadlines.push(Reverse((d, order_id.into())));
         }
-        let waiting = (!waiting.is_empty()).then(|| Box::new(waiting));
         self.slots
             .insert(order_id.into(), Slot::new(order, waiting));
     }
@@ -238,7 +237,7 @@ impl JoinState {
             hashbrown::hash_map::EntryRef::Occupied(e) => e.into_mut(),
             hashbrown::hash_map::EntryRef::Vacant(e) => {
                 self.order_count += 1;
-                e.insert(Slot::new(Some(info), None))
+                e.insert(Slot::new(Some(info), Vec::new()))
                     .mark(&mut self.changed, order_id);
                 return Ok(Vec::new());
             }
