@@ -39,6 +39,11 @@ fn main() {
     let dir = std::env::temp_dir().join(format!("gmv-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (config, metrics_port) = bench_config(&dir, &brokers, "gmv-bench");
+    // Sized for the run as an operator sizes it for a sale (at most `n` orders);
+    // GMV_STATE__EXPECTED_ORDERS=0 measures the maps growing instead.
+    let mut toml = std::fs::read_to_string(&config).unwrap();
+    toml.push_str(&format!("[state]\nexpected_orders = {n}\n"));
+    std::fs::write(&config, toml).unwrap();
     let gmv = env!("CARGO_BIN_EXE_gmv");
     create_topics(&config, PARTITIONS);
 

@@ -706,6 +706,15 @@ impl Loop<'_> {
             let result: Result<(), String> = match stage {
                 Stage::Attribution => {
                     let task = self.engine.add_attribution(p, now);
+                    let per_task =
+                        self.cfg.state.expected_orders as usize / self.partitions.max(1) as usize;
+                    if per_task > 0 && !task.reserve(per_task) {
+                        tracing::warn!(
+                            partition = p,
+                            orders = per_task,
+                            "no memory to size the state for state.expected_orders; it grows as needed"
+                        );
+                    }
                     task.track_changes();
                     task.resume_at(&lineage.offsets);
                     entries.iter().try_for_each(|(k, v)| task.restore(k, v))

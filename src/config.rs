@@ -26,6 +26,7 @@ pub struct Config {
     /// Currency code → minor-unit exponent and CNY rate × 10^6.
     pub fx: BTreeMap<String, Rate>,
     pub metrics: MetricsConfig,
+    pub state: StateConfig,
 }
 
 /// Kafka client settings; `properties` go to librdkafka as they are (security, SASL, TLS…).
@@ -107,6 +108,20 @@ pub struct MetricsConfig {
     pub top_n: usize,
 }
 
+/// Sizing of the in-memory state.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    /// Orders the order store (and as many payment ids) should hold without
+    /// growing, over all input partitions: the orders of one `order_ttl`.
+    /// Growing a map copies every entry into one twice the size, a pause of
+    /// seconds for tens of millions, mid-peak. 0: grow as needed.
+    pub expected_orders: i64,
+}
+
+/// Most orders `state.expected_orders` may ask for: ~7 GB of maps up front.
+pub const MAX_EXPECTED_ORDERS: i64 = 100_000_000;
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -117,6 +132,7 @@ impl Default for Config {
             milestones: MilestoneConfig::default(),
             fx: default_rates(),
             metrics: MetricsConfig::default(),
+            state: StateConfig::default(),
         }
     }
 }
@@ -244,6 +260,12 @@ impl Config {
         }
         if self.kafka.instance_id.trim().is_empty() {
             p.push("kafka.instance_id must not be empty".to_string());
+        }
+        if !(0..=MAX_EXPECTED_ORDERS).contains(&self.state.expected_orders) {
+            p.push(format!(
+                "state.expected_orders must be between 0 and {MAX_EXPECTED_ORDERS}, got {}",
+                self.state.expected_orders
+            ));
         }
         if self.kafka.resume_rewind_records < 0 {
             p.push(format!(
@@ -445,8 +467,10 @@ mod tests {
         c.topics.payments = "orders".into();
         c.metrics.listen = "nowhere".into();
         c.kafka.resume_rewind_records = -1;
+        c.state.expected_orders = MAX_EXPECTED_ORDERS + 1;
         let p = c.validate().unwrap_err();
-        assert_eq!(p.len(), 5, "{p:#?}");
+        assert_eq!(p.len(), 6, "{p:#?}");
+        assert!(p.iter().any(|m| m.contains("state.expected_orders")));
         assert!(p.iter().any(|m| m.contains("kafka.resume_rewind_records")));
         assert!(p.iter().any(|m| m.contains("time.join_timeout_ms")));
         assert!(p.iter().any(|m| m.contains("windows.brand_ms")));

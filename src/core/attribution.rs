@@ -187,6 +187,13 @@ impl AttributionTask {
         self.delivery_ids.track_changes();
     }
 
+    /// Sizes the order store and the payment-id set for `orders` at once, so they
+    /// do not grow (and copy every entry) while they fill; false if the memory
+    /// was refused (they then grow as needed).
+    pub fn reserve(&mut self, orders: usize) -> bool {
+        self.joins.reserve(orders) && self.payment_ids.reserve(orders)
+    }
+
     pub fn partition(&self) -> i32 {
         self.partition
     }

@@ -168,6 +168,11 @@ impl JoinState {
         self.changed.track();
     }
 
+    /// Makes room for `n` orders at once; false if the memory was refused.
+    pub fn reserve(&mut self, n: usize) -> bool {
+        self.slots.try_reserve(n).is_ok()
+    }
+
     /// Each id changed since the last call, once, with what is stored for it
     /// now (its order and the events waiting for it; `None`: forgotten).
     pub fn drain_changes<E>(
@@ -346,6 +351,11 @@ impl Dedup {
     /// Starts recording changed ids, for a changelog.
     pub fn track_changes(&mut self) {
         self.changed.track();
+    }
+
+    /// Makes room for `n` ids at once; false if the memory was refused.
+    pub fn reserve(&mut self, n: usize) -> bool {
+        self.seen.try_reserve(n).is_ok()
     }
 
     /// Each id changed since the last call, once, with the event time it was
