@@ -32,6 +32,21 @@ fn env_or(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// CPU time used so far by a process's main thread (the job's loop) and by
+/// the whole process, in ns, from /proc (Linux); `None` elsewhere.
+fn cpu_ns(pid: u32) -> Option<(u64, u64)> {
+    let thread = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/schedstat")).ok()?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // utime and stime, in clock ticks, follow the parenthesised command name.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // Ticks of USER_HZ, which Linux fixes at 100 for /proc.
+    Some((
+        thread.split_whitespace().next()?.parse().ok()?,
+        ticks * 10_000_000,
+    ))
+}
+
 fn main() {
     let n = env_or("RECORDS", 1_000_000) as usize;
     let latency_rate = env_or("LATENCY_RATE", 20_000);
@@ -104,7 +119,9 @@ fn main() {
         Duration::from_secs(60),
         "the job's metrics server",
     );
+    let pid = _job.0.id();
     let mut first = None;
+    let mut cpu_first = None;
     loop {
         assert!(
             Instant::now() < deadline,
@@ -114,11 +131,13 @@ fn main() {
         let count = events_read();
         if count > 0.0 && first.is_none() {
             first = Some((Instant::now(), count));
+            cpu_first = cpu_ns(pid);
         }
         if count as usize >= n {
             break;
         }
     }
+    let cpu_last = cpu_ns(pid);
     let (t0, c0) = first.unwrap();
     let run_secs = t0.elapsed().as_secs_f64();
     let job_rate = (n as f64 - c0) / run_secs;
@@ -134,6 +153,15 @@ fn main() {
         "commits:             {commits:>10.0} taking {in_commit:.1} s of the loop's time ({:.0}% of the {run_secs:.1} s run)",
         100.0 * in_commit / run_secs
     );
+    if let (Some(a), Some(b)) = (cpu_first, cpu_last) {
+        // Less noisy than the rate on a shared machine: the work the job does per event.
+        let per = |x: u64, y: u64| (y - x) as f64 / (n as f64 - c0);
+        println!(
+            "CPU per event read:  {:>10.0} ns in the loop thread, {:.0} ns in the whole process",
+            per(a.0, b.0),
+            per(a.1, b.1)
+        );
+    }
 
     if latency_rate == 0 {
         std::fs::remove_dir_all(&dir).ok();
