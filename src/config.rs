@@ -119,7 +119,8 @@ pub struct StateConfig {
     pub expected_orders: i64,
 }
 
-/// Most orders `state.expected_orders` may ask for: ~7 GB of maps up front.
+/// Most orders `state.expected_orders` may ask for: 11 to 22 GB of maps up
+/// front (110 to 220 bytes an order, as the README says).
 pub const MAX_EXPECTED_ORDERS: i64 = 100_000_000;
 
 impl Default for Config {

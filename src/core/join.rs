@@ -54,8 +54,8 @@ pub struct Waiting {
 
 /// What is known of one order id: the order, and events waiting for it.
 /// The order's fields are kept flat, not as an `Option<OrderInfo>`, so the
-/// flags fill the attribution's padding: 40 bytes a slot instead of 56, in a
-/// map of millions.
+/// flags fill the attribution's padding: 40 bytes a slot (an `Option` and a
+/// flag would take 56), in a map of millions.
 #[derive(Debug, Default)]
 struct Slot {
     /// The order's fields below are meaningful only when `has_order`.
@@ -105,9 +105,8 @@ impl Slot {
 
     /// Lists the slot's id as changed, unless it is listed already.
     fn mark(&mut self, changed: &mut ChangedIds, order_id: &str) {
-        if !self.changed && changed.is_tracking() {
-            self.changed = true;
-            changed.mark(order_id);
+        if !self.changed {
+            self.changed = changed.mark(order_id);
         }
     }
 }
@@ -124,26 +123,21 @@ impl ChangedIds {
         self.0.get_or_insert_with(Vec::new);
     }
 
-    /// Copies the id only when tracking.
-    fn mark(&mut self, id: &str) {
+    /// Lists the id (a copy) when tracking; says whether it did.
+    fn mark(&mut self, id: &str) -> bool {
         if let Some(c) = &mut self.0 {
             c.push(id.into());
         }
-    }
-
-    fn is_tracking(&self) -> bool {
         self.0.is_some()
     }
 
     /// Each id listed since the last call, in the order listed. The buffer keeps
     /// its capacity: regrowing it every interval faulted in fresh pages each time.
-    fn drain_each<E>(&mut self, mut f: impl FnMut(&str) -> Result<(), E>) -> Result<(), E> {
-        let Some(c) = &mut self.0 else {
-            return Ok(());
-        };
-        let r = c.iter().try_for_each(|id| f(id));
-        c.clear();
-        r
+    fn drain_each(&mut self, f: impl FnMut(&CompactString)) {
+        if let Some(c) = &mut self.0 {
+            c.iter().for_each(f);
+            c.clear();
+        }
     }
 }
 
@@ -186,7 +180,7 @@ impl JoinState {
             // An id is listed again when its slot was removed and made anew;
             // the first listing wrote the slot's current value already.
             if slot.as_ref().is_some_and(|s| !s.changed) {
-                return Ok(());
+                return;
             }
             let record = slot.map(|s| {
                 s.changed = false;
@@ -196,8 +190,7 @@ impl JoinState {
             if result.is_ok() {
                 result = f(id, record);
             }
-            Ok::<(), E>(())
-        })?;
+        });
         result
     }
 
@@ -365,7 +358,13 @@ impl Dedup {
         mut f: impl FnMut(&str, Option<i64>) -> Result<(), E>,
     ) -> Result<(), E> {
         let seen = &self.seen;
-        self.changed.drain_each(|id| f(id, seen.get(id).copied()))
+        let mut result = Ok(());
+        self.changed.drain_each(|id| {
+            if result.is_ok() {
+                result = f(id, seen.get(id).copied());
+            }
+        });
+        result
     }
 
     /// Puts back a seen id (restore).
