@@ -24,6 +24,7 @@ use crate::core::state::{
     LINEAGE_PREFIX, MARKER_PREFIX,
 };
 use crate::core::Engine;
+use crate::io::change_sender::{ChangeBatch, ChangeSender};
 use crate::io::consumer::{self, Assignment, InputConsumer};
 use crate::io::lanes::{Lanes, LANE_BATCH};
 use crate::io::producer::{Kind, Record, TxnProducer, Written};
@@ -114,6 +115,7 @@ pub fn run(cfg: &Config, handles: &Handles) -> anyhow::Result<()> {
         engine: Engine::distributed(cfg.engine()),
         consumer,
         lanes: Lanes::default(),
+        changes: ChangeSender::start(producer.clone())?,
         producer,
         handles,
         out: Vec::new(),
@@ -172,6 +174,8 @@ struct Loop<'a> {
     consumer: Arc<InputConsumer>,
     /// The input partitions' own queues (the repartition topic stays on the consumer's).
     lanes: Lanes,
+    /// Sends the attribution tasks' changelog records while the loop reads on.
+    changes: ChangeSender,
     producer: Arc<TxnProducer>,
     handles: &'a Handles,
     out: Vec<Output>,
@@ -341,6 +345,8 @@ impl Loop<'_> {
         };
         let offsets = self.group_offsets(&resume)?;
         let started = Instant::now();
+        // The commit records vouch for every changelog record before them.
+        self.changes.wait_sent()?;
         let group = self
             .consumer
             .group_metadata()
@@ -524,7 +530,18 @@ impl Loop<'_> {
         for t in self.engine.attribution_tasks() {
             let (stage, p) = (Stage::Attribution, t.partition());
             let tag = tag_of(stage, p);
-            t.drain_changes(|key, value| send(stage, p, tag, key, value))?;
+            let mut batch =
+                tag.map(|tag| ChangeBatch::new(changelog_topic(self.cfg, stage), p, tag));
+            t.drain_changes(|key, value| {
+                if let Some(b) = batch.as_mut() {
+                    b.push(key, value);
+                }
+                Ok::<(), std::convert::Infallible>(())
+            })
+            .unwrap_or_else(|never| match never {});
+            if let Some(batch) = batch {
+                self.changes.send(batch)?;
+            }
         }
         for t in self.engine.aggregation_tasks() {
             let (stage, p) = (Stage::Aggregation, t.partition());
@@ -638,7 +655,10 @@ impl Loop<'_> {
         // The old assignment's lanes go; the new ones are split below, before `assign`.
         self.lanes = Lanes::default();
         // Records sent but not sealed never count: a restore treats them as aborted.
+        // Still, all of them go out before the markers, which start counting afresh
+        // which offsets this producer's records take.
         self.in_flight = None;
+        self.changes.wait_sent()?;
         self.engine.clear();
         self.tasks.clear();
         self.sent_progress.clear();

@@ -1,6 +1,8 @@
 //! Kafka only: client settings, the input consumer and its per-partition
-//! lanes, the acknowledged output producer, and topic creation and checks.
+//! lanes, the acknowledged output producer and the thread that hands it the
+//! changelog records, and topic creation and checks.
 
+pub mod change_sender;
 pub mod consumer;
 pub mod lanes;
 pub mod producer;

@@ -142,6 +142,8 @@ pub struct TxnProducer {
     topics: Vec<TopicHandle>,
     producer: ThreadedProducer<TxnContext>,
     open: AtomicBool,
+    /// Held while a transaction begins: threads sending at once begin it once.
+    opening: Mutex<()>,
     timeout: Duration,
     transactional: bool,
 }
@@ -216,6 +218,7 @@ impl TxnProducer {
             topics,
             producer,
             open: AtomicBool::new(false),
+            opening: Mutex::new(()),
             timeout,
             transactional,
         })
@@ -230,6 +233,10 @@ impl TxnProducer {
     }
 
     fn ensure_open(&self) -> anyhow::Result<()> {
+        if self.is_open() {
+            return Ok(());
+        }
+        let _opening = self.opening.lock().expect("opening lock");
         if !self.is_open() && self.transactional {
             self.producer
                 .begin_transaction()
