@@ -185,7 +185,11 @@ pub fn decode<'a>(
 }
 
 fn parse<'a, T: Deserialize<'a>>(value: &'a [u8]) -> Result<T, Rejection> {
-    serde_json::from_slice(value).map_err(|e| {
+    // UTF-8 checked once for the whole value (std's check runs a word at a time
+    // over ASCII) rather than string by string inside the parser.
+    let text = std::str::from_utf8(value)
+        .map_err(|e| reject(DeadReason::MalformedJson, format!("not UTF-8: {e}")))?;
+    serde_json::from_str(text).map_err(|e| {
         let reason = match e.classify() {
             serde_json::error::Category::Data => DeadReason::InvalidField,
             _ => DeadReason::MalformedJson,
