@@ -26,7 +26,7 @@ use crate::core::state::{
 use crate::core::Engine;
 use crate::io::change_sender::{ChangeBatch, ChangeSender};
 use crate::io::consumer::{self, Assignment, InputConsumer};
-use crate::io::lanes::{Lanes, LANE_BATCH};
+use crate::io::lanes::{LaneRecord, Lanes, LANE_BATCH};
 use crate::io::producer::{Kind, Record, TxnProducer, Written};
 use crate::io::topics;
 use crate::model::{InputTopic, Source};
@@ -251,8 +251,8 @@ impl Loop<'_> {
                     None => {}
                 }
                 own_run = 0;
-                let read = self.lanes.read(LANE_BATCH, |topic, ts, m| {
-                    dispatch_input(engine, out, newest, topic, ts, m)
+                let read = self.lanes.read(LANE_BATCH, |topic, m| {
+                    dispatch_input(engine, out, newest, topic, m)
                 });
                 if read > 0 {
                     started.get_or_insert_with(Instant::now);
@@ -910,30 +910,34 @@ fn dispatch<M: Message>(
         return;
     }
     if let Some(topic) = topics.input_topic(m.topic()) {
-        let ts = m.timestamp().to_millis();
-        dispatch_input(engine, out, newest_input_ms, topic, ts, m);
+        let record = LaneRecord {
+            partition: m.partition(),
+            offset: m.offset(),
+            timestamp_ms: m.timestamp().to_millis(),
+            key: m.key(),
+            payload: m.payload(),
+        };
+        dispatch_input(engine, out, newest_input_ms, topic, &record);
     }
 }
 
-/// Hands one input record, its topic and Kafka timestamp known (a lane's), to
-/// its attribution task.
-fn dispatch_input<M: Message>(
+/// Hands one input record, its topic known (a lane's), to its attribution task.
+fn dispatch_input(
     engine: &mut Engine,
     out: &mut Vec<Output>,
     newest_input_ms: &mut i64,
     topic: InputTopic,
-    timestamp_ms: Option<i64>,
-    m: &M,
+    m: &LaneRecord<'_>,
 ) {
     let source = Source {
         topic,
-        partition: m.partition(),
-        offset: m.offset(),
+        partition: m.partition,
+        offset: m.offset,
     };
-    if let Some(ts) = timestamp_ms {
+    if let Some(ts) = m.timestamp_ms {
         *newest_input_ms = (*newest_input_ms).max(ts);
     }
-    engine.on_record(source, m.key(), m.payload(), out);
+    engine.on_record(source, m.key, m.payload, out);
 }
 
 /// Per task: its lineage, and the latest committed value of every key in its changelog partition.
