@@ -143,7 +143,14 @@ impl ChangeSender {
         let (lock, sent) = &*self.pending;
         let mut p = lock.lock().expect("pending lock");
         while p.batches > 0 {
-            p = sent.wait(p).expect("pending lock");
+            // A thread that ended (it panicked) sends nothing more: fail, not hang.
+            if self.thread.as_ref().is_none_or(|t| t.is_finished()) {
+                anyhow::bail!("the changelog thread stopped with records unsent");
+            }
+            p = sent
+                .wait_timeout(p, std::time::Duration::from_secs(1))
+                .expect("pending lock")
+                .0;
         }
         match p.failure.take() {
             Some(e) => Err(anyhow::anyhow!(e)).context("sending changelog records"),
