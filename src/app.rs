@@ -24,7 +24,7 @@ use crate::core::state::{
     LINEAGE_PREFIX, MARKER_PREFIX,
 };
 use crate::core::Engine;
-use crate::io::change_sender::{ChangeBatch, ChangeSender};
+use crate::io::change_sender::ChangeSender;
 use crate::io::consumer::{self, Assignment, InputConsumer};
 use crate::io::lanes::{LaneRecord, Lanes, LANE_BATCH};
 use crate::io::producer::{Kind, Record, TxnProducer, Written};
@@ -531,14 +531,12 @@ impl Loop<'_> {
             let (stage, p) = (Stage::Attribution, t.partition());
             let tag = tag_of(stage, p);
             let mut batch =
-                tag.map(|tag| ChangeBatch::new(changelog_topic(self.cfg, stage), p, tag));
+                tag.map(|tag| self.changes.batch(changelog_topic(self.cfg, stage), p, tag));
             t.drain_changes(|key, value| {
                 if let Some(b) = batch.as_mut() {
                     b.push(key, value);
                 }
-                Ok::<(), std::convert::Infallible>(())
-            })
-            .unwrap_or_else(|never| match never {});
+            });
             if let Some(batch) = batch {
                 self.changes.send(batch)?;
             }

@@ -576,10 +576,7 @@ impl AttributionTask {
     /// Hands every state change since the last call to `f` as a changelog
     /// record (key, value or tombstone), encoded into buffers reused from one
     /// record to the next: this runs once per changed id at every commit.
-    pub fn drain_changes<E>(
-        &mut self,
-        mut f: impl FnMut(&[u8], Option<&[u8]>) -> Result<(), E>,
-    ) -> Result<(), E> {
+    pub fn drain_changes(&mut self, mut f: impl FnMut(&[u8], Option<&[u8]>)) {
         let (mut key, mut value) = (Vec::new(), Vec::new());
         let names = &self.names;
         self.joins.drain_changes(|id, slot| {
@@ -599,7 +596,7 @@ impl AttributionTask {
             });
             state::encode_into(&SavedSlot { order, waiting }, &mut value);
             f(&key, Some(&value))
-        })?;
+        });
         for (prefix, ids) in [
             (PAYMENT_ID, &mut self.payment_ids),
             (DELIVERY_ID, &mut self.delivery_ids),
@@ -611,7 +608,7 @@ impl AttributionTask {
                 };
                 state::encode_into(&ts, &mut value);
                 f(&key, Some(&value))
-            })?;
+            });
         }
         if std::mem::take(&mut self.clock_changed) {
             let clock = SavedClock {
@@ -624,19 +621,15 @@ impl AttributionTask {
                 watermark_ms: self.wm.current_ms(),
                 last_sweep_watermark_ms: self.last_sweep_watermark_ms,
             };
-            f(CLOCK_KEY, Some(&state::encode(&clock)))?;
+            f(CLOCK_KEY, Some(&state::encode(&clock)));
         }
-        Ok(())
     }
 
     /// [`AttributionTask::drain_changes`] collected, for tests.
     #[cfg(test)]
     pub fn take_changes(&mut self) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
         let mut out = Vec::new();
-        let _ = self.drain_changes(|k, v| {
-            out.push((k.to_vec(), v.map(<[u8]>::to_vec)));
-            Ok::<(), std::convert::Infallible>(())
-        });
+        self.drain_changes(|k, v| out.push((k.to_vec(), v.map(<[u8]>::to_vec))));
         out
     }
 

@@ -169,12 +169,11 @@ impl JoinState {
 
     /// Each id changed since the last call, once, with what is stored for it
     /// now (its order and the events waiting for it; `None`: forgotten).
-    pub fn drain_changes<E>(
+    pub fn drain_changes(
         &mut self,
-        mut f: impl FnMut(&str, Option<(Option<OrderInfo>, &[Waiting])>) -> Result<(), E>,
-    ) -> Result<(), E> {
+        mut f: impl FnMut(&str, Option<(Option<OrderInfo>, &[Waiting])>),
+    ) {
         let slots = &mut self.slots;
-        let mut result = Ok(());
         self.changed.drain_each(|id| {
             let slot = slots.get_mut(id);
             // An id is listed again when its slot was removed and made anew;
@@ -186,12 +185,8 @@ impl JoinState {
                 s.changed = false;
                 (s.order(), s.waiting.as_deref().map_or(&[][..], |w| &w[..]))
             });
-            // After a failure the rest is only unflagged, to be listed at the next change.
-            if result.is_ok() {
-                result = f(id, record);
-            }
+            f(id, record);
         });
-        result
     }
 
     /// Puts back what [`JoinState::drain_changes`] handed out (restore from the changelog).
@@ -353,18 +348,9 @@ impl Dedup {
 
     /// Each id changed since the last call, once, with the event time it was
     /// seen at (`None`: forgotten).
-    pub fn drain_changes<E>(
-        &mut self,
-        mut f: impl FnMut(&str, Option<i64>) -> Result<(), E>,
-    ) -> Result<(), E> {
+    pub fn drain_changes(&mut self, mut f: impl FnMut(&str, Option<i64>)) {
         let seen = &self.seen;
-        let mut result = Ok(());
-        self.changed.drain_each(|id| {
-            if result.is_ok() {
-                result = f(id, seen.get(id).copied());
-            }
-        });
-        result
+        self.changed.drain_each(|id| f(id, seen.get(id).copied()));
     }
 
     /// Puts back a seen id (restore).
@@ -512,13 +498,12 @@ mod tests {
 
     fn drained(j: &mut JoinState) -> Vec<(String, Option<Option<OrderInfo>>, usize)> {
         let mut out = vec![];
-        let _ = j.drain_changes(|id, slot| {
+        j.drain_changes(|id, slot| {
             out.push((
                 id.to_string(),
                 slot.map(|s| s.0),
                 slot.map_or(0, |s| s.1.len()),
-            ));
-            Ok::<(), ()>(())
+            ))
         });
         out
     }
