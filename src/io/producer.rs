@@ -362,9 +362,7 @@ impl TxnProducer {
                 .map_err(txn_error)
                 .context("committing the transaction")
         } else {
-            self.producer
-                .flush(self.timeout)
-                .context("waiting for acknowledgements")
+            self.flush()
         };
         self.open.store(false, Ordering::SeqCst);
         if let Some(f) = self
@@ -378,6 +376,24 @@ impl TxnProducer {
             bail!("{f}");
         }
         result
+    }
+
+    /// Waits until every record sent is acknowledged and its delivery report served.
+    ///
+    /// Not rdkafka's `flush`: that checks, then polls the client's own queue for up
+    /// to 100 ms at a time, where nothing arrives (the `ThreadedProducer`'s thread
+    /// serves the delivery reports), so each commit waited 100 ms or more for
+    /// acknowledgements that took a few. librdkafka's own flush, in the event mode
+    /// rdkafka uses, sends at once (linger skipped) and waits on its message count,
+    /// woken as soon as it reaches zero.
+    fn flush(&self) -> anyhow::Result<()> {
+        let ms = i32::try_from(self.timeout.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: a live producer handle.
+        let err = unsafe { rdsys::rd_kafka_flush(self.producer.client().native_ptr(), ms) };
+        match RDKafkaErrorCode::from(err) {
+            RDKafkaErrorCode::NoError => Ok(()),
+            e => Err(KafkaError::Flush(e)).context("waiting for acknowledgements"),
+        }
     }
 
     /// Aborts the open transaction, if any: its records and offsets never count.
