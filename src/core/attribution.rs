@@ -419,7 +419,11 @@ impl AttributionTask {
         // Payments first, so a delivery that waited too can measure pay-to-delivery.
         released.sort_by_key(|w| matches!(w.what, Joinable::Delivery { .. }));
         for w in released {
-            self.resolve(&o.order_id, attribution, w, out);
+            let order = self
+                .joins
+                .attach(&o.order_id, w)
+                .expect("the order just stored");
+            self.resolve(order, w, out);
         }
     }
 
@@ -499,35 +503,26 @@ impl AttributionTask {
             deadline_ms: ts_ms + self.cfg.time.join_timeout_ms,
             what,
         };
-        match self.joins.order(order_id) {
-            Some(order) => self.resolve(order_id, order.attribution, w, out),
-            None => self.joins.wait(order_id, w),
+        if let Some(order) = self.joins.attach(order_id, w) {
+            self.resolve(order, w, out);
         }
     }
 
-    /// Attributes a payment or delivery to its order's keys (the order is known).
-    fn resolve(&mut self, order_id: &str, a: Attribution, w: Waiting, out: &mut Vec<Output>) {
-        match w.what {
-            Joinable::Payment {
-                kind: PaymentKind::Paid,
-                ..
-            } => self.joins.paid_at(order_id, w.ts_ms),
+    /// Attributes a payment or delivery to its order's keys (`order` as it is
+    /// now, the event already attached to it).
+    fn resolve(&mut self, order: OrderInfo, w: Waiting, out: &mut Vec<Output>) {
+        let delivered = matches!(
+            w.what,
             Joinable::Delivery {
-                status: DeliveryStatus::Delivered,
-            } => {
-                let paid = self
-                    .joins
-                    .order(order_id)
-                    .map_or(i64::MAX, |o| o.first_paid_ms);
-                if paid != i64::MAX {
-                    out.push(Output::PayToDelivery {
-                        millis: w.ts_ms - paid,
-                    });
-                }
+                status: DeliveryStatus::Delivered
             }
-            _ => {}
+        );
+        if delivered && order.first_paid_ms != i64::MAX {
+            out.push(Output::PayToDelivery {
+                millis: w.ts_ms - order.first_paid_ms,
+            });
         }
-        self.apply_attributed(a, w.ts_ms, Contribution::of(w.what));
+        self.apply_attributed(order.attribution, w.ts_ms, Contribution::of(w.what));
     }
 
     fn apply_attributed(&mut self, a: Attribution, ts_ms: i64, c: Contribution) {
