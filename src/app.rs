@@ -832,6 +832,12 @@ impl Loop<'_> {
         m.set_watermark(self.engine.watermark_ms(), now_ms());
         let (assigned, idle) = self.engine.partitions();
         m.set_partitions(assigned, idle);
+        let attribution = self
+            .tasks
+            .keys()
+            .filter(|(stage, _)| *stage == Stage::Attribution)
+            .count();
+        m.set_tasks(attribution, self.tasks.len() - attribution);
         m.set_state(self.engine.state_size());
         let total = self
             .engine

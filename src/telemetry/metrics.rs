@@ -60,6 +60,7 @@ pub struct Metrics {
     watermark: prometheus::Gauge,
     watermark_lag: prometheus::Gauge,
     input_partitions: IntGaugeVec,
+    tasks: IntGaugeVec,
     pub consumer_lag: IntGaugeVec,
     batch_processing: Histogram,
     end_to_end_latency: Histogram,
@@ -139,6 +140,7 @@ impl Metrics {
             watermark: reg(&r, prometheus::Gauge::new("watermark_timestamp_seconds", "The job's event-time watermark").expect("valid metric")),
             watermark_lag: reg(&r, prometheus::Gauge::new("watermark_lag_seconds", "Wall time minus the watermark").expect("valid metric")),
             input_partitions: gauge_vec("input_partitions", "Assigned input partitions by idleness", &["state"]),
+            tasks: gauge_vec("tasks", "Tasks this instance owns, by stage; summed over the instances, one per input partition (attribution) and one per repartition partition (aggregation) when none is left unowned", &["stage"]),
             consumer_lag: gauge_vec("consumer_lag_messages", "Consumer lag per input partition (librdkafka statistics)", &["topic", "partition"]),
             batch_processing: histogram("batch_processing_seconds", "Time to decode and process one batch of input records", latency_buckets.clone()),
             end_to_end_latency: histogram(
@@ -277,6 +279,12 @@ impl Metrics {
         self.input_partitions
             .with_label_values(&["idle"])
             .set(idle as i64);
+    }
+
+    pub fn set_tasks(&self, attribution: usize, aggregation: usize) {
+        for (stage, n) in [("attribution", attribution), ("aggregation", aggregation)] {
+            self.tasks.with_label_values(&[stage]).set(n as i64);
+        }
     }
 
     pub fn set_state(&self, s: StateSize) {

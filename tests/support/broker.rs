@@ -93,8 +93,13 @@ pub fn wait_for_port(port: u16, within: Duration, what: &str) {
 
 /// Fetches a URL path from a loopback HTTP server (no client crate needed).
 pub fn http_get(port: u16, path: &str) -> String {
+    try_http_get(port, path).expect("connect")
+}
+
+/// [`http_get`], `None` when nothing listens on the port (yet).
+pub fn try_http_get(port: u16, path: &str) -> Option<String> {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok();
     write!(
         s,
@@ -103,9 +108,11 @@ pub fn http_get(port: u16, path: &str) -> String {
     .unwrap();
     let mut body = String::new();
     s.read_to_string(&mut body).ok();
-    body.split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default()
+    Some(
+        body.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default(),
+    )
 }
 
 /// Sum of a Prometheus counter's samples (all label sets) in a /metrics text.
