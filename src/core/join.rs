@@ -6,7 +6,7 @@ use std::collections::BinaryHeap;
 
 use compact_str::CompactString;
 
-use super::FastMap;
+use super::slab::{Fate, IdSlab};
 use crate::model::{DeliveryStatus, InputTopic, PaymentKind};
 
 /// Channel id of an order placed outside any livestream.
@@ -54,16 +54,12 @@ pub struct Waiting {
 
 /// What is known of one order id: the order, and events waiting for it.
 /// The order's fields are kept flat, not as an `Option<OrderInfo>`, so the
-/// flags fill the attribution's padding: with the id, 64 bytes a slot (one
+/// flag fills the attribution's padding: with the id, 64 bytes an entry (one
 /// cache line), in a slab of millions.
 #[derive(Debug, Default)]
 struct Slot {
-    /// Empty in a free slot.
-    id: CompactString,
     /// The order's fields below are meaningful only when `has_order`.
     has_order: bool,
-    /// Changed since the last drain: its index is then in the changed list already.
-    changed: bool,
     attribution: Attribution,
     ts_ms: i64,
     first_paid_ms: i64,
@@ -72,7 +68,7 @@ struct Slot {
     waiting: Option<Box<Vec<Waiting>>>,
 }
 
-const _: () = assert!(std::mem::size_of::<Slot>() == 64);
+const _: () = assert!(std::mem::size_of::<Slot>() + std::mem::size_of::<CompactString>() == 64);
 
 impl Slot {
     fn new(order: Option<OrderInfo>, waiting: Vec<Waiting>) -> Slot {
@@ -112,127 +108,28 @@ impl Slot {
     }
 }
 
-/// Lists slot `i` as changed (when tracking), unless it is listed already.
-fn mark(changed: &mut Option<Vec<u32>>, slot: &mut Slot, i: u32) {
-    if let (false, Some(c)) = (slot.changed, changed) {
-        c.push(i);
-        slot.changed = true;
-    }
-}
-
-/// Ids changed since the last `drain_each`, recorded only once tracking started
-/// (for a changelog). An id may be listed more than once (see each user): the
-/// record written for it carries its current value, so a repeat is redundant,
-/// never wrong; sorting to drop repeats cost more than the repeats.
-#[derive(Debug, Default)]
-struct ChangedIds(Option<Vec<CompactString>>);
-
-impl ChangedIds {
-    fn track(&mut self) {
-        self.0.get_or_insert_with(Vec::new);
-    }
-
-    /// Lists the id (a copy) when tracking.
-    fn mark(&mut self, id: &str) {
-        if let Some(c) = &mut self.0 {
-            c.push(id.into());
-        }
-    }
-
-    /// Each id listed since the last call, in the order listed. The buffer keeps
-    /// its capacity: regrowing it every interval faulted in fresh pages each time.
-    fn drain_each(&mut self, f: impl FnMut(&CompactString)) {
-        if let Some(c) = &mut self.0 {
-            c.iter().for_each(f);
-            c.clear();
-        }
-    }
-}
-
 /// A repeated order within `dedup_ttl`: dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DuplicateOrder;
 
-/// Orders by id, and events waiting for theirs: one lookup per event.
-///
-/// The slots live in a slab, found through a table of slot indices: the table
-/// (5 bytes an entry) stays in cache far more than a map of 64-byte entries,
-/// recent orders (those payments look up) sit together at the slab's end, and
-/// a commit reaches each changed slot by its index instead of looking its id
-/// up again: that look-up, cold, was a fifth of the loop (docs/performance.md).
+/// Orders by id, and events waiting for theirs: one look-up per event.
 #[derive(Debug, Default)]
 pub struct JoinState {
-    slots: Vec<Slot>,
-    /// Indices of free slots, reused first.
-    free: Vec<u32>,
-    /// Slot indices, by the hash of their id.
-    index: hashbrown::HashTable<u32>,
-    hasher: ahash::RandomState,
+    slots: IdSlab<Slot>,
     order_count: usize,
     waiting_count: usize,
     deadlines: BinaryHeap<Reverse<(i64, CompactString)>>,
-    /// Slots changed since the last drain (`None` until tracking starts). A slot
-    /// freed and reused may be listed twice: its `changed` flag has it written once.
-    changed: Option<Vec<u32>>,
-    /// Ids forgotten since the last drain, when tracking: their tombstones.
-    removed: Vec<CompactString>,
 }
 
 impl JoinState {
     /// Starts recording changed ids, for a changelog.
     pub fn track_changes(&mut self) {
-        self.changed.get_or_insert_with(Vec::new);
+        self.slots.track_changes();
     }
 
     /// Makes room for `n` orders at once; false if the memory was refused.
     pub fn reserve(&mut self, n: usize) -> bool {
-        let (slots, hasher) = (&self.slots, &self.hasher);
-        self.index
-            .try_reserve(n, |&i| hasher.hash_one(slots[i as usize].id.as_str()))
-            .is_ok()
-            && self.slots.try_reserve(n).is_ok()
-    }
-
-    fn find(&self, id: &str) -> Option<u32> {
-        let slots = &self.slots;
-        self.index
-            .find(self.hasher.hash_one(id), |&i| slots[i as usize].id == id)
-            .copied()
-    }
-
-    /// The slot of `id`, made empty if there is none; true when made.
-    fn slot_of(&mut self, id: &str) -> (u32, bool) {
-        let (slots, hasher) = (&self.slots, &self.hasher);
-        let entry = self.index.entry(
-            hasher.hash_one(id),
-            |&i| slots[i as usize].id == id,
-            |&i| hasher.hash_one(slots[i as usize].id.as_str()),
-        );
-        match entry {
-            hashbrown::hash_table::Entry::Occupied(e) => (*e.get(), false),
-            hashbrown::hash_table::Entry::Vacant(e) => {
-                let i = self.free.pop().unwrap_or_else(|| {
-                    self.slots.push(Slot::default());
-                    u32::try_from(self.slots.len() - 1).expect("fewer than 2^32 order slots")
-                });
-                self.slots[i as usize].id = id.into();
-                e.insert(i);
-                (i, true)
-            }
-        }
-    }
-
-    /// Frees slot `i`, whose id is then forgotten (a tombstone, when tracking).
-    fn free(&mut self, i: u32) {
-        let hash = self.hasher.hash_one(self.slots[i as usize].id.as_str());
-        if let Ok(e) = self.index.find_entry(hash, |&j| j == i) {
-            e.remove();
-        }
-        let slot = std::mem::take(&mut self.slots[i as usize]);
-        if self.changed.is_some() {
-            self.removed.push(slot.id);
-        }
-        self.free.push(i);
+        self.slots.reserve(n)
     }
 
     /// Each id changed since the last call, once, with what is stored for it
@@ -241,25 +138,8 @@ impl JoinState {
         &mut self,
         mut f: impl FnMut(&str, Option<(Option<OrderInfo>, &[Waiting])>),
     ) {
-        let mut removed = std::mem::take(&mut self.removed);
-        for id in removed.drain(..) {
-            // Made anew since: its slot is listed as changed, with its current value.
-            if self.find(&id).is_none() {
-                f(&id, None);
-            }
-        }
-        self.removed = removed;
-        let Some(changed) = self.changed.as_mut() else {
-            return;
-        };
-        for &i in changed.iter() {
-            let s = &mut self.slots[i as usize];
-            if s.changed {
-                s.changed = false;
-                f(&s.id, Some((s.order(), s.waiting())));
-            }
-        }
-        changed.clear();
+        self.slots
+            .drain_changes(|id, slot| f(id, slot.map(|s| (s.order(), s.waiting()))));
     }
 
     /// Puts back what [`JoinState::drain_changes`] handed out (restore from the changelog).
@@ -272,18 +152,14 @@ impl JoinState {
         if let Some(d) = waiting.iter().map(|w| w.deadline_ms).min() {
             self.deadlines.push(Reverse((d, order_id.into())));
         }
-        let (i, _) = self.slot_of(order_id);
-        let slot = &mut self.slots[i as usize];
-        let id = std::mem::take(&mut slot.id);
-        *slot = Slot {
-            id,
-            ..Slot::new(order, waiting)
-        };
+        let (i, _) = self.slots.slot_of(order_id);
+        *self.slots.get_mut(i) = Slot::new(order, waiting);
     }
 
     pub fn order(&self, order_id: &str) -> Option<OrderInfo> {
-        self.find(order_id)
-            .and_then(|i| self.slots[i as usize].order())
+        self.slots
+            .find(order_id)
+            .and_then(|i| self.slots.get(i).order())
     }
 
     /// A payment or delivery meets its order: the order as it is now (a `paid`
@@ -291,8 +167,8 @@ impl JoinState {
     /// order yet, the event is parked until it arrives or the watermark passes
     /// its deadline (`None`). One look-up either way.
     pub fn attach(&mut self, order_id: &str, w: Waiting) -> Option<OrderInfo> {
-        let (i, _) = self.slot_of(order_id);
-        let slot = &mut self.slots[i as usize];
+        let (i, _) = self.slots.slot_of(order_id);
+        let slot = self.slots.get_mut(i);
         if slot.has_order {
             let paid = matches!(
                 w.what,
@@ -301,11 +177,15 @@ impl JoinState {
                     ..
                 }
             );
-            if paid && w.ts_ms < slot.first_paid_ms {
+            let order = if paid && w.ts_ms < slot.first_paid_ms {
                 slot.first_paid_ms = w.ts_ms;
-                mark(&mut self.changed, slot, i);
-            }
-            return slot.order();
+                let order = slot.order();
+                self.slots.mark(i);
+                order
+            } else {
+                slot.order()
+            };
+            return order;
         }
         let list = slot.waiting.get_or_insert_with(Default::default);
         if list.is_empty() {
@@ -314,7 +194,7 @@ impl JoinState {
         }
         list.push(w);
         self.waiting_count += 1;
-        mark(&mut self.changed, slot, i);
+        self.slots.mark(i);
         None
     }
 
@@ -326,8 +206,8 @@ impl JoinState {
         info: OrderInfo,
         dedup_ttl_ms: i64,
     ) -> Result<Vec<Waiting>, DuplicateOrder> {
-        let (i, made) = self.slot_of(order_id);
-        let slot = &mut self.slots[i as usize];
+        let (i, made) = self.slots.slot_of(order_id);
+        let slot = self.slots.get_mut(i);
         match slot.order() {
             Some(existing) if (info.ts_ms - existing.ts_ms).abs() <= dedup_ttl_ms => {
                 return Err(DuplicateOrder)
@@ -341,12 +221,12 @@ impl JoinState {
                 slot.set_order(Some(info));
             }
         }
-        mark(&mut self.changed, slot, i);
-        if made {
-            return Ok(Vec::new());
-        }
-        let released = slot.waiting.take().map_or_else(Vec::new, |w| *w);
+        let released = match made {
+            true => Vec::new(),
+            false => slot.waiting.take().map_or_else(Vec::new, |w| *w),
+        };
         self.waiting_count -= released.len();
+        self.slots.mark(i);
         Ok(released)
     }
 
@@ -357,10 +237,10 @@ impl JoinState {
                 break;
             }
             let Reverse((_, order_id)) = self.deadlines.pop().expect("peeked");
-            let Some(i) = self.find(&order_id) else {
+            let Some(i) = self.slots.find(&order_id) else {
                 continue;
             };
-            let slot = &mut self.slots[i as usize];
+            let slot = self.slots.get_mut(i);
             let Some(list) = slot.waiting.as_mut() else {
                 continue;
             };
@@ -374,13 +254,14 @@ impl JoinState {
             });
             self.waiting_count -= before - list.len();
             let next = list.iter().map(|w| w.deadline_ms).min();
-            mark(&mut self.changed, slot, i);
             if next.is_none() {
                 slot.waiting = None;
             }
+            let has_order = slot.has_order;
+            self.slots.mark(i);
             match next {
                 Some(next) => self.deadlines.push(Reverse((next, order_id))),
-                None if !slot.has_order => self.free(i),
+                None if !has_order => self.slots.remove(i),
                 None => {}
             }
         }
@@ -389,28 +270,16 @@ impl JoinState {
     /// Forgets orders placed before `limit_ms` (their `order_ttl` has passed).
     pub fn sweep_orders(&mut self, limit_ms: i64) {
         let mut forgotten = 0;
-        let (slots, changed, removed, free) = (
-            &mut self.slots,
-            &mut self.changed,
-            &mut self.removed,
-            &mut self.free,
-        );
-        self.index.retain(|&mut i| {
-            let s = &mut slots[i as usize];
-            if s.has_order && s.ts_ms < limit_ms {
-                s.set_order(None);
-                forgotten += 1;
-                mark(changed, s, i);
+        self.slots.retain(|_, s| {
+            if !(s.has_order && s.ts_ms < limit_ms) {
+                return Fate::Keep;
             }
-            let keep = s.has_order || s.waiting_len() > 0;
-            if !keep {
-                let s = std::mem::take(s);
-                if changed.is_some() {
-                    removed.push(s.id);
-                }
-                free.push(i);
+            s.set_order(None);
+            forgotten += 1;
+            match s.waiting_len() {
+                0 => Fate::Remove,
+                _ => Fate::Changed,
             }
-            keep
         });
         self.order_count -= forgotten;
     }
@@ -427,59 +296,49 @@ impl JoinState {
 /// Ids seen, with their event time, to drop repeats within `dedup_ttl`.
 #[derive(Debug, Default)]
 pub struct Dedup {
-    seen: FastMap<CompactString, i64>,
-    changed: ChangedIds,
+    seen: IdSlab<i64>,
 }
 
 impl Dedup {
     /// Starts recording changed ids, for a changelog.
     pub fn track_changes(&mut self) {
-        self.changed.track();
+        self.seen.track_changes();
     }
 
     /// Makes room for `n` ids at once; false if the memory was refused.
     pub fn reserve(&mut self, n: usize) -> bool {
-        self.seen.try_reserve(n).is_ok()
+        self.seen.reserve(n)
     }
 
     /// Each id changed since the last call, once, with the event time it was
     /// seen at (`None`: forgotten).
     pub fn drain_changes(&mut self, mut f: impl FnMut(&str, Option<i64>)) {
-        let seen = &self.seen;
-        self.changed.drain_each(|id| f(id, seen.get(id).copied()));
+        self.seen.drain_changes(|id, ts| f(id, ts.copied()));
     }
 
     /// Puts back a seen id (restore).
     pub fn restore(&mut self, id: &str, ts_ms: i64) {
-        self.seen.insert(id.into(), ts_ms);
+        let (i, _) = self.seen.slot_of(id);
+        *self.seen.get_mut(i) = ts_ms;
     }
 
     /// True for the first copy of `id`; a copy more than `ttl_ms` of event time apart counts again.
     pub fn first_copy(&mut self, id: &str, ts_ms: i64, ttl_ms: i64) -> bool {
-        match self.seen.get_mut(id) {
-            Some(seen) if (ts_ms - *seen).abs() <= ttl_ms => false,
-            Some(seen) => {
-                *seen = ts_ms;
-                self.changed.mark(id);
-                true
-            }
-            None => {
-                self.seen.insert(CompactString::from(id), ts_ms);
-                self.changed.mark(id);
-                true
-            }
+        let (i, made) = self.seen.slot_of(id);
+        let seen = self.seen.get_mut(i);
+        if !made && (ts_ms - *seen).abs() <= ttl_ms {
+            return false;
         }
+        *seen = ts_ms;
+        self.seen.mark(i);
+        true
     }
 
     /// Forgets ids seen before `limit_ms`: any copy close enough to match them would be late.
     pub fn sweep(&mut self, limit_ms: i64) {
-        let changed = &mut self.changed;
-        self.seen.retain(|id, ts| {
-            let keep = *ts >= limit_ms;
-            if !keep {
-                changed.mark(id);
-            }
-            keep
+        self.seen.retain(|_, ts| match *ts >= limit_ms {
+            true => Fate::Keep,
+            false => Fate::Remove,
         });
     }
 

@@ -8,6 +8,7 @@ pub mod fx;
 pub mod join;
 pub mod milestone;
 pub mod output;
+pub mod slab;
 pub mod state;
 pub mod watermark;
 pub mod window;
