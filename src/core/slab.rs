@@ -68,13 +68,21 @@ impl<T: Default> IdSlab<T> {
         self.changes.get_or_insert_with(Changes::default);
     }
 
-    /// Makes room for `n` ids at once; false if the memory was refused.
+    /// Makes room for `n` ids at once; false if the memory was refused. The
+    /// room is faulted in on a thread of its own, so the kernel's zeroing of
+    /// fresh pages (slow on virtual machines) leaves the loop.
     pub fn reserve(&mut self, n: usize) -> bool {
         let (entries, hasher) = (&self.entries, &self.hasher);
-        self.index
+        let reserved = self
+            .index
             .try_reserve(n, |&i| hasher.hash_one(entries[i as usize].id.as_str()))
             .is_ok()
-            && self.entries.try_reserve(n).is_ok()
+            && self.entries.try_reserve(n).is_ok();
+        if reserved {
+            let spare = self.entries.spare_capacity_mut();
+            prefault(spare.as_ptr() as usize, std::mem::size_of_val(spare));
+        }
+        reserved
     }
 
     pub fn len(&self) -> usize {
@@ -204,6 +212,39 @@ impl<T: Default> IdSlab<T> {
         c.slots.clear();
         self.changes = Some(c);
     }
+}
+
+/// Has the kernel fault in the pages of `len` bytes from `addr` for writing, on
+/// a thread of its own. `MADV_POPULATE_WRITE` maps zeroed pages where none are
+/// and changes no byte of memory, so it is sound whatever the memory holds or
+/// whoever writes it meanwhile, and harmless if the block is freed before it
+/// ends (the call then fails, and nothing depends on it).
+fn prefault(addr: usize, len: usize) {
+    #[cfg(target_os = "linux")]
+    {
+        const PAGE: usize = 4096;
+        let start = addr.next_multiple_of(PAGE);
+        let end = (addr + len) / PAGE * PAGE;
+        if end <= start {
+            return;
+        }
+        let spawned = std::thread::Builder::new()
+            .name("gmv-prefault".into())
+            .spawn(move || {
+                // SAFETY: madvise reads and writes no memory of ours; see above.
+                unsafe {
+                    libc::madvise(
+                        start as *mut libc::c_void,
+                        end - start,
+                        libc::MADV_POPULATE_WRITE,
+                    )
+                };
+            });
+        // Without the thread the pages are faulted in as they are first written.
+        drop(spawned);
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (addr, len);
 }
 
 #[cfg(test)]
