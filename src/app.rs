@@ -106,6 +106,11 @@ pub fn run(cfg: &Config, handles: &Handles) -> anyhow::Result<()> {
         }
     }
     tracing::info!(partitions, aggregation_partitions, brokers = %cfg.kafka.brokers, instance = %cfg.kafka.instance_id, "topics checked");
+    handles
+        .metrics
+        .lock()
+        .expect("metrics lock")
+        .set_stage_partitions(partitions, aggregation_partitions);
 
     let producer = Arc::new(TxnProducer::create(cfg, Some(handles.metrics.clone()))?);
     let _ = consumer.context().producer.set(producer.clone());

@@ -61,6 +61,7 @@ pub struct Metrics {
     watermark_lag: prometheus::Gauge,
     input_partitions: IntGaugeVec,
     tasks: IntGaugeVec,
+    stage_partitions: IntGaugeVec,
     pub consumer_lag: IntGaugeVec,
     batch_processing: Histogram,
     end_to_end_latency: Histogram,
@@ -140,6 +141,7 @@ impl Metrics {
             watermark: reg(&r, prometheus::Gauge::new("watermark_timestamp_seconds", "The job's event-time watermark").expect("valid metric")),
             watermark_lag: reg(&r, prometheus::Gauge::new("watermark_lag_seconds", "Wall time minus the watermark").expect("valid metric")),
             input_partitions: gauge_vec("input_partitions", "Assigned input partitions by idleness", &["state"]),
+            stage_partitions: gauge_vec("stage_partitions", "Partitions the tasks of a stage come from: one input topic's (attribution), the repartition topic's (aggregation); every instance exports the same", &["stage"]),
             tasks: gauge_vec("tasks", "Tasks this instance owns, by stage; summed over the instances, one per input partition (attribution) and one per repartition partition (aggregation) when none is left unowned", &["stage"]),
             consumer_lag: gauge_vec("consumer_lag_messages", "Consumer lag per input partition (librdkafka statistics)", &["topic", "partition"]),
             batch_processing: histogram("batch_processing_seconds", "Time to decode and process one batch of input records", latency_buckets.clone()),
@@ -284,6 +286,15 @@ impl Metrics {
     pub fn set_tasks(&self, attribution: usize, aggregation: usize) {
         for (stage, n) in [("attribution", attribution), ("aggregation", aggregation)] {
             self.tasks.with_label_values(&[stage]).set(n as i64);
+        }
+    }
+
+    /// What `gmv_tasks` summed over the instances should reach (alert `GmvTasksUnowned`).
+    pub fn set_stage_partitions(&self, attribution: i32, aggregation: i32) {
+        for (stage, n) in [("attribution", attribution), ("aggregation", aggregation)] {
+            self.stage_partitions
+                .with_label_values(&[stage])
+                .set(n as i64);
         }
     }
 
