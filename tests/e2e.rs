@@ -777,6 +777,18 @@ fn run_refuses_missing_or_not_co_partitioned_inputs_and_bad_settings() {
     assert!(err.contains("brokerz"), "an unknown key is named: {err}");
 }
 
+/// SIGTERM: the instance commits, leaves the group and exits 0.
+fn stop_cleanly(mut job: Proc, id: &str) {
+    Command::new("kill")
+        .args(["-TERM", &job.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(
+        job.0.wait().unwrap().success(),
+        "instance {id} did not stop cleanly"
+    );
+}
+
 /// Waits until the running instances own every task between them (their
 /// `gmv_tasks`, steady for 5 s). Tansu can form a generation that still counts
 /// a member killed earlier, whose share then stays unowned for good
@@ -815,16 +827,7 @@ fn wait_until_every_task_is_owned(
             "the instances own {owned} of {tasks} tasks: the group kept a dead member (Tansu, docs/testing.md); instance {} leaves cleanly and comes back",
             ids[i]
         );
-        let mut j = jobs[i].take().expect("runs");
-        Command::new("kill")
-            .args(["-TERM", &j.0.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(
-            j.0.wait().unwrap().success(),
-            "instance {} did not stop cleanly",
-            ids[i]
-        );
+        stop_cleanly(jobs[i].take().expect("runs"), ids[i]);
         ports[i] = free_port();
         jobs[i] = Some(start_instance(config, ids[i], Some(ports[i])));
     }
@@ -907,16 +910,8 @@ fn instances_killed_added_and_removed_still_end_exact() {
             }
             9 => {
                 // Removed for good below: SIGTERM, it commits and leaves the group.
-                let mut j = jobs[2].take().expect("c runs");
                 println!("removing instance c");
-                Command::new("kill")
-                    .args(["-TERM", &j.0.id().to_string()])
-                    .status()
-                    .unwrap();
-                assert!(
-                    j.0.wait().unwrap().success(),
-                    "instance c did not stop cleanly"
-                );
+                stop_cleanly(jobs[2].take().expect("c runs"), "c");
                 continue;
             }
             _ => {}

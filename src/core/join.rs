@@ -53,9 +53,9 @@ pub struct Waiting {
 }
 
 /// What is known of one order id: the order, and events waiting for it.
-/// The order's fields are kept flat, not as an `Option<OrderInfo>`, so the
-/// flag fills the attribution's padding: with the id, 64 bytes an entry (one
-/// cache line), in a slab of millions.
+/// The order's fields are kept flat, not as an `Option<OrderInfo>`, so
+/// `has_order` fills the attribution's padding: with the id, 64 bytes a slab
+/// entry (one cache line), in a slab of millions.
 #[derive(Debug, Default)]
 struct Slot {
     /// The order's fields below are meaningful only when `has_order`.
