@@ -114,13 +114,13 @@ pub struct MetricsConfig {
 pub struct StateConfig {
     /// Orders the order store (and as many payment ids) should hold without
     /// growing, over all input partitions: the orders of one `order_ttl`.
-    /// Growing a map copies every entry into one twice the size, a pause of
+    /// Growing copies every entry into a store twice the size, a pause of
     /// seconds for tens of millions, mid-peak. 0: grow as needed.
     pub expected_orders: i64,
 }
 
-/// Most orders `state.expected_orders` may ask for: 11 to 22 GB of maps up
-/// front (110 to 220 bytes an order, as the README says).
+/// Most orders `state.expected_orders` may ask for: about 11 to 12 GB up
+/// front (110 to 120 bytes an order, as the README says).
 pub const MAX_EXPECTED_ORDERS: i64 = 100_000_000;
 
 impl Default for Config {

@@ -406,7 +406,7 @@ impl AttributionTask {
             ts_ms: o.ts_ms,
             first_paid_ms: i64::MAX,
         };
-        let Ok(mut released) =
+        let Ok((order, released)) =
             self.joins
                 .insert_order(&o.order_id, info, self.cfg.time.dedup_ttl_ms)
         else {
@@ -416,13 +416,9 @@ impl AttributionTask {
         stats.placed_orders += 1;
         self.add(Dim::Total, 0, o.ts_ms, Contribution::Placed);
         self.apply_attributed(attribution, o.ts_ms, Contribution::Placed);
-        // Payments first, so a delivery that waited too can measure pay-to-delivery.
-        released.sort_by_key(|w| matches!(w.what, Joinable::Delivery { .. }));
+        // `order` carries the released payments' first paid time: a delivery that
+        // waited too measures pay-to-delivery from it.
         for w in released {
-            let order = self
-                .joins
-                .attach(&o.order_id, w)
-                .expect("the order just stored");
             self.resolve(order, w, out);
         }
     }

@@ -103,6 +103,22 @@ impl Slot {
         self.waiting.as_ref().map_or(0, |w| w.len())
     }
 
+    /// Records a `paid` payment's time if it is the order's first; says whether it was.
+    fn note_paid(&mut self, w: &Waiting) -> bool {
+        let paid = matches!(
+            w.what,
+            Joinable::Payment {
+                kind: PaymentKind::Paid,
+                ..
+            }
+        );
+        let first = paid && w.ts_ms < self.first_paid_ms;
+        if first {
+            self.first_paid_ms = w.ts_ms;
+        }
+        first
+    }
+
     fn waiting(&self) -> &[Waiting] {
         self.waiting.as_deref().map_or(&[][..], |w| &w[..])
     }
@@ -170,22 +186,10 @@ impl JoinState {
         let (i, _) = self.slots.slot_of(order_id);
         let slot = self.slots.get_mut(i);
         if slot.has_order {
-            let paid = matches!(
-                w.what,
-                Joinable::Payment {
-                    kind: PaymentKind::Paid,
-                    ..
-                }
-            );
-            let order = if paid && w.ts_ms < slot.first_paid_ms {
-                slot.first_paid_ms = w.ts_ms;
-                let order = slot.order();
+            if slot.note_paid(&w) {
                 self.slots.mark(i);
-                order
-            } else {
-                slot.order()
-            };
-            return order;
+            }
+            return self.slots.get(i).order();
         }
         let list = slot.waiting.get_or_insert_with(Default::default);
         if list.is_empty() {
@@ -198,14 +202,15 @@ impl JoinState {
         None
     }
 
-    /// Stores an order and returns the events that were waiting for it, or
-    /// `DuplicateOrder` when the same id was placed within `dedup_ttl_ms`.
+    /// Stores an order and returns it with the events that were waiting for it
+    /// (their `paid` payments' times recorded on it already), or `DuplicateOrder`
+    /// when the same id was placed within `dedup_ttl_ms`.
     pub fn insert_order(
         &mut self,
         order_id: &str,
         info: OrderInfo,
         dedup_ttl_ms: i64,
-    ) -> Result<Vec<Waiting>, DuplicateOrder> {
+    ) -> Result<(OrderInfo, Vec<Waiting>), DuplicateOrder> {
         let (i, made) = self.slots.slot_of(order_id);
         let slot = self.slots.get_mut(i);
         match slot.order() {
@@ -225,9 +230,13 @@ impl JoinState {
             true => Vec::new(),
             false => slot.waiting.take().map_or_else(Vec::new, |w| *w),
         };
+        for w in &released {
+            slot.note_paid(w);
+        }
+        let order = slot.order().expect("set above");
         self.waiting_count -= released.len();
         self.slots.mark(i);
-        Ok(released)
+        Ok((order, released))
     }
 
     /// Removes the waiting events whose deadline the watermark has reached.
@@ -380,16 +389,21 @@ mod tests {
         assert_eq!(j.attach("o1", pay(10, 100)), None, "no order yet: parked");
         assert_eq!(j.attach("o1", pay(20, 110)), None, "no order yet: parked");
         assert_eq!(j.waiting_count(), 2);
-        let released = j.insert_order(
-            "o1",
-            OrderInfo {
-                attribution: attr(3),
-                ts_ms: 30,
-                first_paid_ms: i64::MAX,
-            },
-            0,
+        let info = OrderInfo {
+            attribution: attr(3),
+            ts_ms: 30,
+            first_paid_ms: i64::MAX,
+        };
+        let paid = OrderInfo {
+            first_paid_ms: 10,
+            ..info
+        };
+        assert_eq!(
+            j.insert_order("o1", info, 0),
+            Ok((paid, vec![pay(10, 100), pay(20, 110)])),
+            "released with the first paid payment's time on the order"
         );
-        assert_eq!(released, Ok(vec![pay(10, 100), pay(20, 110)]));
+        assert_eq!(j.order("o1"), Some(paid));
         assert_eq!(j.waiting_count(), 0);
         let mut expired = vec![];
         j.expire(1_000, |w| expired.push(w));
@@ -418,7 +432,7 @@ mod tests {
             },
             0,
         );
-        assert_eq!(released, Ok(vec![pay(50, 150)]));
+        assert_eq!(released.map(|r| r.1), Ok(vec![pay(50, 150)]));
         let info = OrderInfo {
             attribution: attr(1),
             ts_ms: 5,
@@ -480,8 +494,8 @@ mod tests {
             "changes before tracking are not listed"
         );
         assert_eq!(j.attach("o1", pay(10, 100)), None, "no order yet: parked");
+        // The parked payment is released, and its time recorded as the first paid.
         j.insert_order("o1", info(5), 0).unwrap();
-        assert!(j.attach("o1", pay(10, 100)).is_some());
         assert_eq!(j.attach("o2", pay(20, 50)), None, "no order yet: parked");
         let paid = OrderInfo {
             first_paid_ms: 10,

@@ -118,12 +118,12 @@ impl Lanes {
                 // SAFETY: each pointer is a message this call handed over, destroyed
                 // once below after its last use; its fields are valid until then.
                 unsafe {
-                    let msg = &*m;
-                    if msg.err != rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
-                        let text = std::ffi::CStr::from_ptr(rdsys::rd_kafka_err2str(msg.err));
+                    let err = (*m).err;
+                    if err != rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+                        let text = std::ffi::CStr::from_ptr(rdsys::rd_kafka_err2str(err));
                         tracing::warn!("consumer: {}", text.to_string_lossy());
                     } else {
-                        let record = LaneRecord::of(msg, m);
+                        let record = LaneRecord::of(m);
                         if let Some(ts) = record.timestamp_ms {
                             lane.last_ms = ts;
                         }
@@ -155,12 +155,10 @@ pub struct LaneRecord<'a> {
 }
 
 impl LaneRecord<'_> {
-    /// SAFETY: `m` points to `msg`, a live message without error; the record must
-    /// not outlive it.
-    unsafe fn of<'a>(
-        msg: &'a rdsys::rd_kafka_message_t,
-        m: *mut rdsys::rd_kafka_message_t,
-    ) -> LaneRecord<'a> {
+    /// SAFETY: `m` is a live message without error; the record must not outlive it.
+    unsafe fn of<'a>(m: *mut rdsys::rd_kafka_message_t) -> LaneRecord<'a> {
+        // SAFETY: a live message, as the caller promises.
+        let msg = unsafe { &*m };
         let bytes = |ptr: *mut std::ffi::c_void, len: usize| {
             // SAFETY: librdkafka's pointer and length of the message's key or payload.
             (!ptr.is_null()).then(|| unsafe { std::slice::from_raw_parts(ptr as *const u8, len) })

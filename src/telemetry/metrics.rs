@@ -284,18 +284,16 @@ impl Metrics {
     }
 
     pub fn set_tasks(&self, attribution: usize, aggregation: usize) {
-        for (stage, n) in [("attribution", attribution), ("aggregation", aggregation)] {
-            self.tasks.with_label_values(&[stage]).set(n as i64);
-        }
+        by_stage(&self.tasks, attribution as i64, aggregation as i64);
     }
 
     /// What `gmv_tasks` summed over the instances should reach (alert `GmvTasksUnowned`).
     pub fn set_stage_partitions(&self, attribution: i32, aggregation: i32) {
-        for (stage, n) in [("attribution", attribution), ("aggregation", aggregation)] {
-            self.stage_partitions
-                .with_label_values(&[stage])
-                .set(n as i64);
-        }
+        by_stage(
+            &self.stage_partitions,
+            attribution.into(),
+            aggregation.into(),
+        );
     }
 
     pub fn set_state(&self, s: StateSize) {
@@ -439,6 +437,13 @@ impl Default for Metrics {
 
 fn clamp(v: i128) -> i64 {
     v.clamp(0, i64::MAX as i128) as i64
+}
+
+/// Sets a gauge labelled by `stage`, both stages at once.
+fn by_stage(gauge: &IntGaugeVec, attribution: i64, aggregation: i64) {
+    for (stage, n) in [("attribution", attribution), ("aggregation", aggregation)] {
+        gauge.with_label_values(&[stage]).set(n);
+    }
 }
 
 #[cfg(test)]
