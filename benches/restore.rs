@@ -1,5 +1,5 @@
 //! Restore from the changelogs: the job builds a state of `KEYS` orders (one
-//! changelog key each), stops, and starts again; this measures how long the
+//! changelog entry each), stops, and starts again; this measures how long the
 //! restart takes to restore that state, against a baseline of a plain consumer
 //! reading the same changelog partitions in the same run.
 //!
@@ -34,7 +34,7 @@ fn main() {
     let (config, metrics_port) = bench_config(&dir, &brokers, "gmv-restore");
     create_topics(&config, PARTITIONS);
 
-    // Orders only: each is one key of attribution state.
+    // Orders only: each is one entry of attribution state.
     let mut cfg = Config::default();
     cfg.kafka.brokers = brokers.clone();
     let producer = gmv::gen::writer::producer(&cfg).unwrap();

@@ -534,17 +534,13 @@ impl Loop<'_> {
         };
         for t in self.engine.attribution_tasks() {
             let (stage, p) = (Stage::Attribution, t.partition());
-            let tag = tag_of(stage, p);
-            let mut batch =
-                tag.map(|tag| self.changes.batch(changelog_topic(self.cfg, stage), p, tag));
-            t.drain_changes(|key, value| {
-                if let Some(b) = batch.as_mut() {
-                    b.push(key, value);
-                }
-            });
-            if let Some(batch) = batch {
-                self.changes.send(batch)?;
-            }
+            // Without a run the task has nothing to write: its changes wait.
+            let Some(tag) = tag_of(stage, p) else {
+                continue;
+            };
+            let mut batch = self.changes.batch(changelog_topic(self.cfg, stage), p, tag);
+            t.drain_changes(tag, |key, value| batch.push(key, value));
+            self.changes.send(batch)?;
         }
         for t in self.engine.aggregation_tasks() {
             let (stage, p) = (Stage::Aggregation, t.partition());
@@ -1027,10 +1023,12 @@ fn read_changelogs(
                 latest.insert(key, value);
             }
         }
-        let entries: Vec<_> = latest
+        // In key order: batches of state replay in the order they were committed.
+        let mut entries: Vec<_> = latest
             .into_iter()
             .filter_map(|(k, v)| v.map(|v| (k, v)))
             .collect();
+        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         out.insert(*task, (lineage, entries));
     }
     Ok(out)

@@ -158,18 +158,35 @@ impl JoinState {
             .drain_changes(|id, slot| f(id, slot.map(|s| (s.order(), s.waiting()))));
     }
 
-    /// Puts back what [`JoinState::drain_changes`] handed out (restore from the changelog).
-    pub fn restore(&mut self, order_id: &str, order: Option<OrderInfo>, waiting: Vec<Waiting>) {
-        if order.is_none() && waiting.is_empty() {
-            return;
+    /// Puts back what [`JoinState::drain_changes`] handed out (restore from the
+    /// changelog, oldest first): a later value of an id replaces the one before,
+    /// `None` forgets it.
+    pub fn restore(&mut self, order_id: &str, value: Option<(Option<OrderInfo>, Vec<Waiting>)>) {
+        let found = self.slots.find(order_id);
+        if let Some(i) = found {
+            self.forget_counts(i);
         }
+        let Some((order, waiting)) = value.filter(|(o, w)| o.is_some() || !w.is_empty()) else {
+            if let Some(i) = found {
+                self.slots.remove(i);
+            }
+            return;
+        };
+        let i = found.unwrap_or_else(|| self.slots.slot_of(order_id).0);
         self.order_count += order.is_some() as usize;
         self.waiting_count += waiting.len();
+        // A replaced value may leave its deadline in the heap: `expire` skips it.
         if let Some(d) = waiting.iter().map(|w| w.deadline_ms).min() {
             self.deadlines.push(Reverse((d, order_id.into())));
         }
-        let (i, _) = self.slots.slot_of(order_id);
         *self.slots.get_mut(i) = Slot::new(order, waiting);
+    }
+
+    /// Takes slot `i`'s order and waiting events out of the counts.
+    fn forget_counts(&mut self, i: u32) {
+        let s = self.slots.get(i);
+        self.order_count -= s.has_order as usize;
+        self.waiting_count -= s.waiting_len();
     }
 
     pub fn order(&self, order_id: &str) -> Option<OrderInfo> {
@@ -325,10 +342,19 @@ impl Dedup {
         self.seen.drain_changes(|id, ts| f(id, ts.copied()));
     }
 
-    /// Puts back a seen id (restore).
-    pub fn restore(&mut self, id: &str, ts_ms: i64) {
-        let (i, _) = self.seen.slot_of(id);
-        *self.seen.get_mut(i) = ts_ms;
+    /// Puts back a seen id, or forgets it (`None`; restore, oldest first).
+    pub fn restore(&mut self, id: &str, ts_ms: Option<i64>) {
+        match ts_ms {
+            Some(ts) => {
+                let (i, _) = self.seen.slot_of(id);
+                *self.seen.get_mut(i) = ts;
+            }
+            None => {
+                if let Some(i) = self.seen.find(id) {
+                    self.seen.remove(i);
+                }
+            }
+        }
     }
 
     /// True for the first copy of `id`; a copy more than `ttl_ms` of event time apart counts again.

@@ -3,6 +3,7 @@
 
 pub mod aggregation;
 pub mod attribution;
+pub mod batch_log;
 pub mod engine;
 pub mod fx;
 pub mod join;

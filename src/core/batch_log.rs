@@ -1,0 +1,395 @@
+//! The attribution changelog as a log of batches, not one record per id.
+//!
+//! A commit changes about one id per input event (an order, a payment id, a
+//! delivery id). One Kafka record each made the changelog most of the job's
+//! records: each one produced, acknowledged and stored by the broker one by one
+//! (docs/performance.md). Instead, each commit writes its changes as entries
+//! packed into a few large records (chunks of [`CHUNK_BYTES`]), keyed by the
+//! transaction that wrote them. A restore replays the committed batches in
+//! key order, which is commit order: a later entry for an id replaces the one
+//! before, and a removal entry forgets it.
+//!
+//! Compaction by key no longer drops old values, so the log drops whole
+//! batches itself: a batch gets a tombstone once every value in it is certainly
+//! gone from the state (swept after its TTL, or expired after its join
+//! timeout) by a sweep or expiry that ran after the batch was written — and
+//! only once every older batch is gone too, so an id's older value never
+//! outlives its newer one.
+
+use std::collections::VecDeque;
+
+use serde::Serialize;
+
+use super::state::Tag;
+
+/// Key prefix of a batch record (state keys of other kinds never start with it).
+pub const BATCH_PREFIX: u8 = b's';
+/// Format version, the first byte of every batch value.
+const VERSION: u8 = 1;
+/// A chunk is sent once it holds this many bytes: far below the brokers'
+/// usual 1 MB message limit, and large enough that per-record costs vanish.
+pub const CHUNK_BYTES: usize = 256 * 1024;
+
+/// When the values of one batch are certainly gone, as the task's sweeps and
+/// expiries see it: the largest times it holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Marks {
+    /// Largest order time among its order values (swept at `order_ttl`).
+    pub order_ts: Option<i64>,
+    /// Largest time among its de-duplication ids (swept at `dedup_ttl`).
+    pub id_ts: Option<i64>,
+    /// Largest deadline among its waiting events (expired by the watermark).
+    pub deadline: Option<i64>,
+}
+
+impl Marks {
+    pub fn order(&mut self, ts: i64) {
+        self.order_ts = Some(self.order_ts.map_or(ts, |m| m.max(ts)));
+    }
+
+    pub fn id(&mut self, ts: i64) {
+        self.id_ts = Some(self.id_ts.map_or(ts, |m| m.max(ts)));
+    }
+
+    pub fn deadline(&mut self, ts: i64) {
+        self.deadline = Some(self.deadline.map_or(ts, |m| m.max(ts)));
+    }
+}
+
+/// What the task has certainly forgotten: the last sweep and the last expiry,
+/// each numbered so a batch can tell whether it ran after the batch was written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Horizon {
+    pub sweeps: u64,
+    /// The last sweep forgot orders placed before this, and ids seen before `ids_before_ms`.
+    pub orders_before_ms: i64,
+    pub ids_before_ms: i64,
+    pub expiries: u64,
+    /// The last expiry released every event waiting with a deadline up to this.
+    pub expired_to_ms: i64,
+}
+
+#[derive(Debug)]
+struct Batch {
+    key: Vec<u8>,
+    marks: Marks,
+    /// The horizon's counters when it was written.
+    sweeps: u64,
+    expiries: u64,
+}
+
+impl Batch {
+    fn is_dead(&self, h: &Horizon) -> bool {
+        let swept = h.sweeps > self.sweeps;
+        let m = &self.marks;
+        m.order_ts.is_none_or(|t| swept && t < h.orders_before_ms)
+            && m.id_ts.is_none_or(|t| swept && t < h.ids_before_ms)
+            && m.deadline
+                .is_none_or(|d| h.expiries > self.expiries && d <= h.expired_to_ms)
+    }
+}
+
+/// One task's live batches, oldest first.
+#[derive(Debug, Default)]
+pub struct BatchLog {
+    batches: VecDeque<Batch>,
+    /// The chunk being filled, kept between commits for its capacity.
+    buf: Vec<u8>,
+}
+
+impl BatchLog {
+    /// Live batches (written or restored, not yet given a tombstone).
+    pub fn len(&self) -> usize {
+        self.batches.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.batches.is_empty()
+    }
+
+    /// Tombstones for the oldest batches whose values are all gone.
+    pub fn drop_dead(&mut self, h: &Horizon, mut f: impl FnMut(&[u8])) {
+        while self.batches.front().is_some_and(|b| b.is_dead(h)) {
+            let b = self.batches.pop_front().expect("checked");
+            f(&b.key);
+        }
+    }
+
+    /// Starts the batch of transaction `tag`; its chunks go to `f` as they fill.
+    pub fn writer<'a, F: FnMut(&[u8], &[u8])>(
+        &'a mut self,
+        tag: Tag,
+        h: &Horizon,
+        f: F,
+    ) -> BatchWriter<'a, F> {
+        self.buf.clear();
+        BatchWriter {
+            log: self,
+            tag,
+            chunk: 0,
+            marks: Marks::default(),
+            sweeps: h.sweeps,
+            expiries: h.expiries,
+            f,
+        }
+    }
+
+    /// Registers a restored batch: it counts as written now, so it waits for
+    /// the next sweep and expiry before it can go.
+    pub fn restored(&mut self, key: &[u8], marks: Marks, h: &Horizon) {
+        self.batches.push_back(Batch {
+            key: key.to_vec(),
+            marks,
+            sweeps: h.sweeps,
+            expiries: h.expiries,
+        });
+    }
+}
+
+/// Writes one transaction's entries, chunk by chunk.
+pub struct BatchWriter<'a, F: FnMut(&[u8], &[u8])> {
+    log: &'a mut BatchLog,
+    tag: Tag,
+    chunk: u32,
+    marks: Marks,
+    sweeps: u64,
+    expiries: u64,
+    f: F,
+}
+
+impl<F: FnMut(&[u8], &[u8])> BatchWriter<'_, F> {
+    /// Appends one id's new value (`None`: forgotten) of kind `kind`.
+    pub fn entry<V: Serialize>(&mut self, kind: u8, id: &str, value: Option<&V>, marks: Marks) {
+        let buf = &mut self.log.buf;
+        if buf.is_empty() {
+            buf.push(VERSION);
+        }
+        buf.push(kind);
+        *buf = postcard::to_extend(&(id, value), std::mem::take(buf))
+            .expect("state values always encode");
+        let m = &mut self.marks;
+        if let Some(t) = marks.order_ts {
+            m.order(t);
+        }
+        if let Some(t) = marks.id_ts {
+            m.id(t);
+        }
+        if let Some(d) = marks.deadline {
+            m.deadline(d);
+        }
+        if buf.len() >= CHUNK_BYTES {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.log.buf.is_empty() {
+            return;
+        }
+        let key = batch_key(self.tag, self.chunk);
+        (self.f)(&key, &self.log.buf);
+        self.log.buf.clear();
+        self.log.batches.push_back(Batch {
+            key,
+            marks: std::mem::take(&mut self.marks),
+            sweeps: self.sweeps,
+            expiries: self.expiries,
+        });
+        self.chunk += 1;
+    }
+
+    /// Sends the last chunk.
+    pub fn finish(mut self) {
+        self.flush();
+    }
+}
+
+/// `s{n}.{inc}.{chunk}`, zero-padded: keys sort in commit order (transaction
+/// numbers grow across incarnations; only one incarnation commits each).
+fn batch_key(tag: Tag, chunk: u32) -> Vec<u8> {
+    let mut key = vec![BATCH_PREFIX];
+    key.extend_from_slice(format!("{:020}.{:020}.{chunk:06}", tag.n, tag.inc).as_bytes());
+    key
+}
+
+/// The entries of a batch value, after its version byte: each is a kind byte,
+/// then what [`take_entry`] decodes for that kind.
+pub fn body(value: &[u8]) -> Result<&[u8], String> {
+    match value.split_first() {
+        Some((&VERSION, rest)) => Ok(rest),
+        Some((v, _)) => Err(format!(
+            "batch format version {v} (this build reads {VERSION})"
+        )),
+        None => Err("empty batch value".into()),
+    }
+}
+
+/// One entry: an id and its value (`None`: forgotten).
+pub type Entry<'a, V> = (&'a str, Option<V>);
+
+/// Decodes the entry at the start of `rest` (after its kind byte); returns it
+/// and what follows it.
+pub fn take_entry<'a, V: serde::Deserialize<'a>>(
+    rest: &'a [u8],
+) -> Result<(Entry<'a, V>, &'a [u8]), postcard::Error> {
+    postcard::take_from_bytes(rest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn horizon() -> Horizon {
+        Horizon {
+            sweeps: 1,
+            orders_before_ms: 1_000,
+            ids_before_ms: 2_000,
+            expiries: 1,
+            expired_to_ms: 3_000,
+        }
+    }
+
+    fn write(log: &mut BatchLog, n: u64, h: &Horizon, entries: &[(u8, &str, Option<i64>, Marks)]) {
+        let mut out = Vec::new();
+        let mut w = log.writer(Tag { inc: 7, n }, h, |k, v| {
+            out.push((k.to_vec(), v.to_vec()))
+        });
+        for (kind, id, v, m) in entries {
+            w.entry(*kind, id, v.as_ref(), *m);
+        }
+        w.finish();
+    }
+
+    fn marks(order: Option<i64>, id: Option<i64>, deadline: Option<i64>) -> Marks {
+        Marks {
+            order_ts: order,
+            id_ts: id,
+            deadline,
+        }
+    }
+
+    fn dropped(log: &mut BatchLog, h: &Horizon) -> Vec<String> {
+        let mut out = Vec::new();
+        log.drop_dead(h, |k| out.push(String::from_utf8(k.to_vec()).unwrap()));
+        out
+    }
+
+    #[test]
+    fn entries_round_trip_in_order_and_keys_sort_by_transaction() {
+        let mut log = BatchLog::default();
+        let mut out = Vec::new();
+        let mut w = log.writer(Tag { inc: 3, n: 9 }, &Horizon::default(), |k, v| {
+            out.push((k.to_vec(), v.to_vec()))
+        });
+        w.entry(b'p', "p1", Some(&5i64), Marks::default());
+        w.entry::<i64>(b'd', "d1", None, Marks::default());
+        w.finish();
+        assert_eq!(out.len(), 1);
+        let (key, value) = &out[0];
+        assert_eq!(key, b"s00000000000000000009.00000000000000000003.000000");
+        let rest = body(value).unwrap();
+        assert_eq!(rest[0], b'p');
+        let ((id, v), rest) = take_entry::<i64>(&rest[1..]).unwrap();
+        assert_eq!((id, v), ("p1", Some(5)));
+        assert_eq!(rest[0], b'd');
+        let ((id, v), rest) = take_entry::<i64>(&rest[1..]).unwrap();
+        assert_eq!((id, v, rest.len()), ("d1", None, 0));
+        assert!(batch_key(Tag { inc: 99, n: 9 }, 0) < batch_key(Tag { inc: 1, n: 10 }, 0));
+        assert!(body(&[2, 0]).unwrap_err().contains("version 2"));
+    }
+
+    #[test]
+    fn large_batches_split_into_chunks() {
+        let mut log = BatchLog::default();
+        let mut out = Vec::new();
+        let mut w = log.writer(Tag { inc: 0, n: 1 }, &Horizon::default(), |k, v| {
+            out.push((k.to_vec(), v.len()))
+        });
+        let id = "x".repeat(1_000);
+        for i in 0..600 {
+            w.entry(b'p', &format!("{id}{i}"), Some(&1i64), Marks::default());
+        }
+        w.finish();
+        assert_eq!(out.len(), 3, "about 600 kB in 256 kB chunks");
+        assert!(out.iter().all(|(_, len)| *len <= CHUNK_BYTES + 1_100));
+        assert!(out.windows(2).all(|w| w[0].0 < w[1].0));
+        assert_eq!(log.len(), 3);
+    }
+
+    #[test]
+    fn a_batch_goes_only_after_a_later_sweep_or_expiry_passed_all_it_holds() {
+        let h0 = horizon();
+        let mut log = BatchLog::default();
+        write(
+            &mut log,
+            1,
+            &h0,
+            &[(b'o', "o1", Some(1), marks(Some(500), None, None))],
+        );
+        write(
+            &mut log,
+            2,
+            &h0,
+            &[(b'p', "p1", Some(1), marks(None, Some(1_500), None))],
+        );
+        write(
+            &mut log,
+            3,
+            &h0,
+            &[(b'o', "o2", Some(1), marks(None, None, Some(2_500)))],
+        );
+        write(&mut log, 4, &h0, &[(b'o', "o1", None, Marks::default())]);
+        // Nothing ran since they were written, though their times are past the horizon.
+        assert!(dropped(&mut log, &h0).is_empty());
+        // An expiry alone frees none: the oldest batch waits for a sweep.
+        let h1 = Horizon { expiries: 2, ..h0 };
+        assert!(dropped(&mut log, &h1).is_empty());
+        // A sweep: the order and id batches go; the waiting event's deadline is not passed yet.
+        let h2 = Horizon {
+            sweeps: 2,
+            expiries: 2,
+            expired_to_ms: 2_000,
+            ..h0
+        };
+        assert_eq!(dropped(&mut log, &h2).len(), 2);
+        assert_eq!(log.len(), 2);
+        let h3 = Horizon {
+            expired_to_ms: 2_500,
+            ..h2
+        };
+        // The waiting batch goes, and the removal-only batch after it holds no value.
+        assert_eq!(dropped(&mut log, &h3).len(), 2);
+        assert!(log.is_empty());
+    }
+
+    #[test]
+    fn a_live_batch_keeps_every_newer_one() {
+        let h0 = horizon();
+        let mut log = BatchLog::default();
+        write(
+            &mut log,
+            1,
+            &h0,
+            &[(b'o', "o1", Some(1), marks(Some(9_999), None, None))],
+        );
+        write(
+            &mut log,
+            2,
+            &h0,
+            &[(b'p', "p1", Some(1), marks(None, Some(0), None))],
+        );
+        let h1 = Horizon {
+            sweeps: 2,
+            expiries: 2,
+            ..h0
+        };
+        assert!(dropped(&mut log, &h1).is_empty(), "o1 is not swept yet");
+        assert_eq!(log.len(), 2);
+        // Restored batches count as written at the restore.
+        let mut restored = BatchLog::default();
+        restored.restored(b"s1", marks(None, Some(0), None), &h1);
+        assert!(dropped(&mut restored, &h1).is_empty());
+        let h2 = Horizon { sweeps: 3, ..h1 };
+        assert_eq!(dropped(&mut restored, &h2), ["s1"]);
+    }
+}
