@@ -24,7 +24,6 @@ use crate::core::state::{
     LINEAGE_PREFIX, MARKER_PREFIX,
 };
 use crate::core::Engine;
-use crate::io::change_sender::ChangeSender;
 use crate::io::consumer::{self, Assignment, InputConsumer};
 use crate::io::lanes::{LaneRecord, Lanes, LANE_BATCH};
 use crate::io::producer::{Kind, Record, TxnProducer, Written};
@@ -120,7 +119,6 @@ pub fn run(cfg: &Config, handles: &Handles) -> anyhow::Result<()> {
         engine: Engine::distributed(cfg.engine()),
         consumer,
         lanes: Lanes::default(),
-        changes: ChangeSender::start(producer.clone())?,
         producer,
         handles,
         out: Vec::new(),
@@ -180,7 +178,6 @@ struct Loop<'a> {
     /// The input partitions' own queues (the repartition topic stays on the consumer's).
     lanes: Lanes,
     /// Sends the attribution tasks' changelog records while the loop reads on.
-    changes: ChangeSender,
     producer: Arc<TxnProducer>,
     handles: &'a Handles,
     out: Vec<Output>,
@@ -350,8 +347,6 @@ impl Loop<'_> {
         };
         let offsets = self.group_offsets(&resume)?;
         let started = Instant::now();
-        // The commit records vouch for every changelog record before them.
-        self.changes.wait_sent()?;
         let group = self
             .consumer
             .group_metadata()
@@ -538,9 +533,13 @@ impl Loop<'_> {
             let Some(tag) = tag_of(stage, p) else {
                 continue;
             };
-            let mut batch = self.changes.batch(changelog_topic(self.cfg, stage), p, tag);
-            t.drain_changes(tag, |key, value| batch.push(key, value));
-            self.changes.send(batch)?;
+            let mut sent = Ok(());
+            t.drain_changes(tag, |key, value| {
+                if sent.is_ok() {
+                    sent = send(stage, p, Some(tag), key, value);
+                }
+            });
+            sent?;
         }
         for t in self.engine.aggregation_tasks() {
             let (stage, p) = (Stage::Aggregation, t.partition());
@@ -654,10 +653,7 @@ impl Loop<'_> {
         // The old assignment's lanes go; the new ones are split below, before `assign`.
         self.lanes = Lanes::default();
         // Records sent but not sealed never count: a restore treats them as aborted.
-        // Still, all of them go out before the markers, which start counting afresh
-        // which offsets this producer's records take.
         self.in_flight = None;
-        self.changes.wait_sent()?;
         self.engine.clear();
         self.tasks.clear();
         self.sent_progress.clear();

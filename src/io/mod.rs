@@ -2,7 +2,6 @@
 //! lanes, the acknowledged output producer and the thread that hands it the
 //! changelog records, and topic creation and checks.
 
-pub mod change_sender;
 pub mod consumer;
 pub mod lanes;
 pub mod producer;
