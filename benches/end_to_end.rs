@@ -161,6 +161,11 @@ fn main() {
             per(a.0, b.0),
             per(a.1, b.1)
         );
+        // Below 100%: the loop waited (for input, or for a commit) the rest of the time.
+        println!(
+            "loop thread busy:    {:>10.0}% of the run",
+            (b.0 - a.0) as f64 / 1e7 / run_secs
+        );
     }
 
     if latency_rate == 0 {
