@@ -177,7 +177,6 @@ struct Loop<'a> {
     consumer: Arc<InputConsumer>,
     /// The input partitions' own queues (the repartition topic stays on the consumer's).
     lanes: Lanes,
-    /// Sends the attribution tasks' changelog records while the loop reads on.
     producer: Arc<TxnProducer>,
     handles: &'a Handles,
     out: Vec<Output>,
@@ -730,9 +729,11 @@ impl Loop<'_> {
                             "no memory to size the state for state.expected_orders; it grows as needed"
                         );
                     }
-                    task.track_changes();
                     task.resume_at(&lineage.offsets);
-                    entries.iter().try_for_each(|(k, v)| task.restore(k, v))
+                    let restored = entries.iter().try_for_each(|(k, v)| task.restore(k, v));
+                    // From here on: what the restore itself changed is in the changelog already.
+                    task.track_changes();
+                    restored
                 }
                 Stage::Aggregation => {
                     let task = self.engine.add_aggregation(p, self.partitions as usize);

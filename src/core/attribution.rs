@@ -151,7 +151,6 @@ pub struct AttributionTask {
     /// Interned id of each two-letter country code, `u32::MAX` until seen.
     country_ids: Box<[u32; 26 * 26]>,
     clock_changed: bool,
-    tracking: bool,
     /// The changelog's live batches, and what the state has forgotten since.
     log: BatchLog,
     horizon: Horizon,
@@ -180,7 +179,6 @@ impl AttributionTask {
             now_ms,
             country_ids: Box::new([u32::MAX; 26 * 26]),
             clock_changed: false,
-            tracking: false,
             log: BatchLog::default(),
             horizon: Horizon::default(),
         }
@@ -188,7 +186,6 @@ impl AttributionTask {
 
     /// Records every state change from now on, for [`AttributionTask::drain_changes`].
     pub fn track_changes(&mut self) {
-        self.tracking = true;
         self.joins.track_changes();
         self.payment_ids.track_changes();
         self.delivery_ids.track_changes();
@@ -641,7 +638,8 @@ impl AttributionTask {
         out
     }
 
-    /// Puts back one changelog record (the latest committed value of its key).
+    /// Puts back one changelog record (the latest committed value of its key);
+    /// batches must come in key order, which is the order they were committed in.
     pub fn restore(&mut self, key: &[u8], value: &[u8]) -> Result<(), String> {
         if key == CLOCK_KEY {
             let c: SavedClock =
@@ -883,10 +881,10 @@ mod tests {
                 crashes += 1;
                 inc += 1;
                 t = AttributionTask::new(0, cfg.clone(), 0);
-                t.track_changes();
                 for (k, v) in &changelog {
                     t.restore(k, v).unwrap();
                 }
+                t.track_changes();
                 // The fetch is rewound before the commit: what it reads again is skipped.
                 t.resume_at(&resume);
                 i = committed.saturating_sub(rng.gen_range(0..200));

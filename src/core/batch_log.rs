@@ -249,15 +249,15 @@ mod tests {
         }
     }
 
-    fn write(log: &mut BatchLog, n: u64, h: &Horizon, entries: &[(u8, &str, Option<i64>, Marks)]) {
-        let mut out = Vec::new();
-        let mut w = log.writer(Tag { inc: 7, n }, h, |k, v| {
-            out.push((k.to_vec(), v.to_vec()))
-        });
-        for (kind, id, v, m) in entries {
+    /// A log of one transaction per entry, in order, all written at horizon `h`.
+    fn log_of(h: &Horizon, entries: &[(u8, &str, Option<i64>, Marks)]) -> BatchLog {
+        let mut log = BatchLog::default();
+        for (n, (kind, id, v, m)) in (1..).zip(entries) {
+            let mut w = log.writer(Tag { inc: 7, n }, h, |_, _| {});
             w.entry(*kind, id, v.as_ref(), *m);
+            w.finish();
         }
-        w.finish();
+        log
     }
 
     fn marks(order: Option<i64>, id: Option<i64>, deadline: Option<i64>) -> Marks {
@@ -319,26 +319,15 @@ mod tests {
     #[test]
     fn a_batch_goes_only_after_a_later_sweep_or_expiry_passed_all_it_holds() {
         let h0 = horizon();
-        let mut log = BatchLog::default();
-        write(
-            &mut log,
-            1,
+        let mut log = log_of(
             &h0,
-            &[(b'o', "o1", Some(1), marks(Some(500), None, None))],
+            &[
+                (b'o', "o1", Some(1), marks(Some(500), None, None)),
+                (b'p', "p1", Some(1), marks(None, Some(1_500), None)),
+                (b'o', "o2", Some(1), marks(None, None, Some(2_500))),
+                (b'o', "o1", None, Marks::default()),
+            ],
         );
-        write(
-            &mut log,
-            2,
-            &h0,
-            &[(b'p', "p1", Some(1), marks(None, Some(1_500), None))],
-        );
-        write(
-            &mut log,
-            3,
-            &h0,
-            &[(b'o', "o2", Some(1), marks(None, None, Some(2_500)))],
-        );
-        write(&mut log, 4, &h0, &[(b'o', "o1", None, Marks::default())]);
         // Nothing ran since they were written, though their times are past the horizon.
         assert!(dropped(&mut log, &h0).is_empty());
         // An expiry alone frees none: the oldest batch waits for a sweep.
@@ -365,18 +354,12 @@ mod tests {
     #[test]
     fn a_live_batch_keeps_every_newer_one() {
         let h0 = horizon();
-        let mut log = BatchLog::default();
-        write(
-            &mut log,
-            1,
+        let mut log = log_of(
             &h0,
-            &[(b'o', "o1", Some(1), marks(Some(9_999), None, None))],
-        );
-        write(
-            &mut log,
-            2,
-            &h0,
-            &[(b'p', "p1", Some(1), marks(None, Some(0), None))],
+            &[
+                (b'o', "o1", Some(1), marks(Some(9_999), None, None)),
+                (b'p', "p1", Some(1), marks(None, Some(0), None)),
+            ],
         );
         let h1 = Horizon {
             sweeps: 2,

@@ -121,6 +121,8 @@ pub struct StateSize {
     pub dedup_ids: usize,
     pub open_windows: usize,
     pub open_buckets: usize,
+    /// Attribution changelog batches not given a tombstone yet.
+    pub changelog_batches: usize,
 }
 
 /// Cumulative figures of one key since the start of the sale.
@@ -339,6 +341,7 @@ impl Engine {
             s.orders += o;
             s.pending_joins += w;
             s.dedup_ids += d;
+            s.changelog_batches += t.changelog_batches();
         }
         for t in self.aggregation.values() {
             let (w, b) = t.sizes();

@@ -410,6 +410,37 @@ mod tests {
     }
 
     #[test]
+    fn restored_values_replace_earlier_ones_and_none_forgets() {
+        let mut j = JoinState::default();
+        let order = OrderInfo {
+            attribution: attr(1),
+            ts_ms: 10,
+            first_paid_ms: i64::MAX,
+        };
+        // As a replay of batches: a payment waits, its order comes, the id is forgotten.
+        j.restore("a", Some((None, vec![pay(5, 100), pay(6, 100)])));
+        j.restore("b", Some((Some(order), vec![])));
+        assert_eq!((j.order_count(), j.waiting_count()), (1, 2));
+        j.restore("a", Some((Some(order), vec![])));
+        assert_eq!((j.order_count(), j.waiting_count()), (2, 0));
+        assert_eq!(j.order("a"), Some(order));
+        j.restore("a", None);
+        j.restore("c", None);
+        assert_eq!((j.order_count(), j.waiting_count()), (1, 0));
+        assert!(j.order("a").is_none());
+        // The replaced value's deadline is still in the heap: it releases nothing.
+        let mut released = 0;
+        j.expire(1_000, |_| released += 1);
+        assert_eq!(released, 0);
+        let mut d = Dedup::default();
+        d.restore("p", Some(1));
+        d.restore("q", Some(2));
+        d.restore("p", None);
+        assert_eq!(d.len(), 1);
+        assert!(d.first_copy("p", 1, 10) && !d.first_copy("q", 2, 10));
+    }
+
+    #[test]
     fn waiting_events_are_released_by_their_order() {
         let mut j = JoinState::default();
         assert_eq!(j.attach("o1", pay(10, 100)), None, "no order yet: parked");

@@ -303,6 +303,7 @@ impl Metrics {
             ("dedup_ids", s.dedup_ids),
             ("open_windows", s.open_windows),
             ("open_buckets", s.open_buckets),
+            ("changelog_batches", s.changelog_batches),
         ] {
             self.state_entries.with_label_values(&[kind]).set(v as i64);
         }
