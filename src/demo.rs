@@ -251,7 +251,7 @@ fn print_screen(
         num(all, "paid_orders"),
         num(all, "placed_orders"),
         orders_per_sec,
-        num(all, "watermark_ms"),
+        event_time(num(all, "watermark_ms")),
     ));
     if tty {
         s.push_str(&format!(
@@ -267,7 +267,7 @@ fn print_screen(
                 m["dim"].as_str().unwrap_or("?"),
                 m["key"].as_str().unwrap_or("?"),
                 cny(m["threshold_fen"].as_i64().unwrap_or(0) as i128),
-                m["crossed_at_ms"]
+                event_time(m["crossed_at_ms"].as_i64().unwrap_or(0) as i128)
             ));
         }
     } else if let Some(m) = milestones.last() {
@@ -281,6 +281,18 @@ fn print_screen(
     print!("{s}");
 }
 
+/// An event time (ms since the epoch) as UTC, to the second; "none yet" before
+/// the job has one (a watermark waits for every input partition).
+fn event_time(ms: i128) -> String {
+    match u64::try_from(ms) {
+        Ok(ms) if ms > 0 => {
+            humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(ms))
+                .to_string()
+        }
+        _ => "none yet".into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -289,5 +301,12 @@ mod tests {
         assert_eq!(super::cny(5), "¥0.05");
         assert_eq!(super::cny(123_456_789), "¥1,234,567.89");
         assert_eq!(super::cny(100_000), "¥1,000.00");
+    }
+
+    #[test]
+    fn event_times_read_as_utc() {
+        assert_eq!(super::event_time(1_762_790_401_772), "2025-11-10T16:00:01Z");
+        assert_eq!(super::event_time(0), "none yet");
+        assert_eq!(super::event_time(i64::MIN as i128), "none yet");
     }
 }
