@@ -15,7 +15,7 @@ use super::milestone::BUCKET_MS;
 use super::output::{DeadLetter, Dim, Output};
 use super::state::{self, Delta, PartialEntry, Progress, Tag};
 use super::watermark::{PartitionId, Watermarks};
-use super::FastMap;
+use super::{FastMap, FastSet};
 use crate::decode::decode;
 use crate::model::{
     DeadReason, Delivery, DeliveryStatus, Event, InputTopic, Order, Payment, PaymentKind, Source,
@@ -124,6 +124,14 @@ struct SavedClock {
     last_sweep_watermark_ms: i64,
 }
 
+/// An entry whose times lie more than this past the wall clock (a bad
+/// producer's clock) would keep its batch, and every later one, from ever
+/// getting a tombstone: it is written again at every commit instead.
+const PIN_AHEAD_MS: i64 = 3_600_000;
+/// At most this many such entries are re-written per commit; beyond it they
+/// hold their batches (and the changelog grows until their TTLs pass).
+const MAX_PINNED: usize = 100_000;
+
 /// Kinds of the entries of a changelog batch.
 const ORDER: u8 = b'o';
 const PAYMENT_ID: u8 = b'p';
@@ -154,6 +162,9 @@ pub struct AttributionTask {
     /// The changelog's live batches, and what the state has forgotten since.
     log: BatchLog,
     horizon: Horizon,
+    /// Entries written at every commit rather than left to hold their batch
+    /// (see [`PIN_AHEAD_MS`]), by kind and id.
+    pinned: FastSet<(u8, compact_str::CompactString)>,
 }
 
 impl AttributionTask {
@@ -181,6 +192,7 @@ impl AttributionTask {
             clock_changed: false,
             log: BatchLog::default(),
             horizon: Horizon::default(),
+            pinned: FastSet::default(),
         }
     }
 
@@ -578,7 +590,19 @@ impl AttributionTask {
     /// then this transaction's batch (see [`batch_log`]), then the clocks.
     pub fn drain_changes(&mut self, tag: Tag, mut f: impl FnMut(&[u8], Option<&[u8]>)) {
         self.log.drop_dead(&self.horizon, |key| f(key, None));
-        let names = &self.names;
+        // Pinned entries go into this batch again, as they are now.
+        let pinned = std::mem::take(&mut self.pinned);
+        for (kind, id) in &pinned {
+            match *kind {
+                ORDER => self.joins.touch(id),
+                PAYMENT_ID => self.payment_ids.touch(id),
+                _ => self.delivery_ids.touch(id),
+            }
+        }
+        let pin_after = self.now_ms.saturating_add(PIN_AHEAD_MS);
+        let (names, pinned) = (&self.names, &mut self.pinned);
+        let mut pin =
+            |kind, id: &str, marks: &mut Marks| pin_if_far(pinned, pin_after, kind, id, marks);
         let mut w = self.log.writer(tag, &self.horizon, |k, v| f(k, Some(v)));
         self.joins.drain_changes(|id, slot| {
             let mut marks = Marks::default();
@@ -597,6 +621,7 @@ impl AttributionTask {
                 waiting.iter().for_each(|x| marks.deadline(x.deadline_ms));
                 SavedSlot { order, waiting }
             });
+            pin(ORDER, id, &mut marks);
             w.entry(ORDER, id, value.as_ref(), marks);
         });
         for (kind, ids) in [
@@ -606,6 +631,7 @@ impl AttributionTask {
             ids.drain_changes(|id, seen_ms| {
                 let mut marks = Marks::default();
                 seen_ms.inspect(|ts| marks.id(*ts));
+                pin(kind, id, &mut marks);
                 w.entry(kind, id, seen_ms.as_ref(), marks);
             });
         }
@@ -628,6 +654,11 @@ impl AttributionTask {
     /// Live changelog batches (written or restored, without a tombstone yet).
     pub fn changelog_batches(&self) -> usize {
         self.log.len()
+    }
+
+    /// Entries re-written at every commit (see [`PIN_AHEAD_MS`]).
+    pub fn changelog_pinned(&self) -> usize {
+        self.pinned.len()
     }
 
     /// [`AttributionTask::drain_changes`] collected, for tests.
@@ -671,17 +702,21 @@ impl AttributionTask {
     /// Replays the entries of one batch, oldest first; returns its marks.
     fn restore_batch(&mut self, value: &[u8]) -> Result<Marks, String> {
         let mut marks = Marks::default();
+        let pin_after = self.now_ms.saturating_add(PIN_AHEAD_MS);
         let mut rest = batch_log::body(value)?;
         while let Some((&kind, entry)) = rest.split_first() {
             let e = |e: postcard::Error| format!("entry of kind {:?}: {e}", kind as char);
-            rest = match kind {
+            let mut entry_marks = Marks::default();
+            let (id, after) = match kind {
                 ORDER => {
                     let ((id, slot), rest) =
                         batch_log::take_entry::<SavedSlot<Vec<Waiting>>>(entry).map_err(e)?;
                     let slot = slot.map(|s| {
-                        s.waiting.iter().for_each(|x| marks.deadline(x.deadline_ms));
+                        s.waiting
+                            .iter()
+                            .for_each(|x| entry_marks.deadline(x.deadline_ms));
                         let order = s.order.map(|o| {
-                            marks.order(o.ts_ms);
+                            entry_marks.order(o.ts_ms);
                             OrderInfo {
                                 attribution: Attribution {
                                     brand: self.names[0].intern(o.brand),
@@ -697,21 +732,39 @@ impl AttributionTask {
                         (order, s.waiting)
                     });
                     self.joins.restore(id, slot);
-                    rest
+                    (id, rest)
                 }
                 PAYMENT_ID | DELIVERY_ID => {
                     let ((id, ts), rest) = batch_log::take_entry::<i64>(entry).map_err(e)?;
-                    ts.inspect(|ts| marks.id(*ts));
+                    ts.inspect(|ts| entry_marks.id(*ts));
                     match kind {
                         PAYMENT_ID => self.payment_ids.restore(id, ts),
                         _ => self.delivery_ids.restore(id, ts),
                     }
-                    rest
+                    (id, rest)
                 }
                 other => return Err(format!("unknown entry kind {:?}", other as char)),
             };
+            pin_if_far(&mut self.pinned, pin_after, kind, id, &mut entry_marks);
+            marks.merge(&entry_marks);
+            rest = after;
         }
         Ok(marks)
+    }
+}
+
+/// Pins `(kind, id)` and leaves its times out of its batch's marks when they
+/// lie beyond `pin_after` (see [`PIN_AHEAD_MS`]).
+fn pin_if_far(
+    pinned: &mut FastSet<(u8, compact_str::CompactString)>,
+    pin_after: i64,
+    kind: u8,
+    id: &str,
+    marks: &mut Marks,
+) {
+    if marks.latest().is_some_and(|t| t > pin_after) && pinned.len() < MAX_PINNED {
+        pinned.insert((kind, id.into()));
+        *marks = Marks::default();
     }
 }
 
@@ -853,9 +906,12 @@ mod tests {
                 out,
             );
         };
+        // The wall clock at the end of the traffic: a live job's, as far as
+        // pinning goes (nothing here ticks, so no partition turns idle).
+        let now = records.iter().map(|r| r.emit_ms).max().unwrap_or(0);
         let (mut stats, mut out) = (Stats::default(), vec![]);
         let mut want = Sums::new();
-        let mut t = AttributionTask::new(0, cfg.clone(), 0);
+        let mut t = AttributionTask::new(0, cfg.clone(), now);
         for i in 0..records.len() {
             feed(&mut t, i, &mut stats, &mut out);
         }
@@ -865,7 +921,7 @@ mod tests {
         let mut got = Sums::new();
         let mut changelog: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
         let (mut committed, mut resume, mut n) = (0, [None; 3], 0);
-        let mut t = AttributionTask::new(0, cfg.clone(), 0);
+        let mut t = AttributionTask::new(0, cfg.clone(), now);
         t.track_changes();
         let (mut i, mut crashes, mut inc) = (0, 0, 0);
         while i < records.len() {
@@ -880,7 +936,7 @@ mod tests {
             } else if rng.gen_ratio(1, 1_000) {
                 crashes += 1;
                 inc += 1;
-                t = AttributionTask::new(0, cfg.clone(), 0);
+                t = AttributionTask::new(0, cfg.clone(), now);
                 for (k, v) in &changelog {
                     t.restore(k, v).unwrap();
                 }
@@ -935,8 +991,22 @@ mod tests {
         cfg.time.allowed_lateness_ms = 1_000;
         // Deliveries come minutes after payments: without these (for orders that
         // never come) the deliveries partition would hold the watermark back.
+        // And one order from a clock a year ahead: it is never swept, and must
+        // not keep the batches after it from their tombstones.
         let mut records = Vec::new();
         for (i, r) in traffic(12, 60_000, 100.0).into_iter().enumerate() {
+            if i == 100 {
+                records.push(crate::gen::traffic::GeneratedRecord {
+                    topic: InputTopic::Orders,
+                    key: None,
+                    value: format!(
+                        r#"{{"order_id":"future","user_id":"u","brand_id":"b","channel_id":null,"country":"CN","device":"pc","currency":"CNY","amount_minor":5,"ts_ms":{}}}"#,
+                        r.emit_ms + 365 * 86_400_000
+                    )
+                    .into_bytes(),
+                    ..r.clone()
+                });
+            }
             if i % 200 == 0 {
                 records.push(crate::gen::traffic::GeneratedRecord {
                     topic: InputTopic::Deliveries,

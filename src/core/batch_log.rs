@@ -14,7 +14,10 @@
 //! gone from the state (swept after its TTL, or expired after its join
 //! timeout) by a sweep or expiry that ran after the batch was written — and
 //! only once every older batch is gone too, so an id's older value never
-//! outlives its newer one.
+//! outlives its newer one. An entry with times far past the wall clock (a
+//! producer's bad clock) would so hold every later batch: the attribution
+//! task leaves it out of its batch's marks and writes it again at every
+//! commit instead (`PIN_AHEAD_MS` in `attribution.rs`).
 
 use std::collections::VecDeque;
 
@@ -53,6 +56,20 @@ impl Marks {
 
     pub fn deadline(&mut self, ts: i64) {
         self.deadline = Some(self.deadline.map_or(ts, |m| m.max(ts)));
+    }
+
+    /// The latest of all its times.
+    pub fn latest(&self) -> Option<i64> {
+        [self.order_ts, self.id_ts, self.deadline]
+            .into_iter()
+            .flatten()
+            .max()
+    }
+
+    pub fn merge(&mut self, other: &Marks) {
+        other.order_ts.inspect(|t| self.order(*t));
+        other.id_ts.inspect(|t| self.id(*t));
+        other.deadline.inspect(|t| self.deadline(*t));
     }
 }
 
@@ -167,16 +184,7 @@ impl<F: FnMut(&[u8], &[u8])> BatchWriter<'_, F> {
         buf.push(kind);
         *buf = postcard::to_extend(&(id, value), std::mem::take(buf))
             .expect("state values always encode");
-        let m = &mut self.marks;
-        if let Some(t) = marks.order_ts {
-            m.order(t);
-        }
-        if let Some(t) = marks.id_ts {
-            m.id(t);
-        }
-        if let Some(d) = marks.deadline {
-            m.deadline(d);
-        }
+        self.marks.merge(&marks);
         if buf.len() >= CHUNK_BYTES {
             self.flush();
         }

@@ -123,6 +123,8 @@ pub struct StateSize {
     pub open_buckets: usize,
     /// Attribution changelog batches not given a tombstone yet.
     pub changelog_batches: usize,
+    /// Changelog entries re-written at every commit (times far past the wall clock).
+    pub changelog_pinned: usize,
 }
 
 /// Cumulative figures of one key since the start of the sale.
@@ -342,6 +344,7 @@ impl Engine {
             s.pending_joins += w;
             s.dedup_ids += d;
             s.changelog_batches += t.changelog_batches();
+            s.changelog_pinned += t.changelog_pinned();
         }
         for t in self.aggregation.values() {
             let (w, b) = t.sizes();

@@ -182,6 +182,11 @@ impl JoinState {
         *self.slots.get_mut(i) = Slot::new(order, waiting);
     }
 
+    /// Lists `order_id` as changed, so the next drain hands it out again.
+    pub fn touch(&mut self, order_id: &str) {
+        self.slots.touch(order_id);
+    }
+
     /// Takes slot `i`'s order and waiting events out of the counts.
     fn forget_counts(&mut self, i: u32) {
         let s = self.slots.get(i);
@@ -355,6 +360,11 @@ impl Dedup {
                 }
             }
         }
+    }
+
+    /// Lists `id` as changed, so the next drain hands it out again.
+    pub fn touch(&mut self, id: &str) {
+        self.seen.touch(id);
     }
 
     /// True for the first copy of `id`; a copy more than `ttl_ms` of event time apart counts again.

@@ -143,6 +143,18 @@ impl<T: Default> IdSlab<T> {
     }
 
     /// Frees slot `i`: its id is forgotten (a tombstone, when tracking).
+    /// Lists `id` as changed: its entry, or (absent) its removal.
+    pub fn touch(&mut self, id: &str) {
+        match self.find(id) {
+            Some(i) => self.mark(i),
+            None => {
+                if let Some(c) = &mut self.changes {
+                    c.removed.push(id.into());
+                }
+            }
+        }
+    }
+
     pub fn remove(&mut self, i: u32) {
         let hash = self.hasher.hash_one(self.entries[i as usize].id.as_str());
         if let Ok(e) = self.index.find_entry(hash, |&j| j == i) {

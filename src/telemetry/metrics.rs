@@ -304,6 +304,7 @@ impl Metrics {
             ("open_windows", s.open_windows),
             ("open_buckets", s.open_buckets),
             ("changelog_batches", s.changelog_batches),
+            ("changelog_pinned", s.changelog_pinned),
         ] {
             self.state_entries.with_label_values(&[kind]).set(v as i64);
         }
