@@ -115,6 +115,16 @@ struct SavedSlot<'a, W> {
     waiting: W,
 }
 
+impl<W: AsRef<[Waiting]>> SavedSlot<'_, W> {
+    /// What keeps it in the state: its order's time and its events' deadlines.
+    fn marks(&self) -> Marks {
+        Marks::of_slot(
+            self.order.as_ref().map(|o| o.ts_ms),
+            self.waiting.as_ref().iter().map(|x| x.deadline_ms),
+        )
+    }
+}
+
 /// The changelog value of the task's clocks.
 #[derive(Debug, Serialize, Deserialize)]
 struct SavedClock {
@@ -601,14 +611,12 @@ impl AttributionTask {
         }
         let pin_after = self.now_ms.saturating_add(PIN_AHEAD_MS);
         let (names, pinned) = (&self.names, &mut self.pinned);
-        let mut pin =
-            |kind, id: &str, marks: &mut Marks| pin_if_far(pinned, pin_after, kind, id, marks);
+        let mut counted =
+            |kind, id: &str, marks: Marks| unless_pinned(pinned, pin_after, kind, id, marks);
         let mut w = self.log.writer(tag, &self.horizon, |k, v| f(k, Some(v)));
         self.joins.drain_changes(|id, slot| {
-            let mut marks = Marks::default();
             let value = slot.map(|(order, waiting)| {
                 let order = order.map(|o| {
-                    marks.order(o.ts_ms);
                     let a = o.attribution;
                     SavedOrder {
                         brand: names[0].name(a.brand),
@@ -618,20 +626,17 @@ impl AttributionTask {
                         first_paid_ms: o.first_paid_ms,
                     }
                 });
-                waiting.iter().for_each(|x| marks.deadline(x.deadline_ms));
                 SavedSlot { order, waiting }
             });
-            pin(ORDER, id, &mut marks);
-            w.entry(ORDER, id, value.as_ref(), marks);
+            let marks = value.as_ref().map_or(Marks::default(), SavedSlot::marks);
+            w.entry(ORDER, id, value.as_ref(), counted(ORDER, id, marks));
         });
         for (kind, ids) in [
             (PAYMENT_ID, &mut self.payment_ids),
             (DELIVERY_ID, &mut self.delivery_ids),
         ] {
             ids.drain_changes(|id, seen_ms| {
-                let mut marks = Marks::default();
-                seen_ms.inspect(|ts| marks.id(*ts));
-                pin(kind, id, &mut marks);
+                let marks = counted(kind, id, Marks::of_id(seen_ms));
                 w.entry(kind, id, seen_ms.as_ref(), marks);
             });
         }
@@ -706,66 +711,63 @@ impl AttributionTask {
         let mut rest = batch_log::body(value)?;
         while let Some((&kind, entry)) = rest.split_first() {
             let e = |e: postcard::Error| format!("entry of kind {:?}: {e}", kind as char);
-            let mut entry_marks = Marks::default();
-            let (id, after) = match kind {
+            let (id, entry_marks, after) = match kind {
                 ORDER => {
                     let ((id, slot), rest) =
                         batch_log::take_entry::<SavedSlot<Vec<Waiting>>>(entry).map_err(e)?;
+                    let entry_marks = slot.as_ref().map_or(Marks::default(), SavedSlot::marks);
                     let slot = slot.map(|s| {
-                        s.waiting
-                            .iter()
-                            .for_each(|x| entry_marks.deadline(x.deadline_ms));
-                        let order = s.order.map(|o| {
-                            entry_marks.order(o.ts_ms);
-                            OrderInfo {
-                                attribution: Attribution {
-                                    brand: self.names[0].intern(o.brand),
-                                    channel: o
-                                        .channel
-                                        .map_or(NO_CHANNEL, |c| self.names[1].intern(c)),
-                                    country: self.names[2].intern(o.country),
-                                },
-                                ts_ms: o.ts_ms,
-                                first_paid_ms: o.first_paid_ms,
-                            }
+                        let order = s.order.map(|o| OrderInfo {
+                            attribution: Attribution {
+                                brand: self.names[0].intern(o.brand),
+                                channel: o.channel.map_or(NO_CHANNEL, |c| self.names[1].intern(c)),
+                                country: self.names[2].intern(o.country),
+                            },
+                            ts_ms: o.ts_ms,
+                            first_paid_ms: o.first_paid_ms,
                         });
                         (order, s.waiting)
                     });
                     self.joins.restore(id, slot);
-                    (id, rest)
+                    (id, entry_marks, rest)
                 }
                 PAYMENT_ID | DELIVERY_ID => {
                     let ((id, ts), rest) = batch_log::take_entry::<i64>(entry).map_err(e)?;
-                    ts.inspect(|ts| entry_marks.id(*ts));
                     match kind {
                         PAYMENT_ID => self.payment_ids.restore(id, ts),
                         _ => self.delivery_ids.restore(id, ts),
                     }
-                    (id, rest)
+                    (id, Marks::of_id(ts), rest)
                 }
                 other => return Err(format!("unknown entry kind {:?}", other as char)),
             };
-            pin_if_far(&mut self.pinned, pin_after, kind, id, &mut entry_marks);
-            marks.merge(&entry_marks);
+            marks.merge(&unless_pinned(
+                &mut self.pinned,
+                pin_after,
+                kind,
+                id,
+                entry_marks,
+            ));
             rest = after;
         }
         Ok(marks)
     }
 }
 
-/// Pins `(kind, id)` and leaves its times out of its batch's marks when they
-/// lie beyond `pin_after` (see [`PIN_AHEAD_MS`]).
-fn pin_if_far(
+/// The marks an entry adds to its batch: none when its times lie beyond
+/// `pin_after` and it is pinned instead (see [`PIN_AHEAD_MS`]).
+fn unless_pinned(
     pinned: &mut FastSet<(u8, compact_str::CompactString)>,
     pin_after: i64,
     kind: u8,
     id: &str,
-    marks: &mut Marks,
-) {
+    marks: Marks,
+) -> Marks {
     if marks.latest().is_some_and(|t| t > pin_after) && pinned.len() < MAX_PINNED {
         pinned.insert((kind, id.into()));
-        *marks = Marks::default();
+        return Marks::default();
     }
+    marks
 }
 
 /// End of the last window or bucket holding `max_ts`: where the after-the-sale flush starts.

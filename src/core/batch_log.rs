@@ -46,16 +46,22 @@ pub struct Marks {
 }
 
 impl Marks {
-    pub fn order(&mut self, ts: i64) {
-        self.order_ts = Some(self.order_ts.map_or(ts, |m| m.max(ts)));
+    /// The marks of one order id's value: its order's time, if it has an order,
+    /// and the deadlines of the events waiting for it.
+    pub fn of_slot(order_ts: Option<i64>, deadlines: impl IntoIterator<Item = i64>) -> Marks {
+        Marks {
+            order_ts,
+            id_ts: None,
+            deadline: deadlines.into_iter().max(),
+        }
     }
 
-    pub fn id(&mut self, ts: i64) {
-        self.id_ts = Some(self.id_ts.map_or(ts, |m| m.max(ts)));
-    }
-
-    pub fn deadline(&mut self, ts: i64) {
-        self.deadline = Some(self.deadline.map_or(ts, |m| m.max(ts)));
+    /// The marks of one de-duplication id's value: the time it was seen at.
+    pub fn of_id(ts: Option<i64>) -> Marks {
+        Marks {
+            id_ts: ts,
+            ..Marks::default()
+        }
     }
 
     /// The latest of all its times.
@@ -67,9 +73,10 @@ impl Marks {
     }
 
     pub fn merge(&mut self, other: &Marks) {
-        other.order_ts.inspect(|t| self.order(*t));
-        other.id_ts.inspect(|t| self.id(*t));
-        other.deadline.inspect(|t| self.deadline(*t));
+        let later = |a: Option<i64>, b: Option<i64>| a.max(b);
+        self.order_ts = later(self.order_ts, other.order_ts);
+        self.id_ts = later(self.id_ts, other.id_ts);
+        self.deadline = later(self.deadline, other.deadline);
     }
 }
 

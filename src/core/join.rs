@@ -576,7 +576,7 @@ mod tests {
             ]
         );
         assert!(drained(&mut j).is_empty(), "each change is drained once");
-        // o2 expires (removed: a tombstone), then is made anew in the same interval.
+        // o2 expires (removed), then is made anew in the same interval.
         j.expire(60, |_| {});
         assert_eq!(drained(&mut j), vec![("o2".into(), None, 0)]);
         assert_eq!(j.attach("o3", pay(20, 50)), None, "no order yet: parked");
@@ -604,7 +604,7 @@ mod tests {
             vec![("o1".into(), None, 0), ("untracked".into(), None, 0)]
         );
         // A slot freed and taken by another id in the same interval: the first
-        // id's tombstone and the second's value, each once.
+        // id's removal and the second's value, each once.
         assert_eq!(j.attach("o5", pay(30, 40)), None, "no order yet: parked");
         j.expire(60, |_| {});
         j.insert_order("o6", info(9), 0).unwrap();

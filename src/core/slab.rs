@@ -23,7 +23,7 @@ pub enum Fate {
     Keep,
     /// Kept, and changed: written at the next drain.
     Changed,
-    /// Forgotten: a tombstone at the next drain.
+    /// Forgotten: handed out as removed at the next drain.
     Remove,
 }
 
@@ -48,7 +48,7 @@ struct Changes {
     /// One bit per slot: set while listed in `slots` (a bit, not a flag in the
     /// entry: it keeps an order's entry within one cache line).
     listed: Vec<u64>,
-    /// Ids forgotten: their tombstones, unless made anew since.
+    /// Ids forgotten: handed out as removed, unless made anew since.
     removed: Vec<CompactString>,
 }
 
@@ -142,7 +142,7 @@ impl<T: Default> IdSlab<T> {
         }
     }
 
-    /// Frees slot `i`: its id is forgotten (a tombstone, when tracking).
+    /// Frees slot `i`: its id is forgotten (handed out as removed, when tracking).
     /// Lists `id` as changed: its entry, or (absent) its removal.
     pub fn touch(&mut self, id: &str) {
         match self.find(id) {
@@ -316,7 +316,7 @@ mod tests {
     }
 
     #[test]
-    fn retain_keeps_changes_and_removes_with_tombstones() {
+    fn retain_keeps_changes_and_lists_removals() {
         let mut s = IdSlab::<i64>::default();
         s.track_changes();
         for (id, v) in [("x", 1), ("y", 2), ("z", 3)] {
