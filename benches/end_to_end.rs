@@ -1,4 +1,4 @@
-//! End to end through a real broker (Tansu): the job's consumption rate
+//! End to end through Apache Kafka (started by the bench): the job's consumption rate
 //! against a consumer that reads the same topics and does nothing, in the same
 //! run; then the latency from produce to the output update, as an
 //! HdrHistogram, while traffic flows at a steady rate into the running job.
@@ -20,7 +20,7 @@ use rdkafka::ClientConfig;
 #[path = "../tests/support/mod.rs"]
 mod support;
 use support::broker::{
-    bench_config, create_topics, http_get, metric_sum, start_broker, wait_for_port, Proc,
+    bench_config, create_topics, http_get, metric_sum, wait_for_port, Kafka, Proc,
 };
 
 const PARTITIONS: i32 = 4;
@@ -50,7 +50,8 @@ fn cpu_ns(pid: u32) -> Option<(u64, u64)> {
 fn main() {
     let n = env_or("RECORDS", 1_000_000) as usize;
     let latency_rate = env_or("LATENCY_RATE", 20_000);
-    let (_broker, brokers) = start_broker();
+    let broker = Kafka::start();
+    let brokers = broker.bootstrap();
     let dir = std::env::temp_dir().join(format!("gmv-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (config, metrics_port) = bench_config(&dir, &brokers, "gmv-bench");

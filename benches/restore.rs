@@ -17,9 +17,7 @@ use rdkafka::ClientConfig;
 
 #[path = "../tests/support/mod.rs"]
 mod support;
-use support::broker::{
-    bench_config, create_topics, http_get, metric_sum, start_broker, wait_for_port,
-};
+use support::broker::{bench_config, create_topics, http_get, metric_sum, wait_for_port, Kafka};
 
 const PARTITIONS: i32 = 4;
 
@@ -28,7 +26,8 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1_000_000);
-    let (_broker, brokers) = start_broker();
+    let broker = Kafka::start();
+    let brokers = broker.bootstrap();
     let dir = std::env::temp_dir().join(format!("gmv-restore-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (config, metrics_port) = bench_config(&dir, &brokers, "gmv-restore");

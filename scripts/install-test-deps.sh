@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
 # Installs what the tests need when it is missing: Debian packages for the
-# build (librdkafka is compiled from source) and Prometheus/promtool, and the
-# Tansu Kafka-protocol broker (cargo install; 10 to 25 minutes on 2 cores).
+# build (librdkafka is compiled from source), Prometheus/promtool, a JDK 17 and
+# Maven for Apache Kafka, whose jars Maven then resolves from Maven Central
+# (tests/kafka/pom.xml; kept in ~/.m2 after the first time).
 set -euo pipefail
-export PATH="$HOME/.cargo/bin:$PATH"
+cd "$(dirname "$0")/.."
 
 missing=()
-for pkg in build-essential pkg-config libssl-dev zlib1g-dev prometheus python3-yaml; do
+for pkg in build-essential pkg-config libssl-dev zlib1g-dev prometheus python3-yaml maven; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
+# Apache Kafka 4 needs Java 17 or later; any JDK already on PATH will do.
+if ! java -version 2>&1 | grep -Eq 'version "(1[7-9]|[2-9][0-9])'; then
+  missing+=(openjdk-17-jdk-headless)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -17,7 +22,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-if ! command -v tansu >/dev/null 2>&1 && [ -z "${TANSU_BIN:-}" ]; then
-  echo "installing tansu (Kafka-compatible broker for the end-to-end tests)"
-  cargo install tansu --locked --features dynostore
-fi
+echo "resolving Apache Kafka with Maven (tests/kafka/pom.xml)"
+mkdir -p target
+mvn -q -B -f tests/kafka/pom.xml dependency:build-classpath \
+  -Dmdep.outputFile="$PWD/target/kafka-classpath.txt"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The project's one test command (README, .ci/run): installs what is missing,
-# then runs every Rust test (unit, scenarios, end to end against Tansu,
+# then runs every Rust test (unit, scenarios, end to end against Apache Kafka,
 # dashboards against Prometheus) and the static checks of the Prometheus,
 # Grafana and compose files.
 set -euo pipefail

@@ -168,8 +168,13 @@ impl TxnProducer {
             ("enable.idempotence", "true"),
             ("acks", "all"),
             ("linger.ms", "5"),
-            ("transaction.timeout.ms", "60000"),
-            ("message.timeout.ms", "60000"),
+            // How long an instance that died mid-transaction holds back every
+            // read_committed reader of the partitions it wrote (outputs, and the
+            // restore of its tasks by their next owner) before the broker aborts
+            // it: Kafka Streams' exactly-once default. It must exceed the longest
+            // commit; librdkafka requires message.timeout.ms to be no longer.
+            ("transaction.timeout.ms", "10000"),
+            ("message.timeout.ms", "10000"),
             ("queue.buffering.max.messages", "1000000"),
         ];
         if transactional {

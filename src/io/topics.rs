@@ -110,6 +110,31 @@ pub fn create_all(
             Err((name, code)) => bail!("creating topic {name} failed: {code}"),
         }
     }
+    // The controller has created them; the brokers learn of them a moment later. A
+    // job started right after this command must find them.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    for d in &defs {
+        loop {
+            let md = admin
+                .inner()
+                .fetch_metadata(Some(&d.name), Duration::from_secs(5))
+                .context("reading topic metadata")?;
+            if md
+                .topics()
+                .first()
+                .is_some_and(|t| t.error().is_none() && !t.partitions().is_empty())
+            {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                bail!(
+                    "topic {} was created but brokers do not list it after 30 s",
+                    d.name
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
     Ok(report)
 }
 

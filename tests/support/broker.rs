@@ -1,11 +1,20 @@
-//! A Tansu broker process for tests and benchmarks: found on PATH, in
-//! ~/.cargo/bin or at TANSU_BIN, started on a free loopback port with
-//! in-memory storage, killed on drop.
+//! Apache Kafka for the tests and benchmarks: one combined broker+controller
+//! node (KRaft) on free loopback ports, run from the jars that Maven resolves
+//! for `tests/kafka/pom.xml` (downloaded once, then from Maven's cache).
+//!
+//! A suite shares one broker ([`shared_broker`], each test with topics of its
+//! own); a test that stops, pauses or restarts the broker starts its own
+//! ([`Kafka::start`]). Needs `java` (17+) and `mvn` on PATH; without them it
+//! fails, saying so (`scripts/install-test-deps.sh` installs both).
 
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::ClientConfig;
 
 /// A child process killed when dropped.
 pub struct Proc(pub Child);
@@ -17,22 +26,6 @@ impl Drop for Proc {
     }
 }
 
-pub fn tansu_binary() -> PathBuf {
-    if let Ok(p) = std::env::var("TANSU_BIN") {
-        return PathBuf::from(p);
-    }
-    let home = std::env::var("HOME").unwrap_or_default();
-    std::env::var("PATH")
-        .unwrap_or_default()
-        .split(':')
-        .map(|d| PathBuf::from(d).join("tansu"))
-        .chain([PathBuf::from(home).join(".cargo/bin/tansu")])
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!("this needs the Tansu broker: install it with `cargo install tansu --locked --features dynostore` (as .ci/run does) or set TANSU_BIN")
-        })
-}
-
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -41,42 +34,284 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Starts Tansu and returns it with its bootstrap address once it accepts connections.
-/// With TANSU_LOG=<file> its log goes there (appended), filtered by TANSU_LOG_FILTER
-/// (default `warn`), for debugging the broker's side of a test.
-pub fn start_broker() -> (Proc, String) {
-    let port = free_port();
-    let url = format!("tcp://127.0.0.1:{port}");
-    let log = || match std::env::var_os("TANSU_LOG") {
-        Some(path) => Stdio::from(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .expect("opening TANSU_LOG"),
-        ),
-        None => Stdio::null(),
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The broker's classpath: resolved by Maven once, kept in `target/`.
+fn classpath() -> String {
+    static CP: OnceLock<String> = OnceLock::new();
+    CP.get_or_init(|| {
+        let pom = repo().join("tests/kafka/pom.xml");
+        let cached = repo().join("target/kafka-classpath.txt");
+        let fresh = |f: &Path| {
+            let (Ok(a), Ok(b)) = (f.metadata(), pom.metadata()) else {
+                return false;
+            };
+            a.modified().unwrap() >= b.modified().unwrap()
+        };
+        if !fresh(&cached) {
+            let tmp = repo().join(format!("target/kafka-classpath.{}.tmp", std::process::id()));
+            let out = Command::new("mvn")
+                .args(["-q", "-B", "-f"])
+                .arg(&pom)
+                .arg("dependency:build-classpath")
+                .arg(format!("-Dmdep.outputFile={}", tmp.display()))
+                .output()
+                .unwrap_or_else(|e| {
+                    panic!("the tests need Apache Kafka, which Maven resolves, but `mvn` could not run ({e}): install Maven (scripts/install-test-deps.sh does)")
+                });
+            assert!(
+                out.status.success(),
+                "Maven could not resolve Apache Kafka from tests/kafka/pom.xml:\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::fs::rename(&tmp, &cached).unwrap();
+        }
+        std::fs::read_to_string(&cached).unwrap()
+    })
+    .clone()
+}
+
+fn java() -> Command {
+    static CHECKED: OnceLock<()> = OnceLock::new();
+    CHECKED.get_or_init(|| {
+        let ok = Command::new("java")
+            .arg("-version")
+            .output()
+            .map(|o| o.status.success());
+        assert!(
+            matches!(ok, Ok(true)),
+            "the tests run Apache Kafka, which needs Java 17 or later: `java` is missing ({ok:?}); install a JDK (scripts/install-test-deps.sh does)"
+        );
+    });
+    let mut c = Command::new("java");
+    c.arg("-cp").arg(classpath());
+    c
+}
+
+/// One Apache Kafka node in a folder of its own; killed and removed when dropped.
+pub struct Kafka {
+    child: Option<Child>,
+    dir: PathBuf,
+    pub port: u16,
+}
+
+impl Kafka {
+    /// Formats a new storage folder and starts the node; returns once it answers metadata.
+    pub fn start() -> Kafka {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        remove_folders_of_ended_runs();
+        let dir = std::env::temp_dir().join(format!(
+            "gmv-kafka-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::remove_dir_all(&dir).ok();
+        std::fs::create_dir_all(&dir).unwrap();
+        let (port, controller_port) = (free_port(), free_port());
+        let props = format!(
+            "process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:{controller_port}
+listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}
+advertised.listeners=PLAINTEXT://127.0.0.1:{port}
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=PLAINTEXT
+log.dirs={data}
+auto.create.topics.enable=false
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=4
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=4
+group.initial.rebalance.delay.ms=0
+",
+            data = dir.join("data").display()
+        );
+        std::fs::write(dir.join("server.properties"), props).unwrap();
+        let out = Self::jvm(&dir)
+            .args([
+                "kafka.tools.StorageTool",
+                "format",
+                "-t",
+                "MkU3OEVBNTcwNTJENDM2Qg",
+                "-c",
+            ])
+            .arg(dir.join("server.properties"))
+            .output()
+            .expect("running Kafka's StorageTool");
+        assert!(
+            out.status.success(),
+            "formatting Kafka's storage failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut k = Kafka {
+            child: None,
+            dir,
+            port,
+        };
+        k.restart();
+        k
+    }
+
+    fn jvm(dir: &Path) -> Command {
+        let mut c = java();
+        c.arg(format!(
+            "-Dlog4j2.configurationFile={}",
+            repo().join("tests/kafka/log4j2.properties").display()
+        ))
+        .arg(format!("-Dkafka.logs.dir={}", dir.display()));
+        c
+    }
+
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the node (again) on its folder and ports; returns once it answers metadata.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "the broker runs already");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("stdout.log"))
+            .unwrap();
+        let mut cmd = Self::jvm(&self.dir);
+        cmd.args(["-Xms256m", "-Xmx1g", "-XX:+UseG1GC", "kafka.Kafka"])
+            .arg(self.dir.join("server.properties"))
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log));
+        // The broker must not outlive the test process, even one that is killed.
+        // SAFETY: prctl is async-signal-safe.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        self.child = Some(cmd.spawn().expect("starting Apache Kafka"));
+        self.wait_ready(Duration::from_secs(90));
+    }
+
+    fn wait_ready(&mut self, within: Duration) {
+        let deadline = Instant::now() + within;
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", self.bootstrap())
+            .set("log_level", "0")
+            .create()
+            .unwrap();
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "Apache Kafka exited at start ({status}); its log: {}",
+                    self.dir.join("server.log").display()
+                );
+            }
+            if c.fetch_metadata(None, Duration::from_secs(1))
+                .is_ok_and(|m| !m.brokers().is_empty())
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "Apache Kafka did not answer on port {} within {within:?}; its log: {}",
+                self.port,
+                self.dir.join("server.log").display()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("the broker runs").id();
+        let ok = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig} of the broker failed");
+    }
+
+    /// Stops the node cleanly (SIGTERM) and waits for it to exit.
+    pub fn stop(&mut self) {
+        self.signal("-TERM");
+        self.child.take().unwrap().wait().unwrap();
+    }
+
+    /// SIGSTOP: the node stops answering, connections stay open.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT after [`Kafka::pause`].
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    /// The node's log (warnings and the coordinators' decisions).
+    pub fn log(&self) -> PathBuf {
+        self.dir.join("server.log")
+    }
+}
+
+impl Drop for Kafka {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if !std::thread::panicking() {
+            std::fs::remove_dir_all(&self.dir).ok();
+        } else {
+            eprintln!("the broker's folder is kept: {}", self.dir.display());
+        }
+    }
+}
+
+/// Removes the folders of brokers whose test process has ended (a shared
+/// broker's folder outlives its process: nothing runs at exit to remove it).
+fn remove_folders_of_ended_runs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
     };
-    let child = Command::new(tansu_binary())
-        .args([
-            "broker",
-            "--storage-engine",
-            "memory://tansu/",
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &url,
-        ])
-        .env(
-            "RUST_LOG",
-            std::env::var("TANSU_LOG_FILTER").unwrap_or("warn".into()),
-        )
-        .stdout(log())
-        .stderr(log())
-        .spawn()
-        .expect("starting tansu");
-    wait_for_port(port, Duration::from_secs(30), "tansu");
-    (Proc(child), format!("127.0.0.1:{port}"))
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("gmv-kafka-")
+            .and_then(|r| r.split('-').next())
+        else {
+            continue;
+        };
+        if !Path::new("/proc").join(pid).exists() {
+            std::fs::remove_dir_all(e.path()).ok();
+        }
+    }
+}
+
+/// The broker every test of this process shares: started on first use, killed
+/// when the process ends (the thread that started it waits on it for good, so
+/// the parent-death signal fires only then).
+pub fn shared_broker() -> &'static str {
+    static ADDR: OnceLock<String> = OnceLock::new();
+    ADDR.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("kafka-broker".into())
+            .spawn(move || {
+                let mut k = Kafka::start();
+                tx.send(k.bootstrap()).unwrap();
+                let status = k.child.as_mut().unwrap().wait();
+                eprintln!("the shared Apache Kafka exited: {status:?}");
+            })
+            .unwrap();
+        rx.recv()
+            .expect("the shared Apache Kafka did not start (see the panic above)")
+    })
 }
 
 /// Waits until something accepts connections on a loopback port.
@@ -134,16 +369,15 @@ pub fn create_topics(config: &std::path::Path, partitions: i32) {
     assert!(status.success(), "gmv topics failed");
 }
 
-/// Writes a job config for a benchmark against Tansu (no EndTxn, so no broker
-/// transactions; short fetch waits; a heartbeat fast enough for its group
-/// coordinator, see docs/testing.md) and returns its path and the metrics port.
+/// Writes a job config for a benchmark (the defaults but the broker, group and
+/// metrics port) and returns its path and the metrics port.
 pub fn bench_config(dir: &std::path::Path, brokers: &str, group: &str) -> (PathBuf, u16) {
     let metrics_port = free_port();
     let config = dir.join("gmv.toml");
     std::fs::write(
         &config,
         format!(
-            "[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"{group}\"\ntransactions = false\n[kafka.consumer_properties]\n\"fetch.wait.max.ms\" = \"20\"\n\"session.timeout.ms\" = \"10000\"\n\"heartbeat.interval.ms\" = \"500\"\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n"
+            "[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"{group}\"\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n"
         ),
     )
     .unwrap();
