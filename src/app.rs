@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{Headers, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
@@ -36,6 +37,8 @@ use crate::telemetry::Metrics;
 const MAX_BATCH: usize = 20_000;
 /// How often metrics are refreshed from the engine.
 const METRICS_EVERY: Duration = Duration::from_millis(250);
+/// How long a failed transaction is retried (aborted, tasks restored) before the process gives up.
+const RECOVER_FOR: Duration = Duration::from_secs(300);
 /// How often latency quantiles are logged.
 const LATENCY_LOG_EVERY: Duration = Duration::from_secs(60);
 
@@ -112,7 +115,7 @@ pub fn run(cfg: &Config, handles: &Handles) -> anyhow::Result<()> {
         .set_stage_partitions(partitions, aggregation_partitions);
 
     let producer = Arc::new(TxnProducer::create(cfg, Some(handles.metrics.clone()))?);
-    let _ = consumer.context().producer.set(producer.clone());
+    *consumer.context().producer.lock().expect("producer lock") = Some(producer.clone());
 
     let mut lp = Loop {
         cfg,
@@ -274,7 +277,12 @@ impl Loop<'_> {
             }
             if last_commit.elapsed() >= commit_every {
                 last_commit = Instant::now();
-                self.commit()?;
+                if let Err(e) = self.commit() {
+                    self.recover(e)?;
+                    // Poll before the next commit: a rebalance (a session lost while
+                    // the broker was away) is only seen there.
+                    last_commit = Instant::now();
+                }
             }
             self.handles.heartbeat_ms.store(now_ms(), Ordering::Relaxed);
             if last_metrics.elapsed() >= METRICS_EVERY {
@@ -407,12 +415,85 @@ impl Loop<'_> {
             }
         }
         drop(m);
-        // A transaction that failed is aborted by the broker; this instance's memory is
-        // ahead of what committed, so it stops and a restart resumes from the commit.
-        result.context(
-            "the transaction failed; restart the instance to resume from the last commit",
-        )?;
+        // This instance's memory is ahead of what committed: the caller aborts the
+        // transaction and restores the tasks from the last commit (`recover`).
+        result.context("the transaction failed")?;
         Ok(true)
+    }
+
+    /// After a commit failed: unless this producer was fenced (a newer instance
+    /// with the same id took over: exiting is the only safe move), abort the
+    /// transaction (or replace a producer the broker has ended) and restore the
+    /// owned tasks from their last commit, as after a rebalance, so a broker that
+    /// was away for longer than the message timeout costs a restore, not the
+    /// process. Tries for `RECOVER_FOR` while the broker is still away, then gives up.
+    fn recover(&mut self, failure: anyhow::Error) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let mut last = failure;
+        loop {
+            match self.producer.fatal_error() {
+                Some((RDKafkaErrorCode::ProducerFenced, why)) => {
+                    return Err(last.context(format!(
+                        "fenced ({why}): another instance with kafka.instance_id `{}` has taken over; this one stops. Give each instance its own id",
+                        self.cfg.kafka.instance_id
+                    )));
+                }
+                Some((code, why)) => {
+                    // The broker ended the transaction itself (it outlived
+                    // transaction.timeout.ms while the broker was away): this producer
+                    // can do nothing more, a new one with the same id can.
+                    tracing::warn!(?code, "the producer failed ({why}); making a new one");
+                    match TxnProducer::create(self.cfg, Some(self.handles.metrics.clone())) {
+                        Ok(p) => {
+                            let producer = Arc::new(p);
+                            *self
+                                .consumer
+                                .context()
+                                .producer
+                                .lock()
+                                .expect("producer lock") = Some(producer.clone());
+                            self.producer = producer;
+                        }
+                        Err(e) if started.elapsed() < RECOVER_FOR => {
+                            last = e;
+                            std::thread::sleep(Duration::from_secs(1));
+                            continue;
+                        }
+                        Err(e) => return Err(e.context("making a new producer")),
+                    }
+                }
+                None => {}
+            }
+            tracing::warn!(
+                instance = %self.cfg.kafka.instance_id,
+                "the transaction failed ({last:#}); aborting it and restoring the tasks from their last commit"
+            );
+            self.handles
+                .metrics
+                .lock()
+                .expect("metrics lock")
+                .commit(false, 0.0);
+            let assigned: Vec<(String, i32)> = self
+                .consumer
+                .assignment()
+                .context("reading the consumer's assignment")?
+                .elements()
+                .iter()
+                .map(|e| (e.topic().to_string(), e.partition()))
+                .collect();
+            match self.restore(Some(assigned)) {
+                Ok(()) => return Ok(()),
+                Err(e) if started.elapsed() < RECOVER_FOR => {
+                    last = e;
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+                Err(e) => {
+                    return Err(e.context(format!(
+                        "could not restore the tasks after a failed transaction within {RECOVER_FOR:?}; a restart resumes from the last commit"
+                    )))
+                }
+            }
+        }
     }
 
     /// Joins the group for the input and repartition topics.

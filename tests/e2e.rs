@@ -1047,20 +1047,6 @@ fn assert_exact(stage: &Stage, instances: &Instances, want: &Expected, what: &st
     out
 }
 
-/// Records a `read_uncommitted` reader sees in the output topics: with those of
-/// aborted transactions, which a read_committed reader must not see.
-fn records_uncommitted(stage: &Stage) -> usize {
-    let c = reader_with(stage, "read_uncommitted");
-    let (mut n, mut quiet) = (0, Instant::now());
-    while quiet.elapsed() < Duration::from_secs(3) {
-        if let Some(Ok(_)) = c.poll(Duration::from_millis(100)) {
-            n += 1;
-            quiet = Instant::now();
-        }
-    }
-    n
-}
-
 /// Crashes, restarts and rebalances: three instance slots share the work in one
 /// consumer group while 500,000 records flow in. Instances are killed with
 /// SIGKILL at random moments ten times and restarted, a third instance is added
@@ -1111,4 +1097,174 @@ fn instances_killed_added_and_removed_still_end_exact() {
         &want,
         &format!("after 10 kills, an added and a removed instance (seed {seed})"),
     );
+}
+
+/// Whether a transaction is open in any partition the job writes: a
+/// read_committed reader's end (the last stable offset) is then behind the
+/// high watermark. Returns such a partition and its high watermark.
+fn open_transaction(stage: &Stage) -> Option<(String, i32, i64)> {
+    let client = |isolation| -> BaseConsumer {
+        ClientConfig::new()
+            .set("bootstrap.servers", &stage.brokers)
+            .set("isolation.level", isolation)
+            .create()
+            .unwrap()
+    };
+    let (committed, all) = (client("read_committed"), client("read_uncommitted"));
+    let md = all.fetch_metadata(None, Duration::from_secs(10)).unwrap();
+    let ours: Vec<&str> = stage.cfg.topics.all()[3..]
+        .iter()
+        .map(|(_, n)| *n)
+        .collect();
+    for t in md.topics().iter().filter(|t| ours.contains(&t.name())) {
+        for p in t.partitions() {
+            let w = Duration::from_secs(10);
+            let (_, stable) = committed.fetch_watermarks(t.name(), p.id(), w).unwrap();
+            let (_, high) = all.fetch_watermarks(t.name(), p.id(), w).unwrap();
+            if stable < high {
+                return Some((t.name().to_string(), p.id(), high));
+            }
+        }
+    }
+    None
+}
+
+fn signal(pid: &str, sig: &str) {
+    assert!(Command::new("kill")
+        .args([sig, pid])
+        .status()
+        .unwrap()
+        .success());
+}
+
+/// `kill -9` of an instance while its transaction is open, never restarted:
+/// the broker aborts that transaction after the producer's
+/// `transaction.timeout.ms` (10 s), and until then every read_committed reader
+/// of the partitions it wrote waits, including the restore of its tasks by the
+/// instance that takes them over. Then readers move on, the aborted records
+/// stay invisible, and the results are exact.
+#[test]
+fn an_instance_killed_with_its_transaction_open_is_aborted_and_readers_move_on() {
+    use rand::Rng;
+    let (seed, mut rng) = chaos_rng("killed mid-transaction");
+    let stage = Stage::new("midtxn");
+    let (want, writer) = traffic_in_background(&stage, seed, 150_000, 5_000);
+    let mut cluster = Instances::new(&stage, &["a", "b"]);
+    cluster.start(0);
+    cluster.wait_until_every_task_is_owned();
+    // The transaction is open only while a commit sends and commits: stop the
+    // instance at random moments until one catches it open, then kill it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let open = loop {
+        assert!(
+            Instant::now() < deadline,
+            "in 60 s of tries no SIGSTOP caught the instance with a transaction open"
+        );
+        std::thread::sleep(Duration::from_millis(rng.gen_range(0..300)));
+        let pid = cluster.pid(0);
+        signal(&pid, "-STOP");
+        if let Some(open) = open_transaction(&stage) {
+            break open;
+        }
+        signal(&pid, "-CONT");
+    };
+    println!("kill -9 of instance a with a transaction open in {open:?}");
+    cluster.kill(0);
+    // Another instance (its own transactional.id, which cannot abort a's) takes over.
+    cluster.start(1);
+    writer.join().unwrap();
+    cluster.wait_until_every_task_is_owned();
+    assert_exact(&stage, &cluster, &want, "after a kill mid-transaction");
+    // The broker aborted it: that partition's stable end caught up with its end.
+    let (topic, partition, _) = open;
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &stage.brokers)
+        .create()
+        .unwrap();
+    let high = c
+        .fetch_watermarks(&topic, partition, Duration::from_secs(10))
+        .unwrap()
+        .1;
+    assert!(
+        open_transaction(&stage).is_none_or(|(t, p, _)| (t, p) != (topic.clone(), partition)),
+        "{topic} [{partition}] still has a transaction open (end {high})"
+    );
+}
+
+/// A zombie: instance z is paused (SIGSTOP) while traffic flows, a second
+/// process starts with the same `--instance-id`, so the same
+/// `transactional.id`, and takes the work over; then z is resumed. z's
+/// producer is fenced: it exits, saying so, and nothing it wrote after the
+/// fence is seen by a read_committed reader, whose results are exact.
+#[test]
+fn a_paused_instance_replaced_by_one_with_its_id_is_fenced_and_counts_nothing() {
+    let (seed, _) = chaos_rng("zombie");
+    let stage = Stage::new("zombie");
+    let (want, writer) = traffic_in_background(&stage, seed, 150_000, 5_000);
+    let zombie_log = stage.dir.join("zombie.log");
+    let (zombie_port, heir_port) = (free_port(), free_port());
+    let mut zombie = Proc(
+        gmv()
+            .args(["run", "--instance-id", "z", "--config"])
+            .arg(&stage.config)
+            .args(["--metrics-listen", &format!("127.0.0.1:{zombie_port}")])
+            .stderr(std::fs::File::create(&zombie_log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    std::thread::sleep(Duration::from_secs(8));
+    let pid = zombie.0.id().to_string();
+    signal(&pid, "-STOP");
+    println!("instance z paused; starting its replacement with the same id");
+    let heir = start_instance(&stage.config, "z", Some(heir_port));
+    // The replacement owns every task once z's session has expired.
+    let mut cluster = Instances::new(&stage, &["z"]);
+    cluster.jobs[0] = Some(heir);
+    cluster.ports[0] = heir_port;
+    cluster.wait_until_every_task_is_owned();
+    std::thread::sleep(Duration::from_secs(3));
+    println!("resuming the paused instance");
+    signal(&pid, "-CONT");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = zombie.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the fenced instance still runs a minute after it was resumed"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let said = std::fs::read_to_string(&zombie_log).unwrap();
+    assert!(!status.success(), "the fenced instance exited 0");
+    assert!(
+        said.contains("fenced"),
+        "the fenced instance did not say it was fenced:\n{}",
+        &said[said.len().saturating_sub(3000)..]
+    );
+    writer.join().unwrap();
+    assert_exact(&stage, &cluster, &want, "after a zombie was fenced");
+}
+
+/// The broker stopped (cleanly) while the job runs with traffic flowing, and
+/// started again some seconds later: the job rides it out, and the results
+/// are exact for a read_committed reader.
+#[test]
+fn the_broker_stopped_and_restarted_between_commits_changes_no_result() {
+    let (seed, _) = chaos_rng("broker restart");
+    let stage = Stage::own_broker("brokerrestart");
+    let (want, writer) = traffic_in_background(&stage, seed, 150_000, 5_000);
+    let mut cluster = Instances::new(&stage, &["a"]);
+    cluster.start(0);
+    cluster.wait_until_every_task_is_owned();
+    std::thread::sleep(Duration::from_secs(3));
+    let broker = stage.own.as_ref().expect("a broker of its own");
+    println!("stopping the broker");
+    broker.stop();
+    std::thread::sleep(Duration::from_secs(5));
+    println!("starting the broker again");
+    broker.restart();
+    writer.join().unwrap();
+    assert_exact(&stage, &cluster, &want, "after the broker restarted");
 }

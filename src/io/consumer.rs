@@ -7,7 +7,7 @@
 //! exports per-partition lag from librdkafka's statistics.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -29,8 +29,8 @@ pub struct LagContext {
     pub rebalanced: Arc<AtomicBool>,
     /// The latest rebalance event not yet handled by the loop.
     pub pending: Mutex<Option<Assignment>>,
-    /// Aborted when partitions are revoked.
-    pub producer: OnceLock<Arc<TxnProducer>>,
+    /// Aborted when partitions are revoked; replaced when the loop makes a new one.
+    pub producer: Mutex<Option<Arc<TxnProducer>>>,
 }
 
 /// A rebalance event for the loop.
@@ -90,7 +90,8 @@ impl ConsumerContext for LagContext {
                     tracing::error!("rebalance error: {other:?}");
                 }
                 // Work since the last commit is redone by whoever gets the partitions.
-                if let Some(p) = self.producer.get() {
+                let producer = self.producer.lock().expect("producer lock").clone();
+                if let Some(p) = producer {
                     if let Err(e) = p.abort() {
                         tracing::warn!("aborting the open transaction on revoke: {e:#}");
                     }
@@ -138,7 +139,7 @@ pub fn create(cfg: &Config, metrics: Option<Arc<Mutex<Metrics>>>) -> anyhow::Res
         input_topics: cfg.topics.inputs().iter().map(|s| s.to_string()).collect(),
         rebalanced: Arc::new(AtomicBool::new(false)),
         pending: Mutex::new(None),
-        producer: OnceLock::new(),
+        producer: Mutex::new(None),
     };
     super::client_config(&cfg.kafka, &ours, &cfg.kafka.consumer_properties)
         .create_with_context(ctx)

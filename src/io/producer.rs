@@ -369,7 +369,6 @@ impl TxnProducer {
         } else {
             self.flush()
         };
-        self.open.store(false, Ordering::SeqCst);
         if let Some(f) = self
             .producer
             .context()
@@ -378,9 +377,37 @@ impl TxnProducer {
             .expect("failure lock")
             .take()
         {
+            // Still open: the caller aborts it.
             bail!("{f}");
         }
+        if result.is_ok() {
+            self.open.store(false, Ordering::SeqCst);
+        }
         result
+    }
+
+    /// The producer's fatal error, if it raised one (fenced by a newer producer
+    /// with the same transactional.id, or its transaction ended by the broker):
+    /// it can do nothing more.
+    pub fn fatal_error(&self) -> Option<(RDKafkaErrorCode, String)> {
+        let mut buf = [0 as c_char; 512];
+        // SAFETY: a live client; librdkafka writes a NUL-terminated string into buf.
+        let err = unsafe {
+            rdsys::rd_kafka_fatal_error(
+                self.producer.client().native_ptr(),
+                buf.as_mut_ptr(),
+                buf.len(),
+            )
+        };
+        if err == rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+            return None;
+        }
+        // SAFETY: NUL-terminated by librdkafka, within buf.
+        let text = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+        Some((
+            RDKafkaErrorCode::from(err),
+            text.to_string_lossy().into_owned(),
+        ))
     }
 
     /// Waits until every record sent is acknowledged and its delivery report served.
@@ -403,18 +430,20 @@ impl TxnProducer {
 
     /// Aborts the open transaction, if any: its records and offsets never count.
     pub fn abort(&self) -> anyhow::Result<()> {
-        if self.open.swap(false, Ordering::SeqCst) && self.transactional {
+        // Open until the abort succeeds: a failed one is tried again.
+        if self.is_open() && self.transactional {
             self.producer
                 .abort_transaction(self.timeout)
                 .map_err(txn_error)
                 .context("aborting the transaction")?;
-            self.producer
-                .context()
-                .failure
-                .lock()
-                .expect("failure lock")
-                .take();
         }
+        self.producer
+            .context()
+            .failure
+            .lock()
+            .expect("failure lock")
+            .take();
+        self.open.store(false, Ordering::SeqCst);
         Ok(())
     }
 

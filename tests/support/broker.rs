@@ -93,7 +93,8 @@ fn java() -> Command {
 
 /// One Apache Kafka node in a folder of its own; killed and removed when dropped.
 pub struct Kafka {
-    child: Option<Child>,
+    /// In a mutex: a test stops and restarts a broker its stage shares.
+    child: std::sync::Mutex<Option<Child>>,
     dir: PathBuf,
     pub port: u16,
 }
@@ -149,8 +150,8 @@ group.initial.rebalance.delay.ms=0
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        let mut k = Kafka {
-            child: None,
+        let k = Kafka {
+            child: std::sync::Mutex::new(None),
             dir,
             port,
         };
@@ -173,8 +174,8 @@ group.initial.rebalance.delay.ms=0
     }
 
     /// Starts the node (again) on its folder and ports; returns once it answers metadata.
-    pub fn restart(&mut self) {
-        assert!(self.child.is_none(), "the broker runs already");
+    pub fn restart(&self) {
+        assert!(self.child().is_none(), "the broker runs already");
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -194,11 +195,15 @@ group.initial.rebalance.delay.ms=0
                 Ok(())
             });
         }
-        self.child = Some(cmd.spawn().expect("starting Apache Kafka"));
+        *self.child() = Some(cmd.spawn().expect("starting Apache Kafka"));
         self.wait_ready(Duration::from_secs(90));
     }
 
-    fn wait_ready(&mut self, within: Duration) {
+    fn child(&self) -> std::sync::MutexGuard<'_, Option<Child>> {
+        self.child.lock().unwrap()
+    }
+
+    fn wait_ready(&self, within: Duration) {
         let deadline = Instant::now() + within;
         let c: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", self.bootstrap())
@@ -206,7 +211,7 @@ group.initial.rebalance.delay.ms=0
             .create()
             .unwrap();
         loop {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+            if let Some(status) = self.child().as_mut().unwrap().try_wait().unwrap() {
                 panic!(
                     "Apache Kafka exited at start ({status}); its log: {}",
                     self.dir.join("server.log").display()
@@ -228,7 +233,7 @@ group.initial.rebalance.delay.ms=0
     }
 
     fn signal(&self, sig: &str) {
-        let pid = self.child.as_ref().expect("the broker runs").id();
+        let pid = self.child().as_ref().expect("the broker runs").id();
         let ok = Command::new("kill")
             .args([sig, &pid.to_string()])
             .status()
@@ -238,9 +243,10 @@ group.initial.rebalance.delay.ms=0
     }
 
     /// Stops the node cleanly (SIGTERM) and waits for it to exit.
-    pub fn stop(&mut self) {
+    pub fn stop(&self) {
         self.signal("-TERM");
-        self.child.take().unwrap().wait().unwrap();
+        let child = self.child().take();
+        child.unwrap().wait().unwrap();
     }
 
     /// SIGSTOP: the node stops answering, connections stay open.
@@ -261,7 +267,7 @@ group.initial.rebalance.delay.ms=0
 
 impl Drop for Kafka {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
+        if let Some(mut c) = self.child().take() {
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -303,9 +309,9 @@ pub fn shared_broker() -> &'static str {
         std::thread::Builder::new()
             .name("kafka-broker".into())
             .spawn(move || {
-                let mut k = Kafka::start();
+                let k = Kafka::start();
                 tx.send(k.bootstrap()).unwrap();
-                let status = k.child.as_mut().unwrap().wait();
+                let status = k.child().as_mut().unwrap().wait();
                 eprintln!("the shared Apache Kafka exited: {status:?}");
             })
             .unwrap();
