@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{Headers, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
@@ -431,38 +430,46 @@ impl Loop<'_> {
         let started = Instant::now();
         let mut last = failure;
         loop {
-            match self.producer.fatal_error() {
-                Some((RDKafkaErrorCode::ProducerFenced, why)) => {
-                    return Err(last.context(format!(
-                        "fenced ({why}): another instance with kafka.instance_id `{}` has taken over; this one stops. Give each instance its own id",
-                        self.cfg.kafka.instance_id
-                    )));
-                }
-                Some((code, why)) => {
-                    // The broker ended the transaction itself (it outlived
-                    // transaction.timeout.ms while the broker was away): this producer
-                    // can do nothing more, a new one with the same id can.
-                    tracing::warn!(?code, "the producer failed ({why}); making a new one");
-                    match TxnProducer::create(self.cfg, Some(self.handles.metrics.clone())) {
-                        Ok(p) => {
-                            let producer = Arc::new(p);
-                            *self
-                                .consumer
-                                .context()
-                                .producer
-                                .lock()
-                                .expect("producer lock") = Some(producer.clone());
-                            self.producer = producer;
-                        }
-                        Err(e) if started.elapsed() < RECOVER_FOR => {
-                            last = e;
-                            std::thread::sleep(Duration::from_secs(1));
-                            continue;
-                        }
-                        Err(e) => return Err(e.context("making a new producer")),
+            if let Some((code, why)) = self.producer.fatal_error() {
+                // A producer that raised a fatal error can do nothing more. Fenced on
+                // purpose by a second process with this instance's id (it is in the
+                // group): this one is the zombie and stops. Otherwise the broker ended
+                // the transaction itself (it outlived transaction.timeout.ms while the
+                // broker was away): a new producer with the same id goes on.
+                match consumer::another_member_is(&self.consumer, self.cfg) {
+                    Ok(true) => {
+                        return Err(last.context(format!(
+                            "fenced ({why}): another instance with kafka.instance_id `{}` has taken over; this one stops. Give each instance its own id",
+                            self.cfg.kafka.instance_id
+                        )));
                     }
+                    Ok(false) => {
+                        tracing::warn!(?code, "the producer failed ({why}); making a new one");
+                        match TxnProducer::create(self.cfg, Some(self.handles.metrics.clone())) {
+                            Ok(p) => {
+                                let producer = Arc::new(p);
+                                *self
+                                    .consumer
+                                    .context()
+                                    .producer
+                                    .lock()
+                                    .expect("producer lock") = Some(producer.clone());
+                                self.producer = producer;
+                            }
+                            Err(e) => last = e,
+                        }
+                    }
+                    Err(e) => last = e,
                 }
-                None => {}
+                if self.producer.fatal_error().is_some() {
+                    if started.elapsed() >= RECOVER_FOR {
+                        return Err(last.context(format!(
+                            "could not make a new producer within {RECOVER_FOR:?}"
+                        )));
+                    }
+                    std::thread::sleep(Duration::from_secs(1));
+                    continue;
+                }
             }
             tracing::warn!(
                 instance = %self.cfg.kafka.instance_id,

@@ -42,15 +42,14 @@ pub struct KafkaConfig {
     /// Outputs, state changes and input offsets are committed in one transaction this often.
     pub commit_interval_ms: i64,
     /// Use Kafka transactions (read_committed readers never see uncommitted results).
-    /// `false` is for brokers without them (Tansu 0.6 has no EndTxn): commits are then
-    /// offset commits after every record is acknowledged; state and totals stay exact,
-    /// but readers may see results of work that a crash makes the job redo.
+    /// `false` is for brokers without EndTxn: commits are then offset commits after
+    /// every record is acknowledged; state and totals stay exact, but readers may see
+    /// results of work that a crash makes the job redo.
     pub transactions: bool,
     /// How many records before a resume offset the consumer starts fetching (they are
-    /// skipped, not processed again). A fetch at an offset inside a record batch must
-    /// return that batch; Tansu 0.6 returns only the batches after it, which would lose
-    /// the batch's remaining records. Covers batches of up to this many records;
-    /// 0 is enough for Apache Kafka.
+    /// skipped, not processed again), for a broker that answers a fetch at an offset
+    /// inside a record batch with only the batches after it (Apache Kafka returns the
+    /// batch: 0).
     pub resume_rewind_records: i64,
     /// librdkafka properties for every client, e.g. `"security.protocol" = "SASL_SSL"`.
     pub properties: BTreeMap<String, String>,
@@ -147,7 +146,7 @@ impl Default for KafkaConfig {
             instance_id: "0".into(),
             commit_interval_ms: 1_000,
             transactions: true,
-            resume_rewind_records: 10_000,
+            resume_rewind_records: 0,
             properties: BTreeMap::new(),
             consumer_properties: BTreeMap::new(),
             producer_properties: BTreeMap::new(),

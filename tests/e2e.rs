@@ -47,8 +47,19 @@ const TOTAL_FIELDS: [&str; 6] = [
     "delivered_orders",
 ];
 
+/// The `gmv` binary, ended with the test thread that starts it even if the
+/// test process dies before it can kill it.
 fn gmv() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_gmv"))
+    let mut c = Command::new(env!("CARGO_BIN_EXE_gmv"));
+    // SAFETY: prctl is async-signal-safe.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        c.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    c
 }
 
 /// The job's settings for a test: its defaults (transactions on) but the

@@ -1,6 +1,5 @@
 //! Kafka only: client settings, the input consumer and its per-partition
-//! lanes, the acknowledged output producer and the thread that hands it the
-//! changelog records, and topic creation and checks.
+//! lanes, the transactional producer, and topic creation and checks.
 
 pub mod consumer;
 pub mod lanes;
@@ -14,6 +13,8 @@ use rdkafka::ClientConfig;
 use crate::config::KafkaConfig;
 
 /// Client settings: ours first, then the user's pass-through properties (which win).
+/// The client id names the instance: the group's member list then shows which
+/// instance each member is (`consumer::another_member_is`).
 pub fn client_config(
     k: &KafkaConfig,
     ours: &[(&str, &str)],
@@ -21,7 +22,7 @@ pub fn client_config(
 ) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &k.brokers)
-        .set("client.id", &k.client_id);
+        .set("client.id", format!("{}-{}", k.client_id, k.instance_id));
     for (key, value) in ours {
         c.set(*key, *value);
     }
