@@ -26,7 +26,7 @@ use crate::core::state::{
 use crate::core::Engine;
 use crate::io::consumer::{self, Assignment, InputConsumer};
 use crate::io::lanes::{LaneRecord, Lanes, LANE_BATCH};
-use crate::io::producer::{Kind, Record, TxnProducer, Written};
+use crate::io::producer::{Kind, Record, TxnProducer};
 use crate::io::topics;
 use crate::model::{InputTopic, Source};
 use crate::telemetry::http::now_ms;
@@ -130,7 +130,6 @@ pub fn run(cfg: &Config, handles: &Handles) -> anyhow::Result<()> {
         sent_progress: BTreeMap::new(),
         newest_input_ms: 0,
         last_emit_ms: 0,
-        in_flight: None,
     };
     lp.subscribe()?;
     let result = lp.process();
@@ -160,16 +159,6 @@ struct TaskRun {
     n: u64,
     /// Where its input partitions resume after `n` (per input; `None`: from the beginning).
     offsets: Vec<Option<i64>>,
-    /// The offset of this instance's last record in the task's changelog partition.
-    last_own: i64,
-}
-
-/// A commit whose records are sent but not yet sealed by commit records.
-struct InFlight {
-    /// Per task, where its inputs resume once it is sealed.
-    resume: BTreeMap<(Stage, i32), Vec<Option<i64>>>,
-    /// Newest Kafka timestamp of the input it covers, for end-to-end latency.
-    newest_input_ms: i64,
 }
 
 struct Loop<'a> {
@@ -185,13 +174,11 @@ struct Loop<'a> {
     tasks: BTreeMap<(Stage, i32), TaskRun>,
     partitions: i32,
     aggregation_partitions: i32,
-    /// Per attribution task: the progress last sent, and whether that batch
-    /// carried news (sums or progress) that a later batch must vouch for.
-    sent_progress: BTreeMap<i32, (Progress, bool)>,
+    /// Per attribution task: the progress its incarnation last sent.
+    sent_progress: BTreeMap<i32, Progress>,
     /// Newest Kafka timestamp read in the current commit interval, for end-to-end latency.
     newest_input_ms: i64,
     last_emit_ms: i64,
-    in_flight: Option<InFlight>,
 }
 
 impl Loop<'_> {
@@ -302,19 +289,10 @@ impl Loop<'_> {
 
     /// One transaction: repartition batches, outputs, changelog records, and last
     /// each task's commit record (with where its inputs resume), plus the consumer
-    /// group's offsets (for lag; the commit records are what a restore trusts).
-    ///
-    /// Without broker transactions the commit is pipelined: this interval's records
-    /// are sent and the loop goes on reading while they are acknowledged; their
-    /// commit records are written at the next commit (or at shutdown), before that
-    /// commit sends anything, so a repartition batch still only ever follows the
-    /// commit it vouches for.
+    /// group's offsets (`send_offsets_to_transaction`: a process whose group
+    /// generation has moved on cannot commit, KIP-447).
     fn commit(&mut self) -> anyhow::Result<()> {
         if self.tasks.is_empty() {
-            return Ok(());
-        }
-        let transactional = self.producer.is_transactional();
-        if !transactional && !self.seal_in_flight()? {
             return Ok(());
         }
         let now = now_ms();
@@ -330,27 +308,8 @@ impl Loop<'_> {
         }
         self.publish()?;
         self.send_changes()?;
-        self.in_flight = Some(InFlight {
-            resume: self.resume_offsets(),
-            newest_input_ms: std::mem::take(&mut self.newest_input_ms),
-        });
-        if transactional {
-            self.seal_in_flight()?;
-        }
-        Ok(())
-    }
-
-    /// Commits the records sent by the last `commit`: their commit records and the
-    /// consumer offsets. False when this instance turned out to have lost a task
-    /// (it has then dropped its tasks and is rejoining the group).
-    fn seal_in_flight(&mut self) -> anyhow::Result<bool> {
-        let Some(InFlight {
-            resume,
-            newest_input_ms,
-        }) = self.in_flight.take()
-        else {
-            return Ok(true);
-        };
+        let resume = self.resume_offsets();
+        let newest_input_ms = std::mem::take(&mut self.newest_input_ms);
         let offsets = self.group_offsets(&resume)?;
         let started = Instant::now();
         let group = self
@@ -358,7 +317,7 @@ impl Loop<'_> {
             .group_metadata()
             .context("no consumer group metadata")?;
         let (tasks, cfg) = (&self.tasks, self.cfg);
-        let mut result = self.producer.commit(&offsets, &group, |producer| {
+        let result = self.producer.commit(&offsets, &group, |producer| {
             for (task, run) in tasks {
                 let value = state::encode(&CommitRecord {
                     n: run.n + 1,
@@ -375,32 +334,6 @@ impl Loop<'_> {
             }
             Ok(())
         });
-        let written = self.producer.take_written();
-        if result.is_ok() && !self.producer.is_transactional() {
-            // Without broker transactions nothing stops a zombie from writing: check
-            // that no newer incarnation's marker came before these commit records
-            // before anything (a later repartition batch) vouches for them.
-            match self.still_owner(&written) {
-                Ok(true) => {}
-                Ok(false) => {
-                    // Another member restored one of our tasks: the group's view and ours
-                    // differ. As Kafka Streams does with a migrated task: drop every task
-                    // and rejoin, so the group hands out a consistent assignment.
-                    drop(offsets);
-                    self.restore(None)?;
-                    self.consumer.unsubscribe();
-                    self.subscribe()?;
-                    return Ok(false);
-                }
-                Err(e) => result = Err(e),
-            }
-            if result.is_ok() && offsets.count() > 0 {
-                result = self
-                    .consumer
-                    .commit(&offsets, rdkafka::consumer::CommitMode::Sync)
-                    .context("committing offsets");
-            }
-        }
         drop(offsets);
         let mut m = self.handles.metrics.lock().expect("metrics lock");
         m.commit(result.is_ok(), started.elapsed().as_secs_f64());
@@ -416,8 +349,7 @@ impl Loop<'_> {
         drop(m);
         // This instance's memory is ahead of what committed: the caller aborts the
         // transaction and restores the tasks from the last commit (`recover`).
-        result.context("the transaction failed")?;
-        Ok(true)
+        result.context("the transaction failed")
     }
 
     /// After a commit failed: unless this producer was fenced (a newer instance
@@ -435,8 +367,9 @@ impl Loop<'_> {
                 // purpose by a second process with this instance's id (it is in the
                 // group): this one is the zombie and stops. Otherwise the broker ended
                 // the transaction itself (it outlived transaction.timeout.ms while the
-                // broker was away): a new producer with the same id goes on.
-                match consumer::another_member_is(&self.consumer, self.cfg) {
+                // broker was away, or its coordinator lost it): a new producer with the
+                // same id goes on.
+                match consumer::another_process_is(&self.consumer, self.cfg) {
                     Ok(true) => {
                         return Err(last.context(format!(
                             "fenced ({why}): another instance with kafka.instance_id `{}` has taken over; this one stops. Give each instance its own id",
@@ -513,38 +446,6 @@ impl Loop<'_> {
             .context("subscribing to the input and repartition topics")
     }
 
-    /// Whether every task's changelog partition shows no newer incarnation's marker
-    /// between this instance's records; updates where its own records end. A gap
-    /// in its own offsets means someone else wrote there: only then is the gap read.
-    fn still_owner(
-        &mut self,
-        written: &HashMap<String, HashMap<i32, Written>>,
-    ) -> anyhow::Result<bool> {
-        let mut owner = true;
-        let keys: Vec<(Stage, i32)> = self.tasks.keys().copied().collect();
-        for (stage, p) in keys {
-            let topic = self.changelog(stage).to_string();
-            let Some(w) = written.get(&topic).and_then(|m| m.get(&p)).copied() else {
-                continue;
-            };
-            let run = self.tasks.get_mut(&(stage, p)).expect("task");
-            let from = run.last_own + 1;
-            run.last_own = run.last_own.max(w.max);
-            if w.min == from && w.max - w.min + 1 == w.count {
-                continue;
-            }
-            if marker_between(self.cfg, &topic, p, from, w.max)? {
-                tracing::warn!(
-                    instance = %self.cfg.kafka.instance_id,
-                    task = ?(stage, p),
-                    "another instance has restored this task: its last transaction does not count; rejoining the group"
-                );
-                owner = false;
-            }
-        }
-        Ok(owner)
-    }
-
     /// Sends each attribution task's partial sums, split by aggregation partition, and its progress.
     fn send_batches(&mut self) -> anyhow::Result<()> {
         let topic = self.cfg.topics.repartition.clone();
@@ -558,11 +459,14 @@ impl Loop<'_> {
             let Some(run) = self.tasks.get(&(Stage::Attribution, p)).cloned() else {
                 continue;
             };
-            let sent = self.sent_progress.get(&p).copied();
-            let Some(now_sent) = batch_due(sent, entries.is_empty(), progress) else {
+            if !batch_due(
+                self.sent_progress.get(&p).copied(),
+                entries.is_empty(),
+                progress,
+            ) {
                 continue;
-            };
-            self.sent_progress.insert(p, now_sent);
+            }
+            self.sent_progress.insert(p, progress);
             let mut split: Vec<Vec<_>> = vec![Vec::new(); r_count as usize];
             for e in entries {
                 split[state::aggregation_partition(e.dim, &e.key, r_count) as usize].push(e);
@@ -739,8 +643,6 @@ impl Loop<'_> {
         self.producer.abort()?;
         // The old assignment's lanes go; the new ones are split below, before `assign`.
         self.lanes = Lanes::default();
-        // Records sent but not sealed never count: a restore treats them as aborted.
-        self.in_flight = None;
         self.engine.clear();
         self.tasks.clear();
         self.sent_progress.clear();
@@ -789,8 +691,6 @@ impl Loop<'_> {
             .commit_open()
             .context("committing restore markers")?;
         let markers = self.producer.take_markers(wanted.len())?;
-        // Everything this producer wrote before the markers is acknowledged: start counting afresh.
-        self.producer.take_written();
         let mut incs = BTreeMap::new();
         for (stage, p) in &wanted {
             let inc = *markers
@@ -866,21 +766,18 @@ impl Loop<'_> {
                     base: lineage.base,
                     n: lineage.base,
                     offsets: lineage.offsets,
-                    last_own: inc,
                 },
             );
         }
         self.producer
             .commit_open()
             .context("committing lineage records")?;
-        // 4. Resume every partition where the restored state's last commit left it
-        //    (fetching from a little before: the tasks skip what they already counted).
-        let rewind = self.cfg.kafka.resume_rewind_records;
+        // 4. Resume every partition where the restored state's last commit left it.
         let mut tpl = TopicPartitionList::new();
         for ((stage, p), run) in &runs {
             for (i, topic) in self.task_topics(*stage).into_iter().enumerate() {
                 let at = match run.offsets.get(i).copied().flatten() {
-                    Some(o) => Offset::Offset(o.saturating_sub(rewind).max(0)),
+                    Some(o) => Offset::Offset(o),
                     None => Offset::Beginning,
                 };
                 tpl.add_partition_offset(topic, *p, at)?;
@@ -939,9 +836,7 @@ impl Loop<'_> {
     fn shutdown(&mut self) -> anyhow::Result<()> {
         tracing::info!("shutting down: committing the last transaction");
         self.last_emit_ms = 0;
-        let result = self
-            .commit()
-            .and_then(|()| self.seal_in_flight().map(|_| ()));
+        let result = self.commit();
         self.refresh_metrics();
         self.handles
             .metrics
@@ -953,31 +848,12 @@ impl Loop<'_> {
     }
 }
 
-/// Whether an attribution task sends a batch at this commit, given what this
-/// incarnation sent last (`None`: nothing yet; else its progress and whether it
-/// carried news), whether it has sums now, and its progress. Returns what to
-/// remember as sent, or `None` when no batch is due.
-///
-/// An incarnation's first batch always goes, even empty. The aggregation tasks
-/// count an older incarnation's pending batches up to the `base` the newer one
-/// restored from; that number names a commit of the newer one's direct
-/// predecessor only if every incarnation in between showed itself. Skipped,
-/// an empty first commit of an in-between incarnation would let the older
-/// incarnation's aborted batch with the same number pass for committed.
-///
-/// A batch counts once a later one of the same incarnation proves its
-/// transaction committed: after one with news (sums or progress), the next
-/// always goes, even empty. Without it, the last progress before the stream
-/// goes quiet (the after-the-sale flush) would wait unapplied, and the
-/// windows it closes would never be final.
-fn batch_due(
-    sent: Option<(Progress, bool)>,
-    empty: bool,
-    progress: Progress,
-) -> Option<(Progress, bool)> {
-    let news = !empty || sent.map(|(last, _)| last).unwrap_or_default() != progress;
-    let due = sent.is_none_or(|(_, unproven)| news || unproven);
-    due.then_some((progress, news))
+/// Whether an attribution task sends a batch at this commit: its incarnation's
+/// first (the aggregation tasks wait to hear from every attribution task before
+/// their watermark moves), or one with sums, or with progress that moved since
+/// the batch it sent last.
+fn batch_due(sent: Option<Progress>, empty: bool, progress: Progress) -> bool {
+    !empty || sent != Some(progress)
 }
 
 /// Hands one record from the consumer's own queue to the task that owns its partition.
@@ -1160,50 +1036,12 @@ fn changelog_reader(cfg: &Config) -> anyhow::Result<BaseConsumer<consumer::LagCo
     consumer::create(&own, None)
 }
 
-/// Whether a changelog partition holds a marker at an offset in `from..=to`.
-fn marker_between(
-    cfg: &Config,
-    topic: &str,
-    partition: i32,
-    from: i64,
-    to: i64,
-) -> anyhow::Result<bool> {
-    let reader = changelog_reader(cfg)?;
-    let mut tpl = TopicPartitionList::new();
-    // Rewound, as the restore is: the broker may not return the batch holding `from`.
-    let start = from.saturating_sub(cfg.kafka.resume_rewind_records).max(0);
-    tpl.add_partition_offset(topic, partition, Offset::Offset(start))?;
-    reader
-        .assign(&tpl)
-        .context("assigning a changelog partition")?;
-    drop(tpl);
-    let started = Instant::now();
-    loop {
-        if started.elapsed() > Duration::from_secs(60) {
-            bail!("could not read {topic} [{partition}] offsets {from}..={to} within a minute");
-        }
-        match reader.poll(Duration::from_millis(100)) {
-            Some(Ok(m)) if m.offset() < from => {}
-            Some(Ok(m)) => {
-                if m.key().is_some_and(|k| k.starts_with(MARKER_PREFIX)) {
-                    return Ok(true);
-                }
-                if m.offset() >= to {
-                    return Ok(false);
-                }
-            }
-            Some(Err(e)) => tracing::warn!("reading {topic} [{partition}]: {e}"),
-            None => {}
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn an_incarnation_always_sends_its_first_batch_and_a_proof_after_news() {
+    fn a_batch_goes_first_then_with_sums_or_moved_progress() {
         let (start, later) = (
             Progress::default(),
             Progress {
@@ -1211,26 +1049,9 @@ mod tests {
                 ..Progress::default()
             },
         );
-        assert_eq!(
-            batch_due(None, true, start),
-            Some((start, false)),
-            "the first one, though empty"
-        );
-        assert_eq!(
-            batch_due(Some((start, false)), true, start),
-            None,
-            "nothing new"
-        );
-        assert_eq!(
-            batch_due(Some((start, false)), false, start),
-            Some((start, true)),
-            "sums"
-        );
-        // Progress alone is news: the next batch, though empty, proves it.
-        let sent = batch_due(Some((start, false)), true, later);
-        assert_eq!(sent, Some((later, true)));
-        let proof = batch_due(sent, true, later);
-        assert_eq!(proof, Some((later, false)));
-        assert_eq!(batch_due(proof, true, later), None, "a proof needs none");
+        assert!(batch_due(None, true, start), "the first one, though empty");
+        assert!(!batch_due(Some(start), true, start), "nothing new");
+        assert!(batch_due(Some(start), false, start), "sums");
+        assert!(batch_due(Some(start), true, later), "progress");
     }
 }

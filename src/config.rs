@@ -41,16 +41,6 @@ pub struct KafkaConfig {
     pub instance_id: String,
     /// Outputs, state changes and input offsets are committed in one transaction this often.
     pub commit_interval_ms: i64,
-    /// Use Kafka transactions (read_committed readers never see uncommitted results).
-    /// `false` is for brokers without EndTxn: commits are then offset commits after
-    /// every record is acknowledged; state and totals stay exact, but readers may see
-    /// results of work that a crash makes the job redo.
-    pub transactions: bool,
-    /// How many records before a resume offset the consumer starts fetching (they are
-    /// skipped, not processed again), for a broker that answers a fetch at an offset
-    /// inside a record batch with only the batches after it (Apache Kafka returns the
-    /// batch: 0).
-    pub resume_rewind_records: i64,
     /// librdkafka properties for every client, e.g. `"security.protocol" = "SASL_SSL"`.
     pub properties: BTreeMap<String, String>,
     /// librdkafka properties for the consumer only.
@@ -145,8 +135,6 @@ impl Default for KafkaConfig {
             client_id: "gmv".into(),
             instance_id: "0".into(),
             commit_interval_ms: 1_000,
-            transactions: true,
-            resume_rewind_records: 0,
             properties: BTreeMap::new(),
             consumer_properties: BTreeMap::new(),
             producer_properties: BTreeMap::new(),
@@ -265,12 +253,6 @@ impl Config {
             p.push(format!(
                 "state.expected_orders must be between 0 and {MAX_EXPECTED_ORDERS}, got {}",
                 self.state.expected_orders
-            ));
-        }
-        if self.kafka.resume_rewind_records < 0 {
-            p.push(format!(
-                "kafka.resume_rewind_records must not be negative, got {}",
-                self.kafka.resume_rewind_records
             ));
         }
         if self.kafka.commit_interval_ms < 10 {
@@ -466,12 +448,12 @@ mod tests {
         c.windows.brand_ms = vec![0];
         c.topics.payments = "orders".into();
         c.metrics.listen = "nowhere".into();
-        c.kafka.resume_rewind_records = -1;
+        c.kafka.commit_interval_ms = 5;
         c.state.expected_orders = MAX_EXPECTED_ORDERS + 1;
         let p = c.validate().unwrap_err();
         assert_eq!(p.len(), 6, "{p:#?}");
         assert!(p.iter().any(|m| m.contains("state.expected_orders")));
-        assert!(p.iter().any(|m| m.contains("kafka.resume_rewind_records")));
+        assert!(p.iter().any(|m| m.contains("kafka.commit_interval_ms")));
         assert!(p.iter().any(|m| m.contains("time.join_timeout_ms")));
         assert!(p.iter().any(|m| m.contains("windows.brand_ms")));
         assert!(p.iter().any(|m| m.contains("topics.payments")));

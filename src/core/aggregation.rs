@@ -3,10 +3,9 @@
 //! totals and milestones. Its watermark is the minimum over every attribution
 //! task's (idle ones left out), so a window closes only once no task can add to it.
 //!
-//! A batch is applied only once the transaction that wrote it is known to have
-//! committed: the next transaction of the same incarnation, or a newer
-//! incarnation restored from a later point, proves it. So records of aborted
-//! transactions never count, even on a broker that shows them.
+//! The repartition topic is read with `read_committed`: every batch seen was
+//! committed, and is applied at once. Tags (incarnation, transaction number)
+//! skip what a restored task reads again.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -207,13 +206,9 @@ impl DimState {
 struct SourceState {
     /// Incarnation whose batches are being received; older ones are zombies.
     inc: i64,
-    /// Every committed transaction up to this one has been applied.
+    /// Every transaction up to this one has been applied.
     applied_n: u64,
     progress: Progress,
-    /// Received but not yet known to be committed: (offset, batch). Not saved:
-    /// the committed input offset stays before the first of them, so they are read again.
-    #[serde(skip)]
-    pending: Vec<(i64, PartialBatch)>,
 }
 
 /// Stage two for one aggregation partition.
@@ -271,8 +266,8 @@ impl AggregationTask {
         self.watermark_ms
     }
 
-    /// A batch read from the repartition topic at `offset`: kept until its transaction
-    /// is known to have committed, then applied.
+    /// A committed batch read from the repartition topic at `offset`: applied
+    /// unless this task counted it already.
     pub fn receive(
         &mut self,
         offset: i64,
@@ -281,79 +276,33 @@ impl AggregationTask {
         out: &mut Vec<Output>,
     ) {
         if self.next_offset.is_some_and(|next| offset < next) {
-            // Before where this task resumed: a rewound fetch reads it again.
+            // Before where this task resumed: counted before its last commit.
             return;
         }
         self.next_offset = Some(offset + 1);
         let src = self.sources.entry(batch.source).or_default();
         if batch.tag.inc < src.inc {
+            // An older incarnation after a newer one: a process that lost the task
+            // without noticing. Its transactions fail at their offsets (the group's
+            // generation moved, KIP-447), but one that carried no offsets could
+            // still commit: it would count input its successor counts again.
             stats.zombie_batches += 1;
             return;
         }
-        let mut ready = Vec::new();
         if batch.tag.inc > src.inc {
-            tracing::debug!(
-                task = self.partition,
-                source = batch.source,
-                old_inc = src.inc,
-                new_inc = batch.tag.inc,
-                base = batch.base,
-                applied_n = src.applied_n,
-                pending = ?src.pending.iter().map(|(o, b)| (*o, b.tag.n)).collect::<Vec<_>>(),
-                "a source task's newer incarnation: its old one's batches up to `base` count"
-            );
-            if batch.base < src.applied_n {
-                // Impossible while every incarnation shows itself (its first batch)
-                // and zombies are fenced: sums between would be counted twice.
-                tracing::error!(
-                    task = self.partition,
-                    source = batch.source,
-                    base = batch.base,
-                    applied_n = src.applied_n,
-                    "a newer incarnation restored from before batches already counted"
-                );
-            }
-            // A newer incarnation restored from `base`: what the old one wrote up to
-            // there committed, the rest was aborted.
-            for (_, b) in src.pending.drain(..) {
-                if b.tag.n <= batch.base {
-                    ready.push(b);
-                } else {
-                    stats.aborted_batches += 1;
-                }
-            }
+            // A newer incarnation restored from its predecessor's commit `base`
+            // and numbers its transactions on from there.
             src.inc = batch.tag.inc;
-            // Its numbers continue from `base`: everything up to there is settled
-            // (applied now or before), whatever the old incarnation's numbers reached.
             src.applied_n = batch.base;
-            if let Some(c) = &mut self.changed {
-                c.insert(StateKey::Source(batch.source));
-            }
         }
         if batch.tag.n <= src.applied_n {
-            // Read again after a restore, or superseded: already counted.
-            return self.apply_all(ready, stats, out);
+            return;
         }
-        // A later transaction of the same incarnation proves the earlier ones committed.
-        let (done, keep): (Vec<_>, Vec<_>) = src
-            .pending
-            .drain(..)
-            .partition(|(_, b)| b.tag.n < batch.tag.n);
-        ready.extend(done.into_iter().map(|(_, b)| b));
-        src.pending = keep;
-        src.pending.push((offset, batch));
-        self.apply_all(ready, stats, out);
-    }
-
-    fn apply_all(&mut self, ready: Vec<PartialBatch>, stats: &mut Stats, out: &mut Vec<Output>) {
-        for b in ready {
-            let src = self.sources.entry(b.source).or_default();
-            src.applied_n = src.applied_n.max(b.tag.n);
-            if let Some(c) = &mut self.changed {
-                c.insert(StateKey::Source(b.source));
-            }
-            self.apply(b.source, b.progress, &b.entries, stats, out);
+        src.applied_n = batch.tag.n;
+        if let Some(c) = &mut self.changed {
+            c.insert(StateKey::Source(batch.source));
         }
+        self.apply(batch.source, batch.progress, &batch.entries, stats, out);
     }
 
     /// Applies a committed batch: its sums, then its progress.
@@ -487,14 +436,9 @@ impl AggregationTask {
         self.next_offset = offset;
     }
 
-    /// The offset to commit on this repartition partition: before the first batch
-    /// not yet known to be committed, so a restart reads it again.
+    /// The offset to commit on this repartition partition: after the last batch read.
     pub fn committable_offset(&self) -> Option<i64> {
-        self.sources
-            .values()
-            .flat_map(|s| s.pending.first().map(|(o, _)| *o))
-            .min()
-            .or(self.next_offset)
+        self.next_offset
     }
 
     /// (open windows, open milestone buckets).
@@ -698,70 +642,39 @@ mod tests {
     }
 
     #[test]
-    fn merge_applies_committed_batches_once_and_skips_aborted_and_zombie_ones() {
+    fn merge_applies_each_committed_batch_once_and_skips_zombie_ones() {
         let mut t = AggregationTask::new(0, Arc::new(EngineConfig::default()), 2);
         let (mut s, mut out) = (Stats::default(), vec![]);
         t.receive(0, batch(0, 10, 1, 0, 1), &mut s, &mut out);
         t.receive(1, batch(1, 20, 1, 0, 100), &mut s, &mut out);
-        assert_eq!(gmv(&t), 0, "nothing is known to be committed yet");
-        assert_eq!(t.committable_offset(), Some(0));
+        assert_eq!(gmv(&t), 101, "applied as soon as read");
+        assert_eq!(t.committable_offset(), Some(2));
         t.receive(2, batch(0, 10, 2, 0, 2), &mut s, &mut out);
-        assert_eq!(gmv(&t), 1, "transaction 2 proves 1 committed");
-        // Source 0 dies in transaction 3; its successor restored from 2 rewrites 3.
-        t.receive(3, batch(0, 10, 3, 0, 999), &mut s, &mut out);
-        t.receive(4, batch(0, 30, 3, 2, 4), &mut s, &mut out);
-        assert_eq!(gmv(&t), 3, "2 applied, the aborted 3 dropped");
-        // A zombie of the old incarnation is ignored.
-        t.receive(5, batch(0, 10, 4, 0, 777), &mut s, &mut out);
-        t.receive(6, batch(0, 30, 4, 2, 8), &mut s, &mut out);
-        t.receive(7, batch(1, 20, 2, 0, 0), &mut s, &mut out);
-        assert_eq!(gmv(&t), 3 + 4 + 100);
-        assert_eq!((s.aborted_batches, s.zombie_batches), (1, 1));
-        assert_eq!(
-            t.committable_offset(),
-            Some(6),
-            "4 from source 0 and 2 from source 1 are pending"
-        );
+        // Source 0 dies in transaction 3 (aborted: never read); its successor,
+        // restored from 2, writes its own 3.
+        t.receive(3, batch(0, 30, 3, 2, 4), &mut s, &mut out);
+        assert_eq!(gmv(&t), 1 + 100 + 2 + 4);
+        // A zombie of the old incarnation that committed after the takeover is ignored.
+        t.receive(4, batch(0, 10, 4, 0, 777), &mut s, &mut out);
+        t.receive(5, batch(0, 30, 4, 2, 8), &mut s, &mut out);
+        assert_eq!(gmv(&t), 1 + 100 + 2 + 4 + 8);
+        assert_eq!(s.zombie_batches, 1);
+        assert_eq!(t.committable_offset(), Some(6));
     }
 
     #[test]
     fn a_new_incarnation_numbers_from_its_base_not_from_what_was_applied() {
         let mut t = AggregationTask::new(0, Arc::new(EngineConfig::default()), 1);
         let (mut s, mut out) = (Stats::default(), vec![]);
-        for n in 1..=4 {
+        for n in 1..=2 {
             t.receive(n as i64, batch(0, 10, n, 0, n as i128), &mut s, &mut out);
         }
-        assert_eq!(gmv(&t), 1 + 2 + 3);
-        // The successor restored from 2. Its 3 and 4 cover other input than the old
-        // incarnation's 3 and 4, so neither may be taken for one already applied.
-        // (Here the old 3 counted although it did not commit: a 4 vouched for it
-        // after the takeover; the job's ownership check before every batch keeps a
-        // zombie from doing that.)
-        t.receive(5, batch(0, 30, 3, 2, 30), &mut s, &mut out);
-        t.receive(6, batch(0, 30, 4, 2, 40), &mut s, &mut out);
-        t.receive(7, batch(0, 30, 5, 2, 50), &mut s, &mut out);
-        assert_eq!(gmv(&t), 1 + 2 + 3 + 30 + 40);
-        assert_eq!(s.aborted_batches, 1, "the old 4");
-    }
-
-    #[test]
-    fn an_in_between_incarnation_shows_itself_with_its_first_batch() {
-        // Incarnation 2 of source 0 sends 1 and 2, then dies before sealing 2 (its
-        // batch 2 reached this partition). Incarnation 5 restores from 1, seals an
-        // empty 2 and dies; 6255 restores from 5's 2. Old 2 and new 2 are other input.
-        let mut t = AggregationTask::new(0, Arc::new(EngineConfig::default()), 1);
-        let (mut s, mut out) = (Stats::default(), vec![]);
-        t.receive(0, batch(0, 2, 1, 0, 1), &mut s, &mut out);
-        t.receive(1, batch(0, 2, 2, 0, 20), &mut s, &mut out);
-        let mut empty = batch(0, 5, 2, 1, 0);
-        empty.entries.clear();
-        // 5's first batch (sent though empty) says 2's own 2 did not commit.
-        t.receive(2, empty, &mut s, &mut out);
-        assert_eq!(gmv(&t), 1);
-        assert_eq!(s.aborted_batches, 1, "2's batch 2");
-        t.receive(3, batch(0, 6255, 3, 2, 300), &mut s, &mut out);
-        t.receive(4, batch(0, 6255, 4, 2, 400), &mut s, &mut out);
-        assert_eq!(gmv(&t), 1 + 300, "the aborted 20 never counts");
+        // The successor restored from 2 (the old 3 and 4 aborted); a successor of
+        // that one, restored from its 3, numbers on from 3.
+        t.receive(3, batch(0, 30, 3, 2, 30), &mut s, &mut out);
+        t.receive(4, batch(0, 40, 4, 3, 40), &mut s, &mut out);
+        t.receive(5, batch(0, 40, 5, 3, 50), &mut s, &mut out);
+        assert_eq!(gmv(&t), 1 + 2 + 30 + 40 + 50);
     }
 
     #[test]
@@ -780,8 +693,8 @@ mod tests {
                 b.restore(k, v).unwrap();
             }
         }
-        // The restart reads from the committable offset (1) again.
-        assert_eq!(a.committable_offset(), Some(1));
+        // A restart reading from before the committable offset (2) skips what it counted.
+        assert_eq!(a.committable_offset(), Some(2));
         b.receive(1, batch(0, 10, 2, 0, 7), &mut s, &mut out);
         b.receive(2, batch(0, 10, 3, 0, 0), &mut s, &mut out);
         a.receive(2, batch(0, 10, 3, 0, 0), &mut s, &mut out);
@@ -800,16 +713,13 @@ mod tests {
         let (mut st, mut out) = (Stats::default(), vec![]);
         t.receive(0, batch(0, 10, 1, 0, 1), &mut st, &mut out);
         t.receive(1, batch(0, 30, 1, 0, 2), &mut st, &mut out);
-        assert_eq!(
-            (st.aborted_batches, st.zombie_batches),
-            (0, 0),
-            "read again, not judged again"
-        );
+        assert_eq!(st.zombie_batches, 0, "read again, not judged again");
+        assert_eq!(gmv(&t), 0);
         assert_eq!(t.committable_offset(), Some(2));
         t.receive(2, batch(0, 30, 2, 0, 4), &mut st, &mut out);
         t.receive(3, batch(0, 30, 3, 0, 8), &mut st, &mut out);
-        assert_eq!(gmv(&t), 4);
-        assert_eq!(t.committable_offset(), Some(3));
+        assert_eq!(gmv(&t), 12);
+        assert_eq!(t.committable_offset(), Some(4));
     }
 
     #[test]
@@ -836,12 +746,14 @@ mod tests {
         ];
         let (mut topic, mut want) = (Vec::new(), 0i128);
         let mut next_inc = 3;
+        // What a read_committed reader of the repartition partition sees: the
+        // committed batches only.
         for _ in 0..3_000 {
             let i = rng.gen_range(0..2);
             let s = &mut srcs[i];
             let value = rng.gen_range(1..1_000);
-            topic.push(batch(i as i32, s.inc, s.committed + 1, s.base, value));
             if rng.gen_ratio(9, 10) {
+                topic.push(batch(i as i32, s.inc, s.committed + 1, s.base, value));
                 s.committed += 1;
                 want += value;
             } else {
@@ -849,10 +761,6 @@ mod tests {
                 (s.inc, s.base) = (next_inc, s.committed);
                 next_inc += 1;
             }
-        }
-        // The last commit of each is proven by one more batch.
-        for (i, s) in srcs.iter().enumerate() {
-            topic.push(batch(i as i32, s.inc, s.committed + 1, s.base, 0));
         }
 
         // The merge commits now and then and dies now and then; a restart restores the

@@ -273,8 +273,8 @@ impl AttributionTask {
     ) {
         let slot = &mut self.next_offsets[source.topic.index()];
         if slot.is_some_and(|next| source.offset < next) {
-            // Before where this task resumed: fetched again on purpose (a rewound
-            // fetch, see `kafka.resume_rewind_records`), and already counted.
+            // Before where this task resumed: counted before its last commit (a
+            // record fetched for the assignment before the restore).
             return;
         }
         *slot = Some(source.offset + 1);

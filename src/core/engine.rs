@@ -43,7 +43,7 @@ impl Default for TimeConfig {
             join_timeout_ms: 60_000,
             dedup_ttl_ms: 3_600_000,
             order_ttl_ms: 86_400_000,
-            emit_interval_ms: 1_000,
+            emit_interval_ms: 250,
         }
     }
 }
@@ -105,8 +105,6 @@ pub struct Stats {
     pub shipped_orders: u64,
     pub delivered_orders: u64,
     pub milestones: [u64; 4],
-    /// Repartition batches of aborted transactions, dropped by the aggregation stage.
-    pub aborted_batches: u64,
     /// Repartition batches of a superseded incarnation (a zombie), dropped.
     pub zombie_batches: u64,
     /// Partial sums whose bucket had closed when they reached the aggregation stage.

@@ -146,22 +146,16 @@ pub fn create(cfg: &Config, metrics: Option<Arc<Mutex<Metrics>>>) -> anyhow::Res
         .context("creating the Kafka consumer (check kafka.* settings)")
 }
 
-/// Whether another member of the job's group carries this instance's client id:
-/// a second process started with the same `kafka.instance_id`, so with the same
-/// `transactional.id`, which fenced this one's producer on purpose.
-pub fn another_member_is(c: &InputConsumer, cfg: &Config) -> anyhow::Result<bool> {
-    let ours = format!("{}-{}", cfg.kafka.client_id, cfg.kafka.instance_id);
-    // SAFETY: a live consumer handle; librdkafka returns a malloc'd copy (or NULL).
-    let own_member = unsafe {
-        let p = rdkafka::bindings::rd_kafka_memberid(c.client().native_ptr());
-        if p.is_null() {
-            String::new()
-        } else {
-            let id = std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned();
-            rdkafka::bindings::rd_kafka_mem_free(c.client().native_ptr(), p as *mut _);
-            id
-        }
-    };
+/// Whether another process of this instance is a member of the job's group: a
+/// second process started with the same `kafka.instance_id`, so with the same
+/// `transactional.id`, which fenced this one's producer on purpose. (This
+/// process's own earlier membership, lost while the broker was away, carries
+/// its own client id and does not count.)
+pub fn another_process_is(c: &InputConsumer, cfg: &Config) -> anyhow::Result<bool> {
+    let (instance, own) = (
+        format!("{}.", super::instance_client_id(&cfg.kafka)),
+        super::client_id(&cfg.kafka),
+    );
     let groups = c
         .fetch_group_list(Some(&cfg.kafka.group_id), Duration::from_secs(10))
         .context("listing the consumer group's members")?;
@@ -169,7 +163,7 @@ pub fn another_member_is(c: &InputConsumer, cfg: &Config) -> anyhow::Result<bool
         .groups()
         .iter()
         .flat_map(|g| g.members())
-        .any(|m| m.client_id() == ours && m.id() != own_member))
+        .any(|m| m.client_id().starts_with(&instance) && m.client_id() != own))
 }
 
 /// Assigns every partition of the input topics from the beginning.

@@ -12,9 +12,28 @@ use rdkafka::ClientConfig;
 
 use crate::config::KafkaConfig;
 
+/// This instance's client id, ending with what tells this process from another
+/// one started with the same instance id (its pid and start time).
+pub fn client_id(k: &KafkaConfig) -> String {
+    static PROCESS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let process = PROCESS.get_or_init(|| {
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        format!("{}-{started}", std::process::id())
+    });
+    format!("{}.{process}", instance_client_id(k))
+}
+
+/// The part of the client id every process of one instance shares.
+pub fn instance_client_id(k: &KafkaConfig) -> String {
+    format!("{}-{}", k.client_id, k.instance_id)
+}
+
 /// Client settings: ours first, then the user's pass-through properties (which win).
-/// The client id names the instance: the group's member list then shows which
-/// instance each member is (`consumer::another_member_is`).
+/// The client id names the instance and this process (`{client_id}-{instance_id}.{process}`):
+/// the group's member list then shows which instance, and which process of it,
+/// each member is (`consumer::another_process_is`).
 pub fn client_config(
     k: &KafkaConfig,
     ours: &[(&str, &str)],
@@ -22,7 +41,7 @@ pub fn client_config(
 ) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &k.brokers)
-        .set("client.id", format!("{}-{}", k.client_id, k.instance_id));
+        .set("client.id", client_id(k));
     for (key, value) in ours {
         c.set(*key, *value);
     }

@@ -1,12 +1,8 @@
 //! The transactional producer: outputs, repartition batches, changelog records,
 //! commit records and input offsets of one commit interval go to Kafka in one
-//! transaction. Without broker transactions (`kafka.transactions = false`) a
-//! commit is: wait for every record's acknowledgement, then write the commit
-//! records and wait again, then commit the offsets (the loop in `app.rs` does
-//! that one interval later, while it reads on); readers of the changelogs and
-//! repartition topic tell committed work by its tags either way.
+//! transaction.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::ffi::{c_char, c_void, CString};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -31,7 +27,7 @@ pub enum Kind {
     Output(OutputTopic),
     /// A repartition batch.
     Internal,
-    /// A changelog record (state, lineage or commit): its offset is tracked.
+    /// A changelog record (state, lineage or commit).
     Changelog,
     /// A changelog marker: its offset names an incarnation.
     Marker,
@@ -48,24 +44,12 @@ impl Kind {
     }
 }
 
-/// Producer context: counts acknowledgements, keeps the first failure, marker
-/// offsets and which offsets changelog records landed at.
+/// Producer context: counts acknowledgements, keeps the first failure and marker offsets.
 pub struct TxnContext {
     metrics: Option<Arc<Mutex<Metrics>>>,
     failure: Mutex<Option<String>>,
     /// (topic, partition) → offset of the marker written there.
     markers: Mutex<BTreeMap<(String, i32), i64>>,
-    /// Changelog topic → partition → offsets written since the last `take_written`.
-    written: Mutex<HashMap<String, HashMap<i32, Written>>>,
-}
-
-/// The offsets one producer's records took in one partition: together with the
-/// previous ones, they show whether anyone else wrote in between.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Written {
-    pub min: i64,
-    pub max: i64,
-    pub count: i64,
 }
 
 impl ClientContext for TxnContext {}
@@ -83,27 +67,6 @@ impl ProducerContext for TxnContext {
             Ok(msg) if opaque == Kind::Marker.opaque() => {
                 if let Ok(mut markers) = self.markers.lock() {
                     markers.insert((msg.topic().to_string(), msg.partition()), msg.offset());
-                }
-            }
-            Ok(msg) if opaque == Kind::Changelog.opaque() => {
-                if let Ok(mut w) = self.written.lock() {
-                    let by_partition = match w.get_mut(msg.topic()) {
-                        Some(m) => m,
-                        None => w.entry(msg.topic().to_string()).or_default(),
-                    };
-                    let o = msg.offset();
-                    by_partition
-                        .entry(msg.partition())
-                        .and_modify(|x| {
-                            x.min = x.min.min(o);
-                            x.max = x.max.max(o);
-                            x.count += 1;
-                        })
-                        .or_insert(Written {
-                            min: o,
-                            max: o,
-                            count: 1,
-                        });
                 }
             }
             Ok(_) => {}
@@ -145,7 +108,6 @@ pub struct TxnProducer {
     /// Held while a transaction begins: threads sending at once begin it once.
     opening: Mutex<()>,
     timeout: Duration,
-    transactional: bool,
 }
 
 /// A record to send in the current transaction.
@@ -163,8 +125,7 @@ impl TxnProducer {
     /// Creates the producer with `transactional.id` and fences any older producer using it.
     pub fn create(cfg: &Config, metrics: Option<Arc<Mutex<Metrics>>>) -> anyhow::Result<Self> {
         let txn_id = cfg.transactional_id();
-        let transactional = cfg.kafka.transactions;
-        let mut ours = vec![
+        let ours = [
             ("enable.idempotence", "true"),
             ("acks", "all"),
             ("linger.ms", "5"),
@@ -176,25 +137,20 @@ impl TxnProducer {
             ("transaction.timeout.ms", "10000"),
             ("message.timeout.ms", "10000"),
             ("queue.buffering.max.messages", "1000000"),
+            ("transactional.id", txn_id.as_str()),
         ];
-        if transactional {
-            ours.push(("transactional.id", txn_id.as_str()));
-        }
         let producer: ThreadedProducer<TxnContext> =
             super::client_config(&cfg.kafka, &ours, &cfg.kafka.producer_properties)
                 .create_with_context(TxnContext {
                     metrics,
                     failure: Mutex::new(None),
                     markers: Mutex::new(BTreeMap::new()),
-                    written: Mutex::new(HashMap::new()),
                 })
                 .context("creating the Kafka producer (check kafka.* settings)")?;
         let timeout = Duration::from_secs(60);
-        if transactional {
-            producer.init_transactions(timeout).with_context(|| {
-                format!("initialising transactions for transactional.id `{txn_id}` (does the broker support transactions? see kafka.transactions)")
-            })?;
-        }
+        producer.init_transactions(timeout).with_context(|| {
+            format!("initialising transactions for transactional.id `{txn_id}` (does the broker support Kafka transactions?)")
+        })?;
         let topics = cfg
             .topics
             .all()
@@ -225,7 +181,6 @@ impl TxnProducer {
             open: AtomicBool::new(false),
             opening: Mutex::new(()),
             timeout,
-            transactional,
         })
     }
 
@@ -233,16 +188,12 @@ impl TxnProducer {
         self.open.load(Ordering::SeqCst)
     }
 
-    pub fn is_transactional(&self) -> bool {
-        self.transactional
-    }
-
     fn ensure_open(&self) -> anyhow::Result<()> {
         if self.is_open() {
             return Ok(());
         }
         let _opening = self.opening.lock().expect("opening lock");
-        if !self.is_open() && self.transactional {
+        if !self.is_open() {
             self.producer
                 .begin_transaction()
                 .map_err(txn_error)
@@ -321,22 +272,14 @@ impl TxnProducer {
         }
     }
 
-    /// Commits the open transaction: `commit_records` sends each task's commit record,
-    /// which must come after every other record of the transaction; with broker
-    /// transactions the consumer offsets go with it. Without, that order is made by
-    /// waiting (every record acknowledged, then the commit records sent and
-    /// acknowledged), and the caller commits the offsets afterwards.
+    /// Commits the open transaction: `commit_records` sends each task's commit
+    /// record, then the consumer offsets join the transaction.
     pub fn commit(
         &self,
         offsets: &TopicPartitionList,
         group: &ConsumerGroupMetadata,
         commit_records: impl FnOnce(&Self) -> anyhow::Result<()>,
     ) -> anyhow::Result<()> {
-        if !self.transactional {
-            self.commit_open()?;
-            commit_records(self)?;
-            return self.commit_open();
-        }
         commit_records(self)?;
         if offsets.count() > 0 {
             self.producer
@@ -347,28 +290,13 @@ impl TxnProducer {
         self.commit_open()
     }
 
-    /// Per changelog partition, the offsets written (and acknowledged) since the last call.
-    pub fn take_written(&self) -> HashMap<String, HashMap<i32, Written>> {
-        std::mem::take(
-            &mut *self
-                .producer
-                .context()
-                .written
-                .lock()
-                .expect("written lock"),
-        )
-    }
-
     /// Commits the open transaction without offsets (restore markers).
     pub fn commit_open(&self) -> anyhow::Result<()> {
-        let result = if self.transactional {
-            self.producer
-                .commit_transaction(self.timeout)
-                .map_err(txn_error)
-                .context("committing the transaction")
-        } else {
-            self.flush()
-        };
+        let result = self
+            .producer
+            .commit_transaction(self.timeout)
+            .map_err(txn_error)
+            .context("committing the transaction");
         if let Some(f) = self
             .producer
             .context()
@@ -410,28 +338,10 @@ impl TxnProducer {
         ))
     }
 
-    /// Waits until every record sent is acknowledged and its delivery report served.
-    ///
-    /// Not rdkafka's `flush`: that checks, then polls the client's own queue for up
-    /// to 100 ms at a time, where nothing arrives (the `ThreadedProducer`'s thread
-    /// serves the delivery reports), so each commit waited 100 ms or more for
-    /// acknowledgements that took a few. librdkafka's own flush, in the event mode
-    /// rdkafka uses, sends at once (linger skipped) and waits on its message count,
-    /// woken as soon as it reaches zero.
-    fn flush(&self) -> anyhow::Result<()> {
-        let ms = i32::try_from(self.timeout.as_millis()).unwrap_or(i32::MAX);
-        // SAFETY: a live producer handle.
-        let err = unsafe { rdsys::rd_kafka_flush(self.producer.client().native_ptr(), ms) };
-        match RDKafkaErrorCode::from(err) {
-            RDKafkaErrorCode::NoError => Ok(()),
-            e => Err(KafkaError::Flush(e)).context("waiting for acknowledgements"),
-        }
-    }
-
     /// Aborts the open transaction, if any: its records and offsets never count.
     pub fn abort(&self) -> anyhow::Result<()> {
         // Open until the abort succeeds: a failed one is tried again.
-        if self.is_open() && self.transactional {
+        if self.is_open() {
             self.producer
                 .abort_transaction(self.timeout)
                 .map_err(txn_error)
