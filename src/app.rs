@@ -262,13 +262,14 @@ impl Loop<'_> {
                 m.observe_batch(started.elapsed().as_secs_f64());
             }
             if last_commit.elapsed() >= commit_every {
-                last_commit = Instant::now();
                 if let Err(e) = self.commit() {
                     self.recover(e)?;
-                    // Poll before the next commit: a rebalance (a session lost while
-                    // the broker was away) is only seen there.
-                    last_commit = Instant::now();
                 }
+                // Counted from the commit's end: a commit longer than the interval
+                // must not leave the next one no time to read (with 100 ms commits
+                // a catch-up read nothing but commits), and after a failure the
+                // loop polls first, where a rebalance is seen.
+                last_commit = Instant::now();
             }
             self.handles.heartbeat_ms.store(now_ms(), Ordering::Relaxed);
             if last_metrics.elapsed() >= METRICS_EVERY {
