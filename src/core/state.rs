@@ -8,10 +8,10 @@
 //! commit record in the task's changelog, which also holds where the task's
 //! inputs resume. The changelog's order, not the consumer group, is the
 //! authority: a record an older incarnation writes after a newer one's marker
-//! never counts. That lets readers ignore records of aborted transactions even
-//! on brokers that show them to `read_committed` readers (or have no
-//! transactions), and ignore zombies, including their offset commits, which a
-//! broker without generation checks would otherwise accept.
+//! never counts. Readers use `read_committed`, so aborted records never reach
+//! them; the tags let a restored task skip what it counted before, and a
+//! zombie's transaction that committed without offsets (so without the group
+//! generation check, KIP-447) still does not count.
 
 use serde::{Deserialize, Serialize};
 
