@@ -262,7 +262,14 @@ impl Loop<'_> {
                 m.observe_batch(started.elapsed().as_secs_f64());
             }
             if last_commit.elapsed() >= commit_every {
+                let started = Instant::now();
                 if let Err(e) = self.commit() {
+                    // Counted here: a send can fail before the commit step does.
+                    self.handles
+                        .metrics
+                        .lock()
+                        .expect("metrics lock")
+                        .commit(false, started.elapsed().as_secs_f64());
                     self.recover(e)?;
                 }
                 // Counted from the commit's end: a commit longer than the interval
@@ -337,8 +344,8 @@ impl Loop<'_> {
         });
         drop(offsets);
         let mut m = self.handles.metrics.lock().expect("metrics lock");
-        m.commit(result.is_ok(), started.elapsed().as_secs_f64());
         if result.is_ok() {
+            m.commit(true, started.elapsed().as_secs_f64());
             if newest_input_ms > 0 {
                 m.observe_end_to_end(now_ms() - newest_input_ms);
             }
@@ -409,11 +416,6 @@ impl Loop<'_> {
                 instance = %self.cfg.kafka.instance_id,
                 "the transaction failed ({last:#}); aborting it and restoring the tasks from their last commit"
             );
-            self.handles
-                .metrics
-                .lock()
-                .expect("metrics lock")
-                .commit(false, 0.0);
             let assigned: Vec<(String, i32)> = self
                 .consumer
                 .assignment()
