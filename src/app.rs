@@ -7,23 +7,24 @@
 //! records and the consumer offsets, so a crash at any point resumes exactly
 //! from the last commit.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::consumer::Consumer;
+use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use crate::config::{Config, TopicNames};
 use crate::core::output::{Dim, Output};
 use crate::core::state::{
-    self, CommitRecord, Entry, Lineage, LineageRecord, PartialBatch, Progress, Tag, COMMIT_PREFIX,
-    LINEAGE_PREFIX, MARKER_PREFIX,
+    self, CommitRecord, LineageRecord, PartialBatch, Progress, Tag, COMMIT_PREFIX, LINEAGE_PREFIX,
+    MARKER_PREFIX,
 };
 use crate::core::Engine;
+use crate::io::changelog;
 use crate::io::consumer::{self, Assignment, InputConsumer};
 use crate::io::lanes::{LaneRecord, Lanes, LANE_BATCH};
 use crate::io::producer::{Kind, Record, TxnProducer};
@@ -695,14 +696,17 @@ impl Loop<'_> {
             .context("committing restore markers")?;
         let markers = self.producer.take_markers(wanted.len())?;
         let mut incs = BTreeMap::new();
+        let mut ends = BTreeMap::new();
         for (stage, p) in &wanted {
+            let topic = self.changelog(*stage).to_string();
             let inc = *markers
-                .get(&(self.changelog(*stage).to_string(), *p))
+                .get(&(topic.clone(), *p))
                 .context("a restore marker has no offset")?;
             incs.insert((*stage, *p), inc);
+            ends.insert((*stage, *p), (topic, *p, inc));
         }
         // 2. Each changelog partition up to its marker: what committed, and the state.
-        let states = read_changelogs(self.cfg, &incs, |stage| self.changelog(stage).to_string())?;
+        let states = changelog::read(self.cfg, &ends)?;
         let now = now_ms();
         let mut keys = 0;
         let mut runs = BTreeMap::new();
@@ -909,134 +913,12 @@ fn dispatch_input(
     engine.on_record(source, m.key, m.payload, out);
 }
 
-/// Per task: its lineage, and the latest committed value of every key in its changelog partition.
-type Restored = BTreeMap<(Stage, i32), (Lineage, Vec<(Vec<u8>, Vec<u8>)>)>;
-
-/// Reads the changelog partitions of the tasks in `incs` from the beginning up
-/// to their new markers, resolves which transactions committed, and keeps, per
-/// key, the latest value a committed transaction wrote.
-fn read_changelogs(
-    cfg: &Config,
-    incs: &BTreeMap<(Stage, i32), i64>,
-    topic_of: impl Fn(Stage) -> String,
-) -> anyhow::Result<Restored> {
-    let reader = changelog_reader(cfg)?;
-    let mut tpl = TopicPartitionList::new();
-    let mut by_topic: HashMap<(String, i32), (Stage, i32)> = HashMap::new();
-    for (stage, p) in incs.keys() {
-        let topic = topic_of(*stage);
-        tpl.add_partition_offset(&topic, *p, Offset::Beginning)?;
-        by_topic.insert((topic, *p), (*stage, *p));
-    }
-    reader
-        .assign(&tpl)
-        .context("assigning changelog partitions")?;
-    drop(tpl);
-    // Per task: tagged state records and bookkeeping entries, in offset order.
-    type Rec = (Tag, Vec<u8>, Option<Vec<u8>>);
-    let mut records: BTreeMap<(Stage, i32), Vec<Rec>> = BTreeMap::new();
-    let mut books: BTreeMap<(Stage, i32), Vec<(i64, Entry)>> = BTreeMap::new();
-    let mut remaining: BTreeSet<(Stage, i32)> = incs.keys().copied().collect();
-    let started = Instant::now();
-    while !remaining.is_empty() {
-        if started.elapsed() > Duration::from_secs(600) {
-            bail!("changelog restore did not reach its markers in 10 minutes");
-        }
-        let m = match reader.poll(Duration::from_millis(100)) {
-            Some(Ok(m)) => m,
-            Some(Err(e)) => {
-                tracing::warn!("reading changelogs: {e}");
-                continue;
-            }
-            None => continue,
-        };
-        let Some(task) = by_topic
-            .get(&(m.topic().to_string(), m.partition()))
-            .copied()
-        else {
-            continue;
-        };
-        let inc = incs[&task];
-        if m.offset() >= inc {
-            remaining.remove(&task);
-            continue;
-        }
-        let key = m.key().unwrap_or_default();
-        if state::is_bookkeeping(key) {
-            if let Some(e) = bookkeeping_entry(key, m.payload()) {
-                books.entry(task).or_default().push((m.offset(), e));
-            }
-        } else if let Some(tag) = m.headers().and_then(|h| {
-            h.iter()
-                .find(|h| h.key == Tag::HEADER)
-                .and_then(|h| h.value.and_then(Tag::from_bytes))
-        }) {
-            records.entry(task).or_default().push((
-                tag,
-                key.to_vec(),
-                m.payload().map(|v| v.to_vec()),
-            ));
-        }
-    }
-    let mut out = Restored::new();
-    for task in incs.keys() {
-        let lineage = Lineage::resolve(&books.remove(task).unwrap_or_default());
-        let mut latest: HashMap<Vec<u8>, Option<Vec<u8>>> = HashMap::new();
-        for (tag, key, value) in records.remove(task).unwrap_or_default() {
-            if lineage.is_committed(tag) {
-                latest.insert(key, value);
-            }
-        }
-        // In key order: batches of state replay in the order they were committed.
-        let mut entries: Vec<_> = latest
-            .into_iter()
-            .filter_map(|(k, v)| v.map(|v| (k, v)))
-            .collect();
-        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        out.insert(*task, (lineage, entries));
-    }
-    Ok(out)
-}
-
-/// Decodes a marker, lineage or commit record; `None` for one this version cannot read.
-fn bookkeeping_entry(key: &[u8], value: Option<&[u8]>) -> Option<Entry> {
-    if key.starts_with(MARKER_PREFIX) {
-        return Some(Entry::Marker);
-    }
-    let inc = |prefix: &[u8]| -> Option<i64> {
-        std::str::from_utf8(&key[prefix.len()..]).ok()?.parse().ok()
-    };
-    let value = value?;
-    if key.starts_with(LINEAGE_PREFIX) {
-        Some(Entry::Lineage(
-            inc(LINEAGE_PREFIX)?,
-            state::decode(value).ok()?,
-        ))
-    } else if key.starts_with(COMMIT_PREFIX) {
-        Some(Entry::Commit(
-            inc(COMMIT_PREFIX)?,
-            state::decode(value).ok()?,
-        ))
-    } else {
-        None
-    }
-}
-
 /// The changelog topic of a stage's tasks.
 fn changelog_topic(cfg: &Config, stage: Stage) -> &str {
     match stage {
         Stage::Attribution => &cfg.topics.attribution_changelog,
         Stage::Aggregation => &cfg.topics.aggregation_changelog,
     }
-}
-
-/// A consumer for reading changelog partitions by assignment. Its own group id: a
-/// reader that assigns partitions must not touch the job's group (some brokers
-/// rebalance the group when such a member closes).
-fn changelog_reader(cfg: &Config) -> anyhow::Result<BaseConsumer<consumer::LagContext>> {
-    let mut own = cfg.clone();
-    own.kafka.group_id = format!("{}-restore-{}", cfg.kafka.group_id, cfg.kafka.instance_id);
-    consumer::create(&own, None)
 }
 
 #[cfg(test)]

@@ -292,6 +292,17 @@ impl AggregationTask {
         if batch.tag.inc > src.inc {
             // A newer incarnation restored from its predecessor's commit `base`
             // and numbers its transactions on from there.
+            if batch.base < src.applied_n {
+                // Only a zombie's commit without offsets gets here: the sums of
+                // its transactions after `base` are counted twice.
+                tracing::error!(
+                    task = self.partition,
+                    source = batch.source,
+                    base = batch.base,
+                    applied_n = src.applied_n,
+                    "a newer incarnation restored from before batches already counted"
+                );
+            }
             src.inc = batch.tag.inc;
             src.applied_n = batch.base;
         }

@@ -1,6 +1,8 @@
 //! Kafka only: client settings, the input consumer and its per-partition
-//! lanes, the transactional producer, and topic creation and checks.
+//! lanes, the transactional producer, reading changelogs back on a restore,
+//! and topic creation and checks.
 
+pub mod changelog;
 pub mod consumer;
 pub mod lanes;
 pub mod producer;

@@ -382,12 +382,11 @@ impl TxnProducer {
     }
 }
 
-/// Says whether a transaction error means this instance was fenced.
+/// Says when a transaction error is fatal for this producer (the loop then
+/// decides, in `recover`, whether it was fenced or needs a new producer).
 fn txn_error(e: KafkaError) -> anyhow::Error {
     match &e {
-        KafkaError::Transaction(t) if t.is_fatal() => anyhow!(
-            "{e}: fatal for this producer; another instance with the same kafka.instance_id has probably taken over (fenced)"
-        ),
+        KafkaError::Transaction(t) if t.is_fatal() => anyhow!("{e}: fatal for this producer"),
         _ => anyhow!(e),
     }
 }
