@@ -8,9 +8,9 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use gmv::core::fx::{default_rates, FxTable};
-use gmv::core::{Engine, EngineConfig};
+use gmv::core::{EngineConfig, LocalJob};
 use gmv::gen::traffic::{Traffic, TrafficConfig};
-use gmv::model::{InputTopic, Source};
+use gmv::model::Source;
 
 fn main() {
     gmv::alloc::keep_freed_memory();
@@ -44,12 +44,10 @@ fn main() {
         parse_best = parse_best.min(t.elapsed().as_secs_f64());
 
         let t = Instant::now();
-        let mut engine = Engine::new(EngineConfig::default());
-        let parts: Vec<_> = InputTopic::ALL
-            .iter()
-            .flat_map(|t| (0..12).map(move |p| (*t, p)))
-            .collect();
-        engine.assign(&parts, 0);
+        // The production path: stage one, commit protocol, repartition (in
+        // memory), stage two.
+        let partitions: Vec<i32> = (0..12).collect();
+        let mut engine = LocalJob::new(EngineConfig::default(), &partitions, 1, 0);
         let mut out = Vec::with_capacity(1 << 16);
         let mut offsets = [0i64; 3];
         for (i, r) in records.iter().enumerate() {

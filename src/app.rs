@@ -1,13 +1,14 @@
 //! The only place that wires Kafka, the engine and telemetry together: the
-//! processing loop of `gmv run`, its transactions, and state restore.
+//! processing loop of `gmv run`.
 //!
 //! One consumer in the job's group reads the input topics (attribution tasks)
 //! and the repartition topic (aggregation tasks). Every `commit_interval` one
 //! Kafka transaction carries the outputs, the repartition batches, the changelog
 //! records and the consumer offsets, so a crash at any point resumes exactly
-//! from the last commit.
+//! from the last commit. The protocol's state and its reasons are in
+//! `core/commit.rs`; this file does the I/O each of its transitions asks for.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,11 +19,9 @@ use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use crate::config::{Config, TopicNames};
-use crate::core::output::{Dim, Output};
-use crate::core::state::{
-    self, CommitRecord, LineageRecord, PartialBatch, Progress, Tag, COMMIT_PREFIX, LINEAGE_PREFIX,
-    MARKER_PREFIX,
-};
+use crate::core::commit::{Commits, Stage, TaskId};
+use crate::core::output::{Dim, Output, OutputTopic};
+use crate::core::state::{self, PartialBatch};
 use crate::core::Engine;
 use crate::io::changelog;
 use crate::io::consumer::{self, Assignment, InputConsumer};
@@ -119,16 +118,15 @@ pub fn run(cfg: &Config, handles: &Handles) -> anyhow::Result<()> {
 
     let mut lp = Loop {
         cfg,
-        engine: Engine::distributed(cfg.engine()),
+        engine: Engine::new(cfg.engine()),
         consumer,
         lanes: Lanes::default(),
         producer,
         handles,
         out: Vec::new(),
-        tasks: BTreeMap::new(),
+        commits: Commits::default(),
         partitions,
         aggregation_partitions,
-        sent_progress: BTreeMap::new(),
         newest_input_ms: 0,
         last_emit_ms: 0,
     };
@@ -142,26 +140,6 @@ pub fn run(cfg: &Config, handles: &Handles) -> anyhow::Result<()> {
     result.and(shutdown)
 }
 
-/// Which changelog a task's state lives in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Stage {
-    Attribution,
-    Aggregation,
-}
-
-/// A task this instance owns: its incarnation and transaction counter.
-#[derive(Debug, Clone)]
-struct TaskRun {
-    /// Offset of the marker written when it was restored.
-    inc: i64,
-    /// Committed transaction number it was restored from.
-    base: u64,
-    /// Its last committed transaction number.
-    n: u64,
-    /// Where its input partitions resume after `n` (per input; `None`: from the beginning).
-    offsets: Vec<Option<i64>>,
-}
-
 struct Loop<'a> {
     cfg: &'a Config,
     engine: Engine,
@@ -172,11 +150,9 @@ struct Loop<'a> {
     producer: Arc<TxnProducer>,
     handles: &'a Handles,
     out: Vec<Output>,
-    tasks: BTreeMap<(Stage, i32), TaskRun>,
+    commits: Commits,
     partitions: i32,
     aggregation_partitions: i32,
-    /// Per attribution task: the progress its incarnation last sent.
-    sent_progress: BTreeMap<i32, Progress>,
     /// Newest Kafka timestamp read in the current commit interval, for end-to-end latency.
     newest_input_ms: i64,
     last_emit_ms: i64,
@@ -218,10 +194,8 @@ impl Loop<'_> {
                         .lock()
                         .expect("pending lock")
                         .take();
-                    match event {
-                        Some(Assignment::Assign(list)) => self.restore(Some(list))?,
-                        Some(Assignment::Revoke) => self.restore(None)?,
-                        None => {}
+                    if let Some(event) = event {
+                        self.rebalanced(event)?;
                     }
                     continue;
                 }
@@ -296,12 +270,10 @@ impl Loop<'_> {
         Ok(())
     }
 
-    /// One transaction: repartition batches, outputs, changelog records, and last
-    /// each task's commit record (with where its inputs resume), plus the consumer
-    /// group's offsets (`send_offsets_to_transaction`: a process whose group
-    /// generation has moved on cannot commit, KIP-447).
+    /// One transaction: the outputs, what the tasks did (repartition batches,
+    /// changelog records), and the offsets of every owned partition.
     fn commit(&mut self) -> anyhow::Result<()> {
-        if self.tasks.is_empty() {
+        if self.commits.owned().next().is_none() {
             return Ok(());
         }
         let now = now_ms();
@@ -309,56 +281,61 @@ impl Loop<'_> {
         let engine = &mut self.engine;
         self.lanes
             .each_waiting(|topic, p| engine.touch((topic, p), now));
-        self.engine.on_tick(now, &mut self.out);
-        self.send_batches()?;
+        self.engine.on_tick(now);
         if now - self.last_emit_ms >= self.cfg.time.emit_interval_ms {
             self.last_emit_ms = now;
             self.engine.emit(&mut self.out);
         }
+        let txn = self
+            .commits
+            .transaction(self.engine.take_work(self.aggregation_partitions));
         self.publish()?;
-        self.send_changes()?;
-        let resume = self.resume_offsets();
-        let newest_input_ms = std::mem::take(&mut self.newest_input_ms);
-        let offsets = self.group_offsets(&resume)?;
-        let started = Instant::now();
+        let cfg = self.cfg;
+        for (r, batch) in &txn.batches {
+            self.send_batch(*r, batch)?;
+        }
+        for ((stage, p), key, value) in &txn.changes {
+            self.producer.send(Record {
+                topic: changelog_topic(cfg, *stage),
+                partition: Some(*p),
+                key: Some(key),
+                value: value.as_deref(),
+                kind: Kind::Changelog,
+            })?;
+        }
+        let mut offsets = TopicPartitionList::new();
+        for ((stage, p), i, o) in &txn.offsets {
+            offsets.add_partition_offset(task_topic(cfg, *stage, *i), *p, Offset::Offset(*o))?;
+        }
         let group = self
             .consumer
             .group_metadata()
             .context("no consumer group metadata")?;
-        let (tasks, cfg) = (&self.tasks, self.cfg);
-        let result = self.producer.commit(&offsets, &group, |producer| {
-            for (task, run) in tasks {
-                let value = state::encode(&CommitRecord {
-                    n: run.n + 1,
-                    offsets: resume[task].clone(),
-                });
-                producer.send(Record {
-                    topic: changelog_topic(cfg, task.0),
-                    partition: Some(task.1),
-                    key: Some(&state::bookkeeping_key(COMMIT_PREFIX, run.inc)),
-                    value: Some(&value),
-                    tag: None,
-                    kind: Kind::Changelog,
-                })?;
-            }
-            Ok(())
-        });
-        drop(offsets);
+        let newest_input_ms = std::mem::take(&mut self.newest_input_ms);
+        let started = Instant::now();
+        // On failure this instance's memory is ahead of what committed: the caller
+        // aborts the transaction and restores the tasks from the last commit (`recover`).
+        self.producer
+            .commit(&offsets, &group)
+            .context("the transaction failed")?;
+        self.commits.committed();
         let mut m = self.handles.metrics.lock().expect("metrics lock");
-        if result.is_ok() {
-            m.commit(true, started.elapsed().as_secs_f64());
-            if newest_input_ms > 0 {
-                m.observe_end_to_end(now_ms() - newest_input_ms);
-            }
-            for (task, run) in self.tasks.iter_mut() {
-                run.n += 1;
-                run.offsets = resume[task].clone();
-            }
+        m.commit(true, started.elapsed().as_secs_f64());
+        if newest_input_ms > 0 {
+            m.observe_end_to_end(now_ms() - newest_input_ms);
         }
-        drop(m);
-        // This instance's memory is ahead of what committed: the caller aborts the
-        // transaction and restores the tasks from the last commit (`recover`).
-        result.context("the transaction failed")
+        Ok(())
+    }
+
+    fn send_batch(&self, r: i32, batch: &PartialBatch) -> anyhow::Result<()> {
+        let value = state::encode(batch);
+        self.producer.send(Record {
+            topic: &self.cfg.topics.repartition,
+            partition: Some(r),
+            key: Some(batch.source.to_string().as_bytes()),
+            value: Some(&value),
+            kind: Kind::Internal,
+        })
     }
 
     /// After a commit failed: unless this producer was fenced (a newer instance
@@ -369,6 +346,7 @@ impl Loop<'_> {
     /// process. Tries for `RECOVER_FOR` while the broker is still away, then gives up.
     fn recover(&mut self, failure: anyhow::Error) -> anyhow::Result<()> {
         let started = Instant::now();
+        let tasks = self.commits.failed();
         let mut last = failure;
         loop {
             if let Some((code, why)) = self.producer.fatal_error() {
@@ -417,15 +395,7 @@ impl Loop<'_> {
                 instance = %self.cfg.kafka.instance_id,
                 "the transaction failed ({last:#}); aborting it and restoring the tasks from their last commit"
             );
-            let assigned: Vec<(String, i32)> = self
-                .consumer
-                .assignment()
-                .context("reading the consumer's assignment")?
-                .elements()
-                .iter()
-                .map(|e| (e.topic().to_string(), e.partition()))
-                .collect();
-            match self.restore(Some(assigned)) {
+            match self.restore(&tasks) {
                 Ok(()) => return Ok(()),
                 Err(e) if started.elapsed() < RECOVER_FOR => {
                     last = e;
@@ -450,154 +420,6 @@ impl Loop<'_> {
             .context("subscribing to the input and repartition topics")
     }
 
-    /// Sends each attribution task's partial sums, split by aggregation partition, and its progress.
-    fn send_batches(&mut self) -> anyhow::Result<()> {
-        let topic = self.cfg.topics.repartition.clone();
-        let r_count = self.aggregation_partitions;
-        let tasks: Vec<(i32, Vec<_>, Progress)> = self
-            .engine
-            .attribution_tasks()
-            .map(|t| (t.partition(), t.take_partials(), t.progress()))
-            .collect();
-        for (p, entries, progress) in tasks {
-            let Some(run) = self.tasks.get(&(Stage::Attribution, p)).cloned() else {
-                continue;
-            };
-            if !batch_due(
-                self.sent_progress.get(&p).copied(),
-                entries.is_empty(),
-                progress,
-            ) {
-                continue;
-            }
-            self.sent_progress.insert(p, progress);
-            let mut split: Vec<Vec<_>> = vec![Vec::new(); r_count as usize];
-            for e in entries {
-                split[state::aggregation_partition(e.dim, &e.key, r_count) as usize].push(e);
-            }
-            let key = p.to_string();
-            for (r, entries) in split.into_iter().enumerate() {
-                let batch = PartialBatch {
-                    source: p,
-                    tag: Tag {
-                        inc: run.inc,
-                        n: run.n + 1,
-                    },
-                    base: run.base,
-                    progress,
-                    entries,
-                };
-                let value = state::encode(&batch);
-                self.producer.send(Record {
-                    topic: &topic,
-                    partition: Some(r as i32),
-                    key: Some(key.as_bytes()),
-                    value: Some(&value),
-                    tag: None,
-                    kind: Kind::Internal,
-                })?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Sends every task's state changes to its changelog partition, tagged with the transaction.
-    fn send_changes(&mut self) -> anyhow::Result<()> {
-        let (tasks, producer) = (&self.tasks, &self.producer);
-        // Tagged with the transaction being opened; a task without a run has nothing to write.
-        let tag_of = |stage, p| {
-            tasks.get(&(stage, p)).map(|run: &TaskRun| Tag {
-                inc: run.inc,
-                n: run.n + 1,
-            })
-        };
-        let send = |stage, p, tag, key: &[u8], value: Option<&[u8]>| {
-            let Some(tag) = tag else { return Ok(()) };
-            producer.send(Record {
-                topic: changelog_topic(self.cfg, stage),
-                partition: Some(p),
-                key: Some(key),
-                value,
-                tag: Some(tag),
-                kind: Kind::Changelog,
-            })
-        };
-        for t in self.engine.attribution_tasks() {
-            let (stage, p) = (Stage::Attribution, t.partition());
-            // Without a run the task has nothing to write: its changes wait.
-            let Some(tag) = tag_of(stage, p) else {
-                continue;
-            };
-            let mut sent = Ok(());
-            t.drain_changes(tag, |key, value| {
-                if sent.is_ok() {
-                    sent = send(stage, p, Some(tag), key, value);
-                }
-            });
-            sent?;
-        }
-        for t in self.engine.aggregation_tasks() {
-            let (stage, p) = (Stage::Aggregation, t.partition());
-            let tag = tag_of(stage, p);
-            for (key, value) in t.take_changes() {
-                send(stage, p, tag, &key, value.as_deref())?;
-            }
-        }
-        Ok(())
-    }
-
-    fn changelog(&self, stage: Stage) -> &str {
-        changelog_topic(self.cfg, stage)
-    }
-
-    /// Per task, where its input partitions resume once the open transaction commits:
-    /// after the last record processed, or where the last commit left them.
-    fn resume_offsets(&mut self) -> BTreeMap<(Stage, i32), Vec<Option<i64>>> {
-        let mut resume = BTreeMap::new();
-        for t in self.engine.attribution_tasks() {
-            if let Some(run) = self.tasks.get(&(Stage::Attribution, t.partition())) {
-                let next = t.next_offsets();
-                let o = (0..next.len())
-                    .map(|i| next[i].or(run.offsets.get(i).copied().flatten()))
-                    .collect();
-                resume.insert((Stage::Attribution, t.partition()), o);
-            }
-        }
-        for t in self.engine.aggregation_tasks() {
-            if let Some(run) = self.tasks.get(&(Stage::Aggregation, t.partition())) {
-                let o = t
-                    .committable_offset()
-                    .or(run.offsets.first().copied().flatten());
-                resume.insert((Stage::Aggregation, t.partition()), vec![o]);
-            }
-        }
-        resume
-    }
-
-    /// The same positions as consumer group offsets.
-    fn group_offsets(
-        &self,
-        resume: &BTreeMap<(Stage, i32), Vec<Option<i64>>>,
-    ) -> anyhow::Result<TopicPartitionList> {
-        let mut tpl = TopicPartitionList::new();
-        for ((stage, p), offsets) in resume {
-            for (topic, o) in self.task_topics(*stage).into_iter().zip(offsets) {
-                if let Some(o) = o {
-                    tpl.add_partition_offset(topic, *p, Offset::Offset(*o))?;
-                }
-            }
-        }
-        Ok(tpl)
-    }
-
-    /// The topics a task of `stage` reads, in the order of its offsets.
-    fn task_topics(&self, stage: Stage) -> Vec<&str> {
-        match stage {
-            Stage::Attribution => self.cfg.topics.inputs().to_vec(),
-            Stage::Aggregation => vec![self.cfg.topics.repartition.as_str()],
-        }
-    }
-
     /// Sends the engine's outputs; derives the output-driven metrics in the same pass.
     fn publish(&mut self) -> anyhow::Result<()> {
         let mut metrics = None;
@@ -620,17 +442,16 @@ impl Loop<'_> {
             }
             if let Some((topic, key, value)) = o.to_record() {
                 let name = match topic {
-                    crate::core::output::OutputTopic::GmvWindows => &t.gmv_windows,
-                    crate::core::output::OutputTopic::GmvTotals => &t.gmv_totals,
-                    crate::core::output::OutputTopic::Milestones => &t.milestones,
-                    crate::core::output::OutputTopic::DeadLetters => &t.dead_letters,
+                    OutputTopic::GmvWindows => &t.gmv_windows,
+                    OutputTopic::GmvTotals => &t.gmv_totals,
+                    OutputTopic::Milestones => &t.milestones,
+                    OutputTopic::DeadLetters => &t.dead_letters,
                 };
                 self.producer.send(Record {
                     topic: name,
                     partition: None,
                     key: key.as_deref(),
                     value: Some(&value),
-                    tag: None,
                     kind: Kind::Output(topic),
                 })?;
             }
@@ -638,18 +459,36 @@ impl Loop<'_> {
         Ok(())
     }
 
-    /// After an assignment change: drops every task and restores the ones of
-    /// `assigned` (`None`: everything was revoked) from their changelogs (the open
-    /// transaction was aborted on revoke), then assigns the partitions at the
-    /// offsets their last commits recorded.
-    fn restore(&mut self, assigned: Option<Vec<(String, i32)>>) -> anyhow::Result<()> {
+    /// A new assignment (or everything revoked): its tasks replace the old ones.
+    fn rebalanced(&mut self, event: Assignment) -> anyhow::Result<()> {
+        let t = &self.cfg.topics;
+        let tasks = match event {
+            Assignment::Assign(list) => list
+                .iter()
+                .filter_map(|(topic, p)| {
+                    if *topic == t.repartition {
+                        Some((Stage::Aggregation, *p))
+                    } else {
+                        t.input_topic(topic).map(|_| (Stage::Attribution, *p))
+                    }
+                })
+                .collect(),
+            Assignment::Revoke => Vec::new(),
+        };
+        let wanted = self.commits.assign(tasks);
+        self.restore(&wanted)
+    }
+
+    /// Drops every task and restores `wanted` (the protocol's list): the open
+    /// transaction is aborted, each input resumes at the group's committed
+    /// offset, and each task's state is its changelog partition read to the
+    /// end (see `core/commit.rs` for why the two agree).
+    fn restore(&mut self, wanted: &[TaskId]) -> anyhow::Result<()> {
         let started = Instant::now();
         self.producer.abort()?;
         // The old assignment's lanes go; the new ones are split below, before `assign`.
         self.lanes = Lanes::default();
         self.engine.clear();
-        self.tasks.clear();
-        self.sent_progress.clear();
         self.out.clear();
         self.handles
             .metrics
@@ -657,19 +496,6 @@ impl Loop<'_> {
             .expect("metrics lock")
             .rebalances
             .inc();
-        let Some(assigned) = assigned else {
-            tracing::info!(instance = %self.cfg.kafka.instance_id, "partitions revoked");
-            return Ok(());
-        };
-        let t = &self.cfg.topics;
-        let mut wanted = BTreeSet::new();
-        for (topic, p) in &assigned {
-            if *topic == t.repartition {
-                wanted.insert((Stage::Aggregation, *p));
-            } else if t.input_topic(topic).is_some() {
-                wanted.insert((Stage::Attribution, *p));
-            }
-        }
         if wanted.is_empty() {
             tracing::info!(instance = %self.cfg.kafka.instance_id, "no partitions assigned");
             return self
@@ -677,138 +503,74 @@ impl Loop<'_> {
                 .assign(&TopicPartitionList::new())
                 .context("taking an empty assignment");
         }
-        // 1. A marker per task, committed: its offset names this incarnation, bounds
-        //    the read, and voids whatever an older owner still writes after it.
-        let nonce = format!("{}|{}", self.cfg.kafka.instance_id, now_ms());
-        let key = [MARKER_PREFIX, nonce.as_bytes()].concat();
-        for (stage, p) in &wanted {
-            self.producer.send(Record {
-                topic: self.changelog(*stage),
-                partition: Some(*p),
-                key: Some(&key),
-                value: Some(&[]),
-                tag: None,
-                kind: Kind::Marker,
-            })?;
-        }
-        self.producer
-            .commit_open()
-            .context("committing restore markers")?;
-        let markers = self.producer.take_markers(wanted.len())?;
-        let mut incs = BTreeMap::new();
-        let mut ends = BTreeMap::new();
-        for (stage, p) in &wanted {
-            let topic = self.changelog(*stage).to_string();
-            let inc = *markers
-                .get(&(topic.clone(), *p))
-                .context("a restore marker has no offset")?;
-            incs.insert((*stage, *p), inc);
-            ends.insert((*stage, *p), (topic, *p, inc));
-        }
-        // 2. Each changelog partition up to its marker: what committed, and the state.
-        let states = changelog::read(self.cfg, &ends)?;
+        let cfg = self.cfg;
+        // 1. Where every input resumes; returns once no transaction holding
+        //    offsets for them is open (the previous owner's last one has ended).
+        let inputs: Vec<(&str, i32)> = wanted
+            .iter()
+            .flat_map(|(stage, p)| (0..stage.inputs()).map(move |i| (task_topic(cfg, *stage, i), *p)))
+            .collect();
+        let mut offsets = consumer::committed_offsets(&self.consumer, &inputs)?.into_iter();
+        // 2. Each changelog partition to its last stable offset.
+        let partitions: BTreeMap<TaskId, (String, i32)> = wanted
+            .iter()
+            .map(|t| (*t, (changelog_topic(cfg, t.0).to_string(), t.1)))
+            .collect();
+        let states = changelog::read(cfg, &partitions)?;
         let now = now_ms();
         let mut keys = 0;
-        let mut runs = BTreeMap::new();
-        for ((stage, p), (lineage, entries)) in states {
+        for (task, entries) in states {
             keys += entries.len();
+            let (stage, p) = task;
             let result: Result<(), String> = match stage {
                 Stage::Attribution => {
-                    let task = self.engine.add_attribution(p, now);
+                    let t = self.engine.add_attribution(p, now);
                     let per_task =
-                        self.cfg.state.expected_orders as usize / self.partitions.max(1) as usize;
-                    if per_task > 0 && !task.reserve(per_task) {
+                        cfg.state.expected_orders as usize / self.partitions.max(1) as usize;
+                    if per_task > 0 && !t.reserve(per_task) {
                         tracing::warn!(
                             partition = p,
                             orders = per_task,
                             "no memory to size the state for state.expected_orders; it grows as needed"
                         );
                     }
-                    task.resume_at(&lineage.offsets);
-                    let restored = entries.iter().try_for_each(|(k, v)| task.restore(k, v));
+                    let restored = entries.iter().try_for_each(|(k, v)| t.restore(k, v));
                     // From here on: what the restore itself changed is in the changelog already.
-                    task.track_changes();
+                    t.track_changes();
                     restored
                 }
                 Stage::Aggregation => {
-                    let task = self.engine.add_aggregation(p, self.partitions as usize);
-                    task.track_changes();
-                    task.resume_at(lineage.offsets.first().copied().flatten());
-                    entries.iter().try_for_each(|(k, v)| task.restore(k, v))
+                    let t = self.engine.add_aggregation(p, self.partitions as usize);
+                    t.track_changes();
+                    entries.iter().try_for_each(|(k, v)| t.restore(k, v))
                 }
             };
             result
                 .map_err(|e| anyhow::anyhow!(e))
                 .with_context(|| format!("restoring {stage:?} task {p}"))?;
-            tracing::debug!(
-                instance = %self.cfg.kafka.instance_id,
-                ?stage,
-                p,
-                inc = incs[&(stage, p)],
-                base = lineage.base,
-                offsets = ?lineage.offsets,
-                ranges = ?lineage.ranges,
-                keys = entries.len(),
-                "task restored"
-            );
-            // 3. The lineage record: this incarnation's start, before any of its work.
-            let inc = incs[&(stage, p)];
-            let value = state::encode(&LineageRecord {
-                base: lineage.base,
-                offsets: lineage.offsets.clone(),
-                ranges: lineage.ranges,
-            });
-            self.producer.send(Record {
-                topic: self.changelog(stage),
-                partition: Some(p),
-                key: Some(&state::bookkeeping_key(LINEAGE_PREFIX, inc)),
-                value: Some(&value),
-                tag: None,
-                kind: Kind::Changelog,
-            })?;
-            runs.insert(
-                (stage, p),
-                TaskRun {
-                    inc,
-                    base: lineage.base,
-                    n: lineage.base,
-                    offsets: lineage.offsets,
-                },
-            );
+            let resume: Vec<i64> = offsets.by_ref().take(stage.inputs()).collect();
+            tracing::debug!(instance = %cfg.kafka.instance_id, ?stage, p, ?resume, keys = entries.len(), "task restored");
+            self.commits.restored(task, resume);
         }
-        self.producer
-            .commit_open()
-            .context("committing lineage records")?;
-        // 4. Resume every partition where the restored state's last commit left it.
+        // 3. The input partitions' lanes before `assign`: every record of theirs then
+        //    reaches its lane. (Split after, the first fetches could land in the
+        //    consumer's queue, and be read after later records of the same partition.)
         let mut tpl = TopicPartitionList::new();
-        for ((stage, p), run) in &runs {
-            for (i, topic) in self.task_topics(*stage).into_iter().enumerate() {
-                let at = match run.offsets.get(i).copied().flatten() {
-                    Some(o) => Offset::Offset(o),
-                    None => Offset::Beginning,
-                };
-                tpl.add_partition_offset(topic, *p, at)?;
+        let mut lanes = Vec::new();
+        for ((stage, p), i, o) in self.commits.resume() {
+            let topic = task_topic(cfg, stage, i);
+            tpl.add_partition_offset(topic, p, Offset::Offset(o))?;
+            if let Some(input) = cfg.topics.input_topic(topic) {
+                lanes.push((input, topic, p));
             }
         }
-        // The input partitions' lanes before `assign`: every record of theirs then
-        // reaches its lane. (Split after, the first fetches could land in the
-        // consumer's queue, and be read after later records of the same partition.)
-        let elements = tpl.elements();
-        let lanes: Vec<(InputTopic, &str, i32)> = elements
-            .iter()
-            .filter_map(|e| {
-                let topic = self.cfg.topics.input_topic(e.topic())?;
-                Some((topic, e.topic(), e.partition()))
-            })
-            .collect();
         self.lanes = Lanes::split(&self.consumer, &lanes)?;
         self.consumer
             .assign(&tpl)
-            .context("positioning the consumer at the restored offsets")?;
-        self.tasks = runs;
+            .context("positioning the consumer at the committed offsets")?;
         tracing::info!(
-            instance = %self.cfg.kafka.instance_id,
-            tasks = self.tasks.len(),
+            instance = %cfg.kafka.instance_id,
+            tasks = wanted.len(),
             keys,
             seconds = started.elapsed().as_secs_f64(),
             "state restored"
@@ -822,12 +584,14 @@ impl Loop<'_> {
         m.set_watermark(self.engine.watermark_ms(), now_ms());
         let (assigned, idle) = self.engine.partitions();
         m.set_partitions(assigned, idle);
-        let attribution = self
-            .tasks
-            .keys()
-            .filter(|(stage, _)| *stage == Stage::Attribution)
-            .count();
-        m.set_tasks(attribution, self.tasks.len() - attribution);
+        let (attribution, aggregation) = self
+            .commits
+            .owned()
+            .fold((0, 0), |(a, g), (stage, _)| match stage {
+                Stage::Attribution => (a + 1, g),
+                Stage::Aggregation => (a, g + 1),
+            });
+        m.set_tasks(attribution, aggregation);
         m.set_state(self.engine.state_size());
         let total = self
             .engine
@@ -853,14 +617,6 @@ impl Loop<'_> {
         self.consumer.unsubscribe();
         result
     }
-}
-
-/// Whether an attribution task sends a batch at this commit: its incarnation's
-/// first (the aggregation tasks wait to hear from every attribution task before
-/// their watermark moves), or one with sums, or with progress that moved since
-/// the batch it sent last.
-fn batch_due(sent: Option<Progress>, empty: bool, progress: Progress) -> bool {
-    !empty || sent != Some(progress)
 }
 
 /// Hands one record from the consumer's own queue to the task that owns its partition.
@@ -921,22 +677,10 @@ fn changelog_topic(cfg: &Config, stage: Stage) -> &str {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_batch_goes_first_then_with_sums_or_moved_progress() {
-        let (start, later) = (
-            Progress::default(),
-            Progress {
-                watermark_ms: 5,
-                ..Progress::default()
-            },
-        );
-        assert!(batch_due(None, true, start), "the first one, though empty");
-        assert!(!batch_due(Some(start), true, start), "nothing new");
-        assert!(batch_due(Some(start), false, start), "sums");
-        assert!(batch_due(Some(start), true, later), "progress");
+/// The topic of input `i` of a task of `stage` (the order of its offsets).
+fn task_topic(cfg: &Config, stage: Stage, i: usize) -> &str {
+    match stage {
+        Stage::Attribution => cfg.topics.inputs()[i],
+        Stage::Aggregation => &cfg.topics.repartition,
     }
 }

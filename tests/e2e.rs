@@ -962,7 +962,6 @@ impl<'a> Instances<'a> {
                     .filter(|l| {
                         [
                             "gmv_late_partials_total",
-                            "gmv_repartition_batches_dropped_total",
                             "gmv_dead_letters_total",
                             "gmv_rebalances_total",
                         ]

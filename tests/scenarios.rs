@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use base64::Engine as _;
 use gmv::config::{Config, Overrides};
 use gmv::core::output::Output;
-use gmv::core::Engine;
+use gmv::core::LocalJob;
 use gmv::model::{InputTopic, Source};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -73,9 +73,8 @@ struct FinalState {
 }
 
 fn run(cfg: &Config, records: &[&Record]) -> FinalState {
-    let mut engine = Engine::new(cfg.engine());
-    let parts: Vec<_> = InputTopic::ALL.iter().map(|t| (*t, 0)).collect();
-    engine.assign(&parts, 0);
+    // The production path: stage one, commit protocol, repartition, stage two.
+    let mut engine = LocalJob::new(cfg.engine(), &[0], 1, 0);
     let mut out = Vec::new();
     let mut offsets = [0i64; 3];
     let mut now = 0;

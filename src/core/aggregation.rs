@@ -4,8 +4,8 @@
 //! task's (idle ones left out), so a window closes only once no task can add to it.
 //!
 //! The repartition topic is read with `read_committed`: every batch seen was
-//! committed, and is applied at once. Tags (incarnation, transaction number)
-//! skip what a restored task reads again.
+//! committed together with the offsets of the input it came from, so it is
+//! applied at once, and exactly once (see `commit.rs`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -204,10 +204,6 @@ impl DimState {
 /// What the aggregation stage knows of one attribution task.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct SourceState {
-    /// Incarnation whose batches are being received; older ones are zombies.
-    inc: i64,
-    /// Every transaction up to this one has been applied.
-    applied_n: u64,
     progress: Progress,
 }
 
@@ -222,7 +218,7 @@ pub struct AggregationTask {
     source_count: usize,
     watermark_ms: i64,
     emitted_watermark_ms: i64,
-    /// Offset after the last repartition record received, or where the task resumed.
+    /// Offset after the last repartition record received (`None`: none yet).
     next_offset: Option<i64>,
     changed: Option<FastSet<StateKey>>,
 }
@@ -266,8 +262,7 @@ impl AggregationTask {
         self.watermark_ms
     }
 
-    /// A committed batch read from the repartition topic at `offset`: applied
-    /// unless this task counted it already.
+    /// A committed batch read from the repartition topic at `offset`.
     pub fn receive(
         &mut self,
         offset: i64,
@@ -275,44 +270,7 @@ impl AggregationTask {
         stats: &mut Stats,
         out: &mut Vec<Output>,
     ) {
-        if self.next_offset.is_some_and(|next| offset < next) {
-            // Before where this task resumed: counted before its last commit.
-            return;
-        }
         self.next_offset = Some(offset + 1);
-        let src = self.sources.entry(batch.source).or_default();
-        if batch.tag.inc < src.inc {
-            // An older incarnation after a newer one: a process that lost the task
-            // without noticing. Its transactions fail at their offsets (the group's
-            // generation moved, KIP-447), but one that carried no offsets could
-            // still commit: it would count input its successor counts again.
-            stats.zombie_batches += 1;
-            return;
-        }
-        if batch.tag.inc > src.inc {
-            // A newer incarnation restored from its predecessor's commit `base`
-            // and numbers its transactions on from there.
-            if batch.base < src.applied_n {
-                // Only a zombie's commit without offsets gets here: the sums of
-                // its transactions after `base` are counted twice.
-                tracing::error!(
-                    task = self.partition,
-                    source = batch.source,
-                    base = batch.base,
-                    applied_n = src.applied_n,
-                    "a newer incarnation restored from before batches already counted"
-                );
-            }
-            src.inc = batch.tag.inc;
-            src.applied_n = batch.base;
-        }
-        if batch.tag.n <= src.applied_n {
-            return;
-        }
-        src.applied_n = batch.tag.n;
-        if let Some(c) = &mut self.changed {
-            c.insert(StateKey::Source(batch.source));
-        }
         self.apply(batch.source, batch.progress, &batch.entries, stats, out);
     }
 
@@ -442,12 +400,8 @@ impl AggregationTask {
         }
     }
 
-    /// Where a restored task resumes: records before it are skipped.
-    pub fn resume_at(&mut self, offset: Option<i64>) {
-        self.next_offset = offset;
-    }
-
-    /// The offset to commit on this repartition partition: after the last batch read.
+    /// The offset to commit on this repartition partition: after the last batch
+    /// read (`None`: none read since the task was restored).
     pub fn committable_offset(&self) -> Option<i64> {
         self.next_offset
     }
@@ -622,14 +576,11 @@ impl AggregationTask {
 
 #[cfg(test)]
 mod tests {
-    use super::super::state::Tag;
     use super::*;
 
-    fn batch(source: i32, inc: i64, n: u64, base: u64, gmv: i128) -> PartialBatch {
+    fn batch(source: i32, gmv: i128) -> PartialBatch {
         PartialBatch {
             source,
-            tag: Tag { inc, n },
-            base,
             progress: Progress {
                 watermark_ms: 0,
                 max_event_ms: 5_000,
@@ -653,49 +604,24 @@ mod tests {
     }
 
     #[test]
-    fn merge_applies_each_committed_batch_once_and_skips_zombie_ones() {
+    fn every_batch_read_is_applied_at_once() {
         let mut t = AggregationTask::new(0, Arc::new(EngineConfig::default()), 2);
         let (mut s, mut out) = (Stats::default(), vec![]);
-        t.receive(0, batch(0, 10, 1, 0, 1), &mut s, &mut out);
-        t.receive(1, batch(1, 20, 1, 0, 100), &mut s, &mut out);
+        assert_eq!(t.committable_offset(), None);
+        t.receive(0, batch(0, 1), &mut s, &mut out);
+        t.receive(1, batch(1, 100), &mut s, &mut out);
         assert_eq!(gmv(&t), 101, "applied as soon as read");
         assert_eq!(t.committable_offset(), Some(2));
-        t.receive(2, batch(0, 10, 2, 0, 2), &mut s, &mut out);
-        // Source 0 dies in transaction 3 (aborted: never read); its successor,
-        // restored from 2, writes its own 3.
-        t.receive(3, batch(0, 30, 3, 2, 4), &mut s, &mut out);
-        assert_eq!(gmv(&t), 1 + 100 + 2 + 4);
-        // A zombie of the old incarnation that committed after the takeover is ignored.
-        t.receive(4, batch(0, 10, 4, 0, 777), &mut s, &mut out);
-        t.receive(5, batch(0, 30, 4, 2, 8), &mut s, &mut out);
-        assert_eq!(gmv(&t), 1 + 100 + 2 + 4 + 8);
-        assert_eq!(s.zombie_batches, 1);
-        assert_eq!(t.committable_offset(), Some(6));
     }
 
     #[test]
-    fn a_new_incarnation_numbers_from_its_base_not_from_what_was_applied() {
-        let mut t = AggregationTask::new(0, Arc::new(EngineConfig::default()), 1);
-        let (mut s, mut out) = (Stats::default(), vec![]);
-        for n in 1..=2 {
-            t.receive(n as i64, batch(0, 10, n, 0, n as i128), &mut s, &mut out);
-        }
-        // The successor restored from 2 (the old 3 and 4 aborted); a successor of
-        // that one, restored from its 3, numbers on from 3.
-        t.receive(3, batch(0, 30, 3, 2, 30), &mut s, &mut out);
-        t.receive(4, batch(0, 40, 4, 3, 40), &mut s, &mut out);
-        t.receive(5, batch(0, 40, 5, 3, 50), &mut s, &mut out);
-        assert_eq!(gmv(&t), 1 + 2 + 30 + 40 + 50);
-    }
-
-    #[test]
-    fn restored_state_reapplies_nothing_and_continues_revisions() {
+    fn restored_state_continues_sums_and_revisions() {
         let cfg = Arc::new(EngineConfig::default());
         let mut a = AggregationTask::new(0, cfg.clone(), 1);
         a.track_changes();
         let (mut s, mut out) = (Stats::default(), vec![]);
-        a.receive(0, batch(0, 10, 1, 0, 5), &mut s, &mut out);
-        a.receive(1, batch(0, 10, 2, 0, 7), &mut s, &mut out);
+        a.receive(0, batch(0, 5), &mut s, &mut out);
+        a.receive(1, batch(0, 7), &mut s, &mut out);
         a.emit(&mut out);
         let changes = a.take_changes();
         let mut b = AggregationTask::new(0, cfg, 1);
@@ -704,13 +630,10 @@ mod tests {
                 b.restore(k, v).unwrap();
             }
         }
-        // A restart reading from before the committable offset (2) skips what it counted.
-        assert_eq!(a.committable_offset(), Some(2));
-        b.receive(1, batch(0, 10, 2, 0, 7), &mut s, &mut out);
-        b.receive(2, batch(0, 10, 3, 0, 0), &mut s, &mut out);
-        a.receive(2, batch(0, 10, 3, 0, 0), &mut s, &mut out);
-        assert_eq!(gmv(&b), 12);
-        assert_eq!(gmv(&a), 12);
+        assert_eq!(b.committable_offset(), None, "the group's offsets say where it resumes");
+        b.receive(2, batch(0, 3), &mut s, &mut out);
+        a.receive(2, batch(0, 3), &mut s, &mut out);
+        assert_eq!((gmv(&a), gmv(&b)), (15, 15));
         let (mut ea, mut eb) = (vec![], vec![]);
         a.emit(&mut ea);
         b.emit(&mut eb);
@@ -718,76 +641,28 @@ mod tests {
     }
 
     #[test]
-    fn batches_before_the_resume_offset_are_skipped() {
-        let mut t = AggregationTask::new(0, Arc::new(EngineConfig::default()), 1);
-        t.resume_at(Some(2));
-        let (mut st, mut out) = (Stats::default(), vec![]);
-        t.receive(0, batch(0, 10, 1, 0, 1), &mut st, &mut out);
-        t.receive(1, batch(0, 30, 1, 0, 2), &mut st, &mut out);
-        assert_eq!(st.zombie_batches, 0, "read again, not judged again");
-        assert_eq!(gmv(&t), 0);
-        assert_eq!(t.committable_offset(), Some(2));
-        t.receive(2, batch(0, 30, 2, 0, 4), &mut st, &mut out);
-        t.receive(3, batch(0, 30, 3, 0, 8), &mut st, &mut out);
-        assert_eq!(gmv(&t), 12);
-        assert_eq!(t.committable_offset(), Some(4));
-    }
-
-    #[test]
-    fn crashes_of_sources_and_of_the_merge_change_no_total() {
+    fn crashes_of_the_merge_change_no_total() {
         use rand::{Rng, SeedableRng};
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
-        // Two sources commit or die in each transaction; what each committed is the truth.
-        struct Src {
-            inc: i64,
-            committed: u64,
-            base: u64,
-        }
-        let mut srcs = [
-            Src {
-                inc: 1,
-                committed: 0,
-                base: 0,
-            },
-            Src {
-                inc: 2,
-                committed: 0,
-                base: 0,
-            },
-        ];
-        let (mut topic, mut want) = (Vec::new(), 0i128);
-        let mut next_inc = 3;
-        // What a read_committed reader of the repartition partition sees: the
-        // committed batches only.
-        for _ in 0..3_000 {
-            let i = rng.gen_range(0..2);
-            let s = &mut srcs[i];
-            let value = rng.gen_range(1..1_000);
-            if rng.gen_ratio(9, 10) {
-                topic.push(batch(i as i32, s.inc, s.committed + 1, s.base, value));
-                s.committed += 1;
-                want += value;
-            } else {
-                // Died before its commit: the successor restores from what committed.
-                (s.inc, s.base) = (next_inc, s.committed);
-                next_inc += 1;
-            }
-        }
-
-        // The merge commits now and then and dies now and then; a restart restores the
-        // committed changelog and reads again from the committed offset.
+        // What a read_committed reader of the repartition partition sees.
+        let topic: Vec<PartialBatch> = (0..3_000)
+            .map(|_| batch(rng.gen_range(0..2), rng.gen_range(1..1_000)))
+            .collect();
+        let want: i128 = topic.iter().map(|b| b.entries[0].delta.gmv_fen).sum();
+        // The merge commits now and then and dies now and then; a restart restores
+        // the committed changelog and reads on from the committed offset.
         let cfg = Arc::new(EngineConfig::default());
         let (mut st, mut out) = (Stats::default(), vec![]);
         let mut changelog: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
         let mut t = AggregationTask::new(0, cfg.clone(), 2);
         t.track_changes();
-        let (mut offset, mut resume, mut crashes) = (0usize, 0usize, 0);
+        let (mut offset, mut committed, mut crashes) = (0usize, 0usize, 0);
         while offset < topic.len() {
             t.receive(offset as i64, topic[offset].clone(), &mut st, &mut out);
             offset += 1;
             if rng.gen_ratio(1, 20) || offset == topic.len() {
                 state::compact_into(&mut changelog, t.take_changes());
-                resume = t.committable_offset().map_or(offset, |o| o as usize);
+                committed = t.committable_offset().unwrap() as usize;
             } else if rng.gen_ratio(1, 50) {
                 crashes += 1;
                 t = AggregationTask::new(0, cfg.clone(), 2);
@@ -795,9 +670,7 @@ mod tests {
                 for (k, v) in &changelog {
                     t.restore(k, v).unwrap();
                 }
-                // The fetch is rewound before the resume offset: what it reads again is skipped.
-                t.resume_at(Some(resume as i64));
-                offset = resume.saturating_sub(rng.gen_range(0..30));
+                offset = committed;
             }
         }
         assert!(crashes > 10, "{crashes} crashes");

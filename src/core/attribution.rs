@@ -13,7 +13,7 @@ use super::fx::FxTable;
 use super::join::{Attribution, Dedup, JoinState, Joinable, OrderInfo, Waiting, NO_CHANNEL};
 use super::milestone::BUCKET_MS;
 use super::output::{DeadLetter, Dim, Output};
-use super::state::{self, Delta, PartialEntry, Progress, Tag};
+use super::state::{self, Delta, PartialEntry, Progress};
 use super::watermark::{PartitionId, Watermarks};
 use super::{FastMap, FastSet};
 use crate::decode::decode;
@@ -163,7 +163,7 @@ pub struct AttributionTask {
     /// Partial sums since the last `take_partials`: (dim, key id, bucket start) → delta.
     partials: FastMap<(Dim, u32, i64), Delta>,
     last_sweep_watermark_ms: i64,
-    /// Per input topic, the offset after the last record processed, or where the task resumed.
+    /// Per input topic, the offset after the last record processed (`None`: none yet).
     next_offsets: [Option<i64>; 3],
     now_ms: i64,
     /// Interned id of each two-letter country code, `u32::MAX` until seen.
@@ -246,13 +246,6 @@ impl AttributionTask {
         self.next_offsets
     }
 
-    /// Where a restored task resumes, per input topic: records before it are skipped.
-    pub fn resume_at(&mut self, offsets: &[Option<i64>]) {
-        for (slot, o) in self.next_offsets.iter_mut().zip(offsets) {
-            *slot = *o;
-        }
-    }
-
     /// (orders, waiting events, de-duplication ids) held.
     pub fn sizes(&self) -> (usize, usize, usize) {
         (
@@ -271,13 +264,7 @@ impl AttributionTask {
         stats: &mut Stats,
         out: &mut Vec<Output>,
     ) {
-        let slot = &mut self.next_offsets[source.topic.index()];
-        if slot.is_some_and(|next| source.offset < next) {
-            // Before where this task resumed: counted before its last commit (a
-            // record fetched for the assignment before the restore).
-            return;
-        }
-        *slot = Some(source.offset + 1);
+        self.next_offsets[source.topic.index()] = Some(source.offset + 1);
         stats.events_read[source.topic.index()] += 1;
         let Some(value) = value else {
             self.dead_letter(
@@ -596,9 +583,9 @@ impl AttributionTask {
     }
 
     /// Hands every state change since the last call to `f` as changelog
-    /// records of transaction `tag`: tombstones for batches no longer needed,
-    /// then this transaction's batch (see [`batch_log`]), then the clocks.
-    pub fn drain_changes(&mut self, tag: Tag, mut f: impl FnMut(&[u8], Option<&[u8]>)) {
+    /// records: tombstones for batches no longer needed, then this transaction's
+    /// batch (see [`batch_log`]), then the clocks.
+    pub fn drain_changes(&mut self, mut f: impl FnMut(&[u8], Option<&[u8]>)) {
         self.log.drop_dead(&self.horizon, |key| f(key, None));
         // Pinned entries go into this batch again, as they are now.
         let pinned = std::mem::take(&mut self.pinned);
@@ -613,7 +600,7 @@ impl AttributionTask {
         let (names, pinned) = (&self.names, &mut self.pinned);
         let mut counted =
             |kind, id: &str, marks: Marks| unless_pinned(pinned, pin_after, kind, id, marks);
-        let mut w = self.log.writer(tag, &self.horizon, |k, v| f(k, Some(v)));
+        let mut w = self.log.writer(&self.horizon, |k, v| f(k, Some(v)));
         self.joins.drain_changes(|id, slot| {
             let value = slot.map(|(order, waiting)| {
                 let order = order.map(|o| {
@@ -666,11 +653,10 @@ impl AttributionTask {
         self.pinned.len()
     }
 
-    /// [`AttributionTask::drain_changes`] collected, for tests.
-    #[cfg(test)]
-    pub fn take_changes(&mut self, tag: Tag) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+    /// [`AttributionTask::drain_changes`] collected.
+    pub fn take_changes(&mut self) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
         let mut out = Vec::new();
-        self.drain_changes(tag, |k, v| out.push((k.to_vec(), v.map(<[u8]>::to_vec))));
+        self.drain_changes(|k, v| out.push((k.to_vec(), v.map(<[u8]>::to_vec))));
         out
     }
 
@@ -825,7 +811,7 @@ mod tests {
             &mut stats,
             &mut out,
         );
-        let changes = a.take_changes(Tag { inc: 0, n: 1 });
+        let changes = a.take_changes();
         assert_eq!(
             changes.len(),
             2,
@@ -922,30 +908,29 @@ mod tests {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
         let mut got = Sums::new();
         let mut changelog: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
-        let (mut committed, mut resume, mut n) = (0, [None; 3], 0);
+        let (mut committed, mut n) = (0, 0);
+        let r_topic = |i: usize| records[i].topic.index();
         let mut t = AttributionTask::new(0, cfg.clone(), now);
         t.track_changes();
-        let (mut i, mut crashes, mut inc) = (0, 0, 0);
+        let (mut i, mut crashes) = (0, 0);
         while i < records.len() {
             feed(&mut t, i, &mut stats, &mut out);
             i += 1;
             if rng.gen_ratio(1, 300) || i == records.len() {
                 add(&mut got, t.take_partials());
-                // The transaction numbers go on across restarts, as the lineage's do.
                 n += 1;
-                state::compact_into(&mut changelog, t.take_changes(Tag { inc, n }));
-                (committed, resume) = (i, t.next_offsets());
+                state::compact_into(&mut changelog, t.take_changes());
+                assert_eq!(t.next_offsets()[r_topic(i - 1)], Some(i as i64));
+                committed = i;
             } else if rng.gen_ratio(1, 1_000) {
                 crashes += 1;
-                inc += 1;
                 t = AttributionTask::new(0, cfg.clone(), now);
                 for (k, v) in &changelog {
                     t.restore(k, v).unwrap();
                 }
                 t.track_changes();
-                // The fetch is rewound before the commit: what it reads again is skipped.
-                t.resume_at(&resume);
-                i = committed.saturating_sub(rng.gen_range(0..200));
+                // Every input resumes at its committed offset.
+                i = committed;
             }
         }
         let diff: Vec<_> = want
@@ -1033,37 +1018,6 @@ mod tests {
     }
 
     #[test]
-    fn records_before_the_resume_offset_are_skipped() {
-        let mut a = AttributionTask::new(2, Arc::new(EngineConfig::default()), 0);
-        a.resume_at(&[Some(5), None, None]);
-        let (mut stats, mut out) = (Stats::default(), vec![]);
-        let order = |id: &str| {
-            format!(
-                r#"{{"order_id":"{id}","user_id":"u","brand_id":"b","channel_id":null,"country":"CN","device":"pc","currency":"CNY","amount_minor":5,"ts_ms":1000}}"#
-            )
-        };
-        for (offset, id) in [(3, "o3"), (4, "o4"), (5, "o5"), (6, "o6")] {
-            let v = order(id);
-            feed(
-                &mut a,
-                InputTopic::Orders,
-                offset,
-                v.as_bytes(),
-                &mut stats,
-                &mut out,
-            );
-        }
-        assert_eq!(stats.events_read[InputTopic::Orders.index()], 2);
-        assert_eq!(stats.placed_orders, 2);
-        assert!(a.joins.order("o4").is_none() && a.joins.order("o5").is_some());
-        assert_eq!(a.next_offsets(), [Some(7), None, None]);
-        // A topic without a resume offset takes everything.
-        let pay = br#"{"payment_id":"p1","order_id":"o5","kind":"paid","currency":"CNY","amount_minor":5,"ts_ms":1000}"#;
-        feed(&mut a, InputTopic::Payments, 0, pay, &mut stats, &mut out);
-        assert_eq!(stats.paid_orders, 1);
-    }
-
-    #[test]
     fn forgotten_ids_are_removal_entries_and_dead_batches_tombstones() {
         let mut cfg = EngineConfig::default();
         cfg.time.dedup_ttl_ms = 1_000;
@@ -1086,7 +1040,7 @@ mod tests {
             &mut stats,
             &mut out,
         );
-        let first = a.take_changes(Tag { inc: 0, n: 1 });
+        let first = a.take_changes();
         let batch = |c: &[(Vec<u8>, Option<Vec<u8>>)]| {
             c.iter()
                 .filter(|(k, v)| k[0] == batch_log::BATCH_PREFIX && v.is_some())
@@ -1105,7 +1059,7 @@ mod tests {
             feed(&mut a, t, 5, v.as_bytes(), &mut stats, &mut out);
         }
         assert_eq!(stats.join_timeouts[InputTopic::Payments.index()], 1);
-        let second = a.take_changes(Tag { inc: 0, n: 2 });
+        let second = a.take_changes();
         // The first batch held only what is now gone: a tombstone, in the same transaction.
         assert!(
             second.contains(&(first_batch[0].0.clone(), None)),

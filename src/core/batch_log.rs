@@ -5,9 +5,10 @@
 //! records: each one produced, acknowledged and stored by the broker one by one
 //! (docs/performance.md). Instead, each commit writes its changes as entries
 //! packed into a few large records (chunks of [`CHUNK_BYTES`]), keyed by the
-//! transaction that wrote them. A restore replays the committed batches in
-//! key order, which is commit order: a later entry for an id replaces the one
-//! before, and a removal entry forgets it.
+//! task's batch number, which only grows (a restored task continues after the
+//! largest it restored). A restore replays the batches in key order, which is
+//! commit order: a later entry for an id replaces the one before, and a
+//! removal entry forgets it.
 //!
 //! Compaction by key no longer drops old values, so the log drops whole
 //! batches itself: a batch gets a tombstone once every value in it is certainly
@@ -22,8 +23,6 @@
 use std::collections::VecDeque;
 
 use serde::Serialize;
-
-use super::state::Tag;
 
 /// Key prefix of a batch record (state keys of other kinds never start with it).
 pub const BATCH_PREFIX: u8 = b's';
@@ -119,6 +118,8 @@ pub struct BatchLog {
     batches: VecDeque<Batch>,
     /// The chunk being filled, kept between commits for its capacity.
     buf: Vec<u8>,
+    /// Number of the next batch: above every batch written or restored.
+    next: u64,
 }
 
 impl BatchLog {
@@ -139,17 +140,17 @@ impl BatchLog {
         }
     }
 
-    /// Starts the batch of transaction `tag`; its chunks go to `f` as they fill.
+    /// Starts the next batch; its chunks go to `f` as they fill.
     pub fn writer<'a, F: FnMut(&[u8], &[u8])>(
         &'a mut self,
-        tag: Tag,
         h: &Horizon,
         f: F,
     ) -> BatchWriter<'a, F> {
         self.buf.clear();
+        self.next += 1;
         BatchWriter {
+            n: self.next,
             log: self,
-            tag,
             chunk: 0,
             marks: Marks::default(),
             sweeps: h.sweeps,
@@ -161,6 +162,7 @@ impl BatchLog {
     /// Registers a restored batch: it counts as written now, so it waits for
     /// the next sweep and expiry before it can go.
     pub fn restored(&mut self, key: &[u8], marks: Marks, h: &Horizon) {
+        self.next = self.next.max(batch_number(key).unwrap_or(0));
         self.batches.push_back(Batch {
             key: key.to_vec(),
             marks,
@@ -173,7 +175,7 @@ impl BatchLog {
 /// Writes one transaction's entries, chunk by chunk.
 pub struct BatchWriter<'a, F: FnMut(&[u8], &[u8])> {
     log: &'a mut BatchLog,
-    tag: Tag,
+    n: u64,
     chunk: u32,
     marks: Marks,
     sweeps: u64,
@@ -201,7 +203,7 @@ impl<F: FnMut(&[u8], &[u8])> BatchWriter<'_, F> {
         if self.log.buf.is_empty() {
             return;
         }
-        let key = batch_key(self.tag, self.chunk);
+        let key = batch_key(self.n, self.chunk);
         (self.f)(&key, &self.log.buf);
         self.log.buf.clear();
         self.log.batches.push_back(Batch {
@@ -219,12 +221,16 @@ impl<F: FnMut(&[u8], &[u8])> BatchWriter<'_, F> {
     }
 }
 
-/// `s{n}.{inc}.{chunk}`, zero-padded: keys sort in commit order (transaction
-/// numbers grow across incarnations; only one incarnation commits each).
-fn batch_key(tag: Tag, chunk: u32) -> Vec<u8> {
+/// `s{n}.{chunk}`, zero-padded: keys sort in commit order.
+fn batch_key(n: u64, chunk: u32) -> Vec<u8> {
     let mut key = vec![BATCH_PREFIX];
-    key.extend_from_slice(format!("{:020}.{:020}.{chunk:06}", tag.n, tag.inc).as_bytes());
+    key.extend_from_slice(format!("{n:020}.{chunk:06}").as_bytes());
     key
+}
+
+/// The batch number in a key [`batch_key`] wrote.
+fn batch_number(key: &[u8]) -> Option<u64> {
+    std::str::from_utf8(key.get(1..21)?).ok()?.parse().ok()
 }
 
 /// The entries of a batch value, after its version byte: each is a kind byte,
@@ -267,8 +273,8 @@ mod tests {
     /// A log of one transaction per entry, in order, all written at horizon `h`.
     fn log_of(h: &Horizon, entries: &[(u8, &str, Option<i64>, Marks)]) -> BatchLog {
         let mut log = BatchLog::default();
-        for (n, (kind, id, v, m)) in (1..).zip(entries) {
-            let mut w = log.writer(Tag { inc: 7, n }, h, |_, _| {});
+        for (kind, id, v, m) in entries {
+            let mut w = log.writer(h, |_, _| {});
             w.entry(*kind, id, v.as_ref(), *m);
             w.finish();
         }
@@ -293,15 +299,14 @@ mod tests {
     fn entries_round_trip_in_order_and_keys_sort_by_transaction() {
         let mut log = BatchLog::default();
         let mut out = Vec::new();
-        let mut w = log.writer(Tag { inc: 3, n: 9 }, &Horizon::default(), |k, v| {
-            out.push((k.to_vec(), v.to_vec()))
-        });
+        log.restored(&batch_key(8, 0), Marks::default(), &Horizon::default());
+        let mut w = log.writer(&Horizon::default(), |k, v| out.push((k.to_vec(), v.to_vec())));
         w.entry(b'p', "p1", Some(&5i64), Marks::default());
         w.entry::<i64>(b'd', "d1", None, Marks::default());
         w.finish();
         assert_eq!(out.len(), 1);
         let (key, value) = &out[0];
-        assert_eq!(key, b"s00000000000000000009.00000000000000000003.000000");
+        assert_eq!(key, b"s00000000000000000009.000000", "after the restored batch 8");
         let rest = body(value).unwrap();
         assert_eq!(rest[0], b'p');
         let ((id, v), rest) = take_entry::<i64>(&rest[1..]).unwrap();
@@ -309,7 +314,8 @@ mod tests {
         assert_eq!(rest[0], b'd');
         let ((id, v), rest) = take_entry::<i64>(&rest[1..]).unwrap();
         assert_eq!((id, v, rest.len()), ("d1", None, 0));
-        assert!(batch_key(Tag { inc: 99, n: 9 }, 0) < batch_key(Tag { inc: 1, n: 10 }, 0));
+        assert!(batch_key(9, 1) < batch_key(10, 0));
+        assert_eq!(batch_number(&batch_key(12, 3)), Some(12));
         assert!(body(&[2, 0]).unwrap_err().contains("version 2"));
     }
 
@@ -317,9 +323,7 @@ mod tests {
     fn large_batches_split_into_chunks() {
         let mut log = BatchLog::default();
         let mut out = Vec::new();
-        let mut w = log.writer(Tag { inc: 0, n: 1 }, &Horizon::default(), |k, v| {
-            out.push((k.to_vec(), v.len()))
-        });
+        let mut w = log.writer(&Horizon::default(), |k, v| out.push((k.to_vec(), v.len())));
         let id = "x".repeat(1_000);
         for i in 0..600 {
             w.entry(b'p', &format!("{id}{i}"), Some(&1i64), Marks::default());

@@ -1,8 +1,10 @@
 //! The tasks of one job instance: an attribution task per input partition
 //! number and an aggregation task per aggregation partition (see
-//! `attribution.rs` and `aggregation.rs`). In process (tests, benchmarks, one
-//! instance without Kafka between the stages) partial sums go straight from one
-//! stage to the other; `gmv run` sends them through the repartition topic.
+//! `attribution.rs` and `aggregation.rs`). What they did goes out as data
+//! ([`Engine::take_work`]): `gmv run` commits it through Kafka, [`LocalJob`]
+//! (tests, benchmarks) through an in-memory repartition topic.
+//!
+//! [`LocalJob`]: super::local::LocalJob
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,7 +14,8 @@ use super::attribution::AttributionTask;
 use super::fx::Rate;
 use super::milestone::ThresholdRule;
 use super::output::{Dim, Output};
-use super::state::PartialBatch;
+use super::commit::{Stage, TaskSums, Work};
+use super::state::{self, PartialBatch};
 use super::watermark::PartitionId;
 use crate::model::{InputTopic, Source};
 
@@ -105,8 +108,6 @@ pub struct Stats {
     pub shipped_orders: u64,
     pub delivered_orders: u64,
     pub milestones: [u64; 4],
-    /// Repartition batches of a superseded incarnation (a zombie), dropped.
-    pub zombie_batches: u64,
     /// Partial sums whose bucket had closed when they reached the aggregation stage.
     pub late_partials: u64,
 }
@@ -142,48 +143,18 @@ pub struct Engine {
     cfg: Arc<EngineConfig>,
     attribution: BTreeMap<i32, AttributionTask>,
     aggregation: BTreeMap<i32, AggregationTask>,
-    /// Partial sums go straight to aggregation task 0 (no Kafka between the stages).
-    in_process: bool,
-    /// In process, per attribution task and dimension: its key ids as aggregation
-    /// task 0's (`u32::MAX`: not looked up yet), so routing skips the names.
-    route_ids: BTreeMap<i32, [Vec<u32>; 4]>,
     stats: Stats,
-    last_emit_ms: i64,
 }
 
 impl Engine {
-    /// An engine whose two stages talk in process; tasks come with [`Engine::assign`].
+    /// An engine without tasks; the caller adds them as it restores them.
     pub fn new(cfg: EngineConfig) -> Self {
-        Engine {
-            in_process: true,
-            ..Engine::distributed(cfg)
-        }
-    }
-
-    /// An engine whose stages talk through Kafka; the app adds and removes tasks.
-    pub fn distributed(cfg: EngineConfig) -> Self {
         Engine {
             cfg: Arc::new(cfg),
             attribution: BTreeMap::new(),
             aggregation: BTreeMap::new(),
-            in_process: false,
-            route_ids: BTreeMap::new(),
             stats: Stats::default(),
-            last_emit_ms: i64::MIN,
         }
-    }
-
-    /// In process: one attribution task per partition number in `partitions`, and one aggregation task.
-    pub fn assign(&mut self, partitions: &[PartitionId], now_ms: i64) {
-        let mut numbers: Vec<i32> = partitions.iter().map(|p| p.1).collect();
-        numbers.sort_unstable();
-        numbers.dedup();
-        self.attribution.clear();
-        for p in &numbers {
-            self.add_attribution(*p, now_ms);
-        }
-        self.aggregation.clear();
-        self.add_aggregation(0, numbers.len());
     }
 
     pub fn config(&self) -> &Arc<EngineConfig> {
@@ -193,14 +164,12 @@ impl Engine {
     pub fn add_attribution(&mut self, partition: i32, now_ms: i64) -> &mut AttributionTask {
         let task = AttributionTask::new(partition, self.cfg.clone(), now_ms);
         self.attribution.insert(partition, task);
-        self.route_ids.remove(&partition);
         self.attribution.get_mut(&partition).expect("just inserted")
     }
 
     pub fn add_aggregation(&mut self, partition: i32, source_count: usize) -> &mut AggregationTask {
         let task = AggregationTask::new(partition, self.cfg.clone(), source_count);
         self.aggregation.insert(partition, task);
-        self.route_ids.clear();
         self.aggregation.get_mut(&partition).expect("just inserted")
     }
 
@@ -208,7 +177,6 @@ impl Engine {
     pub fn clear(&mut self) {
         self.attribution.clear();
         self.aggregation.clear();
-        self.route_ids.clear();
     }
 
     pub fn attribution_tasks(&mut self) -> impl Iterator<Item = &mut AttributionTask> {
@@ -260,58 +228,49 @@ impl Engine {
         }
     }
 
-    /// In process: hands the partial sums and progress of every attribution task to the aggregation stage.
-    pub fn route(&mut self, out: &mut Vec<Output>) {
-        if !self.in_process {
-            return;
-        }
-        let Some(agg) = self.aggregation.get_mut(&0) else {
-            return;
-        };
-        for t in self.attribution.values_mut() {
-            let ids = self.route_ids.entry(t.partition()).or_default();
-            let mut entries = t.take_partial_ids();
-            for (dim, id, _, _) in &mut entries {
-                let known = &mut ids[dim.index()];
-                let at = *id as usize;
-                if known.len() <= at {
-                    known.resize(at + 1, u32::MAX);
-                }
-                if known[at] == u32::MAX {
-                    known[at] = agg.intern(*dim, t.key_name(*dim, *id));
-                }
-                *id = known[at];
-            }
-            agg.apply_keyed(t.partition(), t.progress(), &entries, &mut self.stats, out);
-        }
-    }
-
-    /// Wall-clock tick: idleness and flushes in every task; in process, also the
-    /// periodic emission. Returns true when it emitted.
-    pub fn on_tick(&mut self, now_ms: i64, out: &mut Vec<Output>) -> bool {
+    /// Wall-clock tick: idleness, flushes, sweeps and expiries in every attribution task.
+    pub fn on_tick(&mut self, now_ms: i64) {
         for t in self.attribution.values_mut() {
             t.on_tick(now_ms, &mut self.stats);
         }
-        if !self.in_process {
-            return false;
-        }
-        self.route(out);
-        if self.last_emit_ms == i64::MIN
-            || now_ms - self.last_emit_ms >= self.cfg.time.emit_interval_ms
-        {
-            self.emit(out);
-            self.last_emit_ms = now_ms;
-            return true;
-        }
-        false
     }
 
     /// Emits every changed open window and total now.
     pub fn emit(&mut self, out: &mut Vec<Output>) {
-        self.route(out);
         for t in self.aggregation.values_mut() {
             t.emit(out);
         }
+    }
+
+    /// Everything the tasks did since the last call, for one transaction: each
+    /// attribution task's partial sums split over `aggregation_partitions`, every
+    /// task's changelog records (after `emit`, so revisions are current), and
+    /// where each stopped reading.
+    pub fn take_work(&mut self, aggregation_partitions: i32) -> Work {
+        let mut work = Work::default();
+        let r_count = aggregation_partitions.max(1);
+        for t in self.attribution.values_mut() {
+            let p = t.partition();
+            let mut split = vec![Vec::new(); r_count as usize];
+            for e in t.take_partials() {
+                split[state::aggregation_partition(e.dim, &e.key, r_count) as usize].push(e);
+            }
+            work.sums.push(TaskSums {
+                source: p,
+                progress: t.progress(),
+                split,
+            });
+            let task = (Stage::Attribution, p);
+            t.drain_changes(|k, v| work.changes.push((task, k.to_vec(), v.map(<[u8]>::to_vec))));
+            work.read.push((task, t.next_offsets().to_vec()));
+        }
+        for t in self.aggregation.values_mut() {
+            let task = (Stage::Aggregation, t.partition());
+            work.changes
+                .extend(t.take_changes().into_iter().map(|(k, v)| (task, k, v)));
+            work.read.push((task, vec![t.committable_offset()]));
+        }
+        work
     }
 
     pub fn stats(&self) -> &Stats {
@@ -378,11 +337,12 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::local::LocalJob;
     use crate::core::output::MilestoneRecord;
     use crate::model::DeadReason;
 
     struct Harness {
-        e: Engine,
+        e: LocalJob,
         out: Vec<Output>,
         offset: i64,
         now: i64,
@@ -407,9 +367,7 @@ mod tests {
 
     impl Harness {
         fn new(cfg: EngineConfig) -> Self {
-            let mut e = Engine::new(cfg);
-            let parts: Vec<PartitionId> = InputTopic::ALL.iter().map(|t| (*t, 0)).collect();
-            e.assign(&parts, 0);
+            let e = LocalJob::new(cfg, &[0], 1, 0);
             Harness {
                 e,
                 out: vec![],
@@ -450,7 +408,7 @@ mod tests {
                 &deliver(&format!("hb-d-{ts}"), &format!("hb-o-{ts}"), "shipped", ts),
             );
             // The aggregation stage learns the new watermark.
-            self.e.route(&mut self.out);
+            self.e.commit(&mut self.out);
         }
 
         fn idle_flush(&mut self) {
@@ -487,8 +445,8 @@ mod tests {
 
         /// Cumulative figures once every partial sum has reached the aggregation stage.
         fn totals(&mut self, dim: Dim, key: &str) -> Option<Totals> {
-            self.e.route(&mut self.out);
-            self.e.totals(dim, key)
+            self.e.commit(&mut self.out);
+            self.e.engine().totals(dim, key)
         }
 
         fn dead(&self, reason: DeadReason) -> usize {
@@ -533,7 +491,7 @@ mod tests {
                 vec![(2_000, 500, 0, 1)]
             );
             assert_eq!(h.totals(Dim::Brand, "b1").unwrap().placed_orders, 1);
-            assert_eq!(h.e.stats().join_timeouts, [0, 0, 0]);
+            assert_eq!(h.e.engine().stats().join_timeouts, [0, 0, 0]);
         }
     }
 
@@ -544,9 +502,9 @@ mod tests {
         h.heartbeat(10_000);
         // Watermark at 70 s - 5 s: not yet past 10 s + 60 s.
         h.heartbeat(74_999);
-        assert_eq!(h.e.stats().join_timeouts[InputTopic::Payments.index()], 0);
+        assert_eq!(h.e.engine().stats().join_timeouts[InputTopic::Payments.index()], 0);
         h.heartbeat(75_000);
-        assert_eq!(h.e.stats().join_timeouts[InputTopic::Payments.index()], 1);
+        assert_eq!(h.e.engine().stats().join_timeouts[InputTopic::Payments.index()], 1);
         h.feed(InputTopic::Orders, &order("o1", "b1", None, 75_000));
         h.idle_flush();
         assert_eq!(
@@ -586,7 +544,7 @@ mod tests {
         );
         h.feed(InputTopic::Payments, &pay("p-ok", "x", "paid", 11, 135_000));
         assert_eq!(h.dead(DeadReason::Late), 1);
-        assert_eq!(h.e.stats().late_events[InputTopic::Payments.index()], 1);
+        assert_eq!(h.e.engine().stats().late_events[InputTopic::Payments.index()], 1);
         h.idle_flush();
         assert_eq!(
             h.final_windows(Dim::Total, "all", 60_000)
@@ -612,7 +570,7 @@ mod tests {
             InputTopic::Deliveries,
             &deliver("d1", "o1", "shipped", 2_000),
         );
-        assert_eq!(h.e.stats().duplicates, [1, 1, 1]);
+        assert_eq!(h.e.engine().stats().duplicates, [1, 1, 1]);
         let t = h.totals(Dim::Brand, "b1").unwrap();
         assert_eq!(
             (t.placed_orders, t.paid_orders, t.gmv_fen, t.shipped_orders),
@@ -730,7 +688,7 @@ mod tests {
             h.final_windows(Dim::Total, "all", 60_000),
             vec![(0, 5, 0, 1)]
         );
-        assert_eq!(h.e.stats().join_timeouts[InputTopic::Payments.index()], 1);
+        assert_eq!(h.e.engine().stats().join_timeouts[InputTopic::Payments.index()], 1);
         h.feed(InputTopic::Payments, &pay("p2", "o1", "paid", 5, 59_500));
         assert_eq!(h.dead(DeadReason::Late), 1);
     }

@@ -4,9 +4,11 @@
 pub mod aggregation;
 pub mod attribution;
 pub mod batch_log;
+pub mod commit;
 pub mod engine;
 pub mod fx;
 pub mod join;
+pub mod local;
 pub mod milestone;
 pub mod output;
 pub mod slab;
@@ -21,4 +23,5 @@ pub type FastMap<K, V> = hashbrown::HashMap<K, V, ahash::RandomState>;
 pub type FastSet<K> = hashbrown::HashSet<K, ahash::RandomState>;
 
 pub use engine::{Engine, EngineConfig};
+pub use local::LocalJob;
 pub use output::Output;

@@ -166,6 +166,38 @@ pub fn another_process_is(c: &InputConsumer, cfg: &Config) -> anyhow::Result<boo
         .any(|m| m.client_id().starts_with(&instance) && m.client_id() != own))
 }
 
+/// Where each of `partitions` resumes: the group's committed offset, or the
+/// partition's first offset where none was committed. A `read_committed`
+/// consumer asks with `require_stable` (KIP-447): the broker answers once no
+/// transaction holding offsets for them is open, so the previous owner's last
+/// transaction has ended before the restore reads the changelogs.
+pub fn committed_offsets(
+    c: &InputConsumer,
+    partitions: &[(&str, i32)],
+) -> anyhow::Result<Vec<i64>> {
+    let mut tpl = TopicPartitionList::new();
+    for (topic, p) in partitions {
+        tpl.add_partition(topic, *p);
+    }
+    let committed = c
+        .committed_offsets(tpl, Duration::from_secs(60))
+        .context("reading the group's committed offsets")?;
+    partitions
+        .iter()
+        .map(|(topic, p)| {
+            match committed.find_partition(topic, *p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => Ok(o),
+                _ => {
+                    let (low, _) = c
+                        .fetch_watermarks(topic, *p, Duration::from_secs(60))
+                        .with_context(|| format!("reading the first offset of {topic}/{p}"))?;
+                    Ok(low)
+                }
+            }
+        })
+        .collect()
+}
+
 /// Assigns every partition of the input topics from the beginning.
 pub fn assign_from_beginning(
     c: &InputConsumer,

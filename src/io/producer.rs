@@ -1,12 +1,11 @@
-//! The transactional producer: outputs, repartition batches, changelog records,
-//! commit records and input offsets of one commit interval go to Kafka in one
-//! transaction.
+//! The transactional producer: outputs, repartition batches, changelog records
+//! and input offsets of one commit interval go to Kafka in one transaction
+//! (the protocol: `core/commit.rs`).
 
-use std::collections::BTreeMap;
 use std::ffi::{c_char, c_void, CString};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use rdkafka::bindings as rdsys;
@@ -18,7 +17,6 @@ use rdkafka::{ClientContext, Message};
 
 use crate::config::Config;
 use crate::core::output::OutputTopic;
-use crate::core::state::Tag;
 use crate::telemetry::Metrics;
 
 /// What a record is, for its delivery report.
@@ -27,10 +25,8 @@ pub enum Kind {
     Output(OutputTopic),
     /// A repartition batch.
     Internal,
-    /// A changelog record (state, lineage or commit).
+    /// A changelog record.
     Changelog,
-    /// A changelog marker: its offset names an incarnation.
-    Marker,
 }
 
 impl Kind {
@@ -39,17 +35,14 @@ impl Kind {
             Kind::Output(t) => t.index(),
             Kind::Internal => 4,
             Kind::Changelog => 5,
-            Kind::Marker => 6,
         }
     }
 }
 
-/// Producer context: counts acknowledgements, keeps the first failure and marker offsets.
+/// Producer context: counts acknowledgements, keeps the first failure.
 pub struct TxnContext {
     metrics: Option<Arc<Mutex<Metrics>>>,
     failure: Mutex<Option<String>>,
-    /// (topic, partition) → offset of the marker written there.
-    markers: Mutex<BTreeMap<(String, i32), i64>>,
 }
 
 impl ClientContext for TxnContext {}
@@ -63,17 +56,9 @@ impl ProducerContext for TxnContext {
                 m.output_acked(*topic, result.is_ok());
             }
         }
-        match result {
-            Ok(msg) if opaque == Kind::Marker.opaque() => {
-                if let Ok(mut markers) = self.markers.lock() {
-                    markers.insert((msg.topic().to_string(), msg.partition()), msg.offset());
-                }
-            }
-            Ok(_) => {}
-            Err((e, msg)) => {
-                if let Ok(mut f) = self.failure.lock() {
-                    f.get_or_insert_with(|| format!("delivery to {} failed: {e}", msg.topic()));
-                }
+        if let Err((e, msg)) = result {
+            if let Ok(mut f) = self.failure.lock() {
+                f.get_or_insert_with(|| format!("delivery to {} failed: {e}", msg.topic()));
             }
         }
     }
@@ -117,7 +102,6 @@ pub struct Record<'a> {
     pub key: Option<&'a [u8]>,
     /// `None` is a tombstone.
     pub value: Option<&'a [u8]>,
-    pub tag: Option<Tag>,
     pub kind: Kind,
 }
 
@@ -144,7 +128,6 @@ impl TxnProducer {
                 .create_with_context(TxnContext {
                     metrics,
                     failure: Mutex::new(None),
-                    markers: Mutex::new(BTreeMap::new()),
                 })
                 .context("creating the Kafka producer (check kafka.* settings)")?;
         let timeout = Duration::from_secs(60);
@@ -216,25 +199,10 @@ impl TxnProducer {
         };
         let ((key, key_len), (value, value_len)) = (bytes(r.key), bytes(r.value));
         loop {
-            // SAFETY: librdkafka copies key and value (F_COPY) before returning and takes
-            // the headers only when it accepts the record; the topic handle outlives the call.
+            // SAFETY: librdkafka copies key and value (F_COPY) before returning;
+            // the topic handle outlives the call.
             let err = unsafe {
-                let headers = match r.tag {
-                    Some(tag) => {
-                        let h = rdsys::rd_kafka_headers_new(1);
-                        let tag = tag.to_bytes();
-                        rdsys::rd_kafka_header_add(
-                            h,
-                            Tag::HEADER.as_ptr() as *const c_char,
-                            Tag::HEADER.len() as isize,
-                            tag.as_ptr() as *const c_void,
-                            tag.len() as isize,
-                        );
-                        h
-                    }
-                    None => std::ptr::null_mut(),
-                };
-                let err = rdsys::rd_kafka_producev(
+                rdsys::rd_kafka_producev(
                     self.producer.client().native_ptr(),
                     rdsys::rd_kafka_vtype_t::RD_KAFKA_VTYPE_RKT,
                     topic.rkt,
@@ -250,16 +218,8 @@ impl TxnProducer {
                     key_len,
                     rdsys::rd_kafka_vtype_t::RD_KAFKA_VTYPE_OPAQUE,
                     r.kind.opaque() as *mut c_void,
-                    rdsys::rd_kafka_vtype_t::RD_KAFKA_VTYPE_HEADERS,
-                    headers,
                     rdsys::rd_kafka_vtype_t::RD_KAFKA_VTYPE_END,
-                );
-                if err != rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
-                    && !headers.is_null()
-                {
-                    rdsys::rd_kafka_headers_destroy(headers);
-                }
-                err
+                )
             };
             match RDKafkaErrorCode::from(err) {
                 RDKafkaErrorCode::NoError => return Ok(()),
@@ -272,26 +232,19 @@ impl TxnProducer {
         }
     }
 
-    /// Commits the open transaction: `commit_records` sends each task's commit
-    /// record, then the consumer offsets join the transaction.
+    /// Commits the open transaction (beginning one if nothing was sent) with
+    /// the consumer offsets: the broker refuses them, and so the commit, from a
+    /// member whose group generation has moved on (KIP-447).
     pub fn commit(
         &self,
         offsets: &TopicPartitionList,
         group: &ConsumerGroupMetadata,
-        commit_records: impl FnOnce(&Self) -> anyhow::Result<()>,
     ) -> anyhow::Result<()> {
-        commit_records(self)?;
-        if offsets.count() > 0 {
-            self.producer
-                .send_offsets_to_transaction(offsets, group, self.timeout)
-                .map_err(txn_error)
-                .context("adding the input offsets to the transaction")?;
-        }
-        self.commit_open()
-    }
-
-    /// Commits the open transaction without offsets (restore markers).
-    pub fn commit_open(&self) -> anyhow::Result<()> {
+        self.ensure_open()?;
+        self.producer
+            .send_offsets_to_transaction(offsets, group, self.timeout)
+            .map_err(txn_error)
+            .context("adding the input offsets to the transaction")?;
         let result = self
             .producer
             .commit_transaction(self.timeout)
@@ -355,30 +308,6 @@ impl TxnProducer {
             .take();
         self.open.store(false, Ordering::SeqCst);
         Ok(())
-    }
-
-    /// Offsets of the markers written since the last call, waiting for their delivery reports.
-    pub fn take_markers(&self, expected: usize) -> anyhow::Result<BTreeMap<(String, i32), i64>> {
-        let started = Instant::now();
-        loop {
-            let mut m = self
-                .producer
-                .context()
-                .markers
-                .lock()
-                .expect("markers lock");
-            if m.len() >= expected {
-                return Ok(std::mem::take(&mut *m));
-            }
-            drop(m);
-            if started.elapsed() > self.timeout {
-                bail!(
-                    "no delivery report for restore markers after {:?}",
-                    self.timeout
-                );
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
     }
 }
 

@@ -55,7 +55,6 @@ pub struct Metrics {
     late_events: IntCounterVec,
     duplicates: IntCounterVec,
     join_timeouts: IntCounterVec,
-    dropped_batches: IntCounterVec,
     late_partials: IntCounter,
     watermark: prometheus::Gauge,
     watermark_lag: prometheus::Gauge,
@@ -136,7 +135,6 @@ impl Metrics {
             late_events: counter_vec("late_events_total", "Events dropped as late", &["topic"]),
             duplicates: counter_vec("duplicates_dropped_total", "Repeated ids dropped within dedup_ttl", &["topic"]),
             join_timeouts: counter_vec("join_timeouts_total", "Payments and deliveries whose order did not come within join_timeout", &["topic"]),
-            dropped_batches: counter_vec("repartition_batches_dropped_total", "Repartition batches ignored by the aggregation stage: of a superseded incarnation of their task (zombie)", &["reason"]),
             late_partials: counter("late_partials_total", "Partial sums whose bucket had closed when they reached the aggregation stage (a partition back from idleness behind the others)"),
             watermark: reg(&r, prometheus::Gauge::new("watermark_timestamp_seconds", "The job's event-time watermark").expect("valid metric")),
             watermark_lag: reg(&r, prometheus::Gauge::new("watermark_lag_seconds", "Wall time minus the watermark").expect("valid metric")),
@@ -216,9 +214,6 @@ impl Metrics {
             .inc_by(d(s.shipped_orders, self.last.shipped_orders));
         self.delivered_orders
             .inc_by(d(s.delivered_orders, self.last.delivered_orders));
-        self.dropped_batches
-            .with_label_values(&["zombie"])
-            .inc_by(d(s.zombie_batches, self.last.zombie_batches));
         self.late_partials
             .inc_by(d(s.late_partials, self.last.late_partials));
         for t in InputTopic::ALL {

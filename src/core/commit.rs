@@ -1,0 +1,360 @@
+//! The commit protocol of `gmv run`: Kafka Streams' `exactly_once_v2`, with one
+//! consumer and one transactional producer per instance.
+//!
+//! Every `commit_interval` one Kafka transaction carries everything the
+//! instance's tasks did since the last one: the repartition batches, the
+//! outputs, the changelog records, and the offsets of every partition the
+//! instance owns (`send_offsets_to_transaction` with the consumer's group
+//! metadata). The broker checks the group generation those offsets carry
+//! (KIP-447), so a process that lost its tasks in a rebalance without noticing
+//! (a zombie) cannot commit. That is why every transaction carries an offset
+//! for every owned partition, read since the last commit or not: a transaction
+//! without offsets would skip that check.
+//!
+//! Readers of the repartition topic and of the changelogs use `read_committed`:
+//! what they see committed together with the offsets after the input that made
+//! it, so the aggregation stage applies every batch at once. A restore resumes
+//! at the group's committed offsets, which the broker hands out only once no
+//! transaction holding offsets for them is open (`require_stable`, KIP-447),
+//! and then reads each changelog partition to its last stable offset: the
+//! previous owner's last transaction has ended by then, and any later one of
+//! its fails at its offsets.
+//!
+//! [`Commits`] is that protocol's state, with no I/O: which tasks this instance
+//! owns, where each of their inputs resumes, and what the next transaction
+//! carries. The loop in `app.rs` does the I/O each transition asks for.
+
+use std::collections::BTreeMap;
+
+use super::state::{PartialBatch, PartialEntry, Progress};
+
+/// Which stage a task belongs to (and so which changelog holds its state).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Stage {
+    /// Reads partition *p* of the three input topics.
+    Attribution,
+    /// Reads partition *p* of the repartition topic.
+    Aggregation,
+}
+
+impl Stage {
+    /// How many input partitions a task of this stage reads (its offsets, in order).
+    pub fn inputs(self) -> usize {
+        match self {
+            Stage::Attribution => 3,
+            Stage::Aggregation => 1,
+        }
+    }
+}
+
+/// A task: its stage and partition number.
+pub type TaskId = (Stage, i32);
+
+/// One attribution task's partial sums since the last commit, split by
+/// aggregation partition (index), and where its event time stands.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskSums {
+    pub source: i32,
+    pub progress: Progress,
+    pub split: Vec<Vec<PartialEntry>>,
+}
+
+/// A changelog record of a task: key, and value (`None`: a tombstone).
+pub type Change = (TaskId, Vec<u8>, Option<Vec<u8>>);
+
+/// What the engine's tasks did since the last commit (`Engine::take_work`).
+#[derive(Debug, Default)]
+pub struct Work {
+    pub sums: Vec<TaskSums>,
+    pub changes: Vec<Change>,
+    /// Per task and input: the offset after the last record read since it was
+    /// restored (`None`: nothing read).
+    pub read: Vec<(TaskId, Vec<Option<i64>>)>,
+}
+
+/// What one transaction carries besides the outputs.
+#[derive(Debug, Default, PartialEq)]
+pub struct Transaction {
+    /// Repartition records: (aggregation partition, batch).
+    pub batches: Vec<(i32, PartialBatch)>,
+    pub changes: Vec<Change>,
+    /// Where every input of every owned task resumes once this commits:
+    /// (task, input index, offset).
+    pub offsets: Vec<(TaskId, usize, i64)>,
+}
+
+/// The tasks this instance owns and what they committed.
+#[derive(Debug, Default)]
+pub struct Commits {
+    /// Per owned task and input: where it resumes after the last commit.
+    owned: BTreeMap<TaskId, Vec<i64>>,
+    /// Per attribution task: the progress of the last batch it committed.
+    sent: BTreeMap<i32, Progress>,
+    /// The transaction built and not yet committed or failed: its offsets and
+    /// the progress its batches carry.
+    open: Option<(BTreeMap<TaskId, Vec<i64>>, BTreeMap<i32, Progress>)>,
+}
+
+impl Commits {
+    /// A new assignment (empty: everything revoked). Every task is dropped, and
+    /// an open transaction with them (the caller aborts it): the returned tasks,
+    /// sorted and each once, are to be restored from their changelogs.
+    pub fn assign(&mut self, tasks: impl IntoIterator<Item = TaskId>) -> Vec<TaskId> {
+        *self = Commits::default();
+        let mut tasks: Vec<TaskId> = tasks.into_iter().collect();
+        tasks.sort_unstable();
+        tasks.dedup();
+        tasks
+    }
+
+    /// `task` was restored; its inputs resume at `offsets` (the group's
+    /// committed offsets, or each partition's first offset where none was committed).
+    pub fn restored(&mut self, task: TaskId, offsets: Vec<i64>) {
+        debug_assert_eq!(offsets.len(), task.0.inputs());
+        self.owned.insert(task, offsets);
+    }
+
+    /// Where the consumer reads from: every input of every owned task.
+    pub fn resume(&self) -> Vec<(TaskId, usize, i64)> {
+        self.owned
+            .iter()
+            .flat_map(|(task, o)| o.iter().enumerate().map(|(i, o)| (*task, i, *o)))
+            .collect()
+    }
+
+    pub fn owned(&self) -> impl Iterator<Item = TaskId> + '_ {
+        self.owned.keys().copied()
+    }
+
+    /// Builds the next transaction from the tasks' work. An attribution task
+    /// sends a batch to every aggregation partition when it has sums, when its
+    /// progress moved since its last committed batch, or as its first since
+    /// it was restored (an aggregation task's watermark waits to hear from
+    /// every attribution task). Offsets: every input of every owned task, where
+    /// reading stopped, or where it resumed if nothing was read.
+    pub fn transaction(&mut self, work: Work) -> Transaction {
+        debug_assert!(self.open.is_none(), "the last transaction was not resolved");
+        let mut sent = BTreeMap::new();
+        let mut batches = Vec::new();
+        for s in work.sums {
+            if !self.owned.contains_key(&(Stage::Attribution, s.source)) {
+                continue;
+            }
+            let empty = s.split.iter().all(Vec::is_empty);
+            if empty && self.sent.get(&s.source) == Some(&s.progress) {
+                continue;
+            }
+            sent.insert(s.source, s.progress);
+            for (r, entries) in s.split.into_iter().enumerate() {
+                let batch = PartialBatch {
+                    source: s.source,
+                    progress: s.progress,
+                    entries,
+                };
+                batches.push((r as i32, batch));
+            }
+        }
+        let read: BTreeMap<TaskId, Vec<Option<i64>>> = work.read.into_iter().collect();
+        let mut positions = BTreeMap::new();
+        let mut offsets = Vec::new();
+        for (task, committed) in &self.owned {
+            let now: Vec<i64> = (0..committed.len())
+                .map(|i| {
+                    read.get(task)
+                        .and_then(|r| r.get(i).copied().flatten())
+                        .unwrap_or(committed[i])
+                })
+                .collect();
+            offsets.extend(now.iter().enumerate().map(|(i, o)| (*task, i, *o)));
+            positions.insert(*task, now);
+        }
+        self.open = Some((positions, sent));
+        Transaction {
+            batches,
+            changes: work.changes,
+            offsets,
+        }
+    }
+
+    /// The open transaction committed: its offsets are where the inputs resume.
+    pub fn committed(&mut self) {
+        if let Some((positions, sent)) = self.open.take() {
+            self.owned.extend(positions);
+            self.sent.extend(sent);
+        }
+    }
+
+    /// The open transaction failed (the caller aborts it): the tasks' memory is
+    /// ahead of what committed, so every task is dropped; the returned ones are
+    /// to be restored from their last commit.
+    pub fn failed(&mut self) -> Vec<TaskId> {
+        let tasks: Vec<TaskId> = self.owned().collect();
+        self.assign(tasks)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::output::Dim;
+
+    const A0: TaskId = (Stage::Attribution, 0);
+    const A1: TaskId = (Stage::Attribution, 1);
+    const G0: TaskId = (Stage::Aggregation, 0);
+
+    fn progress(watermark_ms: i64) -> Progress {
+        Progress {
+            watermark_ms,
+            ..Progress::default()
+        }
+    }
+
+    fn sums(source: i32, wm: i64, gmv: &[i128]) -> TaskSums {
+        TaskSums {
+            source,
+            progress: progress(wm),
+            split: gmv
+                .iter()
+                .map(|g| {
+                    (*g > 0)
+                        .then(|| PartialEntry {
+                            dim: Dim::Total,
+                            key: "total".into(),
+                            bucket_ms: 0,
+                            delta: crate::core::state::Delta {
+                                gmv_fen: *g,
+                                ..Default::default()
+                            },
+                        })
+                        .into_iter()
+                        .collect()
+                })
+                .collect(),
+        }
+    }
+
+    fn owning(tasks: &[(TaskId, Vec<i64>)]) -> Commits {
+        let mut c = Commits::default();
+        let wanted = c.assign(tasks.iter().map(|t| t.0));
+        for (task, offsets) in tasks {
+            assert!(wanted.contains(task));
+            c.restored(*task, offsets.clone());
+        }
+        c
+    }
+
+    #[test]
+    fn an_assignment_names_each_task_to_restore_once_and_drops_the_old_ones() {
+        let mut c = owning(&[(A0, vec![1, 2, 3])]);
+        let wanted = c.assign([G0, A1, A1, (Stage::Attribution, 1)]);
+        assert_eq!(wanted, vec![A1, G0]);
+        assert_eq!(c.owned().count(), 0, "owned once restored");
+        assert!(c.resume().is_empty());
+        assert_eq!(c.transaction(Work::default()), Transaction::default());
+    }
+
+    #[test]
+    fn a_restored_task_resumes_at_its_committed_offsets() {
+        let c = owning(&[(A0, vec![5, 6, 7]), (G0, vec![9])]);
+        assert_eq!(
+            c.resume(),
+            vec![(A0, 0, 5), (A0, 1, 6), (A0, 2, 7), (G0, 0, 9)]
+        );
+    }
+
+    #[test]
+    fn every_transaction_carries_an_offset_for_every_owned_input() {
+        // KIP-447: the group generation is checked only on offsets, so a
+        // transaction of a task that read nothing still carries its offsets.
+        let mut c = owning(&[(A0, vec![5, 6, 7]), (G0, vec![9])]);
+        let t = c.transaction(Work {
+            read: vec![(A0, vec![Some(8), None, None])],
+            ..Work::default()
+        });
+        assert_eq!(
+            t.offsets,
+            vec![(A0, 0, 8), (A0, 1, 6), (A0, 2, 7), (G0, 0, 9)]
+        );
+    }
+
+    #[test]
+    fn a_commit_moves_where_inputs_resume_and_a_failure_does_not() {
+        let mut c = owning(&[(A0, vec![0, 0, 0])]);
+        let read = |o| Work {
+            read: vec![(A0, vec![Some(o), None, Some(o)])],
+            ..Work::default()
+        };
+        c.transaction(read(10));
+        c.committed();
+        assert_eq!(c.resume(), vec![(A0, 0, 10), (A0, 1, 0), (A0, 2, 10)]);
+        let t = c.transaction(Work::default());
+        assert_eq!(t.offsets[0], (A0, 0, 10), "nothing read since: as committed");
+        c.committed();
+        c.transaction(read(20));
+        let restore = c.failed();
+        assert_eq!(restore, vec![A0], "restored from the last commit");
+        assert_eq!(c.owned().count(), 0);
+        c.committed();
+        assert!(c.resume().is_empty(), "a failed transaction never commits");
+    }
+
+    #[test]
+    fn a_batch_goes_first_then_with_sums_or_moved_progress() {
+        let mut c = owning(&[(A0, vec![0; 3]), (A1, vec![0; 3])]);
+        let round = |c: &mut Commits, s: Vec<TaskSums>| {
+            let t = c.transaction(Work {
+                sums: s,
+                ..Work::default()
+            });
+            c.committed();
+            t.batches
+                .iter()
+                .map(|(r, b)| (b.source, *r, b.entries.len()))
+                .collect::<Vec<_>>()
+        };
+        // The first after a restore, though empty: to every aggregation partition.
+        assert_eq!(
+            round(&mut c, vec![sums(0, 5, &[0, 0]), sums(1, 5, &[0, 0])]),
+            vec![(0, 0, 0), (0, 1, 0), (1, 0, 0), (1, 1, 0)]
+        );
+        // Nothing new from 0; sums from 1 (for partition 1 only, yet to both).
+        assert_eq!(
+            round(&mut c, vec![sums(0, 5, &[0, 0]), sums(1, 5, &[0, 3])]),
+            vec![(1, 0, 0), (1, 1, 1)]
+        );
+        // Progress moved.
+        assert_eq!(
+            round(&mut c, vec![sums(0, 6, &[0, 0])]),
+            vec![(0, 0, 0), (0, 1, 0)]
+        );
+    }
+
+    #[test]
+    fn progress_counts_as_sent_only_once_committed() {
+        let mut c = owning(&[(A0, vec![0; 3])]);
+        let work = || Work {
+            sums: vec![sums(0, 5, &[0])],
+            ..Work::default()
+        };
+        assert_eq!(c.transaction(work()).batches.len(), 1);
+        // Failed and restored: the restored task sends its first batch again.
+        let tasks = c.failed();
+        assert_eq!(tasks, vec![A0]);
+        c.restored(A0, vec![0; 3]);
+        assert_eq!(c.transaction(work()).batches.len(), 1);
+        c.committed();
+        assert_eq!(c.transaction(work()).batches.len(), 0);
+    }
+
+    #[test]
+    fn work_of_a_task_not_owned_sends_no_batch() {
+        let mut c = owning(&[(A0, vec![0; 3])]);
+        let t = c.transaction(Work {
+            sums: vec![sums(1, 5, &[7])],
+            read: vec![(A1, vec![Some(4), None, None])],
+            ..Work::default()
+        });
+        assert!(t.batches.is_empty());
+        assert!(t.offsets.iter().all(|(task, _, _)| *task == A0));
+    }
+}
