@@ -1,10 +1,15 @@
-//! End to end through Apache Kafka (started by the bench): the job's consumption rate
-//! against a consumer that reads the same topics and does nothing, in the same
-//! run; then the latency from produce to the output update, as an
-//! HdrHistogram, while traffic flows at a steady rate into the running job.
+//! End to end through Apache Kafka (started by the bench), for each of several
+//! commit intervals, in one run: the job's consumption rate against a consumer
+//! that reads the same topics and does nothing; then, while traffic flows at a
+//! steady rate into the running job, the latency from the produce of every
+//! order to the first `read_committed` `gmv-totals` update that counts it, as
+//! an HdrHistogram.
 //!
-//! `cargo bench --bench end_to_end` (RECORDS=n, LATENCY_RATE=r/s to change;
-//! LATENCY_RATE=0 skips the latency part).
+//! `cargo bench --bench end_to_end`. Environment: RECORDS (backlog read for
+//! throughput, default 1,000,000), COMMIT_INTERVALS (ms, default
+//! `100,250,1000`), LATENCY_RATE (events/s, default 100,000; 0 skips the
+//! latency part), LATENCY_SECONDS (default 60), JOB_LOG (a path: the jobs'
+//! logs go to `{path}.{interval}`).
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -49,18 +54,22 @@ fn cpu_ns(pid: u32) -> Option<(u64, u64)> {
 
 fn main() {
     let n = env_or("RECORDS", 1_000_000) as usize;
-    let latency_rate = env_or("LATENCY_RATE", 20_000);
+    let latency_rate = env_or("LATENCY_RATE", 100_000);
+    let latency_secs = env_or("LATENCY_SECONDS", 60);
+    let intervals: Vec<i64> = std::env::var("COMMIT_INTERVALS")
+        .unwrap_or_else(|_| "100,250,1000".into())
+        .split(',')
+        .map(|s| {
+            s.trim()
+                .parse()
+                .expect("COMMIT_INTERVALS: ms, comma-separated")
+        })
+        .collect();
     let broker = Kafka::start();
     let brokers = broker.bootstrap();
     let dir = std::env::temp_dir().join(format!("gmv-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let (config, metrics_port) = bench_config(&dir, &brokers, "gmv-bench");
-    // Sized for the run as an operator sizes it for a sale (at most `n` orders);
-    // GMV_STATE__EXPECTED_ORDERS=0 measures the maps growing instead.
-    let mut toml = std::fs::read_to_string(&config).unwrap();
-    toml.push_str(&format!("[state]\nexpected_orders = {n}\n"));
-    std::fs::write(&config, toml).unwrap();
-    let gmv = env!("CARGO_BIN_EXE_gmv");
+    let (config, _) = bench_config(&dir, &brokers, "gmv-bench");
     create_topics(&config, PARTITIONS);
 
     let mut cfg = Config::default();
@@ -71,9 +80,9 @@ fn main() {
         orders_per_sec: 5_000.0,
         ..TrafficConfig::default()
     };
-    let mut stream = Traffic::new(traffic);
+    let mut stream = Some(Traffic::new(traffic));
     let t = Instant::now();
-    for r in stream.by_ref().take(n) {
+    for r in stream.as_mut().unwrap().by_ref().take(n) {
         gmv::gen::writer::send(&producer, r.topic.label(), r.key.as_deref(), &r.value).unwrap();
     }
     producer.flush(Duration::from_secs(120)).unwrap();
@@ -103,16 +112,115 @@ fn main() {
     }
     let baseline = n as f64 / started.unwrap().elapsed().as_secs_f64();
     drop(c);
+    println!("do-nothing consumer: {baseline:>10.0} records/s");
 
-    // The job: from its first record read to its last, by its own metrics.
-    let _job = Proc(
-        Command::new(gmv)
-            .args(["run", "--config"])
-            .arg(&config)
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut table = Vec::new();
+    let mut in_topics = n;
+    for interval in intervals {
+        let run = Run {
+            dir: &dir,
+            brokers: &brokers,
+            interval,
+            expected_orders: n,
+        };
+        let (config, metrics_port) = run.config();
+        let job = Proc(
+            Command::new(env!("CARGO_BIN_EXE_gmv"))
+                .args(["run", "--config"])
+                .arg(&config)
+                .stderr(match std::env::var("JOB_LOG") {
+                    Ok(path) => Stdio::from(std::fs::File::create(format!("{path}.{interval}")).unwrap()),
+                    Err(_) => Stdio::null(),
+                })
+                .spawn()
+                .unwrap(),
+        );
+        let rate = throughput(&job, metrics_port, in_topics);
+        println!(
+            "commit_interval {interval} ms: gmv run {rate:>10.0} records/s, ratio {:.2}",
+            rate / baseline
+        );
+        let mut row = format!("| {interval} ms | {rate:.0} | {:.2} |", rate / baseline);
+        if latency_rate > 0 {
+            let records = (latency_rate * latency_secs) as usize;
+            let (h, back) = latency(
+                &brokers,
+                &run.totals_topic(),
+                metrics_port,
+                &producer,
+                stream.take().unwrap(),
+                latency_rate,
+                records,
+            );
+            stream = Some(back);
+            in_topics += records;
+            println!(
+                "commit_interval {interval} ms: produce → read_committed gmv-totals update at {latency_rate} events/s for {latency_secs} s ({} orders sampled): p50 {} ms, p99 {} ms, p99.9 {} ms, max {} ms",
+                h.len(),
+                h.value_at_quantile(0.5),
+                h.value_at_quantile(0.99),
+                h.value_at_quantile(0.999),
+                h.max()
+            );
+            row.push_str(&format!(
+                " {} | {} | {} | {} | {} |",
+                h.len(),
+                h.value_at_quantile(0.5),
+                h.value_at_quantile(0.99),
+                h.value_at_quantile(0.999),
+                h.max()
+            ));
+        }
+        drop(job);
+        table.push(row);
+    }
+    println!();
+    println!("do-nothing consumer: {baseline:.0} records/s; {n} records, {PARTITIONS} partitions; latency at {latency_rate} events/s for {latency_secs} s");
+    println!("| commit_interval | gmv run records/s | ratio to do-nothing | orders sampled | p50 ms | p99 ms | p99.9 ms | max ms |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for row in table {
+        println!("{row}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// One job of the run: its own group, and its own output and internal topics.
+struct Run<'a> {
+    dir: &'a std::path::Path,
+    brokers: &'a str,
+    interval: i64,
+    expected_orders: usize,
+}
+
+impl Run<'_> {
+    fn totals_topic(&self) -> String {
+        format!("gmv-totals-{}", self.interval)
+    }
+
+    fn config(&self) -> (std::path::PathBuf, u16) {
+        let dir = self.dir.join(format!("c{}", self.interval));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (config, port) =
+            bench_config(&dir, self.brokers, &format!("gmv-bench-{}", self.interval));
+        let i = self.interval;
+        let mut toml = std::fs::read_to_string(&config).unwrap();
+        toml = toml.replace("[kafka]\n", &format!("[kafka]\ncommit_interval_ms = {i}\n"));
+        // Sized for the run as an operator sizes it for a sale (at most this many
+        // orders); GMV_STATE__EXPECTED_ORDERS=0 measures the maps growing instead.
+        toml.push_str(&format!(
+            "[state]\nexpected_orders = {}\n[topics]\ngmv_windows = \"gmv-windows-{i}\"\ngmv_totals = \"{}\"\nmilestones = \"milestones-{i}\"\ndead_letters = \"dead-letters-{i}\"\nrepartition = \"gmv-repartition-{i}\"\nattribution_changelog = \"gmv-attribution-changelog-{i}\"\naggregation_changelog = \"gmv-aggregation-changelog-{i}\"\n",
+            self.expected_orders,
+            self.totals_topic()
+        ));
+        std::fs::write(&config, toml).unwrap();
+        create_topics(&config, PARTITIONS);
+        (config, port)
+    }
+}
+
+/// The job's rate over the `n` records in the input topics, from its first
+/// record read to its last, by its own metrics.
+fn throughput(job: &Proc, metrics_port: u16, n: usize) -> f64 {
     let events_read = || metric_sum(&http_get(metrics_port, "/metrics"), "gmv_events_read_total");
     let deadline = Instant::now() + Duration::from_secs(600);
     wait_for_port(
@@ -120,7 +228,7 @@ fn main() {
         Duration::from_secs(60),
         "the job's metrics server",
     );
-    let pid = _job.0.id();
+    let pid = job.0.id();
     let mut first = None;
     let mut cpu_first = None;
     loop {
@@ -147,9 +255,6 @@ fn main() {
         metric_sum(&metrics, "gmv_commit_duration_seconds_count"),
         metric_sum(&metrics, "gmv_commit_duration_seconds_sum"),
     );
-    println!("do-nothing consumer: {baseline:>10.0} records/s");
-    println!("gmv run:             {job_rate:>10.0} records/s (its events-read metric, refreshed every 250 ms)");
-    println!("ratio job/baseline:  {:>10.2}", job_rate / baseline);
     println!(
         "commits:             {commits:>10.0} taking {in_commit:.1} s of the loop's time ({:.0}% of the {run_secs:.1} s run)",
         100.0 * in_commit / run_secs
@@ -168,79 +273,88 @@ fn main() {
             (b.0 - a.0) as f64 / 1e7 / run_secs
         );
     }
+    job_rate
+}
 
-    if latency_rate == 0 {
-        std::fs::remove_dir_all(&dir).ok();
-        return;
-    }
-    // Latency: produce at a steady rate; each `total|all` update shows how many
-    // orders it includes, so it is matched with the send time of that order.
+/// Produces `records` at `rate` events/s and matches every order with the first
+/// `read_committed` update of `total|all` whose `placed_orders` counts it: one
+/// sample per order, in ms. Returns them and the traffic stream, to go on with.
+fn latency(
+    brokers: &str,
+    totals_topic: &str,
+    metrics_port: u16,
+    producer: &rdkafka::producer::ThreadedProducer<rdkafka::producer::DefaultProducerContext>,
+    stream: Traffic,
+    rate: u64,
+    records: usize,
+) -> (hdrhistogram::Histogram<u64>, Traffic) {
+    // The backlog counted (the metric refreshes every 250 ms).
+    std::thread::sleep(Duration::from_secs(3));
+    let before = http_get(metrics_port, "/metrics");
+    let placed_before = metric_sum(&before, "gmv_placed_orders_total") as u64;
     let reader: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
+        .set("bootstrap.servers", brokers)
         .set("group.id", "latency-reader")
+        .set("isolation.level", "read_committed")
         .set("fetch.wait.max.ms", "10")
         .create()
         .unwrap();
     let mut tpl = TopicPartitionList::new();
     for p in 0..6 {
-        tpl.add_partition_offset("gmv-totals", p, Offset::End)
+        tpl.add_partition_offset(totals_topic, p, Offset::End)
             .unwrap();
     }
     reader.assign(&tpl).unwrap();
-    let placed_before = metric_sum(
-        &http_get(metrics_port, "/metrics"),
-        "gmv_placed_orders_total",
-    ) as u64;
-    let latency_records = (latency_rate * 20) as usize;
-    let (tx, rx) = std::sync::mpsc::channel::<Vec<Instant>>();
-    let sender = std::thread::spawn(move || {
-        let started = Instant::now();
-        let mut order_sent = Vec::new();
-        for (i, r) in stream.take(latency_records).enumerate() {
-            gmv::gen::writer::send(&producer, r.topic.label(), r.key.as_deref(), &r.value).unwrap();
-            if r.topic == gmv::model::InputTopic::Orders && r.kind == RecordKind::Good {
-                order_sent.push(Instant::now());
+    let (order_sent, updates, stream) = std::thread::scope(|s| {
+        let sender = s.spawn(move || {
+            let mut stream = stream;
+            let started = Instant::now();
+            let mut order_sent = Vec::new();
+            for (i, r) in stream.by_ref().take(records).enumerate() {
+                gmv::gen::writer::send(producer, r.topic.label(), r.key.as_deref(), &r.value)
+                    .unwrap();
+                if r.topic == gmv::model::InputTopic::Orders && r.kind == RecordKind::Good {
+                    order_sent.push(Instant::now());
+                }
+                let due = Duration::from_secs_f64(i as f64 / rate as f64);
+                if let Some(ahead) = due.checked_sub(started.elapsed()) {
+                    std::thread::sleep(ahead);
+                }
             }
-            let due = Duration::from_secs_f64(i as f64 / latency_rate as f64);
-            if let Some(ahead) = due.checked_sub(started.elapsed()) {
-                std::thread::sleep(ahead);
+            producer.flush(Duration::from_secs(30)).unwrap();
+            (order_sent, stream)
+        });
+        let mut updates: Vec<(Instant, u64)> = Vec::new();
+        let until = Instant::now() + Duration::from_secs(records as u64 / rate + 15);
+        while Instant::now() < until {
+            let Some(Ok(m)) = reader.poll(Duration::from_millis(20)) else {
+                continue;
+            };
+            if m.key() != Some(b"total|all") {
+                continue;
             }
+            let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+            updates.push((Instant::now(), v["placed_orders"].as_u64().unwrap()));
         }
-        producer.flush(Duration::from_secs(30)).unwrap();
-        tx.send(order_sent).unwrap();
+        let (sent, stream) = sender.join().unwrap();
+        (sent, updates, stream)
     });
-    let mut samples: Vec<(Instant, u64)> = Vec::new();
-    let until = Instant::now() + Duration::from_secs(latency_records as u64 / latency_rate + 10);
-    while Instant::now() < until {
-        let Some(Ok(m)) = reader.poll(Duration::from_millis(20)) else {
-            continue;
-        };
-        if m.key() != Some(b"total|all") {
-            continue;
-        }
-        let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
-        samples.push((Instant::now(), v["placed_orders"].as_u64().unwrap()));
-    }
-    sender.join().unwrap();
-    let sent = rx.recv().unwrap();
-    let mut h = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 120_000, 3).unwrap();
-    for (at, placed) in samples {
-        let k = placed.saturating_sub(placed_before) as usize;
-        if k == 0 || k > sent.len() {
-            continue;
-        }
-        h.record(at.duration_since(sent[k - 1]).as_millis().max(1) as u64)
-            .unwrap();
-    }
+    let after = http_get(metrics_port, "/metrics");
+    let delta = |name| metric_sum(&after, name) - metric_sum(&before, name);
+    let commits = delta("gmv_commit_duration_seconds_count");
     println!(
-        "produce → gmv-totals update at {latency_rate} records/s ({} samples, commit_interval {} ms, emit_interval {} ms): p50 {} ms, p99 {} ms, p99.9 {} ms, max {} ms",
-        h.len(),
-        job_cfg.kafka.commit_interval_ms,
-        job_cfg.time.emit_interval_ms,
-        h.value_at_quantile(0.5),
-        h.value_at_quantile(0.99),
-        h.value_at_quantile(0.999),
-        h.max()
+        "commits while traffic flowed: {commits:.0}, {:.0} ms each on average",
+        1000.0 * delta("gmv_commit_duration_seconds_sum") / commits.max(1.0)
     );
-    std::fs::remove_dir_all(&dir).ok();
+    let mut h = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 120_000, 3).unwrap();
+    let mut next = 0;
+    for (at, placed) in updates {
+        let counted = (placed.saturating_sub(placed_before) as usize).min(order_sent.len());
+        while next < counted {
+            h.record(at.duration_since(order_sent[next]).as_millis().max(1) as u64)
+                .unwrap();
+            next += 1;
+        }
+    }
+    (h, stream)
 }

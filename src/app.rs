@@ -128,7 +128,7 @@ pub fn run(cfg: &Config, handles: &Handles) -> anyhow::Result<()> {
         partitions,
         aggregation_partitions,
         newest_input_ms: 0,
-        last_emit_ms: 0,
+        next_emit: Instant::now(),
     };
     lp.subscribe()?;
     let result = lp.process();
@@ -155,7 +155,8 @@ struct Loop<'a> {
     aggregation_partitions: i32,
     /// Newest Kafka timestamp read in the current commit interval, for end-to-end latency.
     newest_input_ms: i64,
-    last_emit_ms: i64,
+    /// When the windows and totals that changed are emitted next (every `emit_interval`).
+    next_emit: Instant,
 }
 
 impl Loop<'_> {
@@ -163,6 +164,7 @@ impl Loop<'_> {
         let (mut last_metrics, mut last_latency_log) = (Instant::now(), Instant::now());
         let mut last_commit = Instant::now();
         let commit_every = Duration::from_millis(self.cfg.kafka.commit_interval_ms as u64);
+        let emit_every = Duration::from_millis(self.cfg.time.emit_interval_ms as u64);
         let topics = &self.cfg.topics;
         while !self.handles.shutdown.load(Ordering::Relaxed) {
             let mut started = None;
@@ -171,7 +173,10 @@ impl Loop<'_> {
             // Records in a row from the consumer's own queue: a backlog there (the
             // repartition topic after a restore) must not keep the lanes waiting.
             let mut own_run = 0;
-            while n < MAX_BATCH && last_commit.elapsed() < commit_every {
+            // Until a commit or an emission is due: an emission waits for no commit,
+            // so updates go out every `emit_interval`, in the next transaction.
+            let until = (last_commit + commit_every).min(self.next_emit);
+            while n < MAX_BATCH && Instant::now() < until {
                 // The consumer's own queue first: rebalances, the repartition topic.
                 let wait = if idle {
                     consumer::POLL_WAIT
@@ -236,6 +241,10 @@ impl Loop<'_> {
                 let mut m = self.handles.metrics.lock().expect("metrics lock");
                 m.observe_batch(started.elapsed().as_secs_f64());
             }
+            if Instant::now() >= self.next_emit {
+                self.next_emit = Instant::now() + emit_every;
+                self.engine.emit(&mut self.out);
+            }
             if last_commit.elapsed() >= commit_every {
                 let started = Instant::now();
                 if let Err(e) = self.commit() {
@@ -282,10 +291,6 @@ impl Loop<'_> {
         self.lanes
             .each_waiting(|topic, p| engine.touch((topic, p), now));
         self.engine.on_tick(now);
-        if now - self.last_emit_ms >= self.cfg.time.emit_interval_ms {
-            self.last_emit_ms = now;
-            self.engine.emit(&mut self.out);
-        }
         let txn = self
             .commits
             .transaction(self.engine.take_work(self.aggregation_partitions));
@@ -508,7 +513,9 @@ impl Loop<'_> {
         //    offsets for them is open (the previous owner's last one has ended).
         let inputs: Vec<(&str, i32)> = wanted
             .iter()
-            .flat_map(|(stage, p)| (0..stage.inputs()).map(move |i| (task_topic(cfg, *stage, i), *p)))
+            .flat_map(|(stage, p)| {
+                (0..stage.inputs()).map(move |i| (task_topic(cfg, *stage, i), *p))
+            })
             .collect();
         let mut offsets = consumer::committed_offsets(&self.consumer, &inputs)?.into_iter();
         // 2. Each changelog partition to its last stable offset.
@@ -584,13 +591,13 @@ impl Loop<'_> {
         m.set_watermark(self.engine.watermark_ms(), now_ms());
         let (assigned, idle) = self.engine.partitions();
         m.set_partitions(assigned, idle);
-        let (attribution, aggregation) = self
-            .commits
-            .owned()
-            .fold((0, 0), |(a, g), (stage, _)| match stage {
-                Stage::Attribution => (a + 1, g),
-                Stage::Aggregation => (a, g + 1),
-            });
+        let (attribution, aggregation) =
+            self.commits
+                .owned()
+                .fold((0, 0), |(a, g), (stage, _)| match stage {
+                    Stage::Attribution => (a + 1, g),
+                    Stage::Aggregation => (a, g + 1),
+                });
         m.set_tasks(attribution, aggregation);
         m.set_state(self.engine.state_size());
         let total = self
@@ -606,7 +613,7 @@ impl Loop<'_> {
     /// Commits what is done and leaves the group.
     fn shutdown(&mut self) -> anyhow::Result<()> {
         tracing::info!("shutting down: committing the last transaction");
-        self.last_emit_ms = 0;
+        self.engine.emit(&mut self.out);
         let result = self.commit();
         self.refresh_metrics();
         self.handles

@@ -134,7 +134,7 @@ impl Default for KafkaConfig {
             group_id: "gmv-job".into(),
             client_id: "gmv".into(),
             instance_id: "0".into(),
-            commit_interval_ms: 1_000,
+            commit_interval_ms: 100,
             properties: BTreeMap::new(),
             consumer_properties: BTreeMap::new(),
             producer_properties: BTreeMap::new(),

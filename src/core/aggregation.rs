@@ -630,7 +630,11 @@ mod tests {
                 b.restore(k, v).unwrap();
             }
         }
-        assert_eq!(b.committable_offset(), None, "the group's offsets say where it resumes");
+        assert_eq!(
+            b.committable_offset(),
+            None,
+            "the group's offsets say where it resumes"
+        );
         b.receive(2, batch(0, 3), &mut s, &mut out);
         a.receive(2, batch(0, 3), &mut s, &mut out);
         assert_eq!((gmv(&a), gmv(&b)), (15, 15));

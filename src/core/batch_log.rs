@@ -300,13 +300,18 @@ mod tests {
         let mut log = BatchLog::default();
         let mut out = Vec::new();
         log.restored(&batch_key(8, 0), Marks::default(), &Horizon::default());
-        let mut w = log.writer(&Horizon::default(), |k, v| out.push((k.to_vec(), v.to_vec())));
+        let mut w = log.writer(&Horizon::default(), |k, v| {
+            out.push((k.to_vec(), v.to_vec()))
+        });
         w.entry(b'p', "p1", Some(&5i64), Marks::default());
         w.entry::<i64>(b'd', "d1", None, Marks::default());
         w.finish();
         assert_eq!(out.len(), 1);
         let (key, value) = &out[0];
-        assert_eq!(key, b"s00000000000000000009.000000", "after the restored batch 8");
+        assert_eq!(
+            key, b"s00000000000000000009.000000",
+            "after the restored batch 8"
+        );
         let rest = body(value).unwrap();
         assert_eq!(rest[0], b'p');
         let ((id, v), rest) = take_entry::<i64>(&rest[1..]).unwrap();

@@ -288,7 +288,11 @@ mod tests {
         c.committed();
         assert_eq!(c.resume(), vec![(A0, 0, 10), (A0, 1, 0), (A0, 2, 10)]);
         let t = c.transaction(Work::default());
-        assert_eq!(t.offsets[0], (A0, 0, 10), "nothing read since: as committed");
+        assert_eq!(
+            t.offsets[0],
+            (A0, 0, 10),
+            "nothing read since: as committed"
+        );
         c.committed();
         c.transaction(read(20));
         let restore = c.failed();

@@ -11,10 +11,10 @@ use std::sync::Arc;
 
 use super::aggregation::AggregationTask;
 use super::attribution::AttributionTask;
+use super::commit::{Stage, TaskSums, Work};
 use super::fx::Rate;
 use super::milestone::ThresholdRule;
 use super::output::{Dim, Output};
-use super::commit::{Stage, TaskSums, Work};
 use super::state::{self, PartialBatch};
 use super::watermark::PartitionId;
 use crate::model::{InputTopic, Source};
@@ -502,9 +502,15 @@ mod tests {
         h.heartbeat(10_000);
         // Watermark at 70 s - 5 s: not yet past 10 s + 60 s.
         h.heartbeat(74_999);
-        assert_eq!(h.e.engine().stats().join_timeouts[InputTopic::Payments.index()], 0);
+        assert_eq!(
+            h.e.engine().stats().join_timeouts[InputTopic::Payments.index()],
+            0
+        );
         h.heartbeat(75_000);
-        assert_eq!(h.e.engine().stats().join_timeouts[InputTopic::Payments.index()], 1);
+        assert_eq!(
+            h.e.engine().stats().join_timeouts[InputTopic::Payments.index()],
+            1
+        );
         h.feed(InputTopic::Orders, &order("o1", "b1", None, 75_000));
         h.idle_flush();
         assert_eq!(
@@ -544,7 +550,10 @@ mod tests {
         );
         h.feed(InputTopic::Payments, &pay("p-ok", "x", "paid", 11, 135_000));
         assert_eq!(h.dead(DeadReason::Late), 1);
-        assert_eq!(h.e.engine().stats().late_events[InputTopic::Payments.index()], 1);
+        assert_eq!(
+            h.e.engine().stats().late_events[InputTopic::Payments.index()],
+            1
+        );
         h.idle_flush();
         assert_eq!(
             h.final_windows(Dim::Total, "all", 60_000)
@@ -688,7 +697,10 @@ mod tests {
             h.final_windows(Dim::Total, "all", 60_000),
             vec![(0, 5, 0, 1)]
         );
-        assert_eq!(h.e.engine().stats().join_timeouts[InputTopic::Payments.index()], 1);
+        assert_eq!(
+            h.e.engine().stats().join_timeouts[InputTopic::Payments.index()],
+            1
+        );
         h.feed(InputTopic::Payments, &pay("p2", "o1", "paid", 5, 59_500));
         assert_eq!(h.dead(DeadReason::Late), 1);
     }

@@ -32,10 +32,7 @@ impl LocalJob {
         let attribution = partitions.iter().map(|p| (Stage::Attribution, *p));
         let aggregation = (0..aggregation_partitions).map(|r| (Stage::Aggregation, r));
         let tasks = commits.assign(attribution.chain(aggregation));
-        let sources = tasks
-            .iter()
-            .filter(|t| t.0 == Stage::Attribution)
-            .count();
+        let sources = tasks.iter().filter(|t| t.0 == Stage::Attribution).count();
         for task in tasks {
             match task.0 {
                 Stage::Attribution => {
@@ -87,7 +84,10 @@ impl LocalJob {
         self.engine.on_tick(now_ms);
         self.commit(out);
         let interval = self.engine.config().time.emit_interval_ms;
-        if self.last_emit_ms.is_some_and(|last| now_ms - last < interval) {
+        if self
+            .last_emit_ms
+            .is_some_and(|last| now_ms - last < interval)
+        {
             return false;
         }
         self.engine.emit(out);

@@ -41,7 +41,10 @@ pub fn read<K: Ord + Copy + Send + Sync>(
             .collect();
         readers
             .into_iter()
-            .map(|r| r.join().unwrap_or_else(|_| bail!("a changelog reader panicked")))
+            .map(|r| {
+                r.join()
+                    .unwrap_or_else(|_| bail!("a changelog reader panicked"))
+            })
             .collect()
     });
     let mut out = Restored::new();

@@ -184,8 +184,8 @@ pub fn committed_offsets(
         .context("reading the group's committed offsets")?;
     partitions
         .iter()
-        .map(|(topic, p)| {
-            match committed.find_partition(topic, *p).map(|e| e.offset()) {
+        .map(
+            |(topic, p)| match committed.find_partition(topic, *p).map(|e| e.offset()) {
                 Some(Offset::Offset(o)) => Ok(o),
                 _ => {
                     let (low, _) = c
@@ -193,8 +193,8 @@ pub fn committed_offsets(
                         .with_context(|| format!("reading the first offset of {topic}/{p}"))?;
                     Ok(low)
                 }
-            }
-        })
+            },
+        )
         .collect()
 }
 

@@ -245,11 +245,7 @@ impl TxnProducer {
             .send_offsets_to_transaction(offsets, group, self.timeout)
             .map_err(txn_error)
             .context("adding the input offsets to the transaction")?;
-        let result = self
-            .producer
-            .commit_transaction(self.timeout)
-            .map_err(txn_error)
-            .context("committing the transaction");
+        let result = self.commit_transaction();
         if let Some(f) = self
             .producer
             .context()
@@ -265,6 +261,33 @@ impl TxnProducer {
             self.open.store(false, Ordering::SeqCst);
         }
         result
+    }
+
+    /// librdkafka's `rd_kafka_commit_transaction`, called directly: rust-rdkafka's
+    /// `commit_transaction` first runs its own flush, which polls in steps of a
+    /// full 100 ms while any record is in flight, so every commit took 100–300 ms
+    /// (docs/performance.md). librdkafka's commit flushes by itself, the
+    /// producer's polling thread serving the delivery reports meanwhile.
+    fn commit_transaction(&self) -> anyhow::Result<()> {
+        // SAFETY: a live client; the returned error object is read, then destroyed once.
+        unsafe {
+            let e = rdsys::rd_kafka_commit_transaction(
+                self.producer.client().native_ptr(),
+                self.timeout.as_millis() as i32,
+            );
+            if e.is_null() {
+                return Ok(());
+            }
+            let fatal = rdsys::rd_kafka_error_is_fatal(e) != 0;
+            let text = std::ffi::CStr::from_ptr(rdsys::rd_kafka_error_string(e))
+                .to_string_lossy()
+                .into_owned();
+            rdsys::rd_kafka_error_destroy(e);
+            if fatal {
+                bail!("committing the transaction: {text}: fatal for this producer");
+            }
+            bail!("committing the transaction: {text}")
+        }
     }
 
     /// The producer's fatal error, if it raised one (fenced by a newer producer
