@@ -9,7 +9,7 @@
 //! throughput, default 1,000,000), COMMIT_INTERVALS (ms, default
 //! `100,250,1000`), LATENCY_RATE (events/s, default 100,000; 0 skips the
 //! latency part), LATENCY_SECONDS (default 60), JOB_LOG (a path: the jobs'
-//! logs go to `{path}.{interval}`).
+//! logs go to `{path}.{index}-{interval}`).
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -116,11 +116,12 @@ fn main() {
 
     let mut table = Vec::new();
     let mut in_topics = n;
-    for interval in intervals {
+    for (index, interval) in intervals.into_iter().enumerate() {
         let run = Run {
             dir: &dir,
             brokers: &brokers,
             interval,
+            name: format!("{index}-{interval}"),
             expected_orders: n,
         };
         let (config, metrics_port) = run.config();
@@ -129,7 +130,7 @@ fn main() {
                 .args(["run", "--config"])
                 .arg(&config)
                 .stderr(match std::env::var("JOB_LOG") {
-                    Ok(path) => Stdio::from(std::fs::File::create(format!("{path}.{interval}")).unwrap()),
+                    Ok(path) => Stdio::from(std::fs::File::create(format!("{path}.{}", run.name)).unwrap()),
                     Err(_) => Stdio::null(),
                 })
                 .spawn()
@@ -189,26 +190,28 @@ struct Run<'a> {
     dir: &'a std::path::Path,
     brokers: &'a str,
     interval: i64,
+    /// Names its group and topics: the run's index and interval (an interval may repeat).
+    name: String,
     expected_orders: usize,
 }
 
 impl Run<'_> {
     fn totals_topic(&self) -> String {
-        format!("gmv-totals-{}", self.interval)
+        format!("gmv-totals-{}", self.name)
     }
 
     fn config(&self) -> (std::path::PathBuf, u16) {
-        let dir = self.dir.join(format!("c{}", self.interval));
+        let dir = self.dir.join(&self.name);
         std::fs::create_dir_all(&dir).unwrap();
         let (config, port) =
-            bench_config(&dir, self.brokers, &format!("gmv-bench-{}", self.interval));
-        let i = self.interval;
+            bench_config(&dir, self.brokers, &format!("gmv-bench-{}", self.name));
+        let (i, n) = (self.interval, &self.name);
         let mut toml = std::fs::read_to_string(&config).unwrap();
         toml = toml.replace("[kafka]\n", &format!("[kafka]\ncommit_interval_ms = {i}\n"));
         // Sized for the run as an operator sizes it for a sale (at most this many
         // orders); GMV_STATE__EXPECTED_ORDERS=0 measures the maps growing instead.
         toml.push_str(&format!(
-            "[state]\nexpected_orders = {}\n[topics]\ngmv_windows = \"gmv-windows-{i}\"\ngmv_totals = \"{}\"\nmilestones = \"milestones-{i}\"\ndead_letters = \"dead-letters-{i}\"\nrepartition = \"gmv-repartition-{i}\"\nattribution_changelog = \"gmv-attribution-changelog-{i}\"\naggregation_changelog = \"gmv-aggregation-changelog-{i}\"\n",
+            "[state]\nexpected_orders = {}\n[topics]\ngmv_windows = \"gmv-windows-{n}\"\ngmv_totals = \"{}\"\nmilestones = \"milestones-{n}\"\ndead_letters = \"dead-letters-{n}\"\nrepartition = \"gmv-repartition-{n}\"\nattribution_changelog = \"gmv-attribution-changelog-{n}\"\naggregation_changelog = \"gmv-aggregation-changelog-{n}\"\n",
             self.expected_orders,
             self.totals_topic()
         ));

@@ -173,8 +173,7 @@ impl Loop<'_> {
             // Records in a row from the consumer's own queue: a backlog there (the
             // repartition topic after a restore) must not keep the lanes waiting.
             let mut own_run = 0;
-            // Until a commit or an emission is due: an emission waits for no commit,
-            // so updates go out every `emit_interval`, in the next transaction.
+            // Until a commit or an emission is due.
             let until = (last_commit + commit_every).min(self.next_emit);
             while n < MAX_BATCH && Instant::now() < until {
                 // The consumer's own queue first: rebalances, the repartition topic.
@@ -241,11 +240,14 @@ impl Loop<'_> {
                 let mut m = self.handles.metrics.lock().expect("metrics lock");
                 m.observe_batch(started.elapsed().as_secs_f64());
             }
-            if Instant::now() >= self.next_emit {
+            // An emission is committed at once: waiting for the commit interval
+            // would add up to that interval to every update's delay.
+            let emitted = Instant::now() >= self.next_emit;
+            if emitted {
                 self.next_emit = Instant::now() + emit_every;
                 self.engine.emit(&mut self.out);
             }
-            if last_commit.elapsed() >= commit_every {
+            if emitted || last_commit.elapsed() >= commit_every {
                 let started = Instant::now();
                 if let Err(e) = self.commit() {
                     // Counted here: a send can fail before the commit step does.

@@ -39,7 +39,9 @@ pub struct KafkaConfig {
     /// Stable name of this instance: its transactional id is `{group_id}-{instance_id}`,
     /// so a restarted instance fences its previous self. Unique per running instance.
     pub instance_id: String,
-    /// Outputs, state changes and input offsets are committed in one transaction this often.
+    /// Outputs, state changes and input offsets are committed in one transaction
+    /// at least this often; every emission (`time.emit_interval_ms`) is also
+    /// committed at once.
     pub commit_interval_ms: i64,
     /// librdkafka properties for every client, e.g. `"security.protocol" = "SASL_SSL"`.
     pub properties: BTreeMap<String, String>,

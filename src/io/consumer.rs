@@ -121,6 +121,10 @@ pub fn create(cfg: &Config, metrics: Option<Arc<Mutex<Metrics>>>) -> anyhow::Res
         ("auto.offset.reset", "earliest"),
         ("isolation.level", "read_committed"),
         ("statistics.interval.ms", "5000"),
+        // A member learns of a rebalance at its next heartbeat: at librdkafka's
+        // default (3 s) an added or a stopped instance paused every output for
+        // 2–7 s (`cargo bench --bench rebalance`, docs/performance.md).
+        ("heartbeat.interval.ms", "500"),
         ("fetch.wait.max.ms", "100"),
         // The input is read through per-partition queues (`lanes`), where these
         // prefetch limits apply per partition, not to the whole consumer: enough to

@@ -145,7 +145,7 @@ impl Metrics {
             batch_processing: histogram("batch_processing_seconds", "Time to decode and process one batch of input records", latency_buckets.clone()),
             end_to_end_latency: histogram(
                 "end_to_end_latency_seconds",
-                "From the newest input record's Kafka timestamp in an emit cycle to the acknowledgement of its outputs",
+                "From the newest input record's Kafka timestamp in a commit interval to that transaction's commit",
                 latency_buckets.clone(),
             ),
             output_records: counter_vec("output_records_total", "Output records acknowledged by the broker", &["topic"]),
