@@ -25,17 +25,10 @@ use rdkafka::ClientConfig;
 #[path = "../tests/support/mod.rs"]
 mod support;
 use support::broker::{
-    bench_config, create_topics, http_get, metric_sum, wait_for_port, Kafka, Proc,
+    bench_config, bench_setup, create_topics, env_or, http_get, metric_sum, wait_for_port, Proc,
 };
 
 const PARTITIONS: i32 = 4;
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
-}
 
 /// CPU time used so far by a process's main thread (the job's loop) and by
 /// the whole process, in ns, from /proc (Linux); `None` elsewhere.
@@ -65,12 +58,7 @@ fn main() {
                 .expect("COMMIT_INTERVALS: ms, comma-separated")
         })
         .collect();
-    let broker = Kafka::start();
-    let brokers = broker.bootstrap();
-    let dir = std::env::temp_dir().join(format!("gmv-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (config, _) = bench_config(&dir, &brokers, "gmv-bench");
-    create_topics(&config, PARTITIONS);
+    let (_broker, brokers, dir, config) = bench_setup("bench", PARTITIONS);
 
     let mut cfg = Config::default();
     cfg.kafka.brokers = brokers.clone();

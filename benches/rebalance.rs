@@ -20,28 +20,16 @@ use rdkafka::ClientConfig;
 
 #[path = "../tests/support/mod.rs"]
 mod support;
-use support::broker::{bench_config, create_topics, free_port, wait_for_port, Kafka, Proc};
+use support::broker::{bench_setup, env_or, free_port, wait_for_port, Proc};
 
 const PARTITIONS: i32 = 8;
 /// How long after an event its pause is looked for, and the quiet time between events.
 const SETTLE: Duration = Duration::from_secs(30);
 
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
-}
-
 fn main() {
     let rounds = env_or("ROUNDS", 5);
     let rate = env_or("RATE", 20_000);
-    let broker = Kafka::start();
-    let brokers = broker.bootstrap();
-    let dir = std::env::temp_dir().join(format!("gmv-rebalance-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (config, _) = bench_config(&dir, &brokers, "gmv-rebalance");
-    create_topics(&config, PARTITIONS);
+    let (_broker, brokers, dir, config) = bench_setup("rebalance", PARTITIONS);
     let job_cfg = Config::load(Some(&config), &Default::default()).unwrap();
 
     let start = |id: &str| {

@@ -150,7 +150,7 @@ fn main() {
     println!("changelog records: {records}; state keys: {keys}");
     println!("baseline: plain read of the changelog   {baseline:8.2} s");
     println!(
-        "restore (markers, read, filter, apply) {restore:8.2} s   ratio {:.2}",
+        "restore (offsets, read to end, apply)  {restore:8.2} s   ratio {:.2}",
         restore / baseline
     );
     println!(

@@ -375,6 +375,28 @@ pub fn create_topics(config: &std::path::Path, partitions: i32) {
     assert!(status.success(), "gmv topics failed");
 }
 
+/// A benchmark's start: its own broker, a temporary folder, a job config there
+/// (`bench_config`) and the job's topics with `partitions` partitions. Returns
+/// the broker (stopped when dropped), its bootstrap address, the folder and the
+/// config's path.
+pub fn bench_setup(name: &str, partitions: i32) -> (Kafka, String, PathBuf, PathBuf) {
+    let broker = Kafka::start();
+    let brokers = broker.bootstrap();
+    let dir = std::env::temp_dir().join(format!("gmv-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (config, _) = bench_config(&dir, &brokers, &format!("gmv-{name}"));
+    create_topics(&config, partitions);
+    (broker, brokers, dir, config)
+}
+
+/// A number from the environment, or `default`.
+pub fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
 /// Writes a job config for a benchmark (the defaults but the broker, group and
 /// metrics port) and returns its path and the metrics port.
 pub fn bench_config(dir: &std::path::Path, brokers: &str, group: &str) -> (PathBuf, u16) {
