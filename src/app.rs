@@ -132,9 +132,6 @@ pub fn run(cfg: &Config, handles: &Handles) -> anyhow::Result<()> {
     };
     lp.subscribe()?;
     let result = lp.process();
-    // From here on nothing polls for rebalance events: leaving the group (the
-    // consumer's close) has its revocation handled in the callback.
-    lp.consumer.context().closing.store(true, Ordering::SeqCst);
     let shutdown = if result.is_ok() {
         lp.shutdown()
     } else {
@@ -472,26 +469,8 @@ impl Loop<'_> {
         Ok(())
     }
 
-    /// A rebalance: on a revoke, commits what the tasks did (the tasks this
-    /// instance gets back then need no restore) and gives the partitions up; on
-    /// an assignment, keeps the tasks it still owns and restores the others.
+    /// A new assignment (or everything revoked): its tasks replace the old ones.
     fn rebalanced(&mut self, event: Assignment) -> anyhow::Result<()> {
-        if event == Assignment::Revoke {
-            let started = Instant::now();
-            if let Err(e) = self.commit() {
-                // The tasks come back from their last commit, wherever they go.
-                tracing::warn!("committing before giving the partitions up: {e:#}");
-                self.handles
-                    .metrics
-                    .lock()
-                    .expect("metrics lock")
-                    .commit(false, started.elapsed().as_secs_f64());
-                self.commits.failed();
-            }
-            self.consumer
-                .unassign()
-                .context("giving up the revoked partitions")?;
-        }
         let t = &self.cfg.topics;
         let tasks = match event {
             Assignment::Assign(list) => list
@@ -504,24 +483,22 @@ impl Loop<'_> {
                     }
                 })
                 .collect(),
-            Assignment::Revoke | Assignment::Lost => Vec::new(),
+            Assignment::Revoke => Vec::new(),
         };
         let wanted = self.commits.assign(tasks);
         self.restore(&wanted)
     }
 
-    /// Drops the tasks the protocol no longer owns, restores `wanted` (the
-    /// protocol's list) and assigns the partitions of every owned task: the
-    /// open transaction is aborted, each restored task's inputs resume at the
-    /// group's committed offsets, and its state is its changelog partition read
-    /// to the end (see `core/commit.rs` for why the two agree).
+    /// Drops every task and restores `wanted` (the protocol's list): the open
+    /// transaction is aborted, each input resumes at the group's committed
+    /// offset, and each task's state is its changelog partition read to the
+    /// end (see `core/commit.rs` for why the two agree).
     fn restore(&mut self, wanted: &[TaskId]) -> anyhow::Result<()> {
         let started = Instant::now();
         self.producer.abort()?;
         // The old assignment's lanes go; the new ones are split below, before `assign`.
         self.lanes = Lanes::default();
-        let commits = &self.commits;
-        self.engine.retain(|task| commits.owns(task));
+        self.engine.clear();
         self.out.clear();
         self.handles
             .metrics
@@ -529,41 +506,13 @@ impl Loop<'_> {
             .expect("metrics lock")
             .rebalances
             .inc();
-        let cfg = self.cfg;
-        let keys = if wanted.is_empty() {
-            0
-        } else {
-            self.restore_tasks(wanted)?
-        };
-        // The input partitions' lanes before `assign`: every record of theirs then
-        // reaches its lane. (Split after, the first fetches could land in the
-        // consumer's queue, and be read after later records of the same partition.)
-        let mut tpl = TopicPartitionList::new();
-        let mut lanes = Vec::new();
-        for ((stage, p), i, o) in self.commits.resume() {
-            let topic = task_topic(cfg, stage, i);
-            tpl.add_partition_offset(topic, p, Offset::Offset(o))?;
-            if let Some(input) = cfg.topics.input_topic(topic) {
-                lanes.push((input, topic, p));
-            }
+        if wanted.is_empty() {
+            tracing::info!(instance = %self.cfg.kafka.instance_id, "no partitions assigned");
+            return self
+                .consumer
+                .assign(&TopicPartitionList::new())
+                .context("taking an empty assignment");
         }
-        self.lanes = Lanes::split(&self.consumer, &lanes)?;
-        self.consumer
-            .assign(&tpl)
-            .context("positioning the consumer at the committed offsets")?;
-        tracing::info!(
-            instance = %cfg.kafka.instance_id,
-            restored = wanted.len(),
-            kept = self.commits.owned().count() - wanted.len(),
-            keys,
-            seconds = started.elapsed().as_secs_f64(),
-            "state restored"
-        );
-        Ok(())
-    }
-
-    /// Restores `wanted` from the changelogs; returns how many keys they hold.
-    fn restore_tasks(&mut self, wanted: &[TaskId]) -> anyhow::Result<usize> {
         let cfg = self.cfg;
         // 1. Where every input resumes; returns once no transaction holding
         //    offsets for them is open (the previous owner's last one has ended).
@@ -615,7 +564,30 @@ impl Loop<'_> {
             tracing::debug!(instance = %cfg.kafka.instance_id, ?stage, p, ?resume, keys = entries.len(), "task restored");
             self.commits.restored(task, resume);
         }
-        Ok(keys)
+        // 3. The input partitions' lanes before `assign`: every record of theirs then
+        //    reaches its lane. (Split after, the first fetches could land in the
+        //    consumer's queue, and be read after later records of the same partition.)
+        let mut tpl = TopicPartitionList::new();
+        let mut lanes = Vec::new();
+        for ((stage, p), i, o) in self.commits.resume() {
+            let topic = task_topic(cfg, stage, i);
+            tpl.add_partition_offset(topic, p, Offset::Offset(o))?;
+            if let Some(input) = cfg.topics.input_topic(topic) {
+                lanes.push((input, topic, p));
+            }
+        }
+        self.lanes = Lanes::split(&self.consumer, &lanes)?;
+        self.consumer
+            .assign(&tpl)
+            .context("positioning the consumer at the committed offsets")?;
+        tracing::info!(
+            instance = %cfg.kafka.instance_id,
+            tasks = wanted.len(),
+            keys,
+            seconds = started.elapsed().as_secs_f64(),
+            "state restored"
+        );
+        Ok(())
     }
 
     fn refresh_metrics(&mut self) {

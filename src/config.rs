@@ -129,13 +129,45 @@ impl Default for Config {
     }
 }
 
+/// librdkafka settings the job's guarantees rest on: read_committed inputs,
+/// transactions with their own id, offsets committed only in transactions,
+/// partition p of every input on one member (docs/scaling.md), its own group.
+const GUARDED_PROPERTIES: [&str; 7] = [
+    "isolation.level",
+    "transactional.id",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "partition.assignment.strategy",
+    "enable.idempotence",
+    "group.id",
+];
+
+/// This host's name, as an instance id: two replicas started with the defaults
+/// on two hosts do not fence each other. Characters other than letters, digits,
+/// `-` and `_` become `-` (it ends up in the transactional and client ids).
+fn host_name() -> String {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .unwrap_or_default();
+    let name: String = name
+        .trim()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' })
+        .collect();
+    if name.is_empty() {
+        "0".into()
+    } else {
+        name
+    }
+}
+
 impl Default for KafkaConfig {
     fn default() -> Self {
         KafkaConfig {
             brokers: "localhost:9092".into(),
             group_id: "gmv-job".into(),
             client_id: "gmv".into(),
-            instance_id: "0".into(),
+            instance_id: host_name(),
             commit_interval_ms: 100,
             properties: BTreeMap::new(),
             consumer_properties: BTreeMap::new(),
@@ -187,7 +219,9 @@ impl Default for MilestoneConfig {
 impl Default for MetricsConfig {
     fn default() -> Self {
         MetricsConfig {
-            listen: "0.0.0.0:9100".into(),
+            // Loopback unless configured: /metrics and the page are not for the
+            // whole network by default (the compose file sets its own).
+            listen: "127.0.0.1:9100".into(),
             top_n: 10,
         }
     }
@@ -250,6 +284,17 @@ impl Config {
         }
         if self.kafka.instance_id.trim().is_empty() {
             p.push("kafka.instance_id must not be empty".to_string());
+        }
+        for (section, props) in [
+            ("properties", &self.kafka.properties),
+            ("consumer_properties", &self.kafka.consumer_properties),
+            ("producer_properties", &self.kafka.producer_properties),
+        ] {
+            for key in props.keys().filter(|k| GUARDED_PROPERTIES.contains(&k.as_str())) {
+                p.push(format!(
+                    "kafka.{section}.\"{key}\" cannot be set: the job's exactly-once guarantee rests on its own value"
+                ));
+            }
         }
         if !(0..=MAX_EXPECTED_ORDERS).contains(&self.state.expected_orders) {
             p.push(format!(
@@ -441,6 +486,30 @@ mod tests {
         assert_eq!(c.windows.total_ms, vec![1_000, 60_000]);
         assert_eq!(c.milestones.brand_fen, vec![10_000_000_000]);
         assert_eq!(c.fx.len(), 8);
+    }
+
+    #[test]
+    fn settings_the_guarantees_rest_on_are_refused_by_name() {
+        let mut c = Config::default();
+        c.kafka
+            .consumer_properties
+            .insert("isolation.level".into(), "read_uncommitted".into());
+        c.kafka
+            .properties
+            .insert("security.protocol".into(), "SSL".into());
+        let p = c.validate().unwrap_err();
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].contains("kafka.consumer_properties.\"isolation.level\""), "{p:?}");
+    }
+
+    #[test]
+    fn the_instance_id_defaults_to_the_host_name() {
+        let id = Config::default().kafka.instance_id;
+        assert!(!id.is_empty());
+        if let Ok(host) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+            assert_eq!(id.len(), host.trim().len().max(1), "{id} for {host}");
+        }
+        assert!(id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'), "{id}");
     }
 
     #[test]

@@ -16,9 +16,9 @@
 //! it, so the aggregation stage applies every batch at once. A restore resumes
 //! at the group's committed offsets, which the broker hands out only once no
 //! transaction holding offsets for them is open (`require_stable`, KIP-447),
-//! and then reads each changelog partition to its last stable offset: the
-//! previous owner's last transaction has ended by then, and any later one of
-//! its fails at its offsets.
+//! and then, once every transaction open on each changelog partition has
+//! ended (a dead producer's is aborted by the broker), reads it to its last
+//! stable offset; a zombie's later transactions fail at their offsets.
 //!
 //! [`Commits`] is that protocol's state, with no I/O: which tasks this instance
 //! owns, where each of their inputs resumes, and what the next transaction
@@ -96,23 +96,14 @@ pub struct Commits {
 }
 
 impl Commits {
-    /// A new assignment (empty: everything revoked). A task owned before and
-    /// still assigned is kept as it is, provided no transaction is open: its
-    /// memory is what committed (the loop commits before it gives partitions
-    /// up), and its inputs resume where that commit left them. Every other task
-    /// is dropped (with an open transaction, all of them: the caller aborts
-    /// it). Returns the tasks to restore from their changelogs, sorted, each once.
+    /// A new assignment (empty: everything revoked). Every task is dropped, and
+    /// an open transaction with them (the caller aborts it): the returned tasks,
+    /// sorted and each once, are to be restored from their changelogs.
     pub fn assign(&mut self, tasks: impl IntoIterator<Item = TaskId>) -> Vec<TaskId> {
+        *self = Commits::default();
         let mut tasks: Vec<TaskId> = tasks.into_iter().collect();
         tasks.sort_unstable();
         tasks.dedup();
-        if self.open.take().is_some() {
-            self.owned.clear();
-        }
-        self.owned.retain(|task, _| tasks.binary_search(task).is_ok());
-        self.sent
-            .retain(|p, _| tasks.binary_search(&(Stage::Attribution, *p)).is_ok());
-        tasks.retain(|task| !self.owned.contains_key(task));
         tasks
     }
 
@@ -133,10 +124,6 @@ impl Commits {
 
     pub fn owned(&self) -> impl Iterator<Item = TaskId> + '_ {
         self.owned.keys().copied()
-    }
-
-    pub fn owns(&self, task: TaskId) -> bool {
-        self.owned.contains_key(&task)
     }
 
     /// Builds the next transaction from the tasks' work. An attribution task
@@ -202,8 +189,7 @@ impl Commits {
     /// to be restored from their last commit.
     pub fn failed(&mut self) -> Vec<TaskId> {
         let tasks: Vec<TaskId> = self.owned().collect();
-        *self = Commits::default();
-        tasks
+        self.assign(tasks)
     }
 }
 
@@ -265,29 +251,6 @@ mod tests {
         assert_eq!(c.owned().count(), 0, "owned once restored");
         assert!(c.resume().is_empty());
         assert_eq!(c.transaction(Work::default()), Transaction::default());
-    }
-
-    #[test]
-    fn a_task_still_assigned_after_a_commit_is_kept_without_a_restore() {
-        let mut c = owning(&[(A0, vec![1, 2, 3]), (A1, vec![4, 5, 6])]);
-        c.transaction(Work {
-            read: vec![(A0, vec![Some(9), None, None])],
-            ..Work::default()
-        });
-        c.committed();
-        // Revoked (everything, as the eager protocol does), then assigned A0 and G0.
-        assert_eq!(c.assign([A0, G0]), vec![G0], "A0 kept, A1 dropped");
-        assert_eq!(c.resume(), vec![(A0, 0, 9), (A0, 1, 2), (A0, 2, 3)]);
-        c.restored(G0, vec![7]);
-        assert_eq!(c.owned().collect::<Vec<_>>(), vec![A0, G0]);
-    }
-
-    #[test]
-    fn with_a_transaction_open_an_assignment_restores_every_task() {
-        let mut c = owning(&[(A0, vec![1, 2, 3])]);
-        c.transaction(Work::default());
-        assert_eq!(c.assign([A0]), vec![A0], "its memory may be ahead of the commit");
-        assert!(c.resume().is_empty());
     }
 
     #[test]

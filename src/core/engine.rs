@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use super::aggregation::AggregationTask;
 use super::attribution::AttributionTask;
-use super::commit::{Stage, TaskId, TaskSums, Work};
+use super::commit::{Stage, TaskSums, Work};
 use super::fx::Rate;
 use super::milestone::ThresholdRule;
 use super::output::{Dim, Output};
@@ -173,13 +173,10 @@ impl Engine {
         self.aggregation.get_mut(&partition).expect("just inserted")
     }
 
-    /// Drops every task `keep` refuses (their state is restored from the
-    /// changelogs when they come back).
-    pub fn retain(&mut self, keep: impl Fn(TaskId) -> bool) {
-        self.attribution
-            .retain(|p, _| keep((Stage::Attribution, *p)));
-        self.aggregation
-            .retain(|p, _| keep((Stage::Aggregation, *p)));
+    /// Drops every task (their state is restored from the changelogs when they come back).
+    pub fn clear(&mut self) {
+        self.attribution.clear();
+        self.aggregation.clear();
     }
 
     pub fn attribution_tasks(&mut self) -> impl Iterator<Item = &mut AttributionTask> {

@@ -62,6 +62,7 @@ fn read_topic<K: Ord + Copy>(
     tasks: &BTreeMap<i32, K>,
 ) -> anyhow::Result<Restored<K>> {
     let reader = reader(cfg)?;
+    wait_for_open_transactions(cfg, &reader, topic, tasks.keys().copied())?;
     let mut tpl = TopicPartitionList::new();
     for p in tasks.keys() {
         tpl.add_partition_offset(topic, *p, Offset::Beginning)?;
@@ -116,6 +117,57 @@ fn read_topic<K: Ord + Copy>(
             (*task, entries)
         })
         .collect())
+}
+
+/// Waits until every transaction open on these partitions when the restore
+/// began has ended. Only a producer that is gone can hold one (the previous
+/// owner gave the task up or died; a zombie's transaction cannot commit), but
+/// while it is open the last stable offset stays below it, and with it below
+/// whatever later owners of the task committed after it: a read to that last
+/// stable offset would miss their records, which the group's committed
+/// offsets already count. The broker aborts such a transaction after the
+/// producer's `transaction.timeout.ms`.
+fn wait_for_open_transactions(
+    cfg: &Config,
+    reader: &BaseConsumer<consumer::LagContext>,
+    topic: &str,
+    partitions: impl Iterator<Item = i32>,
+) -> anyhow::Result<()> {
+    // Watermarks as a read_uncommitted client sees them: the high watermark.
+    let mut own = cfg.clone();
+    own.kafka.group_id = format!("{}-restore-{}", cfg.kafka.group_id, cfg.kafka.instance_id);
+    let all: BaseConsumer = super::client_config(
+        &own.kafka,
+        &[
+            ("group.id", own.kafka.group_id.as_str()),
+            ("isolation.level", "read_uncommitted"),
+        ],
+        &own.kafka.consumer_properties,
+    )
+    .create()
+    .context("creating a client to read high watermarks")?;
+    let timeout = Duration::from_secs(30);
+    let started = Instant::now();
+    for p in partitions {
+        let (_, high) = all
+            .fetch_watermarks(topic, p, timeout)
+            .with_context(|| format!("reading the end of {topic}/{p}"))?;
+        loop {
+            // A read_committed client's high mark is the last stable offset.
+            let (_, stable) = reader
+                .fetch_watermarks(topic, p, timeout)
+                .with_context(|| format!("reading the last stable offset of {topic}/{p}"))?;
+            if stable >= high {
+                break;
+            }
+            if started.elapsed() > RESTORE_FOR {
+                bail!("a transaction stayed open on {topic}/{p} for {RESTORE_FOR:?}");
+            }
+            tracing::debug!(topic, p, stable, high, "waiting for an open transaction to end");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    Ok(())
 }
 
 /// A consumer for reading changelog partitions by assignment, reporting the end

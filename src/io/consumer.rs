@@ -1,10 +1,10 @@
 //! The consumer: a member of the job's consumer group reading the input and
-//! repartition topics with `read_committed`. Rebalance events go to the loop,
-//! which calls `unassign` and `assign` itself (librdkafka waits for those calls,
-//! heartbeating meanwhile): on a revoke it first commits what it did, so the
-//! tasks it gets back need no restore; on an assignment it restores the new
-//! tasks first, then assigns the partitions at the group's committed offsets.
-//! It also exports per-partition lag from librdkafka's statistics.
+//! repartition topics with `read_committed`. On a revoke it aborts the open
+//! transaction (the new owners redo that work from the last commit). A new
+//! assignment is not taken at once: the loop restores the tasks' state first and
+//! then assigns the partitions at the offsets their last commits recorded
+//! (librdkafka waits for that `assign` call, heartbeating meanwhile). It also
+//! exports per-partition lag from librdkafka's statistics.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
@@ -30,10 +30,7 @@ pub struct LagContext {
     pub rebalanced: Arc<AtomicBool>,
     /// The latest rebalance event not yet handled by the loop.
     pub pending: Mutex<Option<Assignment>>,
-    /// Set once the loop no longer handles rebalance events (shutting down, or
-    /// failed): a revocation is then given up in the callback itself.
-    pub closing: AtomicBool,
-    /// Aborted when partitions are lost; replaced when the loop makes a new one.
+    /// Aborted when partitions are revoked; replaced when the loop makes a new one.
     pub producer: Mutex<Option<Arc<TxnProducer>>>,
 }
 
@@ -42,19 +39,17 @@ pub struct LagContext {
 pub enum Assignment {
     /// These (topic, partition)s are ours: restore, then `assign` them.
     Assign(Vec<(String, i32)>),
-    /// Everything is to be given up: the loop commits what it did, then
-    /// unassigns (the group waits for that call; until then this member's
-    /// generation is current, so its commit counts).
+    /// Everything was taken away (already unassigned).
     Revoke,
-    /// Everything was taken away after an error (already unassigned, the open
-    /// transaction aborted).
-    Lost,
 }
 
 impl ClientContext for LagContext {
     fn error(&self, error: KafkaError, reason: &str) {
         // The changelog reader asks for end-of-partition events; they are not errors.
-        if !matches!(error, KafkaError::PartitionEOF(_)) {
+        if !matches!(
+            error,
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+        ) {
             tracing::error!("librdkafka: {error}: {reason}");
         }
     }
@@ -101,32 +96,21 @@ impl ConsumerContext for LagContext {
                     .map(|e| (e.topic().to_string(), e.partition()))
                     .collect(),
             ),
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS
-                if !self.closing.load(Ordering::SeqCst) =>
-            {
-                Assignment::Revoke
-            }
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                // The loop has ended (it committed, or failed): closing waits for this.
-                if let Err(e) = consumer.unassign() {
-                    tracing::warn!("unassigning the partitions: {e}");
-                }
-                Assignment::Revoke
-            }
             other => {
-                // Not a revocation the group agreed on: work since the last commit
-                // is redone by whoever gets the partitions.
-                tracing::error!("rebalance error: {other:?}");
+                if other != RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS {
+                    tracing::error!("rebalance error: {other:?}");
+                }
+                // Work since the last commit is redone by whoever gets the partitions.
                 let producer = self.producer.lock().expect("producer lock").clone();
                 if let Some(p) = producer {
                     if let Err(e) = p.abort() {
-                        tracing::warn!("aborting the open transaction: {e:#}");
+                        tracing::warn!("aborting the open transaction on revoke: {e:#}");
                     }
                 }
                 if let Err(e) = consumer.unassign() {
-                    tracing::warn!("unassigning the partitions: {e}");
+                    tracing::warn!("unassigning revoked partitions: {e}");
                 }
-                Assignment::Lost
+                Assignment::Revoke
             }
         };
         *self.pending.lock().expect("pending lock") = Some(event);
@@ -170,7 +154,6 @@ pub fn create(cfg: &Config, metrics: Option<Arc<Mutex<Metrics>>>) -> anyhow::Res
         input_topics: cfg.topics.inputs().iter().map(|s| s.to_string()).collect(),
         rebalanced: Arc::new(AtomicBool::new(false)),
         pending: Mutex::new(None),
-        closing: AtomicBool::new(false),
         producer: Mutex::new(None),
     };
     super::client_config(&cfg.kafka, &ours, &cfg.kafka.consumer_properties)
