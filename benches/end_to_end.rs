@@ -16,16 +16,14 @@ use std::time::{Duration, Instant};
 
 use gmv::config::Config;
 use gmv::gen::traffic::{RecordKind, Traffic, TrafficConfig};
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::Producer;
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use rdkafka::ClientConfig;
 
 #[path = "../tests/support/mod.rs"]
 mod support;
 use support::broker::{
-    bench_config, bench_setup, create_topics, env_or, http_get, metric_sum, wait_for_port, Proc,
+    bench_config, bench_setup, create_topics, env_or, http_get, metric_sum, totals_tail,
+    wait_for_port, Proc,
 };
 
 const PARTITIONS: i32 = 4;
@@ -118,7 +116,9 @@ fn main() {
                 .args(["run", "--config"])
                 .arg(&config)
                 .stderr(match std::env::var("JOB_LOG") {
-                    Ok(path) => Stdio::from(std::fs::File::create(format!("{path}.{}", run.name)).unwrap()),
+                    Ok(path) => {
+                        Stdio::from(std::fs::File::create(format!("{path}.{}", run.name)).unwrap())
+                    }
                     Err(_) => Stdio::null(),
                 })
                 .spawn()
@@ -191,8 +191,7 @@ impl Run<'_> {
     fn config(&self) -> (std::path::PathBuf, u16) {
         let dir = self.dir.join(&self.name);
         std::fs::create_dir_all(&dir).unwrap();
-        let (config, port) =
-            bench_config(&dir, self.brokers, &format!("gmv-bench-{}", self.name));
+        let (config, port) = bench_config(&dir, self.brokers, &format!("gmv-bench-{}", self.name));
         let (i, n) = (self.interval, &self.name);
         let mut toml = std::fs::read_to_string(&config).unwrap();
         toml = toml.replace("[kafka]\n", &format!("[kafka]\ncommit_interval_ms = {i}\n"));
@@ -283,19 +282,7 @@ fn latency(
     std::thread::sleep(Duration::from_secs(3));
     let before = http_get(metrics_port, "/metrics");
     let placed_before = metric_sum(&before, "gmv_placed_orders_total") as u64;
-    let reader: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", "latency-reader")
-        .set("isolation.level", "read_committed")
-        .set("fetch.wait.max.ms", "10")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..6 {
-        tpl.add_partition_offset(totals_topic, p, Offset::End)
-            .unwrap();
-    }
-    reader.assign(&tpl).unwrap();
+    let reader = totals_tail(brokers, totals_topic, "latency-reader");
     let (order_sent, updates, stream) = std::thread::scope(|s| {
         let sender = s.spawn(move || {
             let mut stream = stream;

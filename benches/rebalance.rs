@@ -13,14 +13,11 @@ use std::time::{Duration, Instant};
 
 use gmv::config::Config;
 use gmv::gen::traffic::{Traffic, TrafficConfig};
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use rdkafka::ClientConfig;
 
 #[path = "../tests/support/mod.rs"]
 mod support;
-use support::broker::{bench_setup, env_or, free_port, wait_for_port, Proc};
+use support::broker::{bench_setup, env_or, free_port, totals_tail, wait_for_port, Proc};
 
 const PARTITIONS: i32 = 8;
 /// How long after an event its pause is looked for, and the quiet time between events.
@@ -44,7 +41,11 @@ fn main() {
                 .spawn()
                 .unwrap(),
         );
-        wait_for_port(port, Duration::from_secs(60), "an instance's metrics server");
+        wait_for_port(
+            port,
+            Duration::from_secs(60),
+            "an instance's metrics server",
+        );
         p
     };
     let _a = start("a");
@@ -83,18 +84,7 @@ fn main() {
         let (stop, updates, brokers) = (stop.clone(), updates.clone(), brokers.clone());
         let topic = job_cfg.topics.gmv_totals.clone();
         std::thread::spawn(move || {
-            let c: BaseConsumer = ClientConfig::new()
-                .set("bootstrap.servers", &brokers)
-                .set("group.id", "rebalance-reader")
-                .set("isolation.level", "read_committed")
-                .set("fetch.wait.max.ms", "10")
-                .create()
-                .unwrap();
-            let mut tpl = TopicPartitionList::new();
-            for p in 0..6 {
-                tpl.add_partition_offset(&topic, p, Offset::End).unwrap();
-            }
-            c.assign(&tpl).unwrap();
+            let c = totals_tail(&brokers, &topic, "rebalance-reader");
             while !stop.load(Ordering::Relaxed) {
                 if let Some(Ok(m)) = c.poll(Duration::from_millis(20)) {
                     if m.key() == Some(b"total|all") {

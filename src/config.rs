@@ -152,7 +152,13 @@ fn host_name() -> String {
     let name: String = name
         .trim()
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
         .collect();
     if name.is_empty() {
         "0".into()
@@ -290,7 +296,10 @@ impl Config {
             ("consumer_properties", &self.kafka.consumer_properties),
             ("producer_properties", &self.kafka.producer_properties),
         ] {
-            for key in props.keys().filter(|k| GUARDED_PROPERTIES.contains(&k.as_str())) {
+            for key in props
+                .keys()
+                .filter(|k| GUARDED_PROPERTIES.contains(&k.as_str()))
+            {
                 p.push(format!(
                     "kafka.{section}.\"{key}\" cannot be set: the job's exactly-once guarantee rests on its own value"
                 ));
@@ -499,7 +508,10 @@ mod tests {
             .insert("security.protocol".into(), "SSL".into());
         let p = c.validate().unwrap_err();
         assert_eq!(p.len(), 1, "{p:?}");
-        assert!(p[0].contains("kafka.consumer_properties.\"isolation.level\""), "{p:?}");
+        assert!(
+            p[0].contains("kafka.consumer_properties.\"isolation.level\""),
+            "{p:?}"
+        );
     }
 
     #[test]
@@ -509,7 +521,11 @@ mod tests {
         if let Ok(host) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
             assert_eq!(id.len(), host.trim().len().max(1), "{id} for {host}");
         }
-        assert!(id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'), "{id}");
+        assert!(
+            id.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+            "{id}"
+        );
     }
 
     #[test]

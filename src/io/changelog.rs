@@ -163,7 +163,13 @@ fn wait_for_open_transactions(
             if started.elapsed() > RESTORE_FOR {
                 bail!("a transaction stayed open on {topic}/{p} for {RESTORE_FOR:?}");
             }
-            tracing::debug!(topic, p, stable, high, "waiting for an open transaction to end");
+            tracing::debug!(
+                topic,
+                p,
+                stable,
+                high,
+                "waiting for an open transaction to end"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }

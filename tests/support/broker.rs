@@ -389,6 +389,25 @@ pub fn bench_setup(name: &str, partitions: i32) -> (Kafka, String, PathBuf, Path
     (broker, brokers, dir, config)
 }
 
+/// A `read_committed` reader of a `gmv-totals` topic (6 partitions), from its
+/// end: what a screen sees from now on.
+pub fn totals_tail(brokers: &str, topic: &str, group: &str) -> BaseConsumer {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("isolation.level", "read_committed")
+        .set("fetch.wait.max.ms", "10")
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..6 {
+        tpl.add_partition_offset(topic, p, rdkafka::Offset::End)
+            .unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    c
+}
+
 /// A number from the environment, or `default`.
 pub fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
