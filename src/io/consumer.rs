@@ -2,8 +2,8 @@
 //! repartition topics with `read_committed`. On a revoke it aborts the open
 //! transaction (the new owners redo that work from the last commit). A new
 //! assignment is not taken at once: the loop restores the tasks' state first and
-//! then assigns the partitions at the offsets their last commits recorded
-//! (librdkafka waits for that `assign` call, heartbeating meanwhile). It also
+//! then assigns the partitions at the group's committed offsets (librdkafka
+//! waits for that `assign` call, heartbeating meanwhile). It also
 //! exports per-partition lag from librdkafka's statistics.
 
 use std::sync::atomic::{AtomicBool, Ordering};
