@@ -59,7 +59,7 @@ fn main() {
                 % 12) as i32;
             let o = &mut offsets[r.topic.index()];
             *o += 1;
-            engine.on_record(
+            engine.engine_mut().on_record(
                 Source {
                     topic: r.topic,
                     partition,

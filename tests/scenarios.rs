@@ -151,7 +151,9 @@ fn run(cfg: &Config, records: &[&Record]) -> FinalState {
             offset: *offset,
         };
         *offset += 1;
-        engine.on_record(src, Some(b"k"), Some(&r.value), &mut out);
+        engine
+            .engine_mut()
+            .on_record(src, Some(b"k"), Some(&r.value), &mut out);
         now += 1;
         engine.on_tick(now, &mut out);
         collect(&mut out);

@@ -275,7 +275,7 @@ impl AggregationTask {
     }
 
     /// Applies a committed batch: its sums, then its progress.
-    pub fn apply(
+    fn apply(
         &mut self,
         source: i32,
         progress: Progress,
@@ -291,13 +291,13 @@ impl AggregationTask {
     }
 
     /// This task's id of a key name (ids are per task).
-    pub fn intern(&mut self, dim: Dim, name: &str) -> u32 {
+    fn intern(&mut self, dim: Dim, name: &str) -> u32 {
         self.dims[dim.index()].names.intern(name)
     }
 
     /// [`AggregationTask::apply`] with keys already as this task's ids: in process,
     /// the engine translates ids without going through names each time.
-    pub fn apply_keyed(
+    fn apply_keyed(
         &mut self,
         source: i32,
         progress: Progress,

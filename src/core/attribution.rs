@@ -330,7 +330,7 @@ impl AttributionTask {
     }
 
     /// [`AttributionTask::take_partials`] with this task's key ids instead of names.
-    pub fn take_partial_ids(&mut self) -> Vec<(Dim, u32, i64, Delta)> {
+    fn take_partial_ids(&mut self) -> Vec<(Dim, u32, i64, Delta)> {
         let mut keyed: Vec<_> = self
             .partials
             .drain()
@@ -341,7 +341,7 @@ impl AttributionTask {
     }
 
     /// The name of this task's key id `id` in `dim`.
-    pub fn key_name(&self, dim: Dim, id: u32) -> &str {
+    fn key_name(&self, dim: Dim, id: u32) -> &str {
         match dim {
             Dim::Total => TOTAL_KEY,
             d => self.names[d.index() - 1].name(id),

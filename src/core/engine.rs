@@ -179,14 +179,6 @@ impl Engine {
         self.aggregation.clear();
     }
 
-    pub fn attribution_tasks(&mut self) -> impl Iterator<Item = &mut AttributionTask> {
-        self.attribution.values_mut()
-    }
-
-    pub fn aggregation_tasks(&mut self) -> impl Iterator<Item = &mut AggregationTask> {
-        self.aggregation.values_mut()
-    }
-
     /// Processes one input record in its partition's attribution task.
     pub fn on_record(
         &mut self,
@@ -384,6 +376,7 @@ mod tests {
                 offset: self.offset,
             };
             self.e
+                .engine_mut()
                 .on_record(src, None, Some(v.as_bytes()), &mut self.out);
         }
 

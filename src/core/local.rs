@@ -6,7 +6,6 @@ use super::commit::{Commits, Stage};
 use super::engine::Engine;
 use super::output::Output;
 use super::EngineConfig;
-use crate::model::Source;
 
 /// An engine with its tasks, committing through [`Commits`] in memory.
 #[derive(Debug)]
@@ -56,14 +55,9 @@ impl LocalJob {
         &self.engine
     }
 
-    pub fn on_record(
-        &mut self,
-        source: Source,
-        key: Option<&[u8]>,
-        value: Option<&[u8]>,
-        out: &mut Vec<Output>,
-    ) {
-        self.engine.on_record(source, key, value, out);
+    /// The engine, to feed it records (`Engine::on_record`).
+    pub fn engine_mut(&mut self) -> &mut Engine {
+        &mut self.engine
     }
 
     /// One transaction: the attribution tasks' batches reach the aggregation tasks.

@@ -134,15 +134,14 @@ fn wait_for_open_transactions(
     partitions: impl Iterator<Item = i32>,
 ) -> anyhow::Result<()> {
     // Watermarks as a read_uncommitted client sees them: the high watermark.
-    let mut own = cfg.clone();
-    own.kafka.group_id = format!("{}-restore-{}", cfg.kafka.group_id, cfg.kafka.instance_id);
+    let group = restore_group(cfg);
     let all: BaseConsumer = super::client_config(
-        &own.kafka,
+        &cfg.kafka,
         &[
-            ("group.id", own.kafka.group_id.as_str()),
+            ("group.id", group.as_str()),
             ("isolation.level", "read_uncommitted"),
         ],
-        &own.kafka.consumer_properties,
+        &cfg.kafka.consumer_properties,
     )
     .create()
     .context("creating a client to read high watermarks")?;
@@ -181,9 +180,14 @@ fn wait_for_open_transactions(
 /// joins or commits).
 fn reader(cfg: &Config) -> anyhow::Result<BaseConsumer<consumer::LagContext>> {
     let mut own = cfg.clone();
-    own.kafka.group_id = format!("{}-restore-{}", cfg.kafka.group_id, cfg.kafka.instance_id);
+    own.kafka.group_id = restore_group(cfg);
     own.kafka
         .consumer_properties
         .insert("enable.partition.eof".into(), "true".into());
     consumer::create(&own, None)
+}
+
+/// The restore's clients' own group: apart from the job's (they never join or commit).
+fn restore_group(cfg: &Config) -> String {
+    format!("{}-restore-{}", cfg.kafka.group_id, cfg.kafka.instance_id)
 }
