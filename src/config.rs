@@ -325,6 +325,7 @@ impl Config {
             ("time.join_timeout_ms", t.join_timeout_ms, 0),
             ("time.dedup_ttl_ms", t.dedup_ttl_ms, 0),
             ("time.order_ttl_ms", t.order_ttl_ms, 1),
+            ("time.max_future_ms", t.max_future_ms, 0),
             ("time.emit_interval_ms", t.emit_interval_ms, 1),
         ] {
             if v < min {

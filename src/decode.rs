@@ -18,6 +18,9 @@ pub const MAX_VALUE_BYTES: usize = 64 * 1024;
 pub const MAX_ID_BYTES: usize = 64;
 /// Amounts are 1 ..= 10^12 minor units.
 pub const MAX_AMOUNT_MINOR: i64 = 1_000_000_000_000;
+/// 2000-01-01T00:00:00Z: an event time before it is seconds, not milliseconds
+/// (contract; checked with the wall-clock bound by the attribution task).
+pub const MIN_EVENT_MS: i64 = 946_684_800_000;
 /// Timestamps beyond this (year 2255) are not plausible milliseconds.
 pub const MAX_TS_MS: i64 = 9_000_000_000_000;
 
@@ -271,11 +274,7 @@ fn currency_rate(c: &str, fx: &FxTable) -> Result<crate::core::fx::Rate, Rejecti
 }
 
 fn truncate(s: &str) -> &str {
-    let mut end = s.len().min(16);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
+    crate::core::output::cut_str(s, 16)
 }
 
 fn order<'a>(r: RawOrder<'a>, fx: &FxTable) -> Result<Order<'a>, Rejection> {

@@ -105,6 +105,15 @@ pub enum Event<'a> {
 }
 
 impl Event<'_> {
+    /// The order the event belongs to: the record's key by contract.
+    pub fn order_id(&self) -> &str {
+        match self {
+            Event::Order(o) => &o.order_id,
+            Event::Payment(p) => &p.order_id,
+            Event::Delivery(d) => &d.order_id,
+        }
+    }
+
     pub fn ts_ms(&self) -> i64 {
         match self {
             Event::Order(o) => o.ts_ms,

@@ -1,7 +1,10 @@
 //! Scenario tests: each folder under tests/scenarios/ holds `input.jsonl`
 //! (records, in arrival order), `expected.json` (the final state of the
 //! upsert topics, milestones and dead letters, worked out by hand) and an
-//! optional `config.toml`. A new case is a new folder, not new code.
+//! optional `config.toml`. A new case is a new folder, not new code. A record
+//! is keyed by its `order_id` unless its line gives `key` (null: no key); the
+//! wall clock starts at `clock_ms` in `expected.json`, by default the latest
+//! event time of the input.
 //!
 //! Cases marked `"shuffle": true` are also replayed in several arrival orders
 //! that keep the disorder within `max_out_of_orderness`; the final state must
@@ -21,6 +24,8 @@ use serde_json::Value;
 
 struct Record {
     topic: InputTopic,
+    /// The line's `key` (null: none), else the value's `order_id`, as producers key them.
+    key: Option<Vec<u8>>,
     value: Vec<u8>,
     ts_ms: i64,
 }
@@ -54,8 +59,15 @@ fn load_input(dir: &Path) -> Vec<Record> {
                 serde_json::to_vec(&obj).unwrap()
             };
             let ts_ms = v["value"]["ts_ms"].as_i64().unwrap_or(0);
+            let key = match v.get("key") {
+                Some(k) => k.as_str().map(|k| k.as_bytes().to_vec()),
+                None => v["value"]["order_id"]
+                    .as_str()
+                    .map(|k| k.as_bytes().to_vec()),
+            };
             Record {
                 topic: t,
+                key,
                 value,
                 ts_ms,
             }
@@ -72,12 +84,13 @@ struct FinalState {
     dead_letters: Vec<(String, i64, String)>,
 }
 
-fn run(cfg: &Config, records: &[&Record]) -> FinalState {
+/// `clock_ms`: the wall clock when the first record is read.
+fn run(cfg: &Config, records: &[&Record], clock_ms: i64) -> FinalState {
     // The production path: stage one, commit protocol, repartition, stage two.
-    let mut engine = LocalJob::new(cfg.engine(), &[0], 1, 0);
+    let mut now = clock_ms;
+    let mut engine = LocalJob::new(cfg.engine(), &[0], 1, now);
     let mut out = Vec::new();
     let mut offsets = [0i64; 3];
-    let mut now = 0;
     let mut windows: BTreeMap<String, (Vec<i64>, u64, bool)> = BTreeMap::new();
     let mut totals: BTreeMap<String, (Vec<i64>, u64)> = BTreeMap::new();
     let mut milestones = Vec::new();
@@ -153,7 +166,7 @@ fn run(cfg: &Config, records: &[&Record]) -> FinalState {
         *offset += 1;
         engine
             .engine_mut()
-            .on_record(src, Some(b"k"), Some(&r.value), &mut out);
+            .on_record(src, r.key.as_deref(), Some(&r.value), &mut out);
         now += 1;
         engine.on_tick(now, &mut out);
         collect(&mut out);
@@ -177,6 +190,15 @@ fn run(cfg: &Config, records: &[&Record]) -> FinalState {
         milestones,
         dead_letters,
     }
+}
+
+/// The case's wall clock at the start (`clock_ms`), by default its latest event time.
+fn clock(dir: &Path, input: &[Record]) -> i64 {
+    let v: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    v["clock_ms"]
+        .as_i64()
+        .unwrap_or_else(|| input.iter().map(|r| r.ts_ms).max().unwrap_or(0))
 }
 
 fn expected(dir: &Path) -> (FinalState, bool) {
@@ -266,7 +288,7 @@ fn every_scenario_ends_in_its_expected_state() {
         let cfg = config(&dir);
         let input = load_input(&dir);
         let (want, _) = expected(&dir);
-        let got = run(&cfg, &input.iter().collect::<Vec<_>>());
+        let got = run(&cfg, &input.iter().collect::<Vec<_>>(), clock(&dir, &input));
         assert_eq!(got, want, "scenario {}", dir.display());
     }
 }
@@ -293,7 +315,7 @@ fn shuffling_within_the_disorder_bound_changes_nothing() {
             keyed.shuffle(&mut rng);
             keyed.sort_by_key(|(k, _)| *k);
             let order: Vec<&Record> = keyed.into_iter().map(|(_, r)| r).collect();
-            let mut got = run(&cfg, &order);
+            let mut got = run(&cfg, &order, clock(&dir, &input));
             // Dead letters name offsets, which depend on arrival order; their reasons must not.
             got.dead_letters.clear();
             let want = FinalState {

@@ -12,11 +12,11 @@ use super::engine::{EngineConfig, Stats};
 use super::fx::FxTable;
 use super::join::{Attribution, Dedup, JoinState, Joinable, OrderInfo, Waiting, NO_CHANNEL};
 use super::milestone::BUCKET_MS;
-use super::output::{DeadLetter, Dim, Output};
+use super::output::{DeadLetter, Dim, Output, DEAD_LETTER_KEY_BYTES, DEAD_LETTER_PAYLOAD_BYTES};
 use super::state::{self, Delta, PartialEntry, Progress};
 use super::watermark::{PartitionId, Watermarks};
 use super::{FastMap, FastSet};
-use crate::decode::decode;
+use crate::decode::{decode, Rejection, MIN_EVENT_MS};
 use crate::model::{
     DeadReason, Delivery, DeliveryStatus, Event, InputTopic, Order, Payment, PaymentKind, Source,
 };
@@ -134,9 +134,10 @@ struct SavedClock {
     last_sweep_watermark_ms: i64,
 }
 
-/// An entry whose times lie more than this past the wall clock (a bad
-/// producer's clock) would keep its batch, and every later one, from ever
-/// getting a tombstone: it is written again at every commit instead.
+/// An entry whose times lie more than this past the wall clock would keep its
+/// batch, and every later one, from getting a tombstone for that long: it is
+/// written again at every commit instead. With the default `time.max_future`
+/// (1 h) no event time gets that far ahead; a larger one lets it.
 const PIN_AHEAD_MS: i64 = 3_600_000;
 /// At most this many such entries are re-written per commit; beyond it they
 /// hold their batches (and the changelog grows until their TTLs pass).
@@ -278,10 +279,54 @@ impl AttributionTask {
             );
             return;
         };
-        match decode(source.topic, value, &self.fx) {
+        let checked =
+            decode(source.topic, value, &self.fx).and_then(|ev| self.check(key, &ev).map(|()| ev));
+        match checked {
             Ok(ev) => self.on_event(source, key, value, ev, stats, out),
             Err(r) => self.dead_letter(source, key, value, r.reason, r.detail, stats, out),
         }
+    }
+
+    /// The contract's checks that need more than the value: the record's key
+    /// is its `order_id` (a record keyed otherwise may sit on another partition
+    /// than its order, and its join would silently fail), and its event time is
+    /// neither before 2000 (seconds, not milliseconds) nor more than
+    /// `max_future` ahead of the wall clock (one such record would move the
+    /// watermark and make every other record late).
+    fn check(&self, key: Option<&[u8]>, ev: &Event<'_>) -> Result<(), Rejection> {
+        let invalid = |detail: String| Rejection {
+            reason: DeadReason::InvalidField,
+            detail,
+        };
+        let order_id = ev.order_id();
+        match key {
+            None => {
+                return Err(invalid(format!(
+                    "the record has no key; input records are keyed by their `order_id` (`{order_id}`)"
+                )))
+            }
+            Some(k) if k != order_id.as_bytes() => {
+                return Err(invalid(format!(
+                    "the record's key ({} bytes) differs from its `order_id` `{order_id}`: it may sit on another partition than its order",
+                    k.len()
+                )))
+            }
+            Some(_) => {}
+        }
+        let ts = ev.ts_ms();
+        if ts < MIN_EVENT_MS {
+            return Err(invalid(format!(
+                "`ts_ms` {ts} is before 2000-01-01 ({MIN_EVENT_MS}): seconds instead of milliseconds?"
+            )));
+        }
+        let ahead = ts.saturating_sub(self.now_ms);
+        if ahead > self.cfg.time.max_future_ms {
+            return Err(invalid(format!(
+                "`ts_ms` {ts} is {ahead} ms ahead of the job's clock (time.max_future_ms is {}): the producer's clock is wrong",
+                self.cfg.time.max_future_ms
+            )));
+        }
+        Ok(())
     }
 
     /// `part` has records fetched and waiting: not idle (see [`Watermarks::touch`]).
@@ -365,8 +410,8 @@ impl AttributionTask {
             topic_name: self.cfg.input_topic_names[source.topic.index()].clone(),
             reason,
             detail,
-            key: key.map(|k| k.to_vec()),
-            payload: value[..value.len().min(super::output::DEAD_LETTER_PAYLOAD_BYTES)].to_vec(),
+            key: key.map(|k| k[..k.len().min(DEAD_LETTER_KEY_BYTES)].to_vec()),
+            payload: value[..value.len().min(DEAD_LETTER_PAYLOAD_BYTES)].to_vec(),
         }));
     }
 
@@ -779,6 +824,12 @@ mod tests {
         }
     }
 
+    /// Test times are relative to 2024-11-11T00:00:00Z: the contract rejects
+    /// event times before 2000 and ahead of the wall clock, which is `NOW`.
+    const T0: i64 = 1_731_283_200_000;
+    const NOW: i64 = T0 + 100_000_000;
+
+    /// Feeds `value` with its `ts_ms` moved by `T0`, keyed by its `order_id`.
     fn feed(
         a: &mut AttributionTask,
         topic: InputTopic,
@@ -787,13 +838,23 @@ mod tests {
         stats: &mut Stats,
         out: &mut Vec<Output>,
     ) {
-        a.on_record(src(topic, offset), None, Some(value), stats, out);
+        let mut v: serde_json::Value = serde_json::from_slice(value).unwrap();
+        v["ts_ms"] = (T0 + v["ts_ms"].as_i64().unwrap()).into();
+        let key = v["order_id"].as_str().unwrap().to_string();
+        let value = serde_json::to_vec(&v).unwrap();
+        a.on_record(
+            src(topic, offset),
+            Some(key.as_bytes()),
+            Some(&value),
+            stats,
+            out,
+        );
     }
 
     #[test]
     fn state_round_trips_through_the_changelog() {
         let cfg = Arc::new(EngineConfig::default());
-        let mut a = AttributionTask::new(2, cfg.clone(), 0);
+        let mut a = AttributionTask::new(2, cfg.clone(), NOW);
         a.track_changes();
         let (mut stats, mut out) = (Stats::default(), vec![]);
         let order = br#"{"order_id":"o1","user_id":"u","brand_id":"b1","channel_id":"c1","country":"FR","device":"pc","currency":"EUR","amount_minor":100,"ts_ms":10000}"#;
@@ -818,13 +879,16 @@ mod tests {
             "one batch (o1, o2, p1, p2, d1) and the clock"
         );
 
-        let mut b = AttributionTask::new(2, cfg, 0);
+        let mut b = AttributionTask::new(2, cfg, NOW);
         for (k, v) in &changes {
             b.restore(k, v.as_deref().unwrap()).unwrap();
         }
         assert_eq!(b.sizes(), a.sizes());
         assert_eq!(b.watermark_ms(), a.watermark_ms());
-        assert_eq!(b.joins.order("o1").map(|o| o.first_paid_ms), Some(11_000));
+        assert_eq!(
+            b.joins.order("o1").map(|o| o.first_paid_ms),
+            Some(T0 + 11_000)
+        );
         assert_eq!(
             b.names[1].name(b.joins.order("o1").unwrap().attribution.channel),
             "c1"
@@ -978,14 +1042,16 @@ mod tests {
         cfg.time.allowed_lateness_ms = 1_000;
         // Deliveries come minutes after payments: without these (for orders that
         // never come) the deliveries partition would hold the watermark back.
-        // And one order from a clock a year ahead: it is never swept, and must
-        // not keep the batches after it from their tombstones.
+        // And one order from a clock a year ahead (accepted only with a
+        // time.max_future that large): it is never swept, and must not keep
+        // the batches after it from their tombstones.
+        cfg.time.max_future_ms = 400 * 86_400_000;
         let mut records = Vec::new();
         for (i, r) in traffic(12, 60_000, 100.0).into_iter().enumerate() {
             if i == 100 {
                 records.push(crate::gen::traffic::GeneratedRecord {
                     topic: InputTopic::Orders,
-                    key: None,
+                    key: Some("future".into()),
                     value: format!(
                         r#"{{"order_id":"future","user_id":"u","brand_id":"b","channel_id":null,"country":"CN","device":"pc","currency":"CNY","amount_minor":5,"ts_ms":{}}}"#,
                         r.emit_ms + 365 * 86_400_000
@@ -997,7 +1063,7 @@ mod tests {
             if i % 200 == 0 {
                 records.push(crate::gen::traffic::GeneratedRecord {
                     topic: InputTopic::Deliveries,
-                    key: None,
+                    key: Some(format!("none{i}")),
                     value: format!(
                         r#"{{"delivery_id":"dx{i}","order_id":"none{i}","status":"shipped","ts_ms":{}}}"#,
                         r.emit_ms
@@ -1023,7 +1089,7 @@ mod tests {
         cfg.time.dedup_ttl_ms = 1_000;
         cfg.time.order_ttl_ms = 1_000;
         let cfg = Arc::new(cfg);
-        let mut a = AttributionTask::new(2, cfg.clone(), 0);
+        let mut a = AttributionTask::new(2, cfg.clone(), NOW);
         a.track_changes();
         let (mut stats, mut out) = (Stats::default(), vec![]);
         let pay = |id: &str, ts: i64| {
@@ -1067,7 +1133,7 @@ mod tests {
         );
         // The new batch says p1 and its waiting payment are forgotten: a restore
         // from both batches (as an uncompacted log holds them) does not bring them back.
-        let mut b = AttributionTask::new(2, cfg, 0);
+        let mut b = AttributionTask::new(2, cfg, NOW);
         for (k, v) in first_batch.iter().chain(&batch(&second)) {
             b.restore(k, v.as_deref().unwrap()).unwrap();
         }

@@ -35,6 +35,9 @@ pub struct TimeConfig {
     pub order_ttl_ms: i64,
     /// Upsert outputs are updated at most this often per key.
     pub emit_interval_ms: i64,
+    /// An event time further than this ahead of the job's wall clock is a
+    /// producer's broken clock: `invalid_field`, so it cannot move a watermark.
+    pub max_future_ms: i64,
 }
 
 impl Default for TimeConfig {
@@ -47,6 +50,7 @@ impl Default for TimeConfig {
             dedup_ttl_ms: 3_600_000,
             order_ttl_ms: 86_400_000,
             emit_interval_ms: 250,
+            max_future_ms: 3_600_000,
         }
     }
 }
@@ -340,7 +344,12 @@ mod tests {
         now: i64,
     }
 
+    /// Test times are relative to 2024-11-11T00:00:00Z (a whole minute): the
+    /// contract rejects event times before 2000 and ahead of the wall clock.
+    const T0: i64 = 1_731_283_200_000;
+
     fn order(id: &str, brand: &str, channel: Option<&str>, ts: i64) -> String {
+        let ts = T0 + ts;
         let ch = channel.map_or("null".to_string(), |c| format!("\"{c}\""));
         format!(
             r#"{{"order_id":"{id}","user_id":"u","brand_id":"{brand}","channel_id":{ch},"country":"CN","device":"pc","currency":"CNY","amount_minor":100,"ts_ms":{ts}}}"#
@@ -348,27 +357,38 @@ mod tests {
     }
 
     fn pay(id: &str, order: &str, kind: &str, fen: i64, ts: i64) -> String {
+        let ts = T0 + ts;
         format!(
             r#"{{"payment_id":"{id}","order_id":"{order}","kind":"{kind}","currency":"CNY","amount_minor":{fen},"ts_ms":{ts}}}"#
         )
     }
 
     fn deliver(id: &str, order: &str, status: &str, ts: i64) -> String {
+        let ts = T0 + ts;
         format!(r#"{{"delivery_id":"{id}","order_id":"{order}","status":"{status}","ts_ms":{ts}}}"#)
     }
 
     impl Harness {
         fn new(cfg: EngineConfig) -> Self {
-            let e = LocalJob::new(cfg, &[0], 1, 0);
+            let e = LocalJob::new(cfg, &[0], 1, T0);
             Harness {
                 e,
                 out: vec![],
                 offset: 0,
-                now: 0,
+                now: T0,
             }
         }
 
+        /// Feeds `v` keyed by its `order_id`, as the contract's producers do.
         fn feed(&mut self, topic: InputTopic, v: &str) {
+            let key = serde_json::from_str::<serde_json::Value>(v).unwrap()["order_id"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            self.feed_keyed(topic, Some(key.as_bytes()), v);
+        }
+
+        fn feed_keyed(&mut self, topic: InputTopic, key: Option<&[u8]>, v: &str) {
             self.offset += 1;
             let src = Source {
                 topic,
@@ -377,7 +397,7 @@ mod tests {
             };
             self.e
                 .engine_mut()
-                .on_record(src, None, Some(v.as_bytes()), &mut self.out);
+                .on_record(src, key, Some(v.as_bytes()), &mut self.out);
         }
 
         /// Keeps every partition active and moves their watermarks to `ts`.
@@ -419,7 +439,12 @@ mod tests {
                             && w.key == key
                             && w.window_size_ms == size =>
                     {
-                        Some((w.window_start_ms, w.gmv_fen, w.refund_fen, w.paid_orders))
+                        Some((
+                            w.window_start_ms - T0,
+                            w.gmv_fen,
+                            w.refund_fen,
+                            w.paid_orders,
+                        ))
                     }
                     _ => None,
                 })
@@ -628,7 +653,7 @@ mod tests {
         assert_eq!(seen[0], seen[1]);
         assert_eq!(
             (
-                seen[0].crossed_at_ms,
+                seen[0].crossed_at_ms - T0,
                 seen[0].gmv_fen,
                 seen[0].threshold_fen
             ),
@@ -641,7 +666,7 @@ mod tests {
         let mut h = Harness::new(EngineConfig::default());
         h.feed(InputTopic::Payments, &pay("p1", "o1", "paid", 5, 30_000));
         h.heartbeat(30_000);
-        h.now = 1;
+        h.now += 1;
         h.e.on_tick(h.now, &mut h.out);
         let open: Vec<_> = h
             .out
@@ -669,7 +694,7 @@ mod tests {
                 Output::Window(w)
                     if w.is_final
                         && w.dim == Dim::Total
-                        && w.window_start_ms == 0
+                        && w.window_start_ms == T0
                         && w.window_size_ms == 60_000 =>
                 {
                     Some(w.revision)
@@ -696,6 +721,28 @@ mod tests {
         );
         h.feed(InputTopic::Payments, &pay("p2", "o1", "paid", 5, 59_500));
         assert_eq!(h.dead(DeadReason::Late), 1);
+    }
+
+    #[test]
+    fn records_keyed_otherwise_or_timed_implausibly_are_invalid() {
+        let mut h = Harness::new(EngineConfig::default());
+        let p = pay("p1", "o1", "paid", 5, 1_000);
+        h.feed_keyed(InputTopic::Payments, None, &p);
+        h.feed_keyed(InputTopic::Payments, Some(b"o2"), &p);
+        // Seconds instead of milliseconds.
+        let seconds = format!(
+            r#"{{"payment_id":"p2","order_id":"o1","kind":"paid","currency":"CNY","amount_minor":5,"ts_ms":{}}}"#,
+            (T0 + 1_000) / 1000
+        );
+        h.feed(InputTopic::Payments, &seconds);
+        // A broken producer clock: just over time.max_future ahead of the wall clock.
+        h.feed(InputTopic::Payments, &pay("p3", "o1", "paid", 5, 3_600_001));
+        assert_eq!(h.dead(DeadReason::InvalidField), 4);
+        assert_eq!(h.e.engine().stats().paid_fen, 0);
+        // Exactly max_future ahead is still plausible.
+        h.feed(InputTopic::Payments, &pay("p4", "o1", "paid", 5, 3_600_000));
+        assert_eq!(h.dead(DeadReason::InvalidField), 4);
+        assert_eq!(h.e.engine().stats().paid_fen, 5);
     }
 
     #[test]

@@ -76,12 +76,32 @@ pub struct DeadLetter {
     pub topic_name: String,
     pub reason: DeadReason,
     pub detail: String,
+    /// The input key, cut to [`DEAD_LETTER_KEY_BYTES`].
     pub key: Option<Vec<u8>>,
     pub payload: Vec<u8>,
 }
 
 /// Largest payload copied into a dead letter (contract: cut to 4 KiB).
 pub const DEAD_LETTER_PAYLOAD_BYTES: usize = 4 * 1024;
+/// Largest key of a dead letter (contract: the input key cut to 256 bytes).
+pub const DEAD_LETTER_KEY_BYTES: usize = 256;
+/// Largest detail: parser messages can quote a whole field of the input.
+pub const DEAD_LETTER_DETAIL_BYTES: usize = 512;
+/// Bound on a dead letter's size, key and value, whatever the input: each
+/// byte of payload or detail escapes to at most 6 (`\u001f`), plus the key,
+/// the topic name (at most 249 bytes) and the field names. Every record the
+/// job writes must fit `kafka.max_record_bytes`, which may not be set lower.
+pub const DEAD_LETTER_MAX_BYTES: usize =
+    DEAD_LETTER_KEY_BYTES + 6 * (DEAD_LETTER_PAYLOAD_BYTES + DEAD_LETTER_DETAIL_BYTES + 249) + 256;
+
+/// `s` cut to at most `max` bytes, on a character boundary.
+pub fn cut_str(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
 
 #[derive(Serialize)]
 struct DeadLetterJson<'a> {
@@ -193,7 +213,7 @@ fn dead_letter_json(d: &DeadLetter) -> Vec<u8> {
         partition: d.source.partition,
         offset: d.source.offset,
         reason: d.reason.as_str(),
-        detail: &d.detail,
+        detail: cut_str(&d.detail, DEAD_LETTER_DETAIL_BYTES),
         payload,
         payload_base64,
     };
@@ -239,6 +259,40 @@ mod tests {
         let v = dl(&[0xff, 0xfe, b'a']);
         assert_eq!(v["payload_base64"], true);
         assert_eq!(v["payload"], "//5h");
+    }
+
+    #[test]
+    fn the_largest_dead_letter_is_bounded_whatever_the_input() {
+        // Every byte of payload and detail a control character (escaped to 6),
+        // a key and a value far over every limit.
+        let nasty = vec![0x01u8; 1 << 20];
+        let d = DeadLetter {
+            source: Source {
+                topic: InputTopic::Orders,
+                partition: i32::MAX,
+                offset: i64::MAX,
+            },
+            topic_name: "t".repeat(249),
+            reason: DeadReason::InvalidField,
+            detail: String::from_utf8(nasty.clone()).unwrap(),
+            key: Some(nasty[..DEAD_LETTER_KEY_BYTES].to_vec()),
+            payload: nasty,
+        };
+        let (_, key, value) = Output::DeadLetter(d).to_record().unwrap();
+        let size = key.unwrap().len() + value.len();
+        assert!(
+            size <= DEAD_LETTER_MAX_BYTES,
+            "{size} > {DEAD_LETTER_MAX_BYTES}"
+        );
+        let v: serde_json::Value = serde_json::from_slice(&value).unwrap();
+        assert_eq!(
+            v["detail"].as_str().unwrap().len(),
+            DEAD_LETTER_DETAIL_BYTES
+        );
+        assert_eq!(
+            v["payload"].as_str().unwrap().len(),
+            DEAD_LETTER_PAYLOAD_BYTES
+        );
     }
 
     #[test]
