@@ -19,6 +19,7 @@ use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use crate::config::{Config, TopicNames};
+use crate::core::batch_log;
 use crate::core::commit::{Commits, Stage, TaskId};
 use crate::core::output::{Dim, Output, OutputTopic};
 use crate::core::state::{self, PartialBatch};
@@ -90,12 +91,24 @@ pub fn stop_on_signal(flag: Arc<AtomicBool>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The broker the job runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Broker {
+    /// A Kafka cluster: every start check applies.
+    Kafka,
+    /// The demo's embedded broker (librdkafka's mock cluster), which answers no
+    /// DescribeConfigs: the topics' record limits are not checked (the demo
+    /// created them itself; a check would wait for its timeout).
+    Embedded,
+}
+
 /// Runs the job until `handles.shutdown` is set; then commits what is done.
-pub fn run(cfg: &Config, handles: &Handles) -> anyhow::Result<()> {
+pub fn run(cfg: &Config, handles: &Handles, broker: Broker) -> anyhow::Result<()> {
     let consumer = Arc::new(consumer::create(cfg, Some(handles.metrics.clone()))?);
     let t = &cfg.topics;
     let inputs = t.inputs();
     let partitions = topics::check_inputs(&*consumer, &inputs)?;
+    topics::check_writable(&*consumer, cfg, broker == Broker::Kafka)?;
     let aggregation_partitions = topics::partition_count(&*consumer, &t.repartition)?;
     for (name, want) in [
         (&t.attribution_changelog, partitions),
@@ -124,7 +137,7 @@ pub fn run(cfg: &Config, handles: &Handles) -> anyhow::Result<()> {
         producer,
         handles,
         out: Vec::new(),
-        commits: Commits::default(),
+        commits: Commits::new(batch_log::chunk_bytes(cfg.kafka.max_record_bytes as usize)),
         partitions,
         aggregation_partitions,
         newest_input_ms: 0,

@@ -43,6 +43,9 @@ pub struct KafkaConfig {
     /// at least this often; every emission (`time.emit_interval_ms`) is also
     /// committed at once.
     pub commit_interval_ms: i64,
+    /// Largest record (key and value) the job writes to any topic; every topic
+    /// it writes must accept it (`max.message.bytes`), checked at start.
+    pub max_record_bytes: i64,
     /// librdkafka properties for every client, e.g. `"security.protocol" = "SASL_SSL"`.
     pub properties: BTreeMap<String, String>,
     /// librdkafka properties for the consumer only.
@@ -113,6 +116,13 @@ pub struct StateConfig {
 /// Most orders `state.expected_orders` may ask for: about 11 to 12 GB up
 /// front (110 to 120 bytes an order, as the README says).
 pub const MAX_EXPECTED_ORDERS: i64 = 100_000_000;
+/// librdkafka's and Kafka's usual limit (a topic accepts 1,048,588 bytes by default).
+pub const DEFAULT_MAX_RECORD_BYTES: usize = 1_000_000;
+/// The smallest `kafka.max_record_bytes`: a dead letter takes up to 30 KB
+/// (`DEAD_LETTER_MAX_BYTES`), and a changelog chunk (a quarter of the limit)
+/// plus its last entry (one order id with its waiting events, up to about
+/// 25 KB) must fit.
+pub const MIN_MAX_RECORD_BYTES: i64 = 128 * 1024;
 
 impl Default for Config {
     fn default() -> Self {
@@ -175,6 +185,7 @@ impl Default for KafkaConfig {
             client_id: "gmv".into(),
             instance_id: host_name(),
             commit_interval_ms: 100,
+            max_record_bytes: DEFAULT_MAX_RECORD_BYTES as i64,
             properties: BTreeMap::new(),
             consumer_properties: BTreeMap::new(),
             producer_properties: BTreeMap::new(),
@@ -311,6 +322,12 @@ impl Config {
                 self.state.expected_orders
             ));
         }
+        if !(MIN_MAX_RECORD_BYTES..=1_000_000_000).contains(&self.kafka.max_record_bytes) {
+            p.push(format!(
+                "kafka.max_record_bytes must be between {MIN_MAX_RECORD_BYTES} and 1000000000, got {}",
+                self.kafka.max_record_bytes
+            ));
+        }
         if self.kafka.commit_interval_ms < 10 {
             p.push(format!(
                 "kafka.commit_interval_ms must be at least 10, got {}",
@@ -445,6 +462,7 @@ impl Config {
                 self.topics.payments.clone(),
                 self.topics.deliveries.clone(),
             ],
+            max_record_bytes: self.kafka.max_record_bytes as usize,
         }
     }
 }

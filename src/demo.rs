@@ -55,6 +55,10 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         .map_err(|p| anyhow::anyhow!("{}", p.join("; ")))?;
 
     let _cluster; // The embedded broker lives as long as the demo.
+    let broker = match &args.brokers {
+        Some(_) => crate::app::Broker::Kafka,
+        None => crate::app::Broker::Embedded,
+    };
     match &args.brokers {
         Some(b) => {
             cfg.kafka.brokers = b.clone();
@@ -99,7 +103,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         let (cfg, handles) = (cfg.clone(), handles.clone());
         std::thread::Builder::new()
             .name("job".into())
-            .spawn(move || crate::app::run(&cfg, &handles))?
+            .spawn(move || crate::app::run(&cfg, &handles, broker))?
     };
     let generator = {
         let cfg = cfg.clone();

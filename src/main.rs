@@ -218,5 +218,5 @@ fn run_job(cfg: &Config) -> anyhow::Result<()> {
     let addr = runtime.block_on(gmv::telemetry::http::serve(addr, shared))?;
     tracing::info!(%addr, "serving /metrics, /healthz and the live page at /");
     gmv::app::stop_on_signal(handles.shutdown.clone())?;
-    gmv::app::run(cfg, &handles)
+    gmv::app::run(cfg, &handles, gmv::app::Broker::Kafka)
 }

@@ -274,11 +274,11 @@ impl AggregationTask {
         self.apply(batch.source, batch.progress, &batch.entries, stats, out);
     }
 
-    /// Applies a committed batch: its sums, then its progress.
+    /// Applies a committed batch: its sums, then its progress (if it is the last of its transaction's).
     fn apply(
         &mut self,
         source: i32,
-        progress: Progress,
+        progress: Option<Progress>,
         entries: &[PartialEntry],
         stats: &mut Stats,
         out: &mut Vec<Output>,
@@ -300,7 +300,7 @@ impl AggregationTask {
     fn apply_keyed(
         &mut self,
         source: i32,
-        progress: Progress,
+        progress: Option<Progress>,
         entries: &[KeyedDelta],
         stats: &mut Stats,
         out: &mut Vec<Output>,
@@ -326,6 +326,9 @@ impl AggregationTask {
                 "partial sums reached closed buckets and are not counted (the source was idle, then came back behind the others)"
             );
         }
+        let Some(progress) = progress else {
+            return;
+        };
         let src = self.sources.entry(source).or_default();
         if src.progress != progress {
             src.progress = progress;
@@ -581,11 +584,11 @@ mod tests {
     fn batch(source: i32, gmv: i128) -> PartialBatch {
         PartialBatch {
             source,
-            progress: Progress {
+            progress: Some(Progress {
                 watermark_ms: 0,
                 max_event_ms: 5_000,
                 idle: false,
-            },
+            }),
             entries: vec![PartialEntry {
                 dim: Dim::Total,
                 key: TOTAL_KEY.into(),

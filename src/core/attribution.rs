@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 use super::batch_log::{self, BatchLog, Horizon, Marks};
 use super::engine::{EngineConfig, Stats};
 use super::fx::FxTable;
-use super::join::{Attribution, Dedup, JoinState, Joinable, OrderInfo, Waiting, NO_CHANNEL};
+use super::join::{
+    Attach, Attribution, Dedup, JoinState, Joinable, OrderInfo, Waiting, NO_CHANNEL,
+};
 use super::milestone::BUCKET_MS;
 use super::output::{DeadLetter, Dim, Output, DEAD_LETTER_KEY_BYTES, DEAD_LETTER_PAYLOAD_BYTES};
 use super::state::{self, Delta, PartialEntry, Progress};
@@ -23,6 +25,12 @@ use crate::model::{
 
 /// Key of the `total` dimension, and of orphans in `brand` and `country`.
 pub const TOTAL_KEY: &str = "all";
+/// An orphan's attribution: unknown keys are id 0 in `brand` and `country`; it has no channel.
+const UNKNOWN: Attribution = Attribution {
+    brand: 0,
+    channel: NO_CHANNEL,
+    country: 0,
+};
 pub const UNKNOWN_KEY: &str = "unknown";
 
 /// What a payment or delivery adds once attributed.
@@ -186,6 +194,7 @@ impl AttributionTask {
         let mut names: [Interner; 3] = Default::default();
         names[0].intern(UNKNOWN_KEY);
         names[2].intern(UNKNOWN_KEY);
+        let log = BatchLog::new(batch_log::chunk_bytes(cfg.max_record_bytes));
         AttributionTask {
             partition,
             fx: FxTable::new(&cfg.fx),
@@ -201,7 +210,7 @@ impl AttributionTask {
             now_ms,
             country_ids: Box::new([u32::MAX; 26 * 26]),
             clock_changed: false,
-            log: BatchLog::default(),
+            log,
             horizon: Horizon::default(),
             pinned: FastSet::default(),
         }
@@ -506,7 +515,7 @@ impl AttributionTask {
             kind: p.kind,
             amount_fen: p.amount_fen,
         };
-        self.attribute_or_wait(&p.order_id, p.ts_ms, what, out);
+        self.attribute_or_wait(&p.order_id, p.ts_ms, what, stats, out);
     }
 
     fn on_delivery(&mut self, d: Delivery<'_>, stats: &mut Stats, out: &mut Vec<Output>) {
@@ -529,7 +538,7 @@ impl AttributionTask {
         };
         self.add(Dim::Total, 0, d.ts_ms, c);
         let what = Joinable::Delivery { status: d.status };
-        self.attribute_or_wait(&d.order_id, d.ts_ms, what, out);
+        self.attribute_or_wait(&d.order_id, d.ts_ms, what, stats, out);
     }
 
     /// Country codes are two upper-case letters (checked by `decode`): a table beats hashing.
@@ -550,6 +559,7 @@ impl AttributionTask {
         order_id: &str,
         ts_ms: i64,
         what: Joinable,
+        stats: &mut Stats,
         out: &mut Vec<Output>,
     ) {
         let w = Waiting {
@@ -557,8 +567,13 @@ impl AttributionTask {
             deadline_ms: ts_ms + self.cfg.time.join_timeout_ms,
             what,
         };
-        if let Some(order) = self.joins.attach(order_id, w) {
-            self.resolve(order, w, out);
+        match self.joins.attach(order_id, w) {
+            Attach::Joined(order) => self.resolve(order, w, out),
+            Attach::Parked => {}
+            Attach::Full => {
+                stats.join_overflows[w.what.topic().index()] += 1;
+                self.apply_attributed(UNKNOWN, ts_ms, Contribution::of(w.what));
+            }
         }
     }
 
@@ -600,15 +615,9 @@ impl AttributionTask {
         self.joins.expire(w, |x| expired.push(x));
         self.horizon.expiries += 1;
         self.horizon.expired_to_ms = w;
-        // Unknown keys are id 0 in `brand` and `country`; an orphan has no channel.
-        let unknown = Attribution {
-            brand: 0,
-            channel: NO_CHANNEL,
-            country: 0,
-        };
         for x in expired {
             stats.join_timeouts[x.what.topic().index()] += 1;
-            self.apply_attributed(unknown, x.ts_ms, Contribution::of(x.what));
+            self.apply_attributed(UNKNOWN, x.ts_ms, Contribution::of(x.what));
         }
         let limit = w.saturating_sub(self.cfg.time.allowed_lateness_ms);
         let every = (self.cfg.time.dedup_ttl_ms / 4).max(1_000);
@@ -1143,5 +1152,55 @@ mod tests {
             .restore(b"op1", b"")
             .unwrap_err()
             .contains("cannot be restored"));
+    }
+
+    #[test]
+    fn no_changelog_record_exceeds_the_record_limit() {
+        // The smallest limit allowed, one order id with the most events waiting
+        // (at the largest amounts and times), and many ids of the largest size.
+        let cfg = EngineConfig {
+            max_record_bytes: crate::config::MIN_MAX_RECORD_BYTES as usize,
+            ..EngineConfig::default()
+        };
+        let mut a = AttributionTask::new(2, Arc::new(cfg), NOW);
+        a.track_changes();
+        let (mut stats, mut out) = (Stats::default(), vec![]);
+        let waiting_for = "w".repeat(64);
+        for i in 0..crate::core::join::MAX_WAITING_PER_ORDER + 10 {
+            let v = format!(
+                r#"{{"payment_id":"{i:064}","order_id":"{waiting_for}","kind":"refund","currency":"CNY","amount_minor":1000000000000,"ts_ms":99999999}}"#
+            );
+            feed(
+                &mut a,
+                InputTopic::Payments,
+                i as i64,
+                v.as_bytes(),
+                &mut stats,
+                &mut out,
+            );
+        }
+        for i in 0..5_000 {
+            let v = format!(
+                r#"{{"order_id":"{i:064}","user_id":"u","brand_id":"{i:064}","channel_id":"{i:064}","country":"CN","device":"pc","currency":"CNY","amount_minor":5,"ts_ms":99999999}}"#
+            );
+            feed(
+                &mut a,
+                InputTopic::Orders,
+                i,
+                v.as_bytes(),
+                &mut stats,
+                &mut out,
+            );
+        }
+        assert_eq!(stats.join_overflows[InputTopic::Payments.index()], 10);
+        let changes = a.take_changes();
+        assert!(changes.len() > 3, "{} records", changes.len());
+        for (k, v) in &changes {
+            let size = k.len() + v.as_ref().map_or(0, Vec::len);
+            assert!(
+                size <= crate::config::MIN_MAX_RECORD_BYTES as usize,
+                "{size} bytes"
+            );
+        }
     }
 }

@@ -28,9 +28,18 @@ use serde::Serialize;
 pub const BATCH_PREFIX: u8 = b's';
 /// Format version, the first byte of every batch value.
 const VERSION: u8 = 1;
-/// A chunk is sent once it holds this many bytes: far below the brokers'
-/// usual 1 MB message limit, and large enough that per-record costs vanish.
+/// A chunk is sent once it holds this many bytes (or a quarter of
+/// `kafka.max_record_bytes` if less, see [`chunk_bytes`]): large enough that
+/// per-record costs vanish.
 pub const CHUNK_BYTES: usize = 256 * 1024;
+
+/// The chunk size for records of at most `max_record_bytes`: a chunk goes once
+/// it is full, so a record is one chunk plus its last entry, and an entry is
+/// bounded (one order id with at most `MAX_WAITING_PER_ORDER` events, about
+/// 25 KB) far below three quarters of the smallest `max_record_bytes` allowed.
+pub fn chunk_bytes(max_record_bytes: usize) -> usize {
+    CHUNK_BYTES.min(max_record_bytes / 4)
+}
 
 /// When the values of one batch are certainly gone, as the task's sweeps and
 /// expiries see it: the largest times it holds.
@@ -113,16 +122,33 @@ impl Batch {
 }
 
 /// One task's live batches, oldest first.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct BatchLog {
     batches: VecDeque<Batch>,
     /// The chunk being filled, kept between commits for its capacity.
     buf: Vec<u8>,
     /// Number of the next batch: above every batch written or restored.
     next: u64,
+    /// A chunk is sent once it holds this many bytes.
+    chunk_bytes: usize,
+}
+
+impl Default for BatchLog {
+    fn default() -> Self {
+        BatchLog::new(CHUNK_BYTES)
+    }
 }
 
 impl BatchLog {
+    pub fn new(chunk_bytes: usize) -> Self {
+        BatchLog {
+            batches: VecDeque::new(),
+            buf: Vec::new(),
+            next: 0,
+            chunk_bytes,
+        }
+    }
+
     /// Live batches (written or restored, not yet given a tombstone).
     pub fn len(&self) -> usize {
         self.batches.len()
@@ -194,7 +220,7 @@ impl<F: FnMut(&[u8], &[u8])> BatchWriter<'_, F> {
         *buf = postcard::to_extend(&(id, value), std::mem::take(buf))
             .expect("state values always encode");
         self.marks.merge(&marks);
-        if buf.len() >= CHUNK_BYTES {
+        if buf.len() >= self.log.chunk_bytes {
             self.flush();
         }
     }

@@ -83,24 +83,44 @@ pub struct Transaction {
     pub offsets: Vec<(TaskId, usize, i64)>,
 }
 
+/// An open transaction's offsets per task, and the progress its batches carry per source.
+type Open = (BTreeMap<TaskId, Vec<i64>>, BTreeMap<i32, Progress>);
+
 /// The tasks this instance owns and what they committed.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Commits {
+    /// A repartition batch is split so that none encodes to more than this.
+    max_batch_bytes: usize,
     /// Per owned task and input: where it resumes after the last commit.
     owned: BTreeMap<TaskId, Vec<i64>>,
     /// Per attribution task: the progress of the last batch it committed.
     sent: BTreeMap<i32, Progress>,
     /// The transaction built and not yet committed or failed: its offsets and
     /// the progress its batches carry.
-    open: Option<(BTreeMap<TaskId, Vec<i64>>, BTreeMap<i32, Progress>)>,
+    open: Option<Open>,
+}
+
+impl Default for Commits {
+    fn default() -> Self {
+        Commits::new(super::batch_log::CHUNK_BYTES)
+    }
 }
 
 impl Commits {
+    pub fn new(max_batch_bytes: usize) -> Self {
+        Commits {
+            max_batch_bytes,
+            owned: BTreeMap::new(),
+            sent: BTreeMap::new(),
+            open: None,
+        }
+    }
+
     /// A new assignment (empty: everything revoked). Every task is dropped, and
     /// an open transaction with them (the caller aborts it): the returned tasks,
     /// sorted and each once, are to be restored from their changelogs.
     pub fn assign(&mut self, tasks: impl IntoIterator<Item = TaskId>) -> Vec<TaskId> {
-        *self = Commits::default();
+        *self = Commits::new(self.max_batch_bytes);
         let mut tasks: Vec<TaskId> = tasks.into_iter().collect();
         tasks.sort_unstable();
         tasks.dedup();
@@ -146,12 +166,9 @@ impl Commits {
             }
             sent.insert(s.source, s.progress);
             for (r, entries) in s.split.into_iter().enumerate() {
-                let batch = PartialBatch {
-                    source: s.source,
-                    progress: s.progress,
-                    entries,
-                };
-                batches.push((r as i32, batch));
+                for batch in split_batch(s.source, s.progress, entries, self.max_batch_bytes) {
+                    batches.push((r as i32, batch));
+                }
             }
         }
         let read: BTreeMap<TaskId, Vec<Option<i64>>> = work.read.into_iter().collect();
@@ -190,6 +207,40 @@ impl Commits {
     pub fn failed(&mut self) -> Vec<TaskId> {
         let tasks: Vec<TaskId> = self.owned().collect();
         self.assign(tasks)
+    }
+}
+
+/// One task's batch for one aggregation partition, as records of at most
+/// `max_bytes` each (a million changed keys must not make one record past the
+/// broker's limit). The last carries the progress.
+fn split_batch(
+    source: i32,
+    progress: Progress,
+    entries: Vec<PartialEntry>,
+    max_bytes: usize,
+) -> Vec<PartialBatch> {
+    // The source and the progress take at most 40 bytes.
+    let room = max_bytes.saturating_sub(40);
+    let mut batches = Vec::new();
+    let mut entries = entries.into_iter().peekable();
+    loop {
+        let mut chunk = Vec::new();
+        let mut size = 0;
+        while let Some(e) =
+            entries.next_if(|e| chunk.is_empty() || size + e.max_encoded_len() <= room)
+        {
+            size += e.max_encoded_len();
+            chunk.push(e);
+        }
+        let last = entries.peek().is_none();
+        batches.push(PartialBatch {
+            source,
+            progress: last.then_some(progress),
+            entries: chunk,
+        });
+        if last {
+            return batches;
+        }
     }
 }
 
@@ -360,5 +411,46 @@ mod tests {
         });
         assert!(t.batches.is_empty());
         assert!(t.offsets.iter().all(|(task, _, _)| *task == A0));
+    }
+
+    #[test]
+    fn a_large_batch_goes_as_records_under_the_limit_and_only_the_last_carries_the_progress() {
+        let max = 64 * 1024;
+        let mut c = Commits::new(max);
+        c.assign([A0]);
+        c.restored(A0, vec![0, 0, 0]);
+        let entries: Vec<PartialEntry> = (0..20_000)
+            .map(|i| PartialEntry {
+                dim: Dim::Brand,
+                key: format!("{i:064}").into(),
+                bucket_ms: i64::MIN,
+                delta: crate::core::state::Delta {
+                    gmv_fen: i128::MAX,
+                    refund_fen: i128::MIN,
+                    paid_orders: u64::MAX,
+                    placed_orders: u64::MAX,
+                    shipped_orders: u64::MAX,
+                    delivered_orders: u64::MAX,
+                },
+            })
+            .collect();
+        let t = c.transaction(Work {
+            sums: vec![TaskSums {
+                source: 0,
+                progress: progress(i64::MAX),
+                split: vec![entries.clone()],
+            }],
+            ..Work::default()
+        });
+        assert!(t.batches.len() > 20, "{} batches", t.batches.len());
+        for (i, (r, b)) in t.batches.iter().enumerate() {
+            assert_eq!(*r, 0);
+            let size = crate::core::state::encode(b).len();
+            assert!(size <= max, "batch {i}: {size} bytes");
+            let last = i + 1 == t.batches.len();
+            assert_eq!(b.progress, last.then_some(progress(i64::MAX)), "batch {i}");
+        }
+        let sent: Vec<PartialEntry> = t.batches.into_iter().flat_map(|(_, b)| b.entries).collect();
+        assert_eq!(sent, entries, "every entry once, in order");
     }
 }

@@ -66,6 +66,9 @@ pub struct EngineConfig {
     pub fx: BTreeMap<String, Rate>,
     /// Actual names of the input topics, for dead letters.
     pub input_topic_names: [String; 3],
+    /// Largest record the job may write (`kafka.max_record_bytes`): changelog
+    /// chunks and repartition batches are cut well below it.
+    pub max_record_bytes: usize,
 }
 
 impl Default for EngineConfig {
@@ -93,6 +96,7 @@ impl Default for EngineConfig {
             ],
             fx: super::fx::default_rates(),
             input_topic_names: InputTopic::ALL.map(|t| t.label().to_string()),
+            max_record_bytes: crate::config::DEFAULT_MAX_RECORD_BYTES,
         }
     }
 }
@@ -105,6 +109,9 @@ pub struct Stats {
     pub late_events: [u64; 3],
     pub duplicates: [u64; 3],
     pub join_timeouts: [u64; 3],
+    /// Events attributed to `unknown` at once: their order had
+    /// `MAX_WAITING_PER_ORDER` events waiting already.
+    pub join_overflows: [u64; 3],
     pub paid_fen: i128,
     pub refunded_fen: i128,
     pub paid_orders: u64,
@@ -743,6 +750,29 @@ mod tests {
         h.feed(InputTopic::Payments, &pay("p4", "o1", "paid", 5, 3_600_000));
         assert_eq!(h.dead(DeadReason::InvalidField), 4);
         assert_eq!(h.e.engine().stats().paid_fen, 5);
+    }
+
+    #[test]
+    fn events_beyond_the_most_waiting_for_one_order_go_to_unknown_at_once() {
+        use crate::core::join::MAX_WAITING_PER_ORDER;
+        let mut h = Harness::new(EngineConfig::default());
+        let n = MAX_WAITING_PER_ORDER + 5;
+        for i in 0..n {
+            h.feed(
+                InputTopic::Payments,
+                &pay(&format!("p{i}"), "o1", "paid", 1, 1_000),
+            );
+        }
+        assert_eq!(h.e.engine().stats().join_overflows, [0, 5, 0]);
+        h.feed(InputTopic::Orders, &order("o1", "b1", None, 1_000));
+        let b1 = h.totals(Dim::Brand, "b1").unwrap();
+        let unknown = h.totals(Dim::Brand, "unknown").unwrap();
+        let total = h.totals(Dim::Total, "all").unwrap();
+        assert_eq!(
+            (b1.gmv_fen, unknown.gmv_fen, total.gmv_fen),
+            (MAX_WAITING_PER_ORDER as i128, 5, n as i128),
+            "every payment counted once: the total, and its order's brand or unknown"
+        );
     }
 
     #[test]

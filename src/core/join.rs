@@ -29,6 +29,25 @@ pub struct OrderInfo {
     pub first_paid_ms: i64,
 }
 
+/// Most events parked for one order id. A real order has a few payments and
+/// deliveries; a producer sending 100,000 for one id that never comes would
+/// otherwise grow one state entry, and its changelog record, without bound
+/// (past the broker's largest record). Beyond it an event is attributed to
+/// `unknown` at once, as at its join timeout, and counted
+/// (`gmv_join_overflows_total`).
+pub const MAX_WAITING_PER_ORDER: usize = 1_000;
+
+/// What became of a payment or delivery given to [`JoinState::attach`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attach {
+    /// Its order is here (as it is now).
+    Joined(OrderInfo),
+    /// Parked until its order comes or its deadline passes.
+    Parked,
+    /// Not parked: [`MAX_WAITING_PER_ORDER`] wait for this order already.
+    Full,
+}
+
 /// A payment, refund or delivery whose order has not arrived yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Joinable {
@@ -203,17 +222,22 @@ impl JoinState {
     /// A payment or delivery meets its order: the order as it is now (a `paid`
     /// payment's time recorded on it first, for pay-to-delivery); or, with no
     /// order yet, the event is parked until it arrives or the watermark passes
-    /// its deadline (`None`). One look-up either way.
-    pub fn attach(&mut self, order_id: &str, w: Waiting) -> Option<OrderInfo> {
+    /// its deadline; or, with [`MAX_WAITING_PER_ORDER`] parked already, not. One
+    /// look-up either way.
+    pub fn attach(&mut self, order_id: &str, w: Waiting) -> Attach {
         let (i, _) = self.slots.slot_of(order_id);
         let slot = self.slots.get_mut(i);
         if slot.has_order {
             if slot.note_paid(&w) {
                 self.slots.mark(i);
             }
-            return self.slots.get(i).order();
+            let order = self.slots.get(i).order().expect("has_order");
+            return Attach::Joined(order);
         }
         let list = slot.waiting.get_or_insert_with(Default::default);
+        if list.len() >= MAX_WAITING_PER_ORDER {
+            return Attach::Full;
+        }
         if list.is_empty() {
             self.deadlines
                 .push(Reverse((w.deadline_ms, order_id.into())));
@@ -221,7 +245,7 @@ impl JoinState {
         list.push(w);
         self.waiting_count += 1;
         self.slots.mark(i);
-        None
+        Attach::Parked
     }
 
     /// Stores an order and returns it with the events that were waiting for it
@@ -453,8 +477,16 @@ mod tests {
     #[test]
     fn waiting_events_are_released_by_their_order() {
         let mut j = JoinState::default();
-        assert_eq!(j.attach("o1", pay(10, 100)), None, "no order yet: parked");
-        assert_eq!(j.attach("o1", pay(20, 110)), None, "no order yet: parked");
+        assert_eq!(
+            j.attach("o1", pay(10, 100)),
+            Attach::Parked,
+            "no order yet: parked"
+        );
+        assert_eq!(
+            j.attach("o1", pay(20, 110)),
+            Attach::Parked,
+            "no order yet: parked"
+        );
         assert_eq!(j.waiting_count(), 2);
         let info = OrderInfo {
             attribution: attr(3),
@@ -480,9 +512,21 @@ mod tests {
     #[test]
     fn waiting_events_expire_by_deadline_only() {
         let mut j = JoinState::default();
-        assert_eq!(j.attach("o1", pay(10, 100)), None, "no order yet: parked");
-        assert_eq!(j.attach("o1", pay(50, 150)), None, "no order yet: parked");
-        assert_eq!(j.attach("o2", pay(20, 120)), None, "no order yet: parked");
+        assert_eq!(
+            j.attach("o1", pay(10, 100)),
+            Attach::Parked,
+            "no order yet: parked"
+        );
+        assert_eq!(
+            j.attach("o1", pay(50, 150)),
+            Attach::Parked,
+            "no order yet: parked"
+        );
+        assert_eq!(
+            j.attach("o2", pay(20, 120)),
+            Attach::Parked,
+            "no order yet: parked"
+        );
         let mut expired = vec![];
         j.expire(99, |w| expired.push(w.ts_ms));
         assert!(expired.is_empty());
@@ -560,10 +604,18 @@ mod tests {
             drained(&mut j).is_empty(),
             "changes before tracking are not listed"
         );
-        assert_eq!(j.attach("o1", pay(10, 100)), None, "no order yet: parked");
+        assert_eq!(
+            j.attach("o1", pay(10, 100)),
+            Attach::Parked,
+            "no order yet: parked"
+        );
         // The parked payment is released, and its time recorded as the first paid.
         j.insert_order("o1", info(5), 0).unwrap();
-        assert_eq!(j.attach("o2", pay(20, 50)), None, "no order yet: parked");
+        assert_eq!(
+            j.attach("o2", pay(20, 50)),
+            Attach::Parked,
+            "no order yet: parked"
+        );
         let paid = OrderInfo {
             first_paid_ms: 10,
             ..info(5)
@@ -579,10 +631,14 @@ mod tests {
         // o2 expires (removed), then is made anew in the same interval.
         j.expire(60, |_| {});
         assert_eq!(drained(&mut j), vec![("o2".into(), None, 0)]);
-        assert_eq!(j.attach("o3", pay(20, 50)), None, "no order yet: parked");
+        assert_eq!(
+            j.attach("o3", pay(20, 50)),
+            Attach::Parked,
+            "no order yet: parked"
+        );
         j.expire(60, |_| {});
         j.insert_order("o3", info(7), 0).unwrap();
-        assert!(j.attach("o1", pay(8, 100)).is_some());
+        assert!(matches!(j.attach("o1", pay(8, 100)), Attach::Joined(_)));
         assert_eq!(
             drained(&mut j),
             vec![
@@ -605,7 +661,11 @@ mod tests {
         );
         // A slot freed and taken by another id in the same interval: the first
         // id's removal and the second's value, each once.
-        assert_eq!(j.attach("o5", pay(30, 40)), None, "no order yet: parked");
+        assert_eq!(
+            j.attach("o5", pay(30, 40)),
+            Attach::Parked,
+            "no order yet: parked"
+        );
         j.expire(60, |_| {});
         j.insert_order("o6", info(9), 0).unwrap();
         assert_eq!(

@@ -2,6 +2,7 @@
 //! (stage one → commit protocol → repartition → stage two), with the
 //! repartition topic in memory and every tick a committed transaction.
 
+use super::batch_log;
 use super::commit::{Commits, Stage};
 use super::engine::Engine;
 use super::output::Output;
@@ -26,8 +27,8 @@ impl LocalJob {
         aggregation_partitions: i32,
         now_ms: i64,
     ) -> Self {
+        let mut commits = Commits::new(batch_log::chunk_bytes(cfg.max_record_bytes));
         let mut engine = Engine::new(cfg);
-        let mut commits = Commits::default();
         let attribution = partitions.iter().map(|p| (Stage::Attribution, *p));
         let aggregation = (0..aggregation_partitions).map(|r| (Stage::Aggregation, r));
         let tasks = commits.assign(attribution.chain(aggregation));

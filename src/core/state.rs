@@ -53,12 +53,23 @@ impl Default for Progress {
 /// What one attribution task sends one aggregation partition in one transaction:
 /// its partial sums for the keys that partition owns, and its progress. Every
 /// partition gets one per transaction, so each learns every task's watermark.
+/// A batch larger than a record may be is sent as several, in order: only the
+/// last carries the progress, so no window closes before all its sums are in.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartialBatch {
     /// The attribution task (input partition number).
     pub source: i32,
-    pub progress: Progress,
+    /// `None`: more of this transaction's batch follows.
+    pub progress: Option<Progress>,
     pub entries: Vec<PartialEntry>,
+}
+
+impl PartialEntry {
+    /// Upper bound of its encoded size: the key, and at most 96 bytes for the
+    /// dimension, the key's length, the bucket and the six sums as varints.
+    pub fn max_encoded_len(&self) -> usize {
+        self.key.len() + 96
+    }
 }
 
 /// Stable partition of an aggregation key (`{dim}|{key}`), FNV-1a: the same on every instance.
@@ -110,11 +121,11 @@ mod tests {
     fn batch_round_trips() {
         let b = PartialBatch {
             source: 3,
-            progress: Progress {
+            progress: Some(Progress {
                 watermark_ms: 1_000,
                 max_event_ms: 6_000,
                 idle: true,
-            },
+            }),
             entries: vec![PartialEntry {
                 dim: Dim::Brand,
                 key: "b|x".into(),

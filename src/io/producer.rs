@@ -109,7 +109,11 @@ impl TxnProducer {
     /// Creates the producer with `transactional.id` and fences any older producer using it.
     pub fn create(cfg: &Config, metrics: Option<Arc<Mutex<Metrics>>>) -> anyhow::Result<Self> {
         let txn_id = cfg.transactional_id();
+        let batch_bytes = cfg.kafka.max_record_bytes.to_string();
         let ours = [
+            // The broker checks a topic's max.message.bytes against a whole
+            // batch of records: batches no larger than one record may be.
+            ("batch.size", batch_bytes.as_str()),
             ("enable.idempotence", "true"),
             ("acks", "all"),
             ("linger.ms", "5"),

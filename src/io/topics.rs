@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::Consumer;
 use rdkafka::types::RDKafkaErrorCode;
@@ -176,6 +176,89 @@ pub fn partition_count<C: Consumer<X>, X: rdkafka::consumer::ConsumerContext>(
         Ok(n) => Ok(n),
         Err(_) => bail!("topic `{name}` does not exist; create it with `gmv topics`"),
     }
+}
+
+/// Checks that every topic the job writes exists and accepts records of
+/// `kafka.max_record_bytes` (its `max.message.bytes`, which defaults to the
+/// broker's `message.max.bytes`), so that no output, dead letter or state
+/// record is ever refused for its size: a refusal would fail every commit.
+/// (`limits`: whether to read the limits; see `app::Broker`.)
+pub fn check_writable<C: Consumer<X>, X: rdkafka::consumer::ConsumerContext>(
+    consumer: &C,
+    cfg: &Config,
+    limits: bool,
+) -> anyhow::Result<()> {
+    let t = &cfg.topics;
+    let written = [
+        &t.gmv_windows,
+        &t.gmv_totals,
+        &t.milestones,
+        &t.dead_letters,
+        &t.repartition,
+        &t.attribution_changelog,
+        &t.aggregation_changelog,
+    ];
+    let missing: Vec<String> = written
+        .iter()
+        .filter_map(|name| match partitions_of(consumer, name) {
+            Ok(Ok(_)) => None,
+            Ok(Err(detail)) => Some(Ok(format!("`{name}` does not exist{detail}"))),
+            Err(e) => Some(Err(e)),
+        })
+        .collect::<anyhow::Result<_>>()?;
+    if !missing.is_empty() {
+        bail!(
+            "the job cannot write its results: topic {}; create the topics with `gmv topics` (or as in topics/*.toml)",
+            missing.join(", topic ")
+        );
+    }
+    if !limits {
+        return Ok(());
+    }
+    let admin: AdminClient<DefaultClientContext> =
+        super::client_config(&cfg.kafka, &[], &std::collections::BTreeMap::new())
+            .create()
+            .context("creating the Kafka admin client")?;
+    let specs: Vec<ResourceSpecifier> = written
+        .iter()
+        .map(|n| ResourceSpecifier::Topic(n))
+        .collect();
+    let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(15)));
+    let results = match block_on(admin.describe_configs(&specs, &opts)) {
+        Ok(r) => r,
+        // The job's principal may not be allowed to describe configs: the
+        // brokers' defaults then decide, as for any client.
+        Err(e) => {
+            tracing::warn!("could not read the output topics' max.message.bytes ({e}); not checked against kafka.max_record_bytes");
+            return Ok(());
+        }
+    };
+    let want = cfg.kafka.max_record_bytes;
+    let mut small = Vec::new();
+    for (name, r) in written.iter().zip(results) {
+        let limit = r.ok().and_then(|c| {
+            c.get("max.message.bytes")?
+                .value
+                .as_deref()?
+                .parse::<i64>()
+                .ok()
+        });
+        match limit {
+            Some(limit) if limit < want => small.push(format!("`{name}` accepts {limit}")),
+            Some(_) => {}
+            None => {
+                tracing::warn!(topic = %name, "could not read max.message.bytes; not checked against kafka.max_record_bytes")
+            }
+        }
+    }
+    if !small.is_empty() {
+        bail!(
+            "topics the job writes accept smaller records than kafka.max_record_bytes ({want} bytes): {}. Raise their max.message.bytes, or lower kafka.max_record_bytes (at least {})",
+            small.join(", "),
+            crate::config::MIN_MAX_RECORD_BYTES
+        );
+    }
+    Ok(())
 }
 
 /// Checks that the input topics exist with the same partition count; returns it.

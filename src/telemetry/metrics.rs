@@ -55,6 +55,7 @@ pub struct Metrics {
     late_events: IntCounterVec,
     duplicates: IntCounterVec,
     join_timeouts: IntCounterVec,
+    join_overflows: IntCounterVec,
     late_partials: IntCounter,
     watermark: prometheus::Gauge,
     watermark_lag: prometheus::Gauge,
@@ -135,6 +136,7 @@ impl Metrics {
             late_events: counter_vec("late_events_total", "Events dropped as late", &["topic"]),
             duplicates: counter_vec("duplicates_dropped_total", "Repeated ids dropped within dedup_ttl", &["topic"]),
             join_timeouts: counter_vec("join_timeouts_total", "Payments and deliveries whose order did not come within join_timeout", &["topic"]),
+            join_overflows: counter_vec("join_overflows_total", "Payments and deliveries counted under unknown at once: their order had the most events waiting already", &["topic"]),
             late_partials: counter("late_partials_total", "Partial sums whose bucket had closed when they reached the aggregation stage (a partition back from idleness behind the others)"),
             watermark: reg(&r, prometheus::Gauge::new("watermark_timestamp_seconds", "The job's event-time watermark").expect("valid metric")),
             watermark_lag: reg(&r, prometheus::Gauge::new("watermark_lag_seconds", "Wall time minus the watermark").expect("valid metric")),
@@ -182,6 +184,7 @@ impl Metrics {
         }
         for t in [InputTopic::Payments, InputTopic::Deliveries] {
             m.join_timeouts.with_label_values(&[t.label()]);
+            m.join_overflows.with_label_values(&[t.label()]);
         }
         for reason in DeadReason::ALL {
             m.dead_letters.with_label_values(&[reason.as_str()]);
@@ -232,6 +235,9 @@ impl Metrics {
                 self.join_timeouts
                     .with_label_values(&l)
                     .inc_by(d(s.join_timeouts[i], self.last.join_timeouts[i]));
+                self.join_overflows
+                    .with_label_values(&l)
+                    .inc_by(d(s.join_overflows[i], self.last.join_overflows[i]));
             }
         }
         for r in DeadReason::ALL {
