@@ -285,6 +285,8 @@ struct Outputs {
     totals: BTreeMap<String, Value>,
     milestone_records: Vec<(String, Value)>,
     dead_letters: Vec<Value>,
+    /// The key's length of each dead letter (none: 0).
+    dead_letter_key_lens: Vec<usize>,
 }
 
 impl Outputs {
@@ -385,7 +387,11 @@ fn drain(c: &BaseConsumer, out: &mut Outputs, for_at_least: Duration) {
                 out.totals.insert(key, v);
             }
             "milestones" => out.milestone_records.push((key, v)),
-            "dead-letters" => out.dead_letters.push(v),
+            "dead-letters" => {
+                out.dead_letter_key_lens
+                    .push(m.key().map_or(0, <[u8]>::len));
+                out.dead_letters.push(v)
+            }
             other => panic!("unexpected topic {other}"),
         }
     }
@@ -778,6 +784,144 @@ fn job_output_matches_independent_totals_and_survives_a_restart() {
         job2.0.wait().unwrap().success(),
         "the restarted job did not stop cleanly"
     );
+}
+
+/// Hostile input through the real broker with the job running: each class
+/// ends as a dead letter or as bounded, metered state, every valid record
+/// around it is counted exactly, and the job never stops (docs/testing.md has
+/// the table).
+#[test]
+fn hostile_input_is_dead_lettered_or_bounded_and_every_valid_record_counts() {
+    use gmv::model::InputTopic::{self, Deliveries, Orders, Payments};
+    let stage = Stage::new("hostile");
+    let producer = stage.producer();
+    let mut good: Vec<(String, Value)> = Vec::new();
+    let mut bad_by_reason: BTreeMap<String, usize> = BTreeMap::new();
+    for r in Traffic::new(test_traffic(11)).take(20_000) {
+        stage.send(&producer, &r);
+        match r.kind {
+            RecordKind::Bad(reason) => {
+                *bad_by_reason.entry(reason.as_str().into()).or_default() += 1
+            }
+            _ => good.push((
+                r.topic.label().into(),
+                serde_json::from_slice(&r.value).unwrap(),
+            )),
+        }
+    }
+    // Valid hostile records carry the traffic's latest event time: not late
+    // when read after it.
+    let t = good
+        .iter()
+        .map(|(_, v)| v["ts_ms"].as_i64().unwrap())
+        .max()
+        .unwrap();
+    let order = |id: &str, brand: &str, channel: Option<&str>| {
+        json!({"order_id": id, "user_id": "u", "brand_id": brand, "channel_id": channel, "country": "CN",
+               "device": "pc", "currency": "CNY", "amount_minor": 100, "ts_ms": t})
+    };
+    let pay = |id: &str, order_id: &str, ts: Value| json!({"payment_id": id, "order_id": order_id, "kind": "paid", "currency": "CNY", "amount_minor": 100, "ts_ms": ts});
+    let bytes = |v: &Value| serde_json::to_vec(v).unwrap();
+    let huge_key = vec![b'k'; 990_000];
+    let controls: Vec<u8> = (0..4096).map(|i| 1 + (i % 31) as u8).collect();
+    // 30,000 levels of nesting: as a required field's value, and in an unknown
+    // field (ignored by contract, and parsed without recursion: valid, below).
+    let nested = format!("{}{}", "[".repeat(30_000), "]".repeat(30_000));
+    let deep = format!(
+        r#"{{"order_id":"h-7","user_id":"u","brand_id":{nested},"channel_id":null,"country":"CN","device":"pc","currency":"CNY","amount_minor":1,"ts_ms":{t}}}"#
+    );
+    let duplicate_keys = format!(
+        r#"{{"order_id":"h-8","order_id":"h-8b","user_id":"u","brand_id":"b","channel_id":null,"country":"CN","device":"pc","currency":"CNY","amount_minor":1,"ts_ms":{t}}}"#
+    );
+    let id64 = "i".repeat(64);
+    let id65 = "i".repeat(65);
+    let ahead = gmv::telemetry::http::now_ms() + 2 * 3_600_000;
+    // (outcome: a dead-letter reason, topic, key, value)
+    let cases: Vec<(&str, InputTopic, Option<Vec<u8>>, Vec<u8>)> = vec![
+        // Keys and values up to the broker's maximum; control characters.
+        ("invalid_field", Payments, Some(huge_key.clone()), bytes(&pay("h-1", "h-1", json!(t)))),
+        ("malformed_json", Orders, Some(huge_key), controls.clone()),
+        ("too_large", Orders, Some(b"h-3".to_vec()), bytes(&json!({"order_id": "h-3", "pad": "p".repeat(990_000)}))),
+        ("invalid_field", Deliveries, Some(b"h-6\x00\x01\x1f".to_vec()),
+            bytes(&json!({"delivery_id": "d-6", "order_id": "h-6", "status": "shipped", "ts_ms": t}))),
+        // Invalid UTF-8 in a value and in a key.
+        ("malformed_json", Payments, Some(b"h-4".to_vec()), [&[0xff, 0xfe][..], &controls].concat()),
+        ("invalid_field", Payments, Some(vec![0xff, 0xfe, b'h']), bytes(&pay("h-5", "h-5", json!(t)))),
+        // Deep nesting; duplicate JSON keys; numbers beyond i64.
+        ("invalid_field", Orders, Some(b"h-7".to_vec()), deep.into_bytes()),
+        ("invalid_field", Orders, Some(b"h-8".to_vec()), duplicate_keys.into_bytes()),
+        ("amount_out_of_range", Payments, Some(b"h-9".to_vec()),
+            br#"{"payment_id":"h-9","order_id":"h-9","kind":"paid","currency":"CNY","amount_minor":100000000000000000000000000000,"ts_ms":1800000000000}"#.to_vec()),
+        ("invalid_field", Payments, Some(b"h-10".to_vec()),
+            br#"{"payment_id":"h-10","order_id":"h-10","kind":"paid","currency":"CNY","amount_minor":1,"ts_ms":100000000000000000000000}"#.to_vec()),
+        // Ids of 65 bytes (64 are valid, below).
+        ("invalid_field", Orders, Some(id65.clone().into_bytes()), bytes(&order(&id65, "b", None))),
+        // A key other than order_id, and no key.
+        ("invalid_field", Payments, Some(b"another-order".to_vec()), bytes(&pay("h-13", "h-13", json!(t)))),
+        ("invalid_field", Payments, None, bytes(&pay("h-14", "h-14", json!(t)))),
+        // Seconds instead of milliseconds; a producer clock two hours ahead.
+        ("invalid_field", Payments, Some(b"h-15".to_vec()), bytes(&pay("h-15", "h-15", json!(t / 1000)))),
+        ("invalid_field", Payments, Some(b"h-16".to_vec()), bytes(&pay("h-16", "h-16", json!(ahead)))),
+    ];
+    for (reason, topic, key, value) in &cases {
+        gmv::gen::writer::send(&producer, stage.input(*topic), key.as_deref(), value).unwrap();
+        *bad_by_reason.entry(reason.to_string()).or_default() += 1;
+    }
+    // Deep nesting in an unknown field: valid (the reference ignores the field).
+    let nested_extra = order("h-deep", "b-deep", None);
+    let mut raw = bytes(&nested_extra);
+    raw.pop();
+    raw.extend_from_slice(format!(r#","extra":{nested}}}"#).as_bytes());
+    gmv::gen::writer::send(&producer, stage.input(Orders), Some("h-deep"), &raw).unwrap();
+    good.push((Orders.label().into(), nested_extra));
+    let mut valid = |topic: InputTopic, v: Value| {
+        let key = v["order_id"].as_str().unwrap().to_string();
+        gmv::gen::writer::send(&producer, stage.input(topic), Some(&key), &bytes(&v)).unwrap();
+        good.push((topic.label().into(), v));
+    };
+    // Ids of exactly 64 bytes.
+    valid(Orders, order(&id64, &id64, Some(&id64)));
+    valid(Payments, pay(&id64, &id64, json!(t)));
+    // 100,000 payments for one order that never comes: 1,000 wait, the rest
+    // go to `unknown` at once (bounded, metered); all count.
+    const WAITING: usize = 100_000;
+    for i in 0..WAITING {
+        valid(Payments, pay(&format!("many-{i}"), "h-many", json!(t)));
+    }
+    // 50,000 brand ids of 64 bytes each, one order and payment each.
+    const BRANDS: usize = 50_000;
+    for i in 0..BRANDS {
+        let id = format!("{i:064}");
+        valid(Orders, order(&id, &id, None));
+        valid(Payments, pay(&id, &id, json!(t)));
+    }
+    producer.flush(Duration::from_secs(60)).unwrap();
+    let want = reference(&good);
+
+    let mut job = start_job(&stage.config);
+    let out_reader = reader(&stage);
+    let mut out = Outputs::default();
+    wait_for(&out_reader, &mut out, &want, "hostile input");
+    let mut dead: BTreeMap<String, usize> = BTreeMap::new();
+    for d in &out.dead_letters {
+        *dead
+            .entry(d["reason"].as_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    assert_eq!(dead, bad_by_reason, "dead letters by reason");
+    let longest = out.dead_letter_key_lens.iter().max().copied().unwrap_or(0);
+    assert_eq!(longest, 256, "dead-letter keys are cut to 256 bytes");
+    let metrics = http_get(stage.metrics_port, "/metrics");
+    assert_eq!(
+        metric_sum(&metrics, "gmv_join_overflows_total"),
+        (WAITING - gmv::core::join::MAX_WAITING_PER_ORDER) as f64
+    );
+    assert!(
+        metric_sum(&metrics, "gmv_state_entries{kind=\"keys\"}") >= BRANDS as f64,
+        "every brand's totals are kept and metered"
+    );
+    assert!(job.0.try_wait().unwrap().is_none(), "the job stopped");
+    stop_cleanly(job, "hostile");
 }
 
 /// What an operator sees when the input topics are wrong: the job refuses to start and says why.

@@ -410,13 +410,15 @@ impl AggregationTask {
     }
 
     /// (open windows, open milestone buckets).
-    pub fn sizes(&self) -> (usize, usize) {
+    /// (open windows, open milestone buckets, keys with cumulative totals).
+    pub fn sizes(&self) -> (usize, usize, usize) {
         (
             self.dims
                 .iter()
                 .map(|d| d.windows.iter().map(|w| w.open_slots()).sum::<usize>())
                 .sum(),
             self.dims.iter().map(|d| d.milestones.open_buckets()).sum(),
+            self.dims.iter().map(|d| d.totals.len()).sum(),
         )
     }
 

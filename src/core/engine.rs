@@ -131,6 +131,9 @@ pub struct StateSize {
     pub dedup_ids: usize,
     pub open_windows: usize,
     pub open_buckets: usize,
+    /// Dimension keys (total, brands, channels, countries) with cumulative
+    /// totals: kept for the whole sale, as the contract's totals need.
+    pub keys: usize,
     /// Attribution changelog batches not given a tombstone yet.
     pub changelog_batches: usize,
     /// Changelog entries re-written at every commit (times far past the wall clock).
@@ -307,9 +310,10 @@ impl Engine {
             s.changelog_pinned += t.changelog_pinned();
         }
         for t in self.aggregation.values() {
-            let (w, b) = t.sizes();
+            let (w, b, k) = t.sizes();
             s.open_windows += w;
             s.open_buckets += b;
+            s.keys += k;
         }
         s
     }

@@ -46,16 +46,17 @@ pub fn producer(cfg: &Config) -> anyhow::Result<ThreadedProducer<DefaultProducer
         .context("creating the generator's Kafka producer")
 }
 
-/// Sends one record, waiting while the local queue is full.
-pub fn send(
+/// Sends one record, waiting while the local queue is full. (A key is bytes:
+/// tests send keys that are not UTF-8.)
+pub fn send<K: AsRef<[u8]> + ?Sized>(
     p: &ThreadedProducer<DefaultProducerContext>,
     topic: &str,
-    key: Option<&str>,
+    key: Option<&K>,
     value: &[u8],
 ) -> anyhow::Result<()> {
     let mut record = BaseRecord::to(topic).payload(value);
     if let Some(k) = key {
-        record = record.key(k);
+        record = record.key(k.as_ref());
     }
     loop {
         match p.send(record) {

@@ -301,6 +301,7 @@ impl Metrics {
             ("dedup_ids", s.dedup_ids),
             ("open_windows", s.open_windows),
             ("open_buckets", s.open_buckets),
+            ("keys", s.keys),
             ("changelog_batches", s.changelog_batches),
             ("changelog_pinned", s.changelog_pinned),
         ] {
