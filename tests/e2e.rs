@@ -948,22 +948,31 @@ fn run_refuses_missing_or_not_co_partitioned_inputs_and_bad_settings() {
         .enable_all()
         .build()
         .unwrap();
+    // And an output topic that accepts records of 100,000 bytes only.
+    let small = rdkafka::admin::NewTopic::new(
+        "refuse.small-windows",
+        1,
+        rdkafka::admin::TopicReplication::Fixed(1),
+    )
+    .set("max.message.bytes", "100000");
     let created = rt
-        .block_on(admin.create_topics([&topic], &rdkafka::admin::AdminOptions::new()))
+        .block_on(admin.create_topics([&topic, &small], &rdkafka::admin::AdminOptions::new()))
         .unwrap();
-    assert!(created[0].is_ok(), "{created:?}");
+    assert!(created.iter().all(Result::is_ok), "{created:?}");
     // Created by the controller; listed by the broker a moment later.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while admin
-        .inner()
-        .fetch_metadata(Some("refuse.orders-three"), Duration::from_secs(5))
-        .map_or(true, |m| m.topics()[0].partitions().is_empty())
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the broker never listed the topic"
-        );
-        std::thread::sleep(Duration::from_millis(100));
+    for name in ["refuse.orders-three", "refuse.small-windows"] {
+        while admin
+            .inner()
+            .fetch_metadata(Some(name), Duration::from_secs(5))
+            .map_or(true, |m| m.topics()[0].partitions().is_empty())
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the broker never listed the topic"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     let refused = |env: (&str, &str), config: &std::path::Path| {
@@ -987,6 +996,16 @@ fn run_refuses_missing_or_not_co_partitioned_inputs_and_bad_settings() {
     let err = refused(("GMV_TOPICS__PAYMENTS", "no-such-topic"), &config);
     assert!(
         err.contains("no-such-topic") && err.contains("does not exist"),
+        "{err}"
+    );
+    let err = refused(("GMV_TOPICS__DEAD_LETTERS", "no-such-output"), &config);
+    assert!(
+        err.contains("`no-such-output` does not exist") && err.contains("gmv topics"),
+        "{err}"
+    );
+    let err = refused(("GMV_TOPICS__GMV_WINDOWS", "refuse.small-windows"), &config);
+    assert!(
+        err.contains("`refuse.small-windows` accepts 100000") && err.contains("max_record_bytes"),
         "{err}"
     );
     let err = refused(("GMV_TIME__JOIN_TIMEOUT_MS", "120000"), &config);
@@ -1045,6 +1064,16 @@ impl<'a> Instances<'a> {
         (0..self.ids.len())
             .filter(|i| self.jobs[*i].is_some())
             .collect()
+    }
+
+    /// Asserts that instance `i` is still running: it rode out what happened by itself.
+    fn assert_alive(&mut self, i: usize, after: &str) {
+        let job = self.jobs[i].as_mut().expect("the instance was started");
+        assert!(
+            job.0.try_wait().unwrap().is_none(),
+            "instance {} exited {after}",
+            self.ids[i]
+        );
     }
 
     /// SIGKILL: no flush, no commit, no leave.
@@ -1423,4 +1452,136 @@ fn the_broker_stopped_and_restarted_between_commits_changes_no_result() {
     broker.restart();
     writer.join().unwrap();
     assert_exact(&stage, &cluster, &want, "after the broker restarted");
+}
+
+/// The broker paused (SIGSTOP) for 30 s with traffic flowing: longer than the
+/// job's group session (6 s here) and its transaction timeout (10 s). The job
+/// rides it out by itself, without a restart, and the results are exact.
+#[test]
+fn the_broker_paused_for_30_s_changes_no_result_and_the_job_keeps_running() {
+    let (seed, _) = chaos_rng("broker pause");
+    let stage = Stage::own_broker("brokerpause");
+    let (want, writer) = traffic_in_background(&stage, seed, 150_000, 5_000);
+    let mut cluster = Instances::new(&stage, &["a"]);
+    cluster.start(0);
+    cluster.wait_until_every_task_is_owned();
+    std::thread::sleep(Duration::from_secs(3));
+    let broker = stage.own.as_ref().expect("a broker of its own");
+    println!("pausing the broker for 30 s");
+    broker.pause();
+    std::thread::sleep(Duration::from_secs(30));
+    broker.resume();
+    println!("broker resumed");
+    writer.join().unwrap();
+    assert_exact(
+        &stage,
+        &cluster,
+        &want,
+        "after the broker was paused for 30 s",
+    );
+    cluster.assert_alive(0, "after the broker was paused");
+}
+
+/// The group session lost: the job itself paused (SIGSTOP) for longer than
+/// its session timeout, with traffic flowing, so the group moves on without
+/// it and the broker ends its open transaction. Resumed, it rejoins, restores
+/// its tasks and goes on, as Kafka Streams does with a migrated task, instead
+/// of exiting; the results are exact.
+#[test]
+fn an_instance_that_lost_its_session_rejoins_and_the_results_stay_exact() {
+    let (seed, _) = chaos_rng("session lost");
+    let stage = Stage::new("sessionlost");
+    let (want, writer) = traffic_in_background(&stage, seed, 150_000, 5_000);
+    let mut cluster = Instances::new(&stage, &["a"]);
+    cluster.start(0);
+    cluster.wait_until_every_task_is_owned();
+    std::thread::sleep(Duration::from_secs(3));
+    let pid = cluster.pid(0);
+    println!("pausing the instance for 15 s (session timeout 6 s, transaction timeout 10 s)");
+    signal(&pid, "-STOP");
+    std::thread::sleep(Duration::from_secs(15));
+    signal(&pid, "-CONT");
+    writer.join().unwrap();
+    assert_exact(
+        &stage,
+        &cluster,
+        &want,
+        "after the instance lost its session",
+    );
+    cluster.assert_alive(0, "after it lost its session");
+}
+
+/// Input partition 0 quiet for far longer than idle_timeout (3 s here) while
+/// the others flow, then back: the others' windows close without it, it holds
+/// nothing back while quiet, nothing it brings when back is late, and the
+/// results are exact. (Records are written to partitions 1 to 3 by a hash of
+/// their key, the same in every topic, so co-partitioning holds; partition 0
+/// gets the records of the last third of the traffic only.)
+#[test]
+fn a_quiet_partition_neither_holds_back_nor_closes_the_windows_of_the_others() {
+    let stage = Stage::new("quiet");
+    let records: Vec<_> = Traffic::new(test_traffic(21)).take(90_000).collect();
+    let back_at = records.len() * 2 / 3;
+    let partition_of = |key: &str, i: usize| -> Option<i32> {
+        let h = key.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x100000001b3)
+        });
+        let p = (h % PARTITIONS as u64) as i32;
+        (p != 0 || i >= back_at).then_some(p)
+    };
+    let sent: Vec<(i32, &gmv::gen::traffic::GeneratedRecord)> = records
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| Some((partition_of(r.key.as_deref()?, i)?, r)))
+        .collect();
+    let good: Vec<(String, Value)> = sent
+        .iter()
+        .filter(|(_, r)| !matches!(r.kind, RecordKind::Bad(_)))
+        .map(|(_, r)| {
+            (
+                r.topic.label().to_string(),
+                serde_json::from_slice(&r.value).unwrap(),
+            )
+        })
+        .collect();
+    let want = reference(&good);
+    let mut cluster = Instances::new(&stage, &["a"]);
+    cluster.start(0);
+    cluster.wait_until_every_task_is_owned();
+    let p = stage.producer();
+    let started = Instant::now();
+    for (i, (partition, r)) in sent.iter().enumerate() {
+        let mut record = rdkafka::producer::BaseRecord::to(stage.input(r.topic))
+            .key(r.key.as_deref().unwrap())
+            .payload(&r.value[..])
+            .partition(*partition);
+        while let Err((e, back)) = p.send(record) {
+            assert!(
+                matches!(
+                    e,
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::error::RDKafkaErrorCode::QueueFull
+                    )
+                ),
+                "{e}"
+            );
+            record = back;
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        // 6,000 records/s: the quiet stretch lasts about 10 s of wall time.
+        if let Some(ahead) =
+            Duration::from_micros(i as u64 * 1_000_000 / 6_000).checked_sub(started.elapsed())
+        {
+            std::thread::sleep(ahead);
+        }
+    }
+    p.flush(Duration::from_secs(60)).unwrap();
+    assert_exact(&stage, &cluster, &want, "with a quiet partition");
+    let metrics = http_get(cluster.ports[0], "/metrics");
+    assert_eq!(
+        metric_sum(&metrics, "gmv_late_partials_total"),
+        0.0,
+        "no partial sum reached a closed bucket"
+    );
+    cluster.assert_alive(0, "with a quiet partition");
 }
