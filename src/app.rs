@@ -31,6 +31,7 @@ use crate::io::producer::{Kind, Record, TxnProducer};
 use crate::io::topics;
 use crate::model::{InputTopic, Source};
 use crate::telemetry::http::now_ms;
+use crate::telemetry::metrics::OutputCounters;
 use crate::telemetry::Metrics;
 
 /// Largest number of records handled between two ticks.
@@ -45,18 +46,36 @@ const LATENCY_LOG_EVERY: Duration = Duration::from_secs(60);
 /// Handles the processing loop shares with the HTTP server and signal handler.
 #[derive(Clone)]
 pub struct Handles {
+    /// The loop's; the HTTP server reads only what `http_view` hands it.
     pub metrics: Arc<Mutex<Metrics>>,
+    /// `/summary.json`, written by the loop with the metrics.
+    pub summary_json: Arc<Mutex<Arc<String>>>,
     pub heartbeat_ms: Arc<AtomicI64>,
     pub shutdown: Arc<AtomicBool>,
 }
 
 impl Handles {
     pub fn new() -> Self {
+        let metrics = Metrics::new();
         Handles {
-            metrics: Arc::new(Mutex::new(Metrics::new())),
+            summary_json: Arc::new(Mutex::new(Arc::new(metrics.summary_json()))),
+            metrics: Arc::new(Mutex::new(metrics)),
             heartbeat_ms: Arc::new(AtomicI64::new(now_ms())),
             shutdown: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// What the HTTP server reads: nothing it could hold the loop up with.
+    pub fn http_view(&self) -> crate::telemetry::http::Shared {
+        crate::telemetry::http::Shared {
+            registry: self.metrics.lock().expect("metrics lock").registry(),
+            summary_json: self.summary_json.clone(),
+            heartbeat_ms: self.heartbeat_ms.clone(),
+        }
+    }
+
+    fn output_counters(&self) -> OutputCounters {
+        self.metrics.lock().expect("metrics lock").output_counters()
     }
 }
 
@@ -126,7 +145,7 @@ pub fn run(cfg: &Config, handles: &Handles, broker: Broker) -> anyhow::Result<()
         .expect("metrics lock")
         .set_stage_partitions(partitions, aggregation_partitions);
 
-    let producer = Arc::new(TxnProducer::create(cfg, Some(handles.metrics.clone()))?);
+    let producer = Arc::new(TxnProducer::create(cfg, Some(handles.output_counters()))?);
     *consumer.context().producer.lock().expect("producer lock") = Some(producer.clone());
 
     let mut lp = Loop {
@@ -215,7 +234,10 @@ impl Loop<'_> {
                         .expect("pending lock")
                         .take();
                     if let Some(event) = event {
-                        self.rebalanced(event)?;
+                        match self.rebalanced(event) {
+                            Err(e) if e.is::<changelog::Stopped>() => return Ok(()),
+                            r => r?,
+                        }
                     }
                     continue;
                 }
@@ -388,7 +410,7 @@ impl Loop<'_> {
                     }
                     Ok(false) => {
                         tracing::warn!(?code, "the producer failed ({why}); making a new one");
-                        match TxnProducer::create(self.cfg, Some(self.handles.metrics.clone())) {
+                        match TxnProducer::create(self.cfg, Some(self.handles.output_counters())) {
                             Ok(p) => {
                                 let producer = Arc::new(p);
                                 *self
@@ -420,6 +442,8 @@ impl Loop<'_> {
             );
             match self.restore(&tasks) {
                 Ok(()) => return Ok(()),
+                // Nothing is owned now: the loop ends, with nothing to commit.
+                Err(e) if e.is::<changelog::Stopped>() => return Ok(()),
                 Err(e) if started.elapsed() < RECOVER_FOR => {
                     last = e;
                     std::thread::sleep(Duration::from_secs(1));
@@ -443,26 +467,12 @@ impl Loop<'_> {
             .context("subscribing to the input and repartition topics")
     }
 
-    /// Sends the engine's outputs; derives the output-driven metrics in the same pass.
+    /// Sends the engine's outputs, then counts what they say in the metrics
+    /// (not holding the metrics' lock while `send` may wait for a full queue).
     fn publish(&mut self) -> anyhow::Result<()> {
-        let mut metrics = None;
         let t = &self.cfg.topics;
+        let mut noted = Vec::new();
         for o in self.out.drain(..) {
-            match &o {
-                Output::PayToDelivery { millis } => {
-                    metrics
-                        .get_or_insert_with(|| self.handles.metrics.lock().expect("metrics lock"))
-                        .pay_to_delivery(*millis);
-                    continue;
-                }
-                Output::Milestone(m) => {
-                    tracing::info!(dim = m.dim.as_str(), key = %m.key, threshold_fen = %m.threshold_fen, crossed_at_ms = m.crossed_at_ms, "milestone");
-                    metrics
-                        .get_or_insert_with(|| self.handles.metrics.lock().expect("metrics lock"))
-                        .milestone_emitted(m, now_ms());
-                }
-                _ => {}
-            }
             if let Some((topic, key, value)) = o.to_record() {
                 let name = match topic {
                     OutputTopic::GmvWindows => &t.gmv_windows,
@@ -477,6 +487,23 @@ impl Loop<'_> {
                     value: Some(&value),
                     kind: Kind::Output(topic),
                 })?;
+            }
+            if matches!(o, Output::PayToDelivery { .. } | Output::Milestone(_)) {
+                noted.push(o);
+            }
+        }
+        if noted.is_empty() {
+            return Ok(());
+        }
+        let mut m = self.handles.metrics.lock().expect("metrics lock");
+        for o in noted {
+            match o {
+                Output::PayToDelivery { millis } => m.pay_to_delivery(millis),
+                Output::Milestone(ms) => {
+                    tracing::info!(dim = ms.dim.as_str(), key = %ms.key, threshold_fen = %ms.threshold_fen, crossed_at_ms = ms.crossed_at_ms, "milestone");
+                    m.milestone_emitted(&ms, now_ms());
+                }
+                _ => {}
             }
         }
         Ok(())
@@ -541,7 +568,12 @@ impl Loop<'_> {
             .iter()
             .map(|t| (*t, (changelog_topic(cfg, t.0).to_string(), t.1)))
             .collect();
-        let states = changelog::read(cfg, &partitions)?;
+        let (heartbeat, shutdown) = (&self.handles.heartbeat_ms, &self.handles.shutdown);
+        let alive = || {
+            heartbeat.store(now_ms(), Ordering::Relaxed);
+            !shutdown.load(Ordering::Relaxed)
+        };
+        let states = changelog::read(cfg, &partitions, &alive)?;
         let now = now_ms();
         let mut keys = 0;
         for (task, entries) in states {
@@ -626,6 +658,8 @@ impl Loop<'_> {
             let (top, other) = self.engine.top_gmv(dim, self.cfg.metrics.top_n);
             m.set_top(dim, &top, other, total);
         }
+        let json = Arc::new(m.summary_json());
+        *self.handles.summary_json.lock().expect("summary lock") = json;
     }
 
     /// Commits what is done and leaves the group.

@@ -90,10 +90,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         .worker_threads(1)
         .enable_all()
         .build()?;
-    let shared = crate::telemetry::http::Shared {
-        metrics: handles.metrics.clone(),
-        heartbeat_ms: handles.heartbeat_ms.clone(),
-    };
+    let shared = handles.http_view();
     runtime.block_on(crate::telemetry::http::serve(
         cfg.metrics.listen.parse()?,
         shared,

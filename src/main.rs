@@ -211,10 +211,7 @@ fn run_job(cfg: &Config) -> anyhow::Result<()> {
         .build()
         .context("starting the tokio runtime")?;
     let addr = cfg.metrics.listen.parse().context("metrics.listen")?;
-    let shared = gmv::telemetry::http::Shared {
-        metrics: handles.metrics.clone(),
-        heartbeat_ms: handles.heartbeat_ms.clone(),
-    };
+    let shared = handles.http_view();
     let addr = runtime.block_on(gmv::telemetry::http::serve(addr, shared))?;
     tracing::info!(%addr, "serving /metrics, /healthz and the live page at /");
     gmv::app::stop_on_signal(handles.shutdown.clone())?;

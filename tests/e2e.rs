@@ -1585,3 +1585,68 @@ fn a_quiet_partition_neither_holds_back_nor_closes_the_windows_of_the_others() {
     );
     cluster.assert_alive(0, "with a quiet partition");
 }
+
+/// A restore that cannot finish: a transaction left open on a changelog
+/// partition holds its last stable offset back (for that producer's 15-minute
+/// transaction timeout), and the restore waits for it. `/healthz` stays
+/// healthy past its 30 s stall limit while the restore waits, and SIGTERM
+/// stops the process promptly, exit 0.
+#[test]
+fn a_long_restore_stays_healthy_and_sigterm_stops_it_promptly() {
+    use rdkafka::producer::{BaseRecord, ThreadedProducer};
+    let stage = Stage::new("longrestore");
+    let open: ThreadedProducer<rdkafka::producer::DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", &stage.brokers)
+        .set("transactional.id", "e2e-longrestore-open")
+        .set("transaction.timeout.ms", "900000")
+        .create()
+        .unwrap();
+    open.init_transactions(Duration::from_secs(30)).unwrap();
+    open.begin_transaction().unwrap();
+    open.send(
+        BaseRecord::to(&stage.cfg.topics.attribution_changelog)
+            .partition(0)
+            .key("left-open")
+            .payload("x"),
+    )
+    .map_err(|(e, _)| e)
+    .unwrap();
+    open.flush(Duration::from_secs(30)).unwrap();
+
+    let job = start_job(&stage.config);
+    wait_for_port(
+        stage.metrics_port,
+        Duration::from_secs(30),
+        "the job's metrics server",
+    );
+    let until = Instant::now() + Duration::from_secs(40);
+    while Instant::now() < until {
+        let health = http_get(stage.metrics_port, "/healthz");
+        assert!(
+            health.starts_with("ok"),
+            "/healthz during the restore: {health}"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let metrics = http_get(stage.metrics_port, "/metrics");
+    assert!(
+        metric_sum(&metrics, "gmv_rebalances_total") >= 1.0,
+        "the restore began"
+    );
+    assert_eq!(metric_sum(&metrics, "gmv_tasks"), 0.0, "and has not ended");
+    let started = Instant::now();
+    let mut job = job;
+    signal(&job.0.id().to_string(), "-TERM");
+    let status = loop {
+        if let Some(status) = job.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "SIGTERM during a restore did not stop the process within 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "stopped during a restore: {status}");
+    open.abort_transaction(Duration::from_secs(30)).unwrap();
+}

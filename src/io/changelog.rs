@@ -19,8 +19,18 @@ use crate::core::state::OLD_BOOKKEEPING_PREFIXES;
 /// Per task: the latest value of every key in its changelog partition, in key order.
 pub type Restored<K> = BTreeMap<K, Vec<(Vec<u8>, Vec<u8>)>>;
 
+/// A restore ended because the process is stopping.
+#[derive(Debug, thiserror::Error)]
+#[error("the restore was stopped: the process is shutting down")]
+pub struct Stopped;
+
 /// How long a restore may take before the process gives up (a restart tries again).
 const RESTORE_FOR: Duration = Duration::from_secs(600);
+
+/// Called as a restore progresses (at least every 100 ms): says the process is
+/// alive (for `/healthz`, however long the restore takes), and returns false
+/// when it is to stop (SIGTERM), which ends the restore at once.
+pub type Alive<'a> = &'a (dyn Fn() -> bool + Sync);
 
 /// Reads each task's changelog partition (`partitions`: topic and partition)
 /// to its end as a `read_committed` reader sees it (the last stable offset),
@@ -29,6 +39,7 @@ const RESTORE_FOR: Duration = Duration::from_secs(600);
 pub fn read<K: Ord + Copy + Send + Sync>(
     cfg: &Config,
     partitions: &BTreeMap<K, (String, i32)>,
+    alive: Alive<'_>,
 ) -> anyhow::Result<Restored<K>> {
     let mut by_topic: BTreeMap<&str, BTreeMap<i32, K>> = BTreeMap::new();
     for (task, (topic, p)) in partitions {
@@ -37,7 +48,7 @@ pub fn read<K: Ord + Copy + Send + Sync>(
     let results: Vec<anyhow::Result<Restored<K>>> = std::thread::scope(|s| {
         let readers: Vec<_> = by_topic
             .iter()
-            .map(|(topic, tasks)| s.spawn(move || read_topic(cfg, topic, tasks)))
+            .map(|(topic, tasks)| s.spawn(move || read_topic(cfg, topic, tasks, alive)))
             .collect();
         readers
             .into_iter()
@@ -60,9 +71,10 @@ fn read_topic<K: Ord + Copy>(
     cfg: &Config,
     topic: &str,
     tasks: &BTreeMap<i32, K>,
+    alive: Alive<'_>,
 ) -> anyhow::Result<Restored<K>> {
     let reader = reader(cfg)?;
-    wait_for_open_transactions(cfg, &reader, topic, tasks.keys().copied())?;
+    wait_for_open_transactions(cfg, &reader, topic, tasks.keys().copied(), alive)?;
     let mut tpl = TopicPartitionList::new();
     for p in tasks.keys() {
         tpl.add_partition_offset(topic, *p, Offset::Beginning)?;
@@ -77,6 +89,9 @@ fn read_topic<K: Ord + Copy>(
     while !remaining.is_empty() {
         if started.elapsed() > RESTORE_FOR {
             bail!("the restore did not reach the end of changelog `{topic}` in {RESTORE_FOR:?}");
+        }
+        if !alive() {
+            bail!(Stopped);
         }
         let m = match reader.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => m,
@@ -132,6 +147,7 @@ fn wait_for_open_transactions(
     reader: &BaseConsumer<consumer::LagContext>,
     topic: &str,
     partitions: impl Iterator<Item = i32>,
+    alive: Alive<'_>,
 ) -> anyhow::Result<()> {
     // Watermarks as a read_uncommitted client sees them: the high watermark.
     let group = restore_group(cfg);
@@ -161,6 +177,9 @@ fn wait_for_open_transactions(
             }
             if started.elapsed() > RESTORE_FOR {
                 bail!("a transaction stayed open on {topic}/{p} for {RESTORE_FOR:?}");
+            }
+            if !alive() {
+                bail!(Stopped);
             }
             tracing::debug!(
                 topic,

@@ -4,7 +4,7 @@
 
 use std::ffi::{c_char, c_void, CString};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
@@ -17,7 +17,7 @@ use rdkafka::{ClientContext, Message};
 
 use crate::config::Config;
 use crate::core::output::OutputTopic;
-use crate::telemetry::Metrics;
+use crate::telemetry::metrics::OutputCounters;
 
 /// What a record is, for its delivery report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,7 +41,8 @@ impl Kind {
 
 /// Producer context: counts acknowledgements, keeps the first failure.
 pub struct TxnContext {
-    metrics: Option<Arc<Mutex<Metrics>>>,
+    /// Without a lock: the loop may wait in `send` for this thread to drain the queue.
+    counters: Option<OutputCounters>,
     failure: Mutex<Option<String>>,
 }
 
@@ -51,10 +52,8 @@ impl ProducerContext for TxnContext {
     type DeliveryOpaque = usize;
 
     fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
-        if let (Some(m), Some(topic)) = (&self.metrics, OutputTopic::ALL.get(opaque)) {
-            if let Ok(m) = m.lock() {
-                m.output_acked(*topic, result.is_ok());
-            }
+        if let (Some(c), Some(topic)) = (&self.counters, OutputTopic::ALL.get(opaque)) {
+            c.acked(*topic, result.is_ok());
         }
         if let Err((e, msg)) = result {
             if let Ok(mut f) = self.failure.lock() {
@@ -107,7 +106,7 @@ pub struct Record<'a> {
 
 impl TxnProducer {
     /// Creates the producer with `transactional.id` and fences any older producer using it.
-    pub fn create(cfg: &Config, metrics: Option<Arc<Mutex<Metrics>>>) -> anyhow::Result<Self> {
+    pub fn create(cfg: &Config, counters: Option<OutputCounters>) -> anyhow::Result<Self> {
         let txn_id = cfg.transactional_id();
         let batch_bytes = cfg.kafka.max_record_bytes.to_string();
         let ours = [
@@ -130,7 +129,7 @@ impl TxnProducer {
         let producer: ThreadedProducer<TxnContext> =
             super::client_config(&cfg.kafka, &ours, &cfg.kafka.producer_properties)
                 .create_with_context(TxnContext {
-                    metrics,
+                    counters,
                     failure: Mutex::new(None),
                 })
                 .context("creating the Kafka producer (check kafka.* settings)")?;

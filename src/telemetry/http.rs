@@ -10,12 +10,14 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
 
-use super::Metrics;
-
-/// What the server reads: the metrics, and a heartbeat of the processing loop.
+/// What the server reads, never the processing loop's own state: a request
+/// must not make the loop wait.
 #[derive(Clone)]
 pub struct Shared {
-    pub metrics: Arc<Mutex<Metrics>>,
+    /// The metrics' registry: its counters and gauges are atomics.
+    pub registry: prometheus::Registry,
+    /// `/summary.json` as the loop last wrote it (an `Arc` swapped in).
+    pub summary_json: Arc<Mutex<Arc<String>>>,
     /// Wall ms of the last processing-loop iteration.
     pub heartbeat_ms: Arc<AtomicI64>,
 }
@@ -34,8 +36,8 @@ pub async fn serve(addr: SocketAddr, shared: Shared) -> anyhow::Result<SocketAdd
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding the metrics server to {addr}"))?;
-    let metrics = shared.clone();
-    let summary = shared.metrics.clone();
+    let registry = shared.registry.clone();
+    let summary = shared.summary_json.clone();
     let app = Router::new()
         .route(
             "/",
@@ -44,22 +46,19 @@ pub async fn serve(addr: SocketAddr, shared: Shared) -> anyhow::Result<SocketAdd
         .route(
             "/summary.json",
             get(move || {
-                let m = summary.clone();
-                async move {
-                    let body = m
-                        .lock()
-                        .map(|m| serde_json::to_string(&m.summary).unwrap_or_default())
-                        .unwrap_or_default();
-                    ([("content-type", "application/json")], body)
-                }
+                let body = summary.lock().map(|s| s.clone()).unwrap_or_default();
+                async move { ([("content-type", "application/json")], body.to_string()) }
             }),
         )
         .route(
             "/metrics",
             get(move || {
-                let m = metrics.metrics.clone();
+                let registry = registry.clone();
                 async move {
-                    let text = m.lock().map(|m| m.encode()).unwrap_or_default();
+                    let mut text = String::new();
+                    prometheus::TextEncoder::new()
+                        .encode_utf8(&registry.gather(), &mut text)
+                        .expect("text encoding");
                     ([("content-type", "text/plain; version=0.0.4")], text)
                 }
             }),
@@ -117,8 +116,10 @@ mod tests {
             .build()
             .unwrap();
         let heartbeat_ms = Arc::new(AtomicI64::new(now_ms()));
+        let m = crate::telemetry::Metrics::new();
         let shared = Shared {
-            metrics: Arc::new(Mutex::new(Metrics::new())),
+            registry: m.registry(),
+            summary_json: Arc::new(Mutex::new(Arc::new(m.summary_json()))),
             heartbeat_ms: heartbeat_ms.clone(),
         };
         let addr = rt

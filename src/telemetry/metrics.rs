@@ -371,15 +371,6 @@ impl Metrics {
         self.pay_to_delivery.observe(millis.max(0) as f64 / 1000.0);
     }
 
-    pub fn output_acked(&self, topic: OutputTopic, ok: bool) {
-        let l = [topic.label()];
-        if ok {
-            self.output_records.with_label_values(&l).inc();
-        } else {
-            self.output_errors.with_label_values(&l).inc();
-        }
-    }
-
     /// One poll batch was decoded and processed in `seconds`.
     pub fn observe_batch(&mut self, seconds: f64) {
         self.batch_processing.observe(seconds);
@@ -427,6 +418,42 @@ impl Metrics {
             .encode_utf8(&self.registry.gather(), &mut buf)
             .expect("text encoding");
         buf
+    }
+
+    /// `/summary.json`'s body.
+    pub fn summary_json(&self) -> String {
+        serde_json::to_string(&self.summary).unwrap_or_default()
+    }
+
+    /// The registry, for readers on other threads (its metrics are atomics).
+    pub fn registry(&self) -> prometheus::Registry {
+        self.registry.clone()
+    }
+
+    /// The delivery counters, for the producer's delivery reports (no lock).
+    pub fn output_counters(&self) -> OutputCounters {
+        OutputCounters {
+            records: self.output_records.clone(),
+            errors: self.output_errors.clone(),
+        }
+    }
+}
+
+/// Records acknowledged, and refused, per output topic.
+#[derive(Clone)]
+pub struct OutputCounters {
+    records: IntCounterVec,
+    errors: IntCounterVec,
+}
+
+impl OutputCounters {
+    pub fn acked(&self, topic: OutputTopic, ok: bool) {
+        let l = [topic.label()];
+        if ok {
+            self.records.with_label_values(&l).inc();
+        } else {
+            self.errors.with_label_values(&l).inc();
+        }
     }
 }
 
