@@ -837,7 +837,8 @@ fn hostile_input_is_dead_lettered_or_bounded_and_every_valid_record_counts() {
     let id65 = "i".repeat(65);
     let ahead = gmv::telemetry::http::now_ms() + 2 * 3_600_000;
     // (outcome: a dead-letter reason, topic, key, value)
-    let cases: Vec<(&str, InputTopic, Option<Vec<u8>>, Vec<u8>)> = vec![
+    type Case = (&'static str, InputTopic, Option<Vec<u8>>, Vec<u8>);
+    let cases: Vec<Case> = vec![
         // Keys and values up to the broker's maximum; control characters.
         ("invalid_field", Payments, Some(huge_key.clone()), bytes(&pay("h-1", "h-1", json!(t)))),
         ("malformed_json", Orders, Some(huge_key), controls.clone()),
