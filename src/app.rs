@@ -247,7 +247,7 @@ impl Loop<'_> {
                     Some(Ok(m)) => {
                         started.get_or_insert_with(Instant::now);
                         n += 1;
-                        dispatch(engine, out, newest, topics, &m);
+                        dispatch(engine, out, newest, topics, &m)?;
                         idle = false;
                         own_run += 1;
                         if own_run < LANE_BATCH {
@@ -377,7 +377,7 @@ impl Loop<'_> {
         self.producer.send(Record {
             topic: &self.cfg.topics.repartition,
             partition: Some(r),
-            key: Some(batch.source.to_string().as_bytes()),
+            key: Some(state::batch_key(batch.source).as_bytes()),
             value: Some(&value),
             kind: Kind::Internal,
         })
@@ -678,24 +678,41 @@ impl Loop<'_> {
     }
 }
 
-/// Hands one record from the consumer's own queue to the task that owns its partition.
+/// Hands one record from the consumer's own queue to the task that owns its
+/// partition. A repartition record this version cannot read stops the job: it
+/// holds sums that would otherwise be lost without a trace.
 fn dispatch<M: Message>(
     engine: &mut Engine,
     out: &mut Vec<Output>,
     newest_input_ms: &mut i64,
     topics: &TopicNames,
     m: &M,
-) {
+) -> anyhow::Result<()> {
     if m.topic() == topics.repartition {
-        match m.payload().map(state::decode::<PartialBatch>) {
-            Some(Ok(batch)) => engine.receive(m.partition(), m.offset(), batch, out),
-            _ => tracing::error!(
-                partition = m.partition(),
-                offset = m.offset(),
-                "unreadable repartition record skipped"
-            ),
+        let at = || {
+            format!(
+                "`{}` partition {} offset {}",
+                m.topic(),
+                m.partition(),
+                m.offset()
+            )
+        };
+        if !m
+            .key()
+            .is_some_and(|k| k.starts_with(state::BATCH_KEY_PREFIX.as_bytes()))
+        {
+            bail!(
+                "{}: a batch written by an earlier version; see \"Upgrading\" in the README",
+                at()
+            );
         }
-        return;
+        let batch = m
+            .payload()
+            .map(state::decode::<PartialBatch>)
+            .with_context(at)?
+            .with_context(|| format!("{}: an unreadable batch", at()))?;
+        engine.receive(m.partition(), m.offset(), batch, out);
+        return Ok(());
     }
     if let Some(topic) = topics.input_topic(m.topic()) {
         let record = LaneRecord {
@@ -707,6 +724,7 @@ fn dispatch<M: Message>(
         };
         dispatch_input(engine, out, newest_input_ms, topic, &record);
     }
+    Ok(())
 }
 
 /// Hands one input record, its topic known (a lane's), to its attribution task.

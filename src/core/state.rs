@@ -64,6 +64,17 @@ pub struct PartialBatch {
     pub entries: Vec<PartialEntry>,
 }
 
+/// Key prefix of a repartition record: the format's version, then the source
+/// task. Records of the version before it (keyed by the bare source, with the
+/// progress not optional) would decode into the wrong fields: the aggregation
+/// stage refuses them instead (README, "Upgrading").
+pub const BATCH_KEY_PREFIX: &str = "b2:";
+
+/// The key of a repartition record from attribution task `source`.
+pub fn batch_key(source: i32) -> String {
+    format!("{BATCH_KEY_PREFIX}{source}")
+}
+
 impl PartialEntry {
     /// Upper bound of its encoded size: the key, and at most 96 bytes for the
     /// dimension, the key's length, the bucket and the six sums as varints.
