@@ -1433,26 +1433,35 @@ fn a_paused_instance_replaced_by_one_with_its_id_is_fenced_and_counts_nothing() 
     assert_exact(&stage, &cluster, &want, "after a zombie was fenced");
 }
 
-/// The broker stopped (cleanly) while the job runs with traffic flowing, and
-/// started again some seconds later: the job rides it out, and the results
-/// are exact for a read_committed reader.
-#[test]
-fn the_broker_stopped_and_restarted_between_commits_changes_no_result() {
-    let (seed, _) = chaos_rng("broker restart");
-    let stage = Stage::own_broker("brokerrestart");
+/// Runs one instance on a broker of its own with traffic flowing, does
+/// `fault` to the broker, and asserts that the results are exact and that the
+/// instance rode the fault out by itself (it still runs).
+fn broker_fault(name: &str, what: &str, fault: impl FnOnce(&Kafka)) {
+    let (seed, _) = chaos_rng(what);
+    let stage = Stage::own_broker(name);
     let (want, writer) = traffic_in_background(&stage, seed, 150_000, 5_000);
     let mut cluster = Instances::new(&stage, &["a"]);
     cluster.start(0);
     cluster.wait_until_every_task_is_owned();
     std::thread::sleep(Duration::from_secs(3));
-    let broker = stage.own.as_ref().expect("a broker of its own");
-    println!("stopping the broker");
-    broker.stop();
-    std::thread::sleep(Duration::from_secs(5));
-    println!("starting the broker again");
-    broker.restart();
+    fault(stage.own.as_ref().expect("a broker of its own"));
     writer.join().unwrap();
-    assert_exact(&stage, &cluster, &want, "after the broker restarted");
+    assert_exact(&stage, &cluster, &want, &format!("after {what}"));
+    cluster.assert_alive(0, &format!("after {what}"));
+}
+
+/// The broker stopped (cleanly) while the job runs with traffic flowing, and
+/// started again some seconds later: the job rides it out, and the results
+/// are exact for a read_committed reader.
+#[test]
+fn the_broker_stopped_and_restarted_between_commits_changes_no_result() {
+    broker_fault("brokerrestart", "the broker restarted", |broker| {
+        println!("stopping the broker");
+        broker.stop();
+        std::thread::sleep(Duration::from_secs(5));
+        println!("starting the broker again");
+        broker.restart();
+    });
 }
 
 /// The broker paused (SIGSTOP) for 30 s with traffic flowing: longer than the
@@ -1460,27 +1469,13 @@ fn the_broker_stopped_and_restarted_between_commits_changes_no_result() {
 /// rides it out by itself, without a restart, and the results are exact.
 #[test]
 fn the_broker_paused_for_30_s_changes_no_result_and_the_job_keeps_running() {
-    let (seed, _) = chaos_rng("broker pause");
-    let stage = Stage::own_broker("brokerpause");
-    let (want, writer) = traffic_in_background(&stage, seed, 150_000, 5_000);
-    let mut cluster = Instances::new(&stage, &["a"]);
-    cluster.start(0);
-    cluster.wait_until_every_task_is_owned();
-    std::thread::sleep(Duration::from_secs(3));
-    let broker = stage.own.as_ref().expect("a broker of its own");
-    println!("pausing the broker for 30 s");
-    broker.pause();
-    std::thread::sleep(Duration::from_secs(30));
-    broker.resume();
-    println!("broker resumed");
-    writer.join().unwrap();
-    assert_exact(
-        &stage,
-        &cluster,
-        &want,
-        "after the broker was paused for 30 s",
-    );
-    cluster.assert_alive(0, "after the broker was paused");
+    broker_fault("brokerpause", "the broker paused for 30 s", |broker| {
+        println!("pausing the broker for 30 s");
+        broker.pause();
+        std::thread::sleep(Duration::from_secs(30));
+        broker.resume();
+        println!("broker resumed");
+    });
 }
 
 /// The group session lost: the job itself paused (SIGSTOP) for longer than

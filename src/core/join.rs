@@ -424,6 +424,15 @@ impl Dedup {
 mod tests {
     use super::*;
 
+    /// `w` for `order_id`, which has no order yet: parked.
+    fn park(j: &mut JoinState, order_id: &str, w: Waiting) {
+        assert_eq!(
+            j.attach(order_id, w),
+            Attach::Parked,
+            "no order yet: parked"
+        );
+    }
+
     fn attr(b: u32) -> Attribution {
         Attribution {
             brand: b,
@@ -477,16 +486,8 @@ mod tests {
     #[test]
     fn waiting_events_are_released_by_their_order() {
         let mut j = JoinState::default();
-        assert_eq!(
-            j.attach("o1", pay(10, 100)),
-            Attach::Parked,
-            "no order yet: parked"
-        );
-        assert_eq!(
-            j.attach("o1", pay(20, 110)),
-            Attach::Parked,
-            "no order yet: parked"
-        );
+        park(&mut j, "o1", pay(10, 100));
+        park(&mut j, "o1", pay(20, 110));
         assert_eq!(j.waiting_count(), 2);
         let info = OrderInfo {
             attribution: attr(3),
@@ -512,21 +513,9 @@ mod tests {
     #[test]
     fn waiting_events_expire_by_deadline_only() {
         let mut j = JoinState::default();
-        assert_eq!(
-            j.attach("o1", pay(10, 100)),
-            Attach::Parked,
-            "no order yet: parked"
-        );
-        assert_eq!(
-            j.attach("o1", pay(50, 150)),
-            Attach::Parked,
-            "no order yet: parked"
-        );
-        assert_eq!(
-            j.attach("o2", pay(20, 120)),
-            Attach::Parked,
-            "no order yet: parked"
-        );
+        park(&mut j, "o1", pay(10, 100));
+        park(&mut j, "o1", pay(50, 150));
+        park(&mut j, "o2", pay(20, 120));
         let mut expired = vec![];
         j.expire(99, |w| expired.push(w.ts_ms));
         assert!(expired.is_empty());
@@ -604,18 +593,10 @@ mod tests {
             drained(&mut j).is_empty(),
             "changes before tracking are not listed"
         );
-        assert_eq!(
-            j.attach("o1", pay(10, 100)),
-            Attach::Parked,
-            "no order yet: parked"
-        );
+        park(&mut j, "o1", pay(10, 100));
         // The parked payment is released, and its time recorded as the first paid.
         j.insert_order("o1", info(5), 0).unwrap();
-        assert_eq!(
-            j.attach("o2", pay(20, 50)),
-            Attach::Parked,
-            "no order yet: parked"
-        );
+        park(&mut j, "o2", pay(20, 50));
         let paid = OrderInfo {
             first_paid_ms: 10,
             ..info(5)
@@ -631,11 +612,7 @@ mod tests {
         // o2 expires (removed), then is made anew in the same interval.
         j.expire(60, |_| {});
         assert_eq!(drained(&mut j), vec![("o2".into(), None, 0)]);
-        assert_eq!(
-            j.attach("o3", pay(20, 50)),
-            Attach::Parked,
-            "no order yet: parked"
-        );
+        park(&mut j, "o3", pay(20, 50));
         j.expire(60, |_| {});
         j.insert_order("o3", info(7), 0).unwrap();
         assert!(matches!(j.attach("o1", pay(8, 100)), Attach::Joined(_)));
@@ -661,11 +638,7 @@ mod tests {
         );
         // A slot freed and taken by another id in the same interval: the first
         // id's removal and the second's value, each once.
-        assert_eq!(
-            j.attach("o5", pay(30, 40)),
-            Attach::Parked,
-            "no order yet: parked"
-        );
+        park(&mut j, "o5", pay(30, 40));
         j.expire(60, |_| {});
         j.insert_order("o6", info(9), 0).unwrap();
         assert_eq!(
