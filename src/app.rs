@@ -48,28 +48,25 @@ const LATENCY_LOG_EVERY: Duration = Duration::from_secs(60);
 pub struct Handles {
     /// The loop's; the HTTP server reads only what `http_view` hands it.
     pub metrics: Arc<Mutex<Metrics>>,
-    /// `/summary.json`, written by the loop with the metrics.
-    pub summary_json: Arc<Mutex<Arc<String>>>,
     pub heartbeat_ms: Arc<AtomicI64>,
     pub shutdown: Arc<AtomicBool>,
 }
 
 impl Handles {
     pub fn new() -> Self {
-        let metrics = Metrics::new();
         Handles {
-            summary_json: Arc::new(Mutex::new(Arc::new(metrics.summary_json()))),
-            metrics: Arc::new(Mutex::new(metrics)),
+            metrics: Arc::new(Mutex::new(Metrics::new())),
             heartbeat_ms: Arc::new(AtomicI64::new(now_ms())),
             shutdown: Arc::new(AtomicBool::new(false)),
         }
     }
 
-    /// What the HTTP server reads: nothing it could hold the loop up with.
-    pub fn http_view(&self) -> crate::telemetry::http::Shared {
+    /// What the HTTP server reads: nothing it could hold the loop up with (the
+    /// screen's view comes from its own reader, `screen`).
+    pub fn http_view(&self, screen: crate::screen::reader::Feed) -> crate::telemetry::http::Shared {
         crate::telemetry::http::Shared {
             registry: self.metrics.lock().expect("metrics lock").registry(),
-            summary_json: self.summary_json.clone(),
+            screen,
             heartbeat_ms: self.heartbeat_ms.clone(),
         }
     }
@@ -658,8 +655,6 @@ impl Loop<'_> {
             let (top, other) = self.engine.top_gmv(dim, self.cfg.metrics.top_n);
             m.set_top(dim, &top, other, total);
         }
-        let json = Arc::new(m.summary_json());
-        *self.handles.summary_json.lock().expect("summary lock") = json;
     }
 
     /// Commits what is done and leaves the group.

@@ -2,16 +2,12 @@
 //! the traffic generator and the job, with a live summary read back from the
 //! output topics, as a dashboard consumer would.
 
-use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use crate::app::Handles;
 use crate::config::Config;
@@ -78,11 +74,6 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             _cluster = cluster;
         }
     }
-    println!(
-        "broker: {}   metrics: http://{}/metrics   (Ctrl-C to stop)",
-        cfg.kafka.brokers, cfg.metrics.listen
-    );
-
     let handles = Handles::new();
     let flag = handles.shutdown.clone();
     crate::app::stop_on_signal(flag.clone())?;
@@ -90,11 +81,16 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         .worker_threads(1)
         .enable_all()
         .build()?;
-    let shared = handles.http_view();
-    runtime.block_on(crate::telemetry::http::serve(
+    let screen = crate::screen::reader::start(&cfg, flag.clone(), None)?;
+    let shared = handles.http_view(screen.clone());
+    let addr = runtime.block_on(crate::telemetry::http::serve(
         cfg.metrics.listen.parse()?,
         shared,
     ))?;
+    println!(
+        "the big screen: http://{addr}/   metrics: http://{addr}/metrics   broker: {}   (Ctrl-C to stop)",
+        cfg.kafka.brokers
+    );
 
     let job = {
         let (cfg, handles) = (cfg.clone(), handles.clone());
@@ -109,6 +105,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         let traffic = TrafficConfig {
             seed: args.seed,
             orders_per_sec: args.rate as f64 / 3.0,
+            follow_up_time: 0.05,
+            // The sale starts now: the screen's watermark trails the wall clock by seconds.
+            start_ms: crate::telemetry::http::now_ms(),
             ..TrafficConfig::default()
         };
         let opts = WriteOptions {
@@ -122,7 +121,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             .spawn(move || crate::gen::writer::write(&cfg, traffic, &opts, &flag))?
     };
 
-    let summary = show_summary(&cfg, &args, &flag);
+    let summary = show_summary(&screen, &args, &flag);
     flag.store(true, Ordering::Relaxed);
     let gen_result = generator
         .join()
@@ -133,77 +132,32 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     summary.and(gen_result.map(|_| ())).and(job_result)
 }
 
-/// Reads `gmv-totals` and `milestones` and prints the big screen once a second.
+/// Prints the big screen's view (`screen/`, read back from the output topics) once a second.
 fn show_summary(
-    cfg: &Config,
+    screen: &crate::screen::reader::Feed,
     args: &DemoArgs,
     stop: &std::sync::atomic::AtomicBool,
 ) -> anyhow::Result<()> {
-    let mut c = crate::io::client_config(
-        &cfg.kafka,
-        &[
-            ("group.id", "gmv-demo-screen"),
-            ("enable.auto.commit", "false"),
-        ],
-        &Default::default(),
-    );
-    c.set("fetch.wait.max.ms", "100");
-    let reader: BaseConsumer = c.create().context("creating the summary reader")?;
-    let mut tpl = TopicPartitionList::new();
-    for def in crate::io::topics::definitions(cfg) {
-        if def.name == cfg.topics.gmv_totals || def.name == cfg.topics.milestones {
-            for p in 0..def.partitions {
-                tpl.add_partition_offset(&def.name, p, Offset::Beginning)?;
-            }
-        }
-    }
-    reader.assign(&tpl)?;
     let tty = std::io::stdout().is_terminal();
     let started = Instant::now();
-    let mut totals: HashMap<String, serde_json::Value> = HashMap::new();
-    let mut milestones: Vec<serde_json::Value> = Vec::new();
-    let mut last_print = Instant::now();
-    // (when, placed orders) over the last few seconds: totals arrive once per emit interval,
-    // so a rate over one second would alternate between bursts and zeros.
-    let mut history: std::collections::VecDeque<(Instant, u64)> = std::collections::VecDeque::new();
     while !stop.load(Ordering::Relaxed)
         && args
             .seconds
             .is_none_or(|s| started.elapsed() < Duration::from_secs(s))
     {
-        if let Some(Ok(m)) = reader.poll(Duration::from_millis(50)) {
-            let Some(v) = m
-                .payload()
-                .and_then(|p| serde_json::from_slice::<serde_json::Value>(p).ok())
-            else {
-                continue;
-            };
-            if m.topic() == cfg.topics.milestones {
-                milestones.push(v);
-            } else if let Some(k) = m.key() {
-                totals.insert(String::from_utf8_lossy(k).into_owned(), v);
-            }
-        }
-        if last_print.elapsed() >= Duration::from_secs(1) {
-            let placed = num(totals.get("total|all"), "placed_orders") as u64;
-            last_print = Instant::now();
-            history.push_back((last_print, placed));
-            while history.len() > 6 {
-                history.pop_front();
-            }
-            let (since, before) = history[0];
-            let rate = placed.saturating_sub(before) as f64
-                / last_print.duration_since(since).as_secs_f64().max(1.0);
-            print_screen(&totals, &milestones, rate, started.elapsed(), tty);
-        }
+        std::thread::sleep(Duration::from_secs(1));
+        let view: serde_json::Value = serde_json::from_str(&screen.borrow())?;
+        print_screen(&view, started.elapsed(), tty);
     }
     Ok(())
 }
 
-fn num(v: Option<&serde_json::Value>, field: &str) -> i128 {
-    v.and_then(|v| v.get(field))
-        .and_then(|f| f.as_i64())
-        .unwrap_or(0) as i128
+/// A money field of the view (a string of fen), or a count.
+fn num(v: &serde_json::Value, field: &str) -> i128 {
+    match &v[field] {
+        serde_json::Value::String(s) => s.parse().unwrap_or(0),
+        n => n.as_i64().unwrap_or(0) as i128,
+    }
 }
 
 /// Formats fen as `¥1,234,567.89` without floats.
@@ -219,62 +173,56 @@ pub fn cny(fen: i128) -> String {
     format!("¥{grouped}.{:02}", fen % 100)
 }
 
-fn print_screen(
-    totals: &HashMap<String, serde_json::Value>,
-    milestones: &[serde_json::Value],
-    orders_per_sec: f64,
-    elapsed: Duration,
-    tty: bool,
-) {
-    let all = totals.get("total|all");
-    let top = |dim: &str| {
-        let mut v: Vec<(&str, i128)> = totals
-            .iter()
-            .filter(|(k, _)| k.starts_with(dim) && k[dim.len()..].starts_with('|'))
-            .map(|(k, v)| (&k[dim.len() + 1..], num(Some(v), "gmv_fen")))
-            .collect();
-        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-        v.iter()
-            .take(5)
-            .map(|(k, g)| format!("{k} {}", cny(*g)))
-            .collect::<Vec<_>>()
-            .join("  |  ")
+fn print_screen(view: &serde_json::Value, elapsed: Duration, tty: bool) {
+    let top = |list: &str| {
+        view[list]
+            .as_array()
+            .map(|rows| {
+                rows.iter()
+                    .take(5)
+                    .map(|r| format!("{} {}", r["key"].as_str().unwrap_or("?"), cny(num(r, "gmv_fen"))))
+                    .collect::<Vec<_>>()
+                    .join("  |  ")
+            })
+            .unwrap_or_default()
     };
     let mut s = String::new();
     if tty {
         s.push_str("\x1b[2J\x1b[H");
     }
     s.push_str(&format!(
-        "[{:>4}s] GMV {}   refunds {}   paid {}   placed {}   orders/s {:.0}   watermark {}\n",
+        "[{:>4}s] GMV {}   refunds {}   paid {}   placed {}   orders/s {}   shipped {}   delivered {}   watermark {}\n",
         elapsed.as_secs(),
-        cny(num(all, "gmv_fen")),
-        cny(num(all, "refund_fen")),
-        num(all, "paid_orders"),
-        num(all, "placed_orders"),
-        orders_per_sec,
-        event_time(num(all, "watermark_ms")),
+        cny(num(view, "gmv_fen")),
+        cny(num(view, "refund_fen")),
+        num(view, "paid_orders"),
+        num(view, "placed_orders"),
+        num(view, "orders_per_sec"),
+        num(view, "shipped_orders"),
+        num(view, "delivered_orders"),
+        event_time(num(view, "watermark_ms")),
     ));
+    let milestones = view["milestones"].as_array().cloned().unwrap_or_default();
     if tty {
         s.push_str(&format!(
-            "  top brands:    {}\n  top channels:  {}\n  top countries: {}\n",
-            top("brand"),
-            top("channel"),
-            top("country")
+            "  top brands:    {}\n  top channels:  {}\n  countries:     {}\n",
+            top("top_brands"),
+            top("top_channels"),
+            top("countries")
         ));
-        s.push_str(&format!("  milestones fired: {}\n", milestones.len()));
-        for m in milestones.iter().rev().take(5) {
+        s.push_str("  latest milestones:\n");
+        for m in milestones.iter().take(5) {
             s.push_str(&format!(
                 "    {} {} reached {} (event time {})\n",
                 m["dim"].as_str().unwrap_or("?"),
                 m["key"].as_str().unwrap_or("?"),
-                cny(m["threshold_fen"].as_i64().unwrap_or(0) as i128),
-                event_time(m["crossed_at_ms"].as_i64().unwrap_or(0) as i128)
+                cny(num(m, "threshold_fen")),
+                event_time(num(m, "crossed_at_ms"))
             ));
         }
-    } else if let Some(m) = milestones.last() {
+    } else if let Some(m) = milestones.first() {
         s.push_str(&format!(
-            "  milestones fired: {} (latest: {} {})\n",
-            milestones.len(),
+            "  latest milestone: {} {}\n",
             m["dim"].as_str().unwrap_or("?"),
             m["key"].as_str().unwrap_or("?")
         ));

@@ -17,4 +17,5 @@ pub mod demo;
 pub mod gen;
 pub mod io;
 pub mod model;
+pub mod screen;
 pub mod telemetry;

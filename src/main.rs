@@ -57,6 +57,9 @@ enum Command {
     },
     /// One command, no services: an embedded broker, the generator, the job and a live summary.
     Demo(gmv::demo::DemoArgs),
+    /// The big screen alone: reads the job's output topics and serves the page
+    /// (`/`, `/events`, `/api/summary`) at metrics.listen; no job runs in it.
+    Screen(Common),
 }
 
 #[derive(Args, Clone)]
@@ -199,21 +202,44 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Demo(args) => gmv::demo::run(args),
+        Command::Screen(common) => {
+            let cfg = common.load()?;
+            let handles = Handles::new();
+            gmv::app::stop_on_signal(handles.shutdown.clone())?;
+            let screen = gmv::screen::reader::start(
+                &cfg,
+                handles.shutdown.clone(),
+                Some(handles.heartbeat_ms.clone()),
+            )?;
+            let runtime = small_runtime()?;
+            let addr = cfg.metrics.listen.parse().context("metrics.listen")?;
+            let addr = runtime.block_on(gmv::telemetry::http::serve(addr, handles.http_view(screen)))?;
+            println!("the big screen: http://{addr}/");
+            while !handles.shutdown.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Ok(())
+        }
     }
+}
+
+/// The HTTP server's runtime: one worker, apart from the loop.
+fn small_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")
 }
 
 /// `gmv run`: metrics server and signal handling on a small runtime, the loop on this thread.
 fn run_job(cfg: &Config) -> anyhow::Result<()> {
     let handles = Handles::new();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?;
+    let runtime = small_runtime()?;
     let addr = cfg.metrics.listen.parse().context("metrics.listen")?;
-    let shared = handles.http_view();
-    let addr = runtime.block_on(gmv::telemetry::http::serve(addr, shared))?;
-    tracing::info!(%addr, "serving /metrics, /healthz and the live page at /");
+    let screen = gmv::screen::reader::start(cfg, handles.shutdown.clone(), None)?;
+    let addr = runtime.block_on(gmv::telemetry::http::serve(addr, handles.http_view(screen)))?;
+    tracing::info!(%addr, "serving /metrics, /healthz and the big screen at /");
     gmv::app::stop_on_signal(handles.shutdown.clone())?;
     gmv::app::run(cfg, &handles, gmv::app::Broker::Kafka)
 }

@@ -130,6 +130,10 @@ pub struct TrafficConfig {
     pub orphan_share: f64,
     /// Share of payments emitted before their order (by up to 3 s).
     pub early_payment_share: f64,
+    /// Multiplier of the delays of refunds, shipments and deliveries after
+    /// their payment (1.0: minutes, as in the model above; the demo uses 1/20,
+    /// so its screen shows refunds and deliveries within the first minute).
+    pub follow_up_time: f64,
 }
 
 impl Default for TrafficConfig {
@@ -148,6 +152,7 @@ impl Default for TrafficConfig {
             refund_share: 0.03,
             orphan_share: 0.0005,
             early_payment_share: 0.02,
+            follow_up_time: 1.0,
         }
     }
 }
@@ -437,6 +442,7 @@ impl Traffic {
         ] {
             assert!((0.0..=1.0).contains(&share), "{name} must be in [0, 1]");
         }
+        assert!(cfg.follow_up_time > 0.0, "follow_up_time must be positive");
         let head: f64 = HEAD_COUNTRY_SHARES.iter().sum();
         let tail_weight = |rank: usize| ((rank + 10) as f64).powf(-TAIL_COUNTRY_DECAY);
         let tail_len = COUNTRIES.len() - HEAD_COUNTRY_SHARES.len();
@@ -500,6 +506,11 @@ impl Traffic {
     }
 
     /// `lo + (hi − lo)·u^power`: a delay in `[lo, hi]` skewed towards `lo`.
+    /// A follow-up's delay scaled by `follow_up_time`.
+    fn follow_up(&self, delay_ms: i64) -> i64 {
+        (delay_ms as f64 * self.cfg.follow_up_time) as i64
+    }
+
     fn skewed_delay(&mut self, (lo, hi): (i64, i64), power: i32) -> i64 {
         let u: f64 = self.rng.gen();
         lo + ((hi - lo) as f64 * u.powi(power)) as i64
@@ -724,7 +735,8 @@ impl Traffic {
         match p.tb & 0xF {
             ST_PAID => {
                 if self.chance(self.cfg.refund_share) {
-                    let at = p.release + self.rng.gen_range(REFUND_DELAY_MS.0..=REFUND_DELAY_MS.1);
+                    let delay = self.rng.gen_range(REFUND_DELAY_MS.0..=REFUND_DELAY_MS.1);
+                    let at = p.release + self.follow_up(delay);
                     let amount = if self.chance(FULL_REFUND_SHARE) {
                         p.amount
                     } else {
@@ -733,12 +745,14 @@ impl Traffic {
                     self.schedule(at, seq, ST_REFUND, amount, p.currency);
                 }
                 if self.chance(SHIPPED_SHARE) {
-                    let at = p.release + self.skewed_delay(SHIP_DELAY_MS, 2);
+                    let delay = self.skewed_delay(SHIP_DELAY_MS, 2);
+                    let at = p.release + self.follow_up(delay);
                     self.schedule(at, seq, ST_SHIPPED, 0, 0);
                 }
             }
             ST_SHIPPED if self.chance(DELIVERED_SHARE) => {
-                let at = p.release + self.skewed_delay(DELIVER_DELAY_MS, 2);
+                let delay = self.skewed_delay(DELIVER_DELAY_MS, 2);
+                let at = p.release + self.follow_up(delay);
                 self.schedule(at, seq, ST_DELIVERED, 0, 0);
             }
             _ => {}

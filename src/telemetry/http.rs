@@ -1,9 +1,10 @@
-//! HTTP endpoints: `/metrics` (Prometheus text format), `/healthz`, and a
-//! live page at `/` (with its data at `/summary.json`) for a quick look without Grafana.
+//! HTTP endpoints: `/metrics` (Prometheus text format), `/healthz`, and the
+//! big screen: the page at `/`, its view pushed at `/events` (server-sent
+//! events) and current at `/api/summary` (`screen/`).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use anyhow::Context;
 use axum::http::StatusCode;
@@ -16,8 +17,8 @@ use axum::Router;
 pub struct Shared {
     /// The metrics' registry: its counters and gauges are atomics.
     pub registry: prometheus::Registry,
-    /// `/summary.json` as the loop last wrote it (an `Arc` swapped in).
-    pub summary_json: Arc<Mutex<Arc<String>>>,
+    /// The big screen's view, from its own reader of the output topics.
+    pub screen: crate::screen::reader::Feed,
     /// Wall ms of the last processing-loop iteration.
     pub heartbeat_ms: Arc<AtomicI64>,
 }
@@ -37,17 +38,34 @@ pub async fn serve(addr: SocketAddr, shared: Shared) -> anyhow::Result<SocketAdd
         .await
         .with_context(|| format!("binding the metrics server to {addr}"))?;
     let registry = shared.registry.clone();
-    let summary = shared.summary_json.clone();
+    let (summary, events) = (shared.screen.clone(), shared.screen.clone());
     let app = Router::new()
         .route(
             "/",
-            get(|| async { axum::response::Html(include_str!("page.html")) }),
+            get(|| async { axum::response::Html(include_str!("../screen/page.html")) }),
         )
         .route(
-            "/summary.json",
+            "/api/summary",
             get(move || {
-                let body = summary.lock().map(|s| s.clone()).unwrap_or_default();
-                async move { ([("content-type", "application/json")], body.to_string()) }
+                let body = summary.borrow().to_string();
+                async move { ([("content-type", "application/json")], body) }
+            }),
+        )
+        .route(
+            "/events",
+            get(move || {
+                // Every view the reader publishes (at most once per emit
+                // interval, at least once a second), the current one first.
+                let views = tokio_stream::wrappers::WatchStream::new(events.clone());
+                async move {
+                    use tokio_stream::StreamExt as _;
+                    let stream = views.map(|v| {
+                        Ok::<_, std::convert::Infallible>(
+                            axum::response::sse::Event::default().data(v.as_str()),
+                        )
+                    });
+                    axum::response::sse::Sse::new(stream)
+                }
             }),
         )
         .route(
@@ -117,9 +135,12 @@ mod tests {
             .unwrap();
         let heartbeat_ms = Arc::new(AtomicI64::new(now_ms()));
         let m = crate::telemetry::Metrics::new();
+        let mut screen = crate::screen::Screen::default();
+        let view = serde_json::to_string(&screen.view(now_ms())).unwrap();
+        let (tx, feed) = tokio::sync::watch::channel(Arc::new(view));
         let shared = Shared {
             registry: m.registry(),
-            summary_json: Arc::new(Mutex::new(Arc::new(m.summary_json()))),
+            screen: feed,
             heartbeat_ms: heartbeat_ms.clone(),
         };
         let addr = rt
@@ -128,13 +149,22 @@ mod tests {
         assert!(get(addr, "/metrics").contains("gmv_events_read_total{topic=\"orders\"} 0"));
         assert!(get(addr, "/healthz").starts_with("HTTP/1.1 200"));
         assert!(get(addr, "/").contains("<html"));
-        let summary = get(addr, "/summary.json");
+        let summary = get(addr, "/api/summary");
         let body = summary.split("\r\n\r\n").nth(1).unwrap();
         let v: serde_json::Value = serde_json::from_str(body).unwrap();
-        assert_eq!(
-            (v["gmv_fen"].as_str(), v["paid_orders"].as_u64()),
-            (Some("0"), Some(0))
-        );
+        assert_eq!((v["gmv_fen"].as_str(), v["stalled"].as_bool()), (Some("0"), Some(true)));
+        // /events: the current view first, then each one published.
+        let mut events = std::net::TcpStream::connect(addr).unwrap();
+        write!(events, "GET /events HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut seen = String::new();
+        let mut buf = [0u8; 4096];
+        tx.send_replace(Arc::new(r#"{"gmv_fen":"42"}"#.to_string()));
+        while !seen.contains(r#"data: {"gmv_fen":"42"}"#) {
+            let n = events.read(&mut buf).unwrap();
+            assert!(n > 0, "the stream ended: {seen}");
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        assert!(seen.contains("text/event-stream"), "{seen}");
         heartbeat_ms.store(now_ms() - STUCK_AFTER_MS - 1, Ordering::Relaxed);
         assert!(
             get(addr, "/healthz").starts_with("HTTP/1.1 503"),

@@ -12,24 +12,6 @@ use crate::core::engine::{StateSize, Stats};
 use crate::core::output::{Dim, MilestoneRecord, OutputTopic};
 use crate::model::{DeadReason, InputTopic};
 
-/// What the live page at `/` shows; money as strings of fen so JavaScript keeps it exact.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct Summary {
-    pub gmv_fen: String,
-    pub refund_fen: String,
-    pub paid_orders: u64,
-    pub placed_orders: u64,
-    pub shipped_orders: u64,
-    pub delivered_orders: u64,
-    pub dead_letters: u64,
-    pub watermark_ms: i64,
-    /// Per dimension (`brand`, `channel`, `country`): top keys with their GMV in fen.
-    pub top: std::collections::BTreeMap<&'static str, Vec<(String, String)>>,
-    /// The most recent milestones, newest last.
-    pub milestones: VecDeque<MilestoneRecord>,
-    pub milestones_total: u64,
-}
-
 /// Milestones kept as labelled series; older ones are removed to bound cardinality.
 const RECENT_MILESTONES: usize = 50;
 
@@ -46,7 +28,6 @@ pub struct Metrics {
     milestones: IntCounterVec,
     milestone_emitted: IntGaugeVec,
     recent_milestones: VecDeque<[String; 3]>,
-    pub summary: Summary,
     /// Keys currently exported per dimension, to remove those that leave the top N.
     top_keys: [Vec<String>; 4],
     pay_to_delivery: Histogram,
@@ -125,7 +106,6 @@ impl Metrics {
             ),
             recent_milestones: VecDeque::new(),
             top_keys: Default::default(),
-            summary: Summary { gmv_fen: "0".into(), refund_fen: "0".into(), ..Summary::default() },
             pay_to_delivery: histogram(
                 "pay_to_delivery_seconds",
                 "Event time from an order's first payment to its delivery",
@@ -255,17 +235,10 @@ impl Metrics {
             }
         }
         self.last = s.clone();
-        let sm = &mut self.summary;
-        (sm.gmv_fen, sm.refund_fen) = (s.paid_fen.to_string(), s.refunded_fen.to_string());
-        (sm.paid_orders, sm.placed_orders) = (s.paid_orders, s.placed_orders);
-        (sm.shipped_orders, sm.delivered_orders) = (s.shipped_orders, s.delivered_orders);
-        sm.dead_letters = s.dead_letters.iter().sum();
-        sm.milestones_total = s.milestones.iter().sum();
     }
 
     pub fn set_watermark(&mut self, watermark_ms: i64, now_ms: i64) {
         if watermark_ms > 0 {
-            self.summary.watermark_ms = watermark_ms;
             self.watermark.set(watermark_ms as f64 / 1000.0);
             self.watermark_lag
                 .set((now_ms - watermark_ms) as f64 / 1000.0);
@@ -327,12 +300,6 @@ impl Metrics {
             }
         }
         *shown = top.iter().map(|(k, _)| k.clone()).collect();
-        self.summary.top.insert(
-            dim.as_str(),
-            top.iter()
-                .map(|(k, g)| (k.clone(), g.to_string()))
-                .collect(),
-        );
         for (key, gmv) in top {
             self.top_gmv_fen
                 .with_label_values(&[dim.as_str(), key])
@@ -354,10 +321,6 @@ impl Metrics {
             .with_label_values(&refs)
             .set(now_ms / 1000);
         self.recent_milestones.push_back(labels);
-        self.summary.milestones.push_back(m.clone());
-        if self.summary.milestones.len() > 10 {
-            self.summary.milestones.pop_front();
-        }
         while self.recent_milestones.len() > RECENT_MILESTONES {
             if let Some(old) = self.recent_milestones.pop_front() {
                 let _ = self
@@ -418,11 +381,6 @@ impl Metrics {
             .encode_utf8(&self.registry.gather(), &mut buf)
             .expect("text encoding");
         buf
-    }
-
-    /// `/summary.json`'s body.
-    pub fn summary_json(&self) -> String {
-        serde_json::to_string(&self.summary).unwrap_or_default()
     }
 
     /// The registry, for readers on other threads (its metrics are atomics).
