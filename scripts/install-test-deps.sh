@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # Installs what the tests need when it is missing: Debian packages for the
-# build (librdkafka is compiled from source), Prometheus/promtool, a JDK 17 and
-# Maven for Apache Kafka, whose jars Maven then resolves from Maven Central
-# (tests/kafka/pom.xml; kept in ~/.m2 after the first time).
+# build (librdkafka is compiled from source), Prometheus/promtool, Chromium and
+# Node.js for the browser test, a JDK 17 and Maven for Apache Kafka, whose jars
+# Maven then resolves from Maven Central (tests/kafka/pom.xml; kept in ~/.m2
+# after the first time), and playwright-core from the npm registry
+# (tests/browser/package-lock.json).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
-for pkg in build-essential pkg-config libssl-dev zlib1g-dev prometheus python3-yaml maven; do
+for pkg in build-essential pkg-config libssl-dev zlib1g-dev prometheus python3-yaml maven chromium; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
+# Node.js and npm, for the browser test: any already on PATH will do.
+command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
 # Apache Kafka 4 needs Java 17 or later; any JDK already on PATH will do.
 if ! java -version 2>&1 | grep -Eq 'version "(1[7-9]|[2-9][0-9])'; then
   missing+=(openjdk-17-jdk-headless)
@@ -26,3 +30,6 @@ echo "resolving Apache Kafka with Maven (tests/kafka/pom.xml)"
 mkdir -p target
 mvn -q -B -f tests/kafka/pom.xml dependency:build-classpath \
   -Dmdep.outputFile="$PWD/target/kafka-classpath.txt"
+
+echo "installing playwright-core (tests/browser)"
+npm ci --prefix tests/browser --no-audit --no-fund --silent

@@ -180,7 +180,13 @@ fn print_screen(view: &serde_json::Value, elapsed: Duration, tty: bool) {
             .map(|rows| {
                 rows.iter()
                     .take(5)
-                    .map(|r| format!("{} {}", r["key"].as_str().unwrap_or("?"), cny(num(r, "gmv_fen"))))
+                    .map(|r| {
+                        format!(
+                            "{} {}",
+                            r["key"].as_str().unwrap_or("?"),
+                            cny(num(r, "gmv_fen"))
+                        )
+                    })
                     .collect::<Vec<_>>()
                     .join("  |  ")
             })

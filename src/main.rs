@@ -213,7 +213,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             )?;
             let runtime = small_runtime()?;
             let addr = cfg.metrics.listen.parse().context("metrics.listen")?;
-            let addr = runtime.block_on(gmv::telemetry::http::serve(addr, handles.http_view(screen)))?;
+            let addr =
+                runtime.block_on(gmv::telemetry::http::serve(addr, handles.http_view(screen)))?;
             println!("the big screen: http://{addr}/");
             while !handles.shutdown.load(std::sync::atomic::Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(100));

@@ -1646,3 +1646,73 @@ fn a_long_restore_stays_healthy_and_sigterm_stops_it_promptly() {
     assert!(status.success(), "stopped during a restore: {status}");
     open.abort_transaction(Duration::from_secs(30)).unwrap();
 }
+
+/// Every instance's big screen shows the whole sale, not its share: two
+/// instances split the work; once every result is final, each one's
+/// `/api/summary` equals the `read_committed` `gmv-totals` records at the
+/// same watermark (overall figures, and every top brand's GMV).
+#[test]
+fn every_instance_screen_shows_the_whole_sale_as_gmv_totals_says() {
+    let (seed, _) = chaos_rng("screen");
+    let stage = Stage::new("screen");
+    let (want, writer) = traffic_in_background(&stage, seed, 60_000, 8_000);
+    let mut cluster = Instances::new(&stage, &["a", "b"]);
+    cluster.start(0);
+    cluster.start(1);
+    writer.join().unwrap();
+    let out = assert_exact(&stage, &cluster, &want, "with two instances");
+    let all = &out.totals["total|all"];
+    for i in 0..2 {
+        // The screen publishes its view at least once a second.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let view = loop {
+            let body = http_get(cluster.ports[i], "/api/summary");
+            let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+            if v["watermark_ms"] == all["watermark_ms"] {
+                break v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "instance {i}'s screen never reached watermark {}: {body}",
+                all["watermark_ms"]
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        };
+        for f in ["gmv_fen", "refund_fen"] {
+            assert_eq!(
+                view[f].as_str(),
+                Some(all[f].to_string().as_str()),
+                "instance {i}: {f}"
+            );
+        }
+        for f in [
+            "paid_orders",
+            "placed_orders",
+            "shipped_orders",
+            "delivered_orders",
+        ] {
+            assert_eq!(view[f], all[f], "instance {i}: {f}");
+        }
+        let brands = view["top_brands"].as_array().unwrap();
+        assert!(brands.len() > 3, "instance {i}: {brands:?}");
+        for b in brands.iter().filter(|b| b["others"] != true) {
+            let key = format!("brand|{}", b["key"].as_str().unwrap());
+            assert_eq!(
+                b["gmv_fen"].as_str(),
+                Some(out.totals[&key]["gmv_fen"].to_string().as_str()),
+                "instance {i}: {key}"
+            );
+        }
+        let best = out
+            .totals
+            .iter()
+            .filter(|(k, _)| k.starts_with("brand|"))
+            .map(|(_, v)| v["gmv_fen"].as_i64().unwrap())
+            .max()
+            .unwrap();
+        assert_eq!(
+            brands[0]["gmv_fen"].as_str(),
+            Some(best.to_string().as_str())
+        );
+    }
+}

@@ -78,7 +78,8 @@ pub fn start(
                         changed = true;
                     }
                 }
-                let due = last.elapsed() >= every && changed || last.elapsed() >= Duration::from_secs(1);
+                let due =
+                    last.elapsed() >= every && changed || last.elapsed() >= Duration::from_secs(1);
                 if due {
                     tx.send_replace(Arc::new(json(&mut screen)));
                     (last, changed) = (Instant::now(), false);

@@ -79,7 +79,11 @@ mod fen {
 /// One row of a top list.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Ranked {
+    /// The key; for the last row of a list that does not show every key, the
+    /// number of the others (with `others: true`).
     pub key: String,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub others: bool,
     #[serde(with = "fen")]
     pub gmv_fen: i128,
     /// Its share of the overall GMV, in basis points (1/100 of a percent).
@@ -189,14 +193,12 @@ impl Screen {
                 .collect(),
             top_brands: self.top("brand", all.gmv_fen, TOP_N),
             top_channels: self.top("channel", all.gmv_fen, TOP_N),
-            countries: self.top("country", all.gmv_fen, usize::MAX),
+            countries: self.top("country", all.gmv_fen, TOP_N),
             milestones: self.milestones.iter().cloned().collect(),
             watermark_ms,
             watermark_lag_ms: watermark_ms.map(|w| now_ms - w),
             updated_ms: self.updated_ms,
-            stalled: self
-                .updated_ms
-                .is_none_or(|u| now_ms - u > STALL_AFTER_MS),
+            stalled: self.updated_ms.is_none_or(|u| now_ms - u > STALL_AFTER_MS),
             now_ms,
         }
     }
@@ -218,26 +220,44 @@ impl Screen {
         (last.1.saturating_sub(first.1) * 1_000) / span_ms as u64
     }
 
-    /// The `n` keys of `dim` with the highest GMV (ties by key), with their share of `total_fen`.
+    /// The `n` keys of `dim` with the highest GMV (ties by key), with their
+    /// share of `total_fen`, then one row for all the others, if any.
     fn top(&self, dim: &str, total_fen: i128, n: usize) -> Vec<Ranked> {
         let mut rows: Vec<&TotalsRow> = self.totals.values().filter(|r| r.dim == dim).collect();
-        let by_gmv = |a: &&TotalsRow, b: &&TotalsRow| b.gmv_fen.cmp(&a.gmv_fen).then(a.key.cmp(&b.key));
+        let by_gmv =
+            |a: &&TotalsRow, b: &&TotalsRow| b.gmv_fen.cmp(&a.gmv_fen).then(a.key.cmp(&b.key));
+        let mut others = None;
         if rows.len() > n {
             rows.select_nth_unstable_by(n, by_gmv);
-            rows.truncate(n);
+            let rest = rows.split_off(n);
+            others = Some((rest.len(), rest.iter().map(|r| r.gmv_fen).sum::<i128>()));
         }
         rows.sort_by(by_gmv);
-        rows.into_iter()
+        let share = |gmv: i128| {
+            if total_fen > 0 {
+                (gmv * 10_000 / total_fen) as i64
+            } else {
+                0
+            }
+        };
+        let mut ranked: Vec<Ranked> = rows
+            .into_iter()
             .map(|r| Ranked {
                 key: r.key.clone(),
+                others: false,
                 gmv_fen: r.gmv_fen,
-                share_bp: if total_fen > 0 {
-                    (r.gmv_fen * 10_000 / total_fen) as i64
-                } else {
-                    0
-                },
+                share_bp: share(r.gmv_fen),
             })
-            .collect()
+            .collect();
+        if let Some((count, gmv_fen)) = others {
+            ranked.push(Ranked {
+                key: count.to_string(),
+                others: true,
+                gmv_fen,
+                share_bp: share(gmv_fen),
+            });
+        }
+        ranked
     }
 }
 
@@ -258,20 +278,61 @@ mod tests {
     fn the_view_is_the_latest_totals_ranked_with_shares() {
         let mut s = Screen::default();
         let t = 1_000_000;
-        s.apply(Source::Totals, &total("total", "all", 1_000, 5, t - 2_000), t).unwrap();
-        s.apply(Source::Totals, &total("brand", "b1", 600, 3, t), t).unwrap();
-        s.apply(Source::Totals, &total("brand", "b2", 400, 2, t), t).unwrap();
-        s.apply(Source::Totals, &total("brand", "b1", 700, 3, t), t).unwrap();
+        s.apply(
+            Source::Totals,
+            &total("total", "all", 1_000, 5, t - 2_000),
+            t,
+        )
+        .unwrap();
+        s.apply(Source::Totals, &total("brand", "b1", 600, 3, t), t)
+            .unwrap();
+        s.apply(Source::Totals, &total("brand", "b2", 400, 2, t), t)
+            .unwrap();
+        s.apply(Source::Totals, &total("brand", "b1", 700, 3, t), t)
+            .unwrap();
         let v = s.view(t);
         assert_eq!((v.gmv_fen, v.refund_fen, v.net_fen), (1_000, 10, 990));
         assert_eq!(
             v.top_brands,
             vec![
-                Ranked { key: "b1".into(), gmv_fen: 700, share_bp: 7_000 },
-                Ranked { key: "b2".into(), gmv_fen: 400, share_bp: 4_000 },
+                Ranked {
+                    key: "b1".into(),
+                    others: false,
+                    gmv_fen: 700,
+                    share_bp: 7_000
+                },
+                Ranked {
+                    key: "b2".into(),
+                    others: false,
+                    gmv_fen: 400,
+                    share_bp: 4_000
+                },
             ]
         );
-        assert_eq!((v.watermark_ms, v.watermark_lag_ms), (Some(t - 2_000), Some(2_000)));
+        for i in 0..(TOP_N + 5) {
+            s.apply(
+                Source::Totals,
+                &total("country", &format!("C{i:02}"), 10 + i as i128, 1, t),
+                t,
+            )
+            .unwrap();
+        }
+        let countries = s.view(t).countries;
+        assert_eq!(countries.len(), TOP_N + 1);
+        assert_eq!(
+            (countries[0].key.as_str(), countries[0].gmv_fen),
+            ("C14", 24)
+        );
+        let others = countries.last().unwrap();
+        assert_eq!(
+            (others.others, others.key.as_str(), others.gmv_fen),
+            (true, "5", 10 + 11 + 12 + 13 + 14),
+            "the five smallest, summed"
+        );
+        assert_eq!(
+            (v.watermark_ms, v.watermark_lag_ms),
+            (Some(t - 2_000), Some(2_000))
+        );
         assert!(!v.stalled);
         let json = serde_json::to_value(&v).unwrap();
         assert_eq!(json["gmv_fen"], "1000", "money is a string for browsers");
@@ -281,7 +342,8 @@ mod tests {
     fn a_stream_without_records_for_five_seconds_has_stalled() {
         let mut s = Screen::default();
         assert!(s.view(0).stalled, "nothing read yet");
-        s.apply(Source::Totals, &total("total", "all", 1, 1, 1), 10_000).unwrap();
+        s.apply(Source::Totals, &total("total", "all", 1, 1, 1), 10_000)
+            .unwrap();
         assert!(!s.view(10_000 + STALL_AFTER_MS).stalled);
         assert!(s.view(10_000 + STALL_AFTER_MS + 1).stalled);
     }
@@ -291,10 +353,16 @@ mod tests {
         let mut s = Screen::default();
         for i in 0..=10 {
             // 1,000 orders a second for 10 s.
-            s.apply(Source::Totals, &total("total", "all", 0, i * 1_000, 0), i as i64 * 1_000).unwrap();
+            s.apply(
+                Source::Totals,
+                &total("total", "all", 0, i * 1_000, 0),
+                i as i64 * 1_000,
+            )
+            .unwrap();
         }
         assert_eq!(s.view(10_000).orders_per_sec, 1_000);
-        s.apply(Source::Totals, &total("total", "all", 0, 10_000, 0), 16_000).unwrap();
+        s.apply(Source::Totals, &total("total", "all", 0, 10_000, 0), 16_000)
+            .unwrap();
         let v = s.view(16_000);
         assert_eq!((v.orders_per_sec, v.peak_orders_per_sec), (0, 1_000));
     }
@@ -310,14 +378,19 @@ mod tests {
             .unwrap()
         };
         for i in 0..(CHART_SECONDS as i64 + 10) {
-            s.apply(Source::Windows, &w(i * 1_000, 1_000, "total"), 0).unwrap();
+            s.apply(Source::Windows, &w(i * 1_000, 1_000, "total"), 0)
+                .unwrap();
         }
         s.apply(Source::Windows, &w(0, 60_000, "total"), 0).unwrap();
-        s.apply(Source::Windows, &w(999_000, 1_000, "brand"), 0).unwrap();
+        s.apply(Source::Windows, &w(999_000, 1_000, "brand"), 0)
+            .unwrap();
         let v = s.view(0);
         assert_eq!(v.per_second.len(), CHART_SECONDS);
         assert_eq!(v.per_second[0], (10_000, "10".to_string()));
-        assert_eq!(v.per_second.last().unwrap().0, (CHART_SECONDS as i64 + 9) * 1_000);
+        assert_eq!(
+            v.per_second.last().unwrap().0,
+            (CHART_SECONDS as i64 + 9) * 1_000
+        );
     }
 
     #[test]
@@ -326,7 +399,8 @@ mod tests {
         for i in 0..(FEED + 3) {
             let m = serde_json::json!({"dim": "brand", "key": format!("b{i}"), "threshold_fen": 100,
                                        "crossed_at_ms": i, "gmv_fen": 120});
-            s.apply(Source::Milestones, &serde_json::to_vec(&m).unwrap(), 0).unwrap();
+            s.apply(Source::Milestones, &serde_json::to_vec(&m).unwrap(), 0)
+                .unwrap();
         }
         let v = s.view(0);
         assert_eq!(v.milestones.len(), FEED);

@@ -152,7 +152,10 @@ mod tests {
         let summary = get(addr, "/api/summary");
         let body = summary.split("\r\n\r\n").nth(1).unwrap();
         let v: serde_json::Value = serde_json::from_str(body).unwrap();
-        assert_eq!((v["gmv_fen"].as_str(), v["stalled"].as_bool()), (Some("0"), Some(true)));
+        assert_eq!(
+            (v["gmv_fen"].as_str(), v["stalled"].as_bool()),
+            (Some("0"), Some(true))
+        );
         // /events: the current view first, then each one published.
         let mut events = std::net::TcpStream::connect(addr).unwrap();
         write!(events, "GET /events HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
