@@ -40,6 +40,10 @@ const MAX_BATCH: usize = 20_000;
 const METRICS_EVERY: Duration = Duration::from_millis(250);
 /// How long a failed transaction is retried (aborted, tasks restored) before the process gives up.
 const RECOVER_FOR: Duration = Duration::from_secs(300);
+/// The smallest record limit the job shrinks to when the broker refuses its
+/// records for their size: a changelog chunk of a quarter of it plus one
+/// order id's entry (about 25 KB), or a dead letter (about 30 KB), must fit.
+const MIN_RECORD_BYTES: usize = 40 * 1024;
 /// How often latency quantiles are logged.
 const LATENCY_LOG_EVERY: Duration = Duration::from_secs(60);
 
@@ -136,13 +140,17 @@ pub fn run(cfg: &Config, handles: &Handles, broker: Broker) -> anyhow::Result<()
         }
     }
     tracing::info!(partitions, aggregation_partitions, brokers = %cfg.kafka.brokers, instance = %cfg.kafka.instance_id, "topics checked");
-    handles
-        .metrics
-        .lock()
-        .expect("metrics lock")
-        .set_stage_partitions(partitions, aggregation_partitions);
+    {
+        let m = handles.metrics.lock().expect("metrics lock");
+        m.set_stage_partitions(partitions, aggregation_partitions);
+        m.set_record_limit(cfg.kafka.max_record_bytes as usize);
+    }
 
-    let producer = Arc::new(TxnProducer::create(cfg, Some(handles.output_counters()))?);
+    let producer = Arc::new(TxnProducer::create(
+        cfg,
+        Some(handles.output_counters()),
+        cfg.kafka.max_record_bytes as usize,
+    )?);
     *consumer.context().producer.lock().expect("producer lock") = Some(producer.clone());
 
     let mut lp = Loop {
@@ -158,6 +166,7 @@ pub fn run(cfg: &Config, handles: &Handles, broker: Broker) -> anyhow::Result<()
         aggregation_partitions,
         newest_input_ms: 0,
         next_emit: Instant::now(),
+        record_limit: cfg.kafka.max_record_bytes as usize,
     };
     lp.subscribe()?;
     let result = lp.process();
@@ -186,6 +195,9 @@ struct Loop<'a> {
     newest_input_ms: i64,
     /// When the windows and totals that changed are emitted next (every `emit_interval`).
     next_emit: Instant,
+    /// Largest record written: `kafka.max_record_bytes`, halved each time the
+    /// broker refuses one for its size (`shrink_records`).
+    record_limit: usize,
 }
 
 impl Loop<'_> {
@@ -389,6 +401,9 @@ impl Loop<'_> {
     fn recover(&mut self, failure: anyhow::Error) -> anyhow::Result<()> {
         let started = Instant::now();
         let tasks = self.commits.failed();
+        if self.producer.take_too_large() {
+            self.shrink_records();
+        }
         let mut last = failure;
         loop {
             if let Some((code, why)) = self.producer.fatal_error() {
@@ -407,18 +422,8 @@ impl Loop<'_> {
                     }
                     Ok(false) => {
                         tracing::warn!(?code, "the producer failed ({why}); making a new one");
-                        match TxnProducer::create(self.cfg, Some(self.handles.output_counters())) {
-                            Ok(p) => {
-                                let producer = Arc::new(p);
-                                *self
-                                    .consumer
-                                    .context()
-                                    .producer
-                                    .lock()
-                                    .expect("producer lock") = Some(producer.clone());
-                                self.producer = producer;
-                            }
-                            Err(e) => last = e,
+                        if let Err(e) = self.new_producer() {
+                            last = e;
                         }
                     }
                     Err(e) => last = e,
@@ -452,6 +457,53 @@ impl Loop<'_> {
                 }
             }
         }
+    }
+
+    /// The broker refused a record for its size, though every topic accepted
+    /// `kafka.max_record_bytes` at start (a limit lowered since): from the
+    /// redo of the failed transaction on, changelog chunks and repartition
+    /// batches are cut at half the size, so the job goes on by itself.
+    fn shrink_records(&mut self) {
+        let limit = (self.record_limit / 2).max(MIN_RECORD_BYTES);
+        tracing::error!(
+            from = self.record_limit,
+            to = limit,
+            "the broker refused a record for its size: a topic's max.message.bytes is below kafka.max_record_bytes; cutting records smaller (raise the topic's limit, or lower kafka.max_record_bytes)"
+        );
+        self.record_limit = limit;
+        self.handles
+            .metrics
+            .lock()
+            .expect("metrics lock")
+            .set_record_limit(limit);
+        self.engine.set_max_record_bytes(limit);
+        self.commits
+            .set_max_batch_bytes(batch_log::chunk_bytes(limit));
+        // The broker checks the limit on whole batches of records: the
+        // producer's batches shrink too (a new producer with the same id
+        // fences the old one, aborting its transaction).
+        if let Err(e) = self.new_producer() {
+            tracing::warn!("making a producer with smaller batches: {e:#}; the recovery retries");
+        }
+    }
+
+    /// Replaces the producer by a new one with the same `transactional.id`,
+    /// its batches no larger than `record_limit`.
+    fn new_producer(&mut self) -> anyhow::Result<()> {
+        let p = TxnProducer::create(
+            self.cfg,
+            Some(self.handles.output_counters()),
+            self.record_limit,
+        )?;
+        let producer = Arc::new(p);
+        *self
+            .consumer
+            .context()
+            .producer
+            .lock()
+            .expect("producer lock") = Some(producer.clone());
+        self.producer = producer;
+        Ok(())
     }
 
     /// Joins the group for the input and repartition topics.

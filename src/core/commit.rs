@@ -116,6 +116,11 @@ impl Commits {
         }
     }
 
+    /// Repartition batches are split below `bytes` from the next transaction on.
+    pub fn set_max_batch_bytes(&mut self, bytes: usize) {
+        self.max_batch_bytes = bytes;
+    }
+
     /// A new assignment (empty: everything revoked). Every task is dropped, and
     /// an open transaction with them (the caller aborts it): the returned tasks,
     /// sorted and each once, are to be restored from their changelogs.

@@ -171,6 +171,11 @@ impl Engine {
         }
     }
 
+    /// Records are cut below `bytes` from the next restore of each task on.
+    pub fn set_max_record_bytes(&mut self, bytes: usize) {
+        Arc::make_mut(&mut self.cfg).max_record_bytes = bytes;
+    }
+
     pub fn config(&self) -> &Arc<EngineConfig> {
         &self.cfg
     }

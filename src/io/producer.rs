@@ -44,6 +44,8 @@ pub struct TxnContext {
     /// Without a lock: the loop may wait in `send` for this thread to drain the queue.
     counters: Option<OutputCounters>,
     failure: Mutex<Option<String>>,
+    /// A record was refused for its size (see `TxnProducer::take_too_large`).
+    too_large: AtomicBool,
 }
 
 impl ClientContext for TxnContext {}
@@ -56,6 +58,9 @@ impl ProducerContext for TxnContext {
             c.acked(*topic, result.is_ok());
         }
         if let Err((e, msg)) = result {
+            if e.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge) {
+                self.too_large.store(true, Ordering::SeqCst);
+            }
             if let Ok(mut f) = self.failure.lock() {
                 f.get_or_insert_with(|| format!("delivery to {} failed: {e}", msg.topic()));
             }
@@ -105,10 +110,15 @@ pub struct Record<'a> {
 }
 
 impl TxnProducer {
-    /// Creates the producer with `transactional.id` and fences any older producer using it.
-    pub fn create(cfg: &Config, counters: Option<OutputCounters>) -> anyhow::Result<Self> {
+    /// Creates the producer with `transactional.id` and fences any older
+    /// producer using it; its batches hold at most `record_limit` bytes.
+    pub fn create(
+        cfg: &Config,
+        counters: Option<OutputCounters>,
+        record_limit: usize,
+    ) -> anyhow::Result<Self> {
         let txn_id = cfg.transactional_id();
-        let batch_bytes = cfg.kafka.max_record_bytes.to_string();
+        let batch_bytes = record_limit.to_string();
         let ours = [
             // The broker checks a topic's max.message.bytes against a whole
             // batch of records: batches no larger than one record may be.
@@ -131,6 +141,7 @@ impl TxnProducer {
                 .create_with_context(TxnContext {
                     counters,
                     failure: Mutex::new(None),
+                    too_large: AtomicBool::new(false),
                 })
                 .context("creating the Kafka producer (check kafka.* settings)")?;
         let timeout = Duration::from_secs(60);
@@ -228,8 +239,14 @@ impl TxnProducer {
                 RDKafkaErrorCode::NoError => return Ok(()),
                 RDKafkaErrorCode::QueueFull => std::thread::sleep(Duration::from_millis(5)),
                 e => {
+                    if e == RDKafkaErrorCode::MessageSizeTooLarge {
+                        self.producer
+                            .context()
+                            .too_large
+                            .store(true, Ordering::SeqCst);
+                    }
                     return Err(KafkaError::MessageProduction(e))
-                        .with_context(|| format!("producing to {}", r.topic))
+                        .with_context(|| format!("producing to {}", r.topic));
                 }
             }
         }
@@ -315,6 +332,15 @@ impl TxnProducer {
             RDKafkaErrorCode::from(err),
             text.to_string_lossy().into_owned(),
         ))
+    }
+
+    /// Whether a record was refused for its size since the last call (by the
+    /// broker, or by this client's own limit).
+    pub fn take_too_large(&self) -> bool {
+        self.producer
+            .context()
+            .too_large
+            .swap(false, Ordering::SeqCst)
     }
 
     /// Aborts the open transaction, if any: its records and offsets never count.

@@ -38,6 +38,7 @@ pub struct Metrics {
     join_timeouts: IntCounterVec,
     join_overflows: IntCounterVec,
     late_partials: IntCounter,
+    record_limit_bytes: IntGauge,
     watermark: prometheus::Gauge,
     watermark_lag: prometheus::Gauge,
     input_partitions: IntGaugeVec,
@@ -117,6 +118,7 @@ impl Metrics {
             duplicates: counter_vec("duplicates_dropped_total", "Repeated ids dropped within dedup_ttl", &["topic"]),
             join_timeouts: counter_vec("join_timeouts_total", "Payments and deliveries whose order did not come within join_timeout", &["topic"]),
             join_overflows: counter_vec("join_overflows_total", "Payments and deliveries counted under unknown at once: their order had the most events waiting already", &["topic"]),
+            record_limit_bytes: reg(&r, IntGauge::new("record_limit_bytes", "Largest record the job writes: kafka.max_record_bytes, halved each time the broker refuses one for its size").expect("valid metric")),
             late_partials: counter("late_partials_total", "Partial sums whose bucket had closed when they reached the aggregation stage (a partition back from idleness behind the others)"),
             watermark: reg(&r, prometheus::Gauge::new("watermark_timestamp_seconds", "The job's event-time watermark").expect("valid metric")),
             watermark_lag: reg(&r, prometheus::Gauge::new("watermark_lag_seconds", "Wall time minus the watermark").expect("valid metric")),
@@ -381,6 +383,10 @@ impl Metrics {
             .encode_utf8(&self.registry.gather(), &mut buf)
             .expect("text encoding");
         buf
+    }
+
+    pub fn set_record_limit(&self, bytes: usize) {
+        self.record_limit_bytes.set(bytes as i64);
     }
 
     /// The registry, for readers on other threads (its metrics are atomics).
