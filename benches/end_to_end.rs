@@ -3,13 +3,16 @@
 //! that reads the same topics and does nothing; then, while traffic flows at a
 //! steady rate into the running job, the latency from the produce of every
 //! order to the first `read_committed` `gmv-totals` update that counts it, as
-//! an HdrHistogram.
+//! an HdrHistogram. Last, the job at the first interval once more without the
+//! big screen's reader (`metrics.screen = false`), reading the same input:
+//! what the reader costs the job.
 //!
 //! `cargo bench --bench end_to_end`. Environment: RECORDS (backlog read for
 //! throughput, default 1,000,000), COMMIT_INTERVALS (ms, default
 //! `100,250,1000`), LATENCY_RATE (events/s, default 100,000; 0 skips the
-//! latency part), LATENCY_SECONDS (default 60), JOB_LOG (a path: the jobs'
-//! logs go to `{path}.{index}-{interval}`).
+//! latency part), LATENCY_SECONDS (default 60), SCREEN_OFF_RUN (default 1; 0
+//! skips the run without the screen), JOB_LOG (a path: the jobs' logs go to
+//! `{path}.{index}-{interval}`).
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -27,6 +30,22 @@ use support::broker::{
 };
 
 const PARTITIONS: i32 = 4;
+
+/// CPU time, in ns, a thread of the process has used so far (its
+/// `schedstat`), found by name: the big screen's reader is "screen".
+fn thread_cpu_ns(pid: u32, name: &str) -> Option<u64> {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim() == name {
+            let stat = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
+            return stat.split_whitespace().next()?.parse().ok();
+        }
+    }
+    None
+}
 
 /// CPU time used so far by a process's main thread (the job's loop) and by
 /// the whole process, in ns, from /proc (Linux); `None` elsewhere.
@@ -56,6 +75,7 @@ fn main() {
                 .expect("COMMIT_INTERVALS: ms, comma-separated")
         })
         .collect();
+    let first_interval = intervals[0];
     let (_broker, brokers, dir, config) = bench_setup("bench", PARTITIONS);
 
     let mut cfg = Config::default();
@@ -111,19 +131,7 @@ fn main() {
             expected_orders: n,
         };
         let (config, metrics_port) = run.config();
-        let job = Proc(
-            Command::new(env!("CARGO_BIN_EXE_gmv"))
-                .args(["run", "--config"])
-                .arg(&config)
-                .stderr(match std::env::var("JOB_LOG") {
-                    Ok(path) => {
-                        Stdio::from(std::fs::File::create(format!("{path}.{}", run.name)).unwrap())
-                    }
-                    Err(_) => Stdio::null(),
-                })
-                .spawn()
-                .unwrap(),
-        );
+        let job = start_job(&config, &run.name, true);
         let rate = throughput(&job, metrics_port, in_topics);
         println!(
             "commit_interval {interval} ms: gmv run {rate:>10.0} records/s, ratio {:.2}",
@@ -163,6 +171,28 @@ fn main() {
         drop(job);
         table.push(row);
     }
+    // The same job without the big screen's reader (metrics.screen = false),
+    // on the same input: what the reader costs the job.
+    if env_or("SCREEN_OFF_RUN", 1) == 1 {
+        let run = Run {
+            dir: &dir,
+            brokers: &brokers,
+            interval: first_interval,
+            name: format!("no-screen-{first_interval}"),
+            expected_orders: n,
+        };
+        let (config, metrics_port) = run.config();
+        let job = start_job(&config, &run.name, false);
+        let rate = throughput(&job, metrics_port, in_topics);
+        println!(
+            "commit_interval {first_interval} ms, no screen: gmv run {rate:>10.0} records/s, ratio {:.2}",
+            rate / baseline
+        );
+        table.push(format!(
+            "| {first_interval} ms, no screen | {rate:.0} | {:.2} |",
+            rate / baseline
+        ));
+    }
     println!();
     println!("do-nothing consumer: {baseline:.0} records/s; {n} records, {PARTITIONS} partitions; latency at {latency_rate} events/s for {latency_secs} s");
     println!("| commit_interval | gmv run records/s | ratio to do-nothing | orders sampled | p50 ms | p99 ms | p99.9 ms | max ms |");
@@ -171,6 +201,24 @@ fn main() {
         println!("{row}");
     }
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Starts `gmv run` with `config`; `screen`: whether it serves the big screen
+/// (a reader of the output topics on its own thread). `JOB_LOG=path` keeps
+/// its log in `path.{name}`.
+fn start_job(config: &std::path::Path, name: &str, screen: bool) -> Proc {
+    Proc(
+        Command::new(env!("CARGO_BIN_EXE_gmv"))
+            .args(["run", "--config"])
+            .arg(config)
+            .env("GMV_METRICS__SCREEN", screen.to_string())
+            .stderr(match std::env::var("JOB_LOG") {
+                Ok(path) => Stdio::from(std::fs::File::create(format!("{path}.{name}")).unwrap()),
+                Err(_) => Stdio::null(),
+            })
+            .spawn()
+            .unwrap(),
+    )
 }
 
 /// One job of the run: its own group, and its own output and internal topics.
@@ -221,6 +269,7 @@ fn throughput(job: &Proc, metrics_port: u16, n: usize) -> f64 {
     let pid = job.0.id();
     let mut first = None;
     let mut cpu_first = None;
+    let mut screen_first = None;
     loop {
         assert!(
             Instant::now() < deadline,
@@ -231,12 +280,14 @@ fn throughput(job: &Proc, metrics_port: u16, n: usize) -> f64 {
         if count > 0.0 && first.is_none() {
             first = Some((Instant::now(), count));
             cpu_first = cpu_ns(pid);
+            screen_first = thread_cpu_ns(pid, "screen");
         }
         if count as usize >= n {
             break;
         }
     }
     let cpu_last = cpu_ns(pid);
+    let screen_last = thread_cpu_ns(pid, "screen");
     let (t0, c0) = first.unwrap();
     let run_secs = t0.elapsed().as_secs_f64();
     let job_rate = (n as f64 - c0) / run_secs;
@@ -257,6 +308,14 @@ fn throughput(job: &Proc, metrics_port: u16, n: usize) -> f64 {
             per(a.0, b.0),
             per(a.1, b.1)
         );
+        // The big screen's reader runs on its own thread: what it costs, beside the loop.
+        if let (Some(x), Some(y)) = (screen_first, screen_last) {
+            println!(
+                "screen reader:       {:>10.1} ns per event read, {:.2}% of the process's CPU",
+                per(x, y),
+                100.0 * (y - x) as f64 / (b.1 - a.1) as f64
+            );
+        }
         // Below 100%: the loop waited (for input, or for a commit) the rest of the time.
         println!(
             "loop thread busy:    {:>10.0}% of the run",

@@ -67,7 +67,10 @@ impl Handles {
 
     /// What the HTTP server reads: nothing it could hold the loop up with (the
     /// screen's view comes from its own reader, `screen`).
-    pub fn http_view(&self, screen: crate::screen::reader::Feed) -> crate::telemetry::http::Shared {
+    pub fn http_view(
+        &self,
+        screen: Option<crate::screen::reader::Feed>,
+    ) -> crate::telemetry::http::Shared {
         crate::telemetry::http::Shared {
             registry: self.metrics.lock().expect("metrics lock").registry(),
             screen,

@@ -100,6 +100,10 @@ pub struct MetricsConfig {
     pub listen: String,
     /// Keys per dimension exported as `gmv_top_gmv_fen` series; the rest sum to `other`.
     pub top_n: usize,
+    /// Serve the big screen (`/`, `/events`, `/api/summary`) from this
+    /// instance: a reader of the output topics on its own thread. With many
+    /// instances, a few screens (or `gmv screen`) spare the brokers a reader each.
+    pub screen: bool,
 }
 
 /// Sizing of the in-memory state.
@@ -240,6 +244,7 @@ impl Default for MetricsConfig {
             // whole network by default (the compose file sets its own).
             listen: "127.0.0.1:9100".into(),
             top_n: 10,
+            screen: true,
         }
     }
 }

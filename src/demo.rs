@@ -82,7 +82,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let screen = crate::screen::reader::start(&cfg, flag.clone(), None)?;
-    let shared = handles.http_view(screen.clone());
+    let shared = handles.http_view(Some(screen.clone()));
     let addr = runtime.block_on(crate::telemetry::http::serve(
         cfg.metrics.listen.parse()?,
         shared,

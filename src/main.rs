@@ -213,8 +213,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             )?;
             let runtime = small_runtime()?;
             let addr = cfg.metrics.listen.parse().context("metrics.listen")?;
-            let addr =
-                runtime.block_on(gmv::telemetry::http::serve(addr, handles.http_view(screen)))?;
+            let addr = runtime.block_on(gmv::telemetry::http::serve(
+                addr,
+                handles.http_view(Some(screen)),
+            ))?;
             println!("the big screen: http://{addr}/");
             while !handles.shutdown.load(std::sync::atomic::Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(100));
@@ -238,7 +240,11 @@ fn run_job(cfg: &Config) -> anyhow::Result<()> {
     let handles = Handles::new();
     let runtime = small_runtime()?;
     let addr = cfg.metrics.listen.parse().context("metrics.listen")?;
-    let screen = gmv::screen::reader::start(cfg, handles.shutdown.clone(), None)?;
+    let screen = cfg
+        .metrics
+        .screen
+        .then(|| gmv::screen::reader::start(cfg, handles.shutdown.clone(), None))
+        .transpose()?;
     let addr = runtime.block_on(gmv::telemetry::http::serve(addr, handles.http_view(screen)))?;
     tracing::info!(%addr, "serving /metrics, /healthz and the big screen at /");
     gmv::app::stop_on_signal(handles.shutdown.clone())?;

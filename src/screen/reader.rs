@@ -38,7 +38,10 @@ pub fn start(
             ("group.id", &format!("{}-screen", cfg.kafka.group_id)),
             ("enable.auto.commit", "false"),
             ("isolation.level", "read_committed"),
-            ("fetch.wait.max.ms", "50"),
+            // Few, large fetches: the view is published every emit interval at
+            // most, and a fetch costs the brokers the same whatever it carries.
+            ("fetch.wait.max.ms", "100"),
+            ("fetch.min.bytes", "262144"),
         ],
         &cfg.kafka.consumer_properties,
     )
@@ -72,7 +75,7 @@ pub fn start(
                 if let Some(Ok(m)) = reader.poll(Duration::from_millis(50)) {
                     let source = names.iter().find(|(n, _)| n == m.topic()).map(|(_, s)| *s);
                     if let (Some(source), Some(value)) = (source, m.payload()) {
-                        if let Err(e) = screen.apply(source, value, now_ms()) {
+                        if let Err(e) = screen.apply(source, m.key(), value, now_ms()) {
                             tracing::warn!("screen: {e}");
                         }
                         changed = true;

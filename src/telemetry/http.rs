@@ -17,8 +17,9 @@ use axum::Router;
 pub struct Shared {
     /// The metrics' registry: its counters and gauges are atomics.
     pub registry: prometheus::Registry,
-    /// The big screen's view, from its own reader of the output topics.
-    pub screen: crate::screen::reader::Feed,
+    /// The big screen's view, from its own reader of the output topics
+    /// (`None`: `metrics.screen` is off here, and its routes say so).
+    pub screen: Option<crate::screen::reader::Feed>,
     /// Wall ms of the last processing-loop iteration.
     pub heartbeat_ms: Arc<AtomicI64>,
 }
@@ -38,36 +39,50 @@ pub async fn serve(addr: SocketAddr, shared: Shared) -> anyhow::Result<SocketAdd
         .await
         .with_context(|| format!("binding the metrics server to {addr}"))?;
     let registry = shared.registry.clone();
-    let (summary, events) = (shared.screen.clone(), shared.screen.clone());
-    let app = Router::new()
-        .route(
+    let app = Router::new();
+    let app = match shared.screen.clone() {
+        Some(feed) => {
+            let (summary, events) = (feed.clone(), feed);
+            app.route(
+                "/",
+                get(|| async { axum::response::Html(include_str!("../screen/page.html")) }),
+            )
+            .route(
+                "/api/summary",
+                get(move || {
+                    let body = summary.borrow().to_string();
+                    async move { ([("content-type", "application/json")], body) }
+                }),
+            )
+            .route(
+                "/events",
+                get(move || {
+                    // Every view the reader publishes (at most once per emit
+                    // interval, at least once a second), the current one first.
+                    let views = tokio_stream::wrappers::WatchStream::new(events.clone());
+                    async move {
+                        use tokio_stream::StreamExt as _;
+                        let stream = views.map(|v| {
+                            Ok::<_, std::convert::Infallible>(
+                                axum::response::sse::Event::default().data(v.as_str()),
+                            )
+                        });
+                        axum::response::sse::Sse::new(stream)
+                    }
+                }),
+            )
+        }
+        None => app.route(
             "/",
-            get(|| async { axum::response::Html(include_str!("../screen/page.html")) }),
-        )
-        .route(
-            "/api/summary",
-            get(move || {
-                let body = summary.borrow().to_string();
-                async move { ([("content-type", "application/json")], body) }
+            get(|| async {
+                (
+                    StatusCode::NOT_FOUND,
+                    "the big screen is off on this instance (metrics.screen = false): see another instance, or `gmv screen`\n",
+                )
             }),
-        )
-        .route(
-            "/events",
-            get(move || {
-                // Every view the reader publishes (at most once per emit
-                // interval, at least once a second), the current one first.
-                let views = tokio_stream::wrappers::WatchStream::new(events.clone());
-                async move {
-                    use tokio_stream::StreamExt as _;
-                    let stream = views.map(|v| {
-                        Ok::<_, std::convert::Infallible>(
-                            axum::response::sse::Event::default().data(v.as_str()),
-                        )
-                    });
-                    axum::response::sse::Sse::new(stream)
-                }
-            }),
-        )
+        ),
+    };
+    let app = app
         .route(
             "/metrics",
             get(move || {
@@ -140,7 +155,7 @@ mod tests {
         let (tx, feed) = tokio::sync::watch::channel(Arc::new(view));
         let shared = Shared {
             registry: m.registry(),
-            screen: feed,
+            screen: Some(feed),
             heartbeat_ms: heartbeat_ms.clone(),
         };
         let addr = rt
