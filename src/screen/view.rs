@@ -28,7 +28,9 @@ pub enum Source {
     Milestones,
 }
 
-/// A `gmv-totals` value, as the contract defines it.
+/// A `gmv-totals` value, as the contract defines it: read as any consumer of
+/// the topic would, not through the engine's own types, so the screen rests
+/// on the contract alone.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 pub struct TotalsRow {
     pub dim: String,
