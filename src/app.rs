@@ -6,9 +6,9 @@
 //! Kafka transaction carries the outputs, the repartition batches, the changelog
 //! records and the consumer offsets, so a crash at any point resumes exactly
 //! from the last commit. The protocol's state and its reasons are in
-//! `core/commit.rs`; this file does the I/O each of its transitions asks for.
+//! `core/commit.rs`; this file does the I/O each of its transitions asks for,
+//! `app/recovery.rs` the restores (after a rebalance or a failed transaction).
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,14 +18,16 @@ use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
+mod recovery;
+
 use crate::config::{Config, TopicNames};
 use crate::core::batch_log;
-use crate::core::commit::{Commits, Stage, TaskId};
+use crate::core::commit::{Commits, Stage};
 use crate::core::output::{Dim, Output, OutputTopic};
 use crate::core::state::{self, PartialBatch};
 use crate::core::Engine;
 use crate::io::changelog;
-use crate::io::consumer::{self, Assignment, InputConsumer};
+use crate::io::consumer::{self, InputConsumer};
 use crate::io::lanes::{LaneRecord, Lanes, LANE_BATCH};
 use crate::io::producer::{Kind, Record, TxnProducer};
 use crate::io::topics;
@@ -38,12 +40,6 @@ use crate::telemetry::Metrics;
 const MAX_BATCH: usize = 20_000;
 /// How often metrics are refreshed from the engine.
 const METRICS_EVERY: Duration = Duration::from_millis(250);
-/// How long a failed transaction is retried (aborted, tasks restored) before the process gives up.
-const RECOVER_FOR: Duration = Duration::from_secs(300);
-/// The smallest record limit the job shrinks to when the broker refuses its
-/// records for their size: a changelog chunk of a quarter of it plus one
-/// order id's entry (about 25 KB), or a dead letter (about 30 KB), must fit.
-const MIN_RECORD_BYTES: usize = 40 * 1024;
 /// How often latency quantiles are logged.
 const LATENCY_LOG_EVERY: Duration = Duration::from_secs(60);
 
@@ -395,120 +391,6 @@ impl Loop<'_> {
         })
     }
 
-    /// After a commit failed: unless this producer was fenced (a newer instance
-    /// with the same id took over: exiting is the only safe move), abort the
-    /// transaction (or replace a producer the broker has ended) and restore the
-    /// owned tasks from their last commit, as after a rebalance, so a broker that
-    /// was away for longer than the message timeout costs a restore, not the
-    /// process. Tries for `RECOVER_FOR` while the broker is still away, then gives up.
-    fn recover(&mut self, failure: anyhow::Error) -> anyhow::Result<()> {
-        let started = Instant::now();
-        let tasks = self.commits.failed();
-        if self.producer.take_too_large() {
-            self.shrink_records();
-        }
-        let mut last = failure;
-        loop {
-            if let Some((code, why)) = self.producer.fatal_error() {
-                // A producer that raised a fatal error can do nothing more. Fenced on
-                // purpose by a second process with this instance's id (it is in the
-                // group): this one is the zombie and stops. Otherwise the broker ended
-                // the transaction itself (it outlived transaction.timeout.ms while the
-                // broker was away, or its coordinator lost it): a new producer with the
-                // same id goes on.
-                match consumer::another_process_is(&self.consumer, self.cfg) {
-                    Ok(true) => {
-                        return Err(last.context(format!(
-                            "fenced ({why}): another instance with kafka.instance_id `{}` has taken over; this one stops. Give each instance its own id",
-                            self.cfg.kafka.instance_id
-                        )));
-                    }
-                    Ok(false) => {
-                        tracing::warn!(?code, "the producer failed ({why}); making a new one");
-                        if let Err(e) = self.new_producer() {
-                            last = e;
-                        }
-                    }
-                    Err(e) => last = e,
-                }
-                if self.producer.fatal_error().is_some() {
-                    if started.elapsed() >= RECOVER_FOR {
-                        return Err(last.context(format!(
-                            "could not make a new producer within {RECOVER_FOR:?}"
-                        )));
-                    }
-                    std::thread::sleep(Duration::from_secs(1));
-                    continue;
-                }
-            }
-            tracing::warn!(
-                instance = %self.cfg.kafka.instance_id,
-                "the transaction failed ({last:#}); aborting it and restoring the tasks from their last commit"
-            );
-            match self.restore(&tasks) {
-                Ok(()) => return Ok(()),
-                // Nothing is owned now: the loop ends, with nothing to commit.
-                Err(e) if e.is::<changelog::Stopped>() => return Ok(()),
-                Err(e) if started.elapsed() < RECOVER_FOR => {
-                    last = e;
-                    std::thread::sleep(Duration::from_secs(1));
-                }
-                Err(e) => {
-                    return Err(e.context(format!(
-                        "could not restore the tasks after a failed transaction within {RECOVER_FOR:?}; a restart resumes from the last commit"
-                    )))
-                }
-            }
-        }
-    }
-
-    /// The broker refused a record for its size, though every topic accepted
-    /// `kafka.max_record_bytes` at start (a limit lowered since): from the
-    /// redo of the failed transaction on, changelog chunks and repartition
-    /// batches are cut at half the size, so the job goes on by itself.
-    fn shrink_records(&mut self) {
-        let limit = (self.record_limit / 2).max(MIN_RECORD_BYTES);
-        tracing::error!(
-            from = self.record_limit,
-            to = limit,
-            "the broker refused a record for its size: a topic's max.message.bytes is below kafka.max_record_bytes; cutting records smaller (raise the topic's limit, or lower kafka.max_record_bytes)"
-        );
-        self.record_limit = limit;
-        self.handles
-            .metrics
-            .lock()
-            .expect("metrics lock")
-            .set_record_limit(limit);
-        self.engine.set_max_record_bytes(limit);
-        self.commits
-            .set_max_batch_bytes(batch_log::chunk_bytes(limit));
-        // The broker checks the limit on whole batches of records: the
-        // producer's batches shrink too (a new producer with the same id
-        // fences the old one, aborting its transaction).
-        if let Err(e) = self.new_producer() {
-            tracing::warn!("making a producer with smaller batches: {e:#}; the recovery retries");
-        }
-    }
-
-    /// Replaces the producer by a new one with the same `transactional.id`,
-    /// its batches no larger than `record_limit`.
-    fn new_producer(&mut self) -> anyhow::Result<()> {
-        let p = TxnProducer::create(
-            self.cfg,
-            Some(self.handles.output_counters()),
-            self.record_limit,
-        )?;
-        let producer = Arc::new(p);
-        *self
-            .consumer
-            .context()
-            .producer
-            .lock()
-            .expect("producer lock") = Some(producer.clone());
-        self.producer = producer;
-        Ok(())
-    }
-
     /// Joins the group for the input and repartition topics.
     fn subscribe(&self) -> anyhow::Result<()> {
         let t = &self.cfg.topics;
@@ -558,132 +440,6 @@ impl Loop<'_> {
                 _ => {}
             }
         }
-        Ok(())
-    }
-
-    /// A new assignment (or everything revoked): its tasks replace the old ones.
-    fn rebalanced(&mut self, event: Assignment) -> anyhow::Result<()> {
-        let t = &self.cfg.topics;
-        let tasks = match event {
-            Assignment::Assign(list) => list
-                .iter()
-                .filter_map(|(topic, p)| {
-                    if *topic == t.repartition {
-                        Some((Stage::Aggregation, *p))
-                    } else {
-                        t.input_topic(topic).map(|_| (Stage::Attribution, *p))
-                    }
-                })
-                .collect(),
-            Assignment::Revoke => Vec::new(),
-        };
-        let wanted = self.commits.assign(tasks);
-        self.restore(&wanted)
-    }
-
-    /// Drops every task and restores `wanted` (the protocol's list): the open
-    /// transaction is aborted, each input resumes at the group's committed
-    /// offset, and each task's state is its changelog partition read to the
-    /// end (see `core/commit.rs` for why the two agree).
-    fn restore(&mut self, wanted: &[TaskId]) -> anyhow::Result<()> {
-        let started = Instant::now();
-        self.producer.abort()?;
-        // The old assignment's lanes go; the new ones are split below, before `assign`.
-        self.lanes = Lanes::default();
-        self.engine.clear();
-        self.out.clear();
-        self.handles
-            .metrics
-            .lock()
-            .expect("metrics lock")
-            .rebalances
-            .inc();
-        if wanted.is_empty() {
-            tracing::info!(instance = %self.cfg.kafka.instance_id, "no partitions assigned");
-            return self
-                .consumer
-                .assign(&TopicPartitionList::new())
-                .context("taking an empty assignment");
-        }
-        let cfg = self.cfg;
-        // 1. Where every input resumes; returns once no transaction holding
-        //    offsets for them is open (the previous owner's last one has ended).
-        let inputs: Vec<(&str, i32)> = wanted
-            .iter()
-            .flat_map(|(stage, p)| {
-                (0..stage.inputs()).map(move |i| (task_topic(cfg, *stage, i), *p))
-            })
-            .collect();
-        let mut offsets = consumer::committed_offsets(&self.consumer, &inputs)?.into_iter();
-        // 2. Each changelog partition to its last stable offset.
-        let partitions: BTreeMap<TaskId, (String, i32)> = wanted
-            .iter()
-            .map(|t| (*t, (changelog_topic(cfg, t.0).to_string(), t.1)))
-            .collect();
-        let (heartbeat, shutdown) = (&self.handles.heartbeat_ms, &self.handles.shutdown);
-        let alive = || {
-            heartbeat.store(now_ms(), Ordering::Relaxed);
-            !shutdown.load(Ordering::Relaxed)
-        };
-        let states = changelog::read(cfg, &partitions, &alive)?;
-        let now = now_ms();
-        let mut keys = 0;
-        for (task, entries) in states {
-            keys += entries.len();
-            let (stage, p) = task;
-            let result: Result<(), String> = match stage {
-                Stage::Attribution => {
-                    let t = self.engine.add_attribution(p, now);
-                    let per_task =
-                        cfg.state.expected_orders as usize / self.partitions.max(1) as usize;
-                    if per_task > 0 && !t.reserve(per_task) {
-                        tracing::warn!(
-                            partition = p,
-                            orders = per_task,
-                            "no memory to size the state for state.expected_orders; it grows as needed"
-                        );
-                    }
-                    let restored = entries.iter().try_for_each(|(k, v)| t.restore(k, v));
-                    // From here on: what the restore itself changed is in the changelog already.
-                    t.track_changes();
-                    restored
-                }
-                Stage::Aggregation => {
-                    let t = self.engine.add_aggregation(p, self.partitions as usize);
-                    t.track_changes();
-                    entries.iter().try_for_each(|(k, v)| t.restore(k, v))
-                }
-            };
-            result
-                .map_err(|e| anyhow::anyhow!(e))
-                .with_context(|| format!("restoring {stage:?} task {p}"))?;
-            let resume: Vec<i64> = offsets.by_ref().take(stage.inputs()).collect();
-            tracing::debug!(instance = %cfg.kafka.instance_id, ?stage, p, ?resume, keys = entries.len(), "task restored");
-            self.commits.restored(task, resume);
-        }
-        // 3. The input partitions' lanes before `assign`: every record of theirs then
-        //    reaches its lane. (Split after, the first fetches could land in the
-        //    consumer's queue, and be read after later records of the same partition.)
-        let mut tpl = TopicPartitionList::new();
-        let mut lanes = Vec::new();
-        for ((stage, p), i, o) in self.commits.resume() {
-            let topic = task_topic(cfg, stage, i);
-            tpl.add_partition_offset(topic, p, Offset::Offset(o))?;
-            if let Some(input) = cfg.topics.input_topic(topic) {
-                lanes.push((input, topic, p));
-            }
-        }
-        self.lanes = Lanes::split(&self.consumer, &lanes)?;
-        self.consumer
-            .assign(&tpl)
-            .context("positioning the consumer at the committed offsets")?;
-        tracing::info!(
-            instance = %cfg.kafka.instance_id,
-            tasks = wanted.len(),
-            keys,
-            seconds = started.elapsed().as_secs_f64(),
-            "state restored"
-        );
         Ok(())
     }
 
