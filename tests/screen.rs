@@ -1,6 +1,7 @@
 //! The big screen in a real browser: `gmv demo` started, its page opened in
 //! headless Chromium (Debian's `chromium`, driven by `playwright-core` from
-//! the npm registry: tests/browser/screen.mjs, which says what it checks).
+//! the npm registry: tests/browser/screen.mjs, which says what it checks,
+//! down to reconnecting by itself to a new demo after the first one ended).
 //! scripts/install-test-deps.sh installs both; without them this test fails,
 //! naming what is missing. Screenshots: target/screen-test/.
 
@@ -12,7 +13,7 @@ mod support;
 use support::broker::{free_port, wait_for_port, Proc};
 
 #[test]
-fn the_big_screen_rises_charts_fires_milestones_and_shows_a_stall() {
+fn the_big_screen_rises_charts_fires_milestones_shows_a_stall_and_reconnects() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
     assert!(
@@ -39,6 +40,7 @@ fn the_big_screen_rises_charts_fires_milestones_and_shows_a_stall() {
         .arg(format!("http://127.0.0.1:{port}/"))
         .arg(&out)
         .arg(demo.0.id().to_string())
+        .arg(env!("CARGO_BIN_EXE_gmv"))
         .env("CHROMIUM", &chromium)
         .status()
         .expect("running node (Node.js is needed for the browser test)");

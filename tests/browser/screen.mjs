@@ -1,18 +1,21 @@
 // The big screen in headless Chromium (the system's, driven by playwright-core).
-// Usage: node screen.mjs URL OUT_DIR DEMO_PID
+// Usage: node screen.mjs URL OUT_DIR DEMO_PID GMV_BINARY
 // Checks that the counter rises, the chart has points, a milestone appears in
 // the feed (the newest highlighted), the page fits a phone and a wall screen,
-// and that the stall sign shows while the demo is stopped (SIGSTOP) and clears
-// when it is back (SIGCONT). Saves screenshots to OUT_DIR. Exits non-zero,
-// saying what failed.
+// that the stall sign shows while the demo is stopped (SIGSTOP) and clears
+// when it is back (SIGCONT), and that the page reconnects by itself to a new
+// demo started on the same address after the first one ended. Saves
+// screenshots to OUT_DIR. Exits non-zero, saying what failed.
 import { chromium } from "playwright-core";
 import { mkdirSync } from "node:fs";
+import { spawn } from "node:child_process";
 
-const [url, out, pid] = process.argv.slice(2);
-if (!url || !out || !pid) {
-  console.error("usage: node screen.mjs URL OUT_DIR DEMO_PID");
+const [url, out, pid, gmvBinary] = process.argv.slice(2);
+if (!url || !out || !pid || !gmvBinary) {
+  console.error("usage: node screen.mjs URL OUT_DIR DEMO_PID GMV_BINARY");
   process.exit(2);
 }
+let second = null;
 mkdirSync(out, { recursive: true });
 const executablePath = process.env.CHROMIUM ?? "/usr/bin/chromium";
 const browser = await chromium.launch({ executablePath, args: ["--no-sandbox"] });
@@ -60,10 +63,23 @@ try {
   }
   await page.waitForFunction(() => !document.body.classList.contains("stalled"), null, { timeout: 60_000 });
   step("the stall sign cleared once the demo was back");
+
+  // The demo ends; a new one starts on the same address: the page reconnects by itself.
+  process.kill(Number(pid), "SIGTERM");
+  await page.waitForFunction(() => document.body.classList.contains("stalled"), null, { timeout: 30_000 });
+  const listen = new URL(url).host;
+  second = spawn(gmvBinary, ["demo", "--seconds", "300", "--metrics-listen", listen], { stdio: "ignore" });
+  await page.waitForFunction(() => !document.body.classList.contains("stalled"), null, { timeout: 90_000 });
+  const before = await gmv();
+  await page.waitForTimeout(3_000);
+  const after = await gmv();
+  if (!(after > before)) throw new Error(`after the restart the counter did not rise: ${before} then ${after}`);
+  step("the page reconnected to a new demo by itself, and its counter rises");
   if (errors.length) throw new Error(`errors in the page: ${errors.join("; ")}`);
 } catch (e) {
   console.error(`screen test failed: ${e.message}`);
   process.exitCode = 1;
 } finally {
+  second?.kill("SIGTERM");
   await browser.close();
 }
