@@ -1,5 +1,6 @@
 //! The screen's reader: its own thread and Kafka client, so the page and its
-//! stream cost the processing loop nothing. It reads `gmv-totals`,
+//! stream never make the processing loop wait (what the client costs the
+//! process's CPU: docs/performance.md, section 00). It reads `gmv-totals`,
 //! `gmv-windows` and `milestones` from the beginning with `read_committed` (the
 //! compacted upsert topics are the current results), then follows them, and
 //! publishes the view as JSON at most once per `emit_interval` and at least
