@@ -165,7 +165,6 @@ pub fn run(cfg: &Config, handles: &Handles, broker: Broker) -> anyhow::Result<()
         aggregation_partitions,
         newest_input_ms: 0,
         next_emit: Instant::now(),
-        record_limit: cfg.kafka.max_record_bytes as usize,
     };
     lp.subscribe()?;
     let result = lp.process();
@@ -194,9 +193,6 @@ struct Loop<'a> {
     newest_input_ms: i64,
     /// When the windows and totals that changed are emitted next (every `emit_interval`).
     next_emit: Instant,
-    /// Largest record written: `kafka.max_record_bytes`, halved each time the
-    /// broker refuses one for its size (`shrink_records`).
-    record_limit: usize,
 }
 
 impl Loop<'_> {

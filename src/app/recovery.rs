@@ -102,13 +102,13 @@ impl Loop<'_> {
     /// redo of the failed transaction on, changelog chunks and repartition
     /// batches are cut at half the size, so the job goes on by itself.
     fn shrink_records(&mut self) {
-        let limit = (self.record_limit / 2).max(MIN_RECORD_BYTES);
+        let was = self.engine.config().max_record_bytes;
+        let limit = (was / 2).max(MIN_RECORD_BYTES);
         tracing::error!(
-            from = self.record_limit,
+            from = was,
             to = limit,
             "the broker refused a record for its size: a topic's max.message.bytes is below kafka.max_record_bytes; cutting records smaller (raise the topic's limit, or lower kafka.max_record_bytes)"
         );
-        self.record_limit = limit;
         self.handles
             .metrics
             .lock()
@@ -126,12 +126,12 @@ impl Loop<'_> {
     }
 
     /// Replaces the producer by a new one with the same `transactional.id`,
-    /// its batches no larger than `record_limit`.
+    /// its batches no larger than the records the engine makes.
     fn new_producer(&mut self) -> anyhow::Result<()> {
         let p = TxnProducer::create(
             self.cfg,
             Some(self.handles.output_counters()),
-            self.record_limit,
+            self.engine.config().max_record_bytes,
         )?;
         let producer = Arc::new(p);
         *self

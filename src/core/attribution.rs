@@ -129,7 +129,7 @@ pub struct AttributionTask {
     log: BatchLog,
     horizon: Horizon,
     /// Entries written at every commit rather than left to hold their batch
-    /// (see [`PIN_AHEAD_MS`]), by kind and id.
+    /// (see `changelog::PIN_AHEAD_MS`), by kind and id.
     pinned: FastSet<(u8, compact_str::CompactString)>,
 }
 

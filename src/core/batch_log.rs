@@ -15,10 +15,10 @@
 //! gone from the state (swept after its TTL, or expired after its join
 //! timeout) by a sweep or expiry that ran after the batch was written — and
 //! only once every older batch is gone too, so an id's older value never
-//! outlives its newer one. An entry with times far past the wall clock (a
-//! producer's bad clock) would so hold every later batch: the attribution
+//! outlives its newer one. An entry with times far past the wall clock (only
+//! with a `time.max_future` above an hour) would so hold every later batch: the attribution
 //! task leaves it out of its batch's marks and writes it again at every
-//! commit instead (`PIN_AHEAD_MS` in `attribution.rs`).
+//! commit instead (`PIN_AHEAD_MS` in `attribution/changelog.rs`).
 
 use std::collections::VecDeque;
 

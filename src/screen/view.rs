@@ -217,11 +217,6 @@ impl Screen {
         }
     }
 
-    /// The overall totals as read (for tests and the console summary).
-    pub fn totals(&self, key: &str) -> Option<&TotalsRow> {
-        self.totals.get(key)
-    }
-
     /// Orders placed per second over the last `RATE_WINDOW_MS` of wall time.
     fn rate(&mut self, now_ms: i64) -> u64 {
         while self.placed.len() > 1 && self.placed[1].0 <= now_ms - RATE_WINDOW_MS {

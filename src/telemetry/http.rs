@@ -86,14 +86,8 @@ pub async fn serve(addr: SocketAddr, shared: Shared) -> anyhow::Result<SocketAdd
         .route(
             "/metrics",
             get(move || {
-                let registry = registry.clone();
-                async move {
-                    let mut text = String::new();
-                    prometheus::TextEncoder::new()
-                        .encode_utf8(&registry.gather(), &mut text)
-                        .expect("text encoding");
-                    ([("content-type", "text/plain; version=0.0.4")], text)
-                }
+                let text = super::metrics::encode(&registry);
+                async move { ([("content-type", "text/plain; version=0.0.4")], text) }
             }),
         )
         .route(

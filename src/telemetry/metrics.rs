@@ -378,11 +378,7 @@ impl Metrics {
     }
 
     pub fn encode(&self) -> String {
-        let mut buf = String::new();
-        prometheus::TextEncoder::new()
-            .encode_utf8(&self.registry.gather(), &mut buf)
-            .expect("text encoding");
-        buf
+        encode(&self.registry)
     }
 
     pub fn set_record_limit(&self, bytes: usize) {
@@ -401,6 +397,15 @@ impl Metrics {
             errors: self.output_errors.clone(),
         }
     }
+}
+
+/// A registry's metrics in the Prometheus text format.
+pub fn encode(registry: &Registry) -> String {
+    let mut buf = String::new();
+    prometheus::TextEncoder::new()
+        .encode_utf8(&registry.gather(), &mut buf)
+        .expect("text encoding");
+    buf
 }
 
 /// Records acknowledged, and refused, per output topic.

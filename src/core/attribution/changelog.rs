@@ -125,7 +125,7 @@ impl AttributionTask {
         self.log.len()
     }
 
-    /// Entries re-written at every commit (see [`PIN_AHEAD_MS`]).
+    /// Entries re-written at every commit (see `PIN_AHEAD_MS`).
     pub fn changelog_pinned(&self) -> usize {
         self.pinned.len()
     }
@@ -218,7 +218,7 @@ impl AttributionTask {
 }
 
 /// The marks an entry adds to its batch: none when its times lie beyond
-/// `pin_after` and it is pinned instead (see [`PIN_AHEAD_MS`]).
+/// `pin_after` and it is pinned instead (see `PIN_AHEAD_MS`).
 fn unless_pinned(
     pinned: &mut FastSet<(u8, compact_str::CompactString)>,
     pin_after: i64,
