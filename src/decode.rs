@@ -1,11 +1,17 @@
 //! Bytes of an input record → a validated [`Event`], or the dead-letter reason.
 //!
 //! Pure and allocation-light: strings borrow from the record unless escaped.
+//! Two steps: the JSON reader ([`json`]) fills a raw struct of the topic's
+//! fields, then the contract's rules turn it into an event (here).
 
 use std::borrow::Cow;
 
-use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
+
+pub mod baseline;
+mod json;
+
+use json::{Kind, Value};
 
 use crate::core::fx::FxTable;
 use crate::model::{
@@ -39,72 +45,21 @@ fn reject(reason: DeadReason, detail: impl Into<String>) -> Rejection {
     }
 }
 
-/// A JSON number as written: money and time must be integers.
+/// A JSON number as written: money and time must be integers. Integers
+/// beyond 64 bits are floats, as serde_json reads them.
 #[derive(Debug, Clone, Copy)]
 enum Num {
     Int(i128),
     Float(f64),
 }
 
-impl<'de> Deserialize<'de> for Num {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = Num;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("an integer")
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Num, E> {
-                Ok(Num::Int(v as i128))
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Num, E> {
-                Ok(Num::Int(v as i128))
-            }
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Num, E> {
-                Ok(Num::Float(v))
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-/// A JSON string that borrows from the input unless it had escapes. (serde's
-/// own `Option<Cow<str>>` always copies, which costs an allocation per field.)
+/// A JSON string that borrows from the input unless it had escapes.
 #[derive(Debug)]
 struct Str<'a>(Cow<'a, str>);
 
-impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
-            type Value = Str<'a>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Str<'a>, E> {
-                Ok(Str(Cow::Borrowed(v)))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Str<'a>, E> {
-                Ok(Str(Cow::Owned(v.to_owned())))
-            }
-            fn visit_string<E: de::Error>(self, v: String) -> Result<Str<'a>, E> {
-                Ok(Str(Cow::Owned(v)))
-            }
-        }
-        d.deserialize_str(V(std::marker::PhantomData))
-    }
-}
-
-/// Distinguishes an explicit `null` (Some(None)) from an absent field (None).
-fn nullable<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    Option::<T>::deserialize(d).map(Some)
-}
-
-#[derive(Deserialize)]
+// The raw fields of each topic, as read. `Deserialize` is for the serde_json
+// baseline (`baseline.rs`); the job's reader fills them itself (`read_order`…).
+#[derive(Deserialize, Default)]
 struct RawOrder<'a> {
     #[serde(borrow, default)]
     order_id: Option<Str<'a>>,
@@ -112,7 +67,7 @@ struct RawOrder<'a> {
     user_id: Option<Str<'a>>,
     #[serde(borrow, default)]
     brand_id: Option<Str<'a>>,
-    #[serde(borrow, default, deserialize_with = "nullable")]
+    #[serde(borrow, default, deserialize_with = "baseline::nullable")]
     channel_id: Option<Option<Str<'a>>>,
     #[serde(borrow, default)]
     country: Option<Str<'a>>,
@@ -126,7 +81,7 @@ struct RawOrder<'a> {
     ts_ms: Option<Num>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 struct RawPayment<'a> {
     #[serde(borrow, default)]
     payment_id: Option<Str<'a>>,
@@ -142,7 +97,7 @@ struct RawPayment<'a> {
     ts_ms: Option<Num>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 struct RawDelivery<'a> {
     #[serde(borrow, default)]
     delivery_id: Option<Str<'a>>,
@@ -160,6 +115,17 @@ pub fn decode<'a>(
     value: &'a [u8],
     fx: &FxTable,
 ) -> Result<Event<'a>, Rejection> {
+    let text = precheck(value)?;
+    match topic {
+        InputTopic::Orders => order(read_order(text)?, fx).map(Event::Order),
+        InputTopic::Payments => payment(read_payment(text)?, fx).map(Event::Payment),
+        InputTopic::Deliveries => delivery(read_delivery(text)?).map(Event::Delivery),
+    }
+}
+
+/// The checks before any JSON is read: the size, an object, and UTF-8 (once
+/// for the whole value: std's check runs a word at a time over ASCII).
+fn precheck(value: &[u8]) -> Result<&str, Rejection> {
     if value.len() > MAX_VALUE_BYTES {
         return Err(reject(
             DeadReason::TooLarge,
@@ -180,25 +146,104 @@ pub fn decode<'a>(
         }
         None => return Err(reject(DeadReason::MalformedJson, "value is empty")),
     }
-    match topic {
-        InputTopic::Orders => order(parse(value)?, fx).map(Event::Order),
-        InputTopic::Payments => payment(parse(value)?, fx).map(Event::Payment),
-        InputTopic::Deliveries => delivery(parse(value)?).map(Event::Delivery),
+    std::str::from_utf8(value)
+        .map_err(|e| reject(DeadReason::MalformedJson, format!("not UTF-8: {e}")))
+}
+
+/// A JSON fault as a rejection: a known field of the wrong type is
+/// `invalid_field`, anything else `malformed_json`.
+fn fault(f: json::Fault) -> Rejection {
+    let reason = match f.data {
+        true => DeadReason::InvalidField,
+        false => DeadReason::MalformedJson,
+    };
+    reject(reason, f.detail)
+}
+
+fn str_of(v: Value<'_>) -> Option<Str<'_>> {
+    match v {
+        Value::Str(s) => s,
+        Value::Num(_) => unreachable!("a string field"),
     }
 }
 
-fn parse<'a, T: Deserialize<'a>>(value: &'a [u8]) -> Result<T, Rejection> {
-    // UTF-8 checked once for the whole value (std's check runs a word at a time
-    // over ASCII) rather than string by string inside the parser.
-    let text = std::str::from_utf8(value)
-        .map_err(|e| reject(DeadReason::MalformedJson, format!("not UTF-8: {e}")))?;
-    serde_json::from_str(text).map_err(|e| {
-        let reason = match e.classify() {
-            serde_json::error::Category::Data => DeadReason::InvalidField,
-            _ => DeadReason::MalformedJson,
-        };
-        reject(reason, e.to_string())
+fn num_of(v: Value<'_>) -> Option<Num> {
+    match v {
+        Value::Num(n) => n,
+        Value::Str(_) => unreachable!("a number field"),
+    }
+}
+
+const ORDER_FIELDS: &[(&str, Kind)] = &[
+    ("order_id", Kind::Str),
+    ("user_id", Kind::Str),
+    ("brand_id", Kind::Str),
+    ("channel_id", Kind::Str),
+    ("country", Kind::Str),
+    ("device", Kind::Str),
+    ("currency", Kind::Str),
+    ("amount_minor", Kind::Num),
+    ("ts_ms", Kind::Num),
+];
+
+fn read_order(text: &str) -> Result<RawOrder<'_>, Rejection> {
+    let mut r = RawOrder::default();
+    json::read_object(text, ORDER_FIELDS, |k, v| match k {
+        0 => r.order_id = str_of(v),
+        1 => r.user_id = str_of(v),
+        2 => r.brand_id = str_of(v),
+        // Present as null is not absent: `Some(None)`.
+        3 => r.channel_id = Some(str_of(v)),
+        4 => r.country = str_of(v),
+        5 => r.device = str_of(v),
+        6 => r.currency = str_of(v),
+        7 => r.amount_minor = num_of(v),
+        _ => r.ts_ms = num_of(v),
     })
+    .map_err(fault)?;
+    Ok(r)
+}
+
+const PAYMENT_FIELDS: &[(&str, Kind)] = &[
+    ("payment_id", Kind::Str),
+    ("order_id", Kind::Str),
+    ("kind", Kind::Str),
+    ("currency", Kind::Str),
+    ("amount_minor", Kind::Num),
+    ("ts_ms", Kind::Num),
+];
+
+fn read_payment(text: &str) -> Result<RawPayment<'_>, Rejection> {
+    let mut r = RawPayment::default();
+    json::read_object(text, PAYMENT_FIELDS, |k, v| match k {
+        0 => r.payment_id = str_of(v),
+        1 => r.order_id = str_of(v),
+        2 => r.kind = str_of(v),
+        3 => r.currency = str_of(v),
+        4 => r.amount_minor = num_of(v),
+        _ => r.ts_ms = num_of(v),
+    })
+    .map_err(fault)?;
+    Ok(r)
+}
+
+const DELIVERY_FIELDS: &[(&str, Kind)] = &[
+    ("delivery_id", Kind::Str),
+    ("order_id", Kind::Str),
+    ("status", Kind::Str),
+    ("ts_ms", Kind::Num),
+];
+
+fn read_delivery(text: &str) -> Result<RawDelivery<'_>, Rejection> {
+    let mut r = RawDelivery::default();
+    json::read_object(text, DELIVERY_FIELDS, |k, v| match k {
+        0 => r.delivery_id = str_of(v),
+        1 => r.order_id = str_of(v),
+        2 => r.status = str_of(v),
+        _ => r.ts_ms = num_of(v),
+    })
+    .map_err(fault)?;
+    Ok(r)
 }
 
 fn cow(v: Option<Str<'_>>) -> Option<Cow<'_, str>> {

@@ -163,8 +163,13 @@ impl AttributionTask {
         }
     }
 
-    /// Records every state change from now on, for [`AttributionTask::drain_changes`].
+    /// Ends a restore, if there was one, and records every state change from
+    /// now on, for [`AttributionTask::drain_changes`]. What the last sweep
+    /// dropped is not in the changelog as removed (the state keeps no ids to
+    /// write: `slab`), so a restore may bring some of it back: the same sweep
+    /// runs again here, with the restored clock.
     pub fn track_changes(&mut self) {
+        self.sweep();
         self.joins.track_changes();
         self.payment_ids.track_changes();
         self.delivery_ids.track_changes();
@@ -201,6 +206,11 @@ impl AttributionTask {
     /// Per input topic, the offset to commit: after the last record processed.
     pub fn next_offsets(&self) -> [Option<i64>; 3] {
         self.next_offsets
+    }
+
+    /// Bytes held by the order store and the de-duplication sets.
+    pub fn order_bytes(&self) -> usize {
+        self.joins.heap_bytes() + self.payment_ids.heap_bytes() + self.delivery_ids.heap_bytes()
     }
 
     /// (orders, waiting events, de-duplication ids) held.
@@ -573,12 +583,21 @@ impl AttributionTask {
             return;
         }
         self.last_sweep_watermark_ms = limit;
+        self.sweep();
+        self.horizon.sweeps += 1;
+    }
+
+    /// Forgets what no event can match any more, as of the last sweep's limit.
+    fn sweep(&mut self) {
+        let limit = self.last_sweep_watermark_ms;
+        if limit == i64::MIN {
+            return;
+        }
         let ids_before = limit.saturating_sub(self.cfg.time.dedup_ttl_ms);
         self.payment_ids.sweep(ids_before);
         self.delivery_ids.sweep(ids_before);
         let orders_before = limit.saturating_sub(self.cfg.time.order_ttl_ms);
         self.joins.sweep_orders(orders_before);
-        self.horizon.sweeps += 1;
         self.horizon.orders_before_ms = orders_before;
         self.horizon.ids_before_ms = ids_before;
     }

@@ -138,6 +138,9 @@ pub struct StateSize {
     pub changelog_batches: usize,
     /// Changelog entries re-written at every commit (times far past the wall clock).
     pub changelog_pinned: usize,
+    /// Bytes held by the order stores and de-duplication sets (their slabs
+    /// and tables, as allocated: reserved room counts).
+    pub order_bytes: usize,
 }
 
 /// Cumulative figures of one key since the start of the sale.
@@ -304,6 +307,12 @@ impl Engine {
             .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
     }
 
+    /// Sizes each attribution task's state for `per_task` orders at once (as
+    /// `state.expected_orders` does at a restore); false if memory was refused.
+    pub fn reserve_orders(&mut self, per_task: usize) -> bool {
+        self.attribution.values_mut().all(|t| t.reserve(per_task))
+    }
+
     pub fn state_size(&self) -> StateSize {
         let mut s = StateSize::default();
         for t in self.attribution.values() {
@@ -313,6 +322,7 @@ impl Engine {
             s.dedup_ids += d;
             s.changelog_batches += t.changelog_batches();
             s.changelog_pinned += t.changelog_pinned();
+            s.order_bytes += t.order_bytes();
         }
         for t in self.aggregation.values() {
             let (w, b, k) = t.sizes();

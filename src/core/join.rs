@@ -6,7 +6,7 @@ use std::collections::BinaryHeap;
 
 use compact_str::CompactString;
 
-use super::slab::{Fate, IdSlab};
+use super::slab::IdSlab;
 use crate::model::{DeliveryStatus, InputTopic, PaymentKind};
 
 /// Channel id of an order placed outside any livestream.
@@ -72,36 +72,50 @@ pub struct Waiting {
 }
 
 /// What is known of one order id: the order, and events waiting for it.
-/// The order's fields are kept flat, not as an `Option<OrderInfo>`, so
-/// `has_order` fills the attribution's padding: with the id, 64 bytes a slab
-/// entry (one cache line), in a slab of millions.
-#[derive(Debug, Default)]
+/// The order's fields are kept flat, not as an `Option<OrderInfo>`, and the
+/// waiting events apart, so that with its id's fingerprint a slab entry is 48
+/// bytes, in a slab of millions.
+#[derive(Debug)]
 struct Slot {
     /// The order's fields below are meaningful only when `has_order`.
-    has_order: bool,
-    attribution: Attribution,
     ts_ms: i64,
     first_paid_ms: i64,
-    /// Boxed: most orders never have anything waiting, and a thin pointer keeps the slots small.
-    #[allow(clippy::box_collection)]
-    waiting: Option<Box<Vec<Waiting>>>,
+    brand: u32,
+    channel: u32,
+    /// Its list in [`JoinState::lists`], or [`NO_LIST`]: most orders never
+    /// have anything waiting.
+    waiting: u32,
+    /// Country ids are two-letter codes and `unknown`: fewer than 2^16.
+    country: u16,
+    has_order: bool,
 }
 
-const _: () = assert!(std::mem::size_of::<Slot>() + std::mem::size_of::<CompactString>() == 64);
+const NO_LIST: u32 = u32::MAX;
+
+const _: () = assert!(std::mem::size_of::<Slot>() == 32);
+
+impl Default for Slot {
+    fn default() -> Self {
+        Slot {
+            ts_ms: 0,
+            first_paid_ms: i64::MAX,
+            brand: 0,
+            channel: 0,
+            waiting: NO_LIST,
+            country: 0,
+            has_order: false,
+        }
+    }
+}
 
 impl Slot {
-    fn new(order: Option<OrderInfo>, waiting: Vec<Waiting>) -> Slot {
-        let mut slot = Slot {
-            waiting: (!waiting.is_empty()).then(|| Box::new(waiting)),
-            ..Slot::default()
-        };
-        slot.set_order(order);
-        slot
-    }
-
     fn order(&self) -> Option<OrderInfo> {
         self.has_order.then_some(OrderInfo {
-            attribution: self.attribution,
+            attribution: Attribution {
+                brand: self.brand,
+                channel: self.channel,
+                country: self.country as u32,
+            },
             ts_ms: self.ts_ms,
             first_paid_ms: self.first_paid_ms,
         })
@@ -114,12 +128,10 @@ impl Slot {
             ts_ms: 0,
             first_paid_ms: i64::MAX,
         });
-        (self.attribution, self.ts_ms, self.first_paid_ms) =
-            (o.attribution, o.ts_ms, o.first_paid_ms);
-    }
-
-    fn waiting_len(&self) -> usize {
-        self.waiting.as_ref().map_or(0, |w| w.len())
+        let a = o.attribution;
+        (self.brand, self.channel) = (a.brand, a.channel);
+        self.country = u16::try_from(a.country).expect("country ids fit 16 bits");
+        (self.ts_ms, self.first_paid_ms) = (o.ts_ms, o.first_paid_ms);
     }
 
     /// Records a `paid` payment's time if it is the order's first; says whether it was.
@@ -137,10 +149,14 @@ impl Slot {
         }
         first
     }
+}
 
-    fn waiting(&self) -> &[Waiting] {
-        self.waiting.as_deref().map_or(&[][..], |w| &w[..])
-    }
+/// Events waiting for one order, with its id (a sweep that forgets the order
+/// writes the id's new value, and the slab keeps only fingerprints).
+#[derive(Debug, Default)]
+struct WaitList {
+    order_id: CompactString,
+    events: Vec<Waiting>,
 }
 
 /// A repeated order within `dedup_ttl`: dropped.
@@ -151,6 +167,9 @@ pub struct DuplicateOrder;
 #[derive(Debug, Default)]
 pub struct JoinState {
     slots: IdSlab<Slot>,
+    /// Waiting lists, by index; free ones (empty) listed in `free_lists`.
+    lists: Vec<WaitList>,
+    free_lists: Vec<u32>,
     order_count: usize,
     waiting_count: usize,
     deadlines: BinaryHeap<Reverse<(i64, CompactString)>>,
@@ -167,14 +186,59 @@ impl JoinState {
         self.slots.reserve(n)
     }
 
+    /// Bytes held by the order store (its waiting lists' events not counted).
+    pub fn heap_bytes(&self) -> usize {
+        self.slots.heap_bytes() + self.lists.capacity() * std::mem::size_of::<WaitList>()
+    }
+
+    /// A new, empty waiting list for `order_id`.
+    fn new_list(&mut self, order_id: &str) -> u32 {
+        let list = WaitList {
+            order_id: order_id.into(),
+            events: Vec::new(),
+        };
+        match self.free_lists.pop() {
+            Some(l) => {
+                self.lists[l as usize] = list;
+                l
+            }
+            None => {
+                self.lists.push(list);
+                u32::try_from(self.lists.len() - 1).expect("fewer than 2^32 lists")
+            }
+        }
+    }
+
+    /// Takes slot `i`'s waiting events out, freeing their list.
+    fn take_waiting(&mut self, i: u32) -> Vec<Waiting> {
+        let slot = self.slots.get_mut(i);
+        let l = std::mem::replace(&mut slot.waiting, NO_LIST);
+        if l == NO_LIST {
+            return Vec::new();
+        }
+        self.free_lists.push(l);
+        std::mem::take(&mut self.lists[l as usize]).events
+    }
+
     /// Each id changed since the last call, once, with what is stored for it
     /// now (its order and the events waiting for it; `None`: forgotten).
     pub fn drain_changes(
         &mut self,
         mut f: impl FnMut(&str, Option<(Option<OrderInfo>, &[Waiting])>),
     ) {
-        self.slots
-            .drain_changes(|id, slot| f(id, slot.map(|s| (s.order(), s.waiting()))));
+        let lists = &self.lists;
+        self.slots.drain_changes(|id, slot| {
+            f(
+                id,
+                slot.map(|s| {
+                    let waiting = match s.waiting {
+                        NO_LIST => &[][..],
+                        l => &lists[l as usize].events[..],
+                    };
+                    (s.order(), waiting)
+                }),
+            )
+        });
     }
 
     /// Puts back what [`JoinState::drain_changes`] handed out (restore from the
@@ -183,11 +247,12 @@ impl JoinState {
     pub fn restore(&mut self, order_id: &str, value: Option<(Option<OrderInfo>, Vec<Waiting>)>) {
         let found = self.slots.find(order_id);
         if let Some(i) = found {
-            self.forget_counts(i);
+            self.order_count -= self.slots.get(i).has_order as usize;
+            self.waiting_count -= self.take_waiting(i).len();
         }
         let Some((order, waiting)) = value.filter(|(o, w)| o.is_some() || !w.is_empty()) else {
             if let Some(i) = found {
-                self.slots.remove(i);
+                self.slots.remove(i, order_id);
             }
             return;
         };
@@ -198,19 +263,25 @@ impl JoinState {
         if let Some(d) = waiting.iter().map(|w| w.deadline_ms).min() {
             self.deadlines.push(Reverse((d, order_id.into())));
         }
-        *self.slots.get_mut(i) = Slot::new(order, waiting);
+        let list = match waiting.is_empty() {
+            true => NO_LIST,
+            false => {
+                let l = self.new_list(order_id);
+                self.lists[l as usize].events = waiting;
+                l
+            }
+        };
+        let slot = self.slots.get_mut(i);
+        *slot = Slot {
+            waiting: list,
+            ..Slot::default()
+        };
+        slot.set_order(order);
     }
 
     /// Lists `order_id` as changed, so the next drain hands it out again.
     pub fn touch(&mut self, order_id: &str) {
         self.slots.touch(order_id);
-    }
-
-    /// Takes slot `i`'s order and waiting events out of the counts.
-    fn forget_counts(&mut self, i: u32) {
-        let s = self.slots.get(i);
-        self.order_count -= s.has_order as usize;
-        self.waiting_count -= s.waiting_len();
     }
 
     pub fn order(&self, order_id: &str) -> Option<OrderInfo> {
@@ -228,13 +299,22 @@ impl JoinState {
         let (i, _) = self.slots.slot_of(order_id);
         let slot = self.slots.get_mut(i);
         if slot.has_order {
-            if slot.note_paid(&w) {
-                self.slots.mark(i);
+            let first = slot.note_paid(&w);
+            let order = slot.order().expect("has_order");
+            if first {
+                self.slots.mark(i, order_id);
             }
-            let order = self.slots.get(i).order().expect("has_order");
             return Attach::Joined(order);
         }
-        let list = slot.waiting.get_or_insert_with(Default::default);
+        let l = match slot.waiting {
+            NO_LIST => {
+                let l = self.new_list(order_id);
+                self.slots.get_mut(i).waiting = l;
+                l
+            }
+            l => l,
+        };
+        let list = &mut self.lists[l as usize].events;
         if list.len() >= MAX_WAITING_PER_ORDER {
             return Attach::Full;
         }
@@ -244,7 +324,7 @@ impl JoinState {
         }
         list.push(w);
         self.waiting_count += 1;
-        self.slots.mark(i);
+        self.slots.mark(i, order_id);
         Attach::Parked
     }
 
@@ -257,7 +337,7 @@ impl JoinState {
         info: OrderInfo,
         dedup_ttl_ms: i64,
     ) -> Result<(OrderInfo, Vec<Waiting>), DuplicateOrder> {
-        let (i, made) = self.slots.slot_of(order_id);
+        let (i, _) = self.slots.slot_of(order_id);
         let slot = self.slots.get_mut(i);
         match slot.order() {
             Some(existing) if (info.ts_ms - existing.ts_ms).abs() <= dedup_ttl_ms => {
@@ -272,16 +352,14 @@ impl JoinState {
                 slot.set_order(Some(info));
             }
         }
-        let released = match made {
-            true => Vec::new(),
-            false => slot.waiting.take().map_or_else(Vec::new, |w| *w),
-        };
+        let released = self.take_waiting(i);
+        let slot = self.slots.get_mut(i);
         for w in &released {
             slot.note_paid(w);
         }
         let order = slot.order().expect("set above");
         self.waiting_count -= released.len();
-        self.slots.mark(i);
+        self.slots.mark(i, order_id);
         Ok((order, released))
     }
 
@@ -295,10 +373,12 @@ impl JoinState {
             let Some(i) = self.slots.find(&order_id) else {
                 continue;
             };
-            let slot = self.slots.get_mut(i);
-            let Some(list) = slot.waiting.as_mut() else {
+            let slot = self.slots.get(i);
+            if slot.waiting == NO_LIST {
                 continue;
-            };
+            }
+            let has_order = slot.has_order;
+            let list = &mut self.lists[slot.waiting as usize].events;
             let before = list.len();
             list.retain(|w| {
                 let due = w.deadline_ms <= watermark_ms;
@@ -310,32 +390,40 @@ impl JoinState {
             self.waiting_count -= before - list.len();
             let next = list.iter().map(|w| w.deadline_ms).min();
             if next.is_none() {
-                slot.waiting = None;
+                self.take_waiting(i);
             }
-            let has_order = slot.has_order;
-            self.slots.mark(i);
+            self.slots.mark(i, &order_id);
             match next {
                 Some(next) => self.deadlines.push(Reverse((next, order_id))),
-                None if !has_order => self.slots.remove(i),
+                None if !has_order => self.slots.remove(i, &order_id),
                 None => {}
             }
         }
     }
 
     /// Forgets orders placed before `limit_ms` (their `order_ttl` has passed).
+    /// An order dropped whole is not written to the changelog as removed: the
+    /// id is not kept, and a restore sweeps again ([`JoinState::restore`]'s
+    /// caller). One with events still waiting is written, its id kept with them.
     pub fn sweep_orders(&mut self, limit_ms: i64) {
         let mut forgotten = 0;
-        self.slots.retain(|_, s| {
+        let mut changed = Vec::new();
+        self.slots.retain(|i, s| {
             if !(s.has_order && s.ts_ms < limit_ms) {
-                return Fate::Keep;
+                return true;
             }
             s.set_order(None);
             forgotten += 1;
-            match s.waiting_len() {
-                0 => Fate::Remove,
-                _ => Fate::Changed,
+            if s.waiting == NO_LIST {
+                return false;
             }
+            changed.push((i, s.waiting));
+            true
         });
+        for (i, l) in changed {
+            let id = self.lists[l as usize].order_id.clone();
+            self.slots.mark(i, &id);
+        }
         self.order_count -= forgotten;
     }
 
@@ -380,7 +468,7 @@ impl Dedup {
             }
             None => {
                 if let Some(i) = self.seen.find(id) {
-                    self.seen.remove(i);
+                    self.seen.remove(i, id);
                 }
             }
         }
@@ -399,16 +487,20 @@ impl Dedup {
             return false;
         }
         *seen = ts_ms;
-        self.seen.mark(i);
+        self.seen.mark(i, id);
         true
     }
 
-    /// Forgets ids seen before `limit_ms`: any copy close enough to match them would be late.
+    /// Forgets ids seen before `limit_ms`: any copy close enough to match them
+    /// would be late. Not written to the changelog (the ids are not kept): a
+    /// restore sweeps again.
     pub fn sweep(&mut self, limit_ms: i64) {
-        self.seen.retain(|_, ts| match *ts >= limit_ms {
-            true => Fate::Keep,
-            false => Fate::Remove,
-        });
+        self.seen.retain(|_, ts| *ts >= limit_ms);
+    }
+
+    /// Bytes held (see [`IdSlab::heap_bytes`]).
+    pub fn heap_bytes(&self) -> usize {
+        self.seen.heap_bytes()
     }
 
     pub fn len(&self) -> usize {
@@ -632,10 +724,12 @@ mod tests {
             "a slot removed and made anew is written once, with its current value"
         );
         j.sweep_orders(6);
-        assert_eq!(
-            drained(&mut j),
-            vec![("o1".into(), None, 0), ("untracked".into(), None, 0)]
+        assert!(
+            drained(&mut j).is_empty(),
+            "swept orders are not written (a restore sweeps again)"
         );
+        assert!(j.order("o1").is_none() && j.order("untracked").is_none());
+        assert_eq!(j.order("o3"), Some(info(7)));
         // A slot freed and taken by another id in the same interval: the first
         // id's removal and the second's value, each once.
         park(&mut j, "o5", pay(30, 40));

@@ -7,24 +7,57 @@
 //! and a commit reaches each changed entry by its index instead of looking its
 //! id up again. That look-up, cold, was a fifth of the job's loop
 //! (docs/performance.md).
+//!
+//! An entry keeps its id as a 128-bit fingerprint, not as the id's bytes (16
+//! bytes, not 24 and a heap block past 24; docs/performance.md, "Memory per
+//! open order"). The fingerprint is a keyed hash with keys drawn at random per
+//! process, so no producer can aim two ids at one fingerprint; two of the
+//! ids a task holds share one by chance with a probability of about n²/2¹²⁹
+//! (10⁻²³ for 50 million). The table's own hash is half of it: ids whose
+//! table hashes collide are told apart by the other half (tested below). The
+//! ids themselves are kept only as long as the changelog needs them: those
+//! changed since the last drain.
 
 use compact_str::CompactString;
 
-#[derive(Debug, Default)]
-struct Entry<T> {
-    /// Empty in a free slot.
-    id: CompactString,
-    value: T,
+/// An id's fingerprint. Two `u64`s, not a `u128`, to keep entries 8-aligned.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Fingerprint([u64; 2]);
+
+/// The keyed hash behind fingerprints.
+#[derive(Debug)]
+struct Keys {
+    table: ahash::RandomState,
+    check: ahash::RandomState,
+    /// Tests only: keeps 4 bits of the table's hash, so that ids collide in it.
+    #[cfg(test)]
+    weak: bool,
 }
 
-/// What [`IdSlab::retain`] does with an entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fate {
-    Keep,
-    /// Kept, and changed: written at the next drain.
-    Changed,
-    /// Forgotten: handed out as removed at the next drain.
-    Remove,
+impl Default for Keys {
+    fn default() -> Self {
+        Keys {
+            table: ahash::RandomState::new(),
+            check: ahash::RandomState::new(),
+            #[cfg(test)]
+            weak: false,
+        }
+    }
+}
+
+impl Keys {
+    fn of(&self, id: &str) -> Fingerprint {
+        let table = self.table.hash_one(id);
+        #[cfg(test)]
+        let table = if self.weak { table & 0xF } else { table };
+        Fingerprint([table, self.check.hash_one(id)])
+    }
+}
+
+#[derive(Debug, Default)]
+struct Entry<T> {
+    id: Fingerprint,
+    value: T,
 }
 
 #[derive(Debug, Default)]
@@ -32,9 +65,9 @@ pub struct IdSlab<T> {
     entries: Vec<Entry<T>>,
     /// Indices of free slots, reused first.
     free: Vec<u32>,
-    /// Slot indices, by the hash of their id.
+    /// Slot indices, by the first half of their fingerprint.
     index: hashbrown::HashTable<u32>,
-    hasher: ahash::RandomState,
+    keys: Keys,
     /// `None` until tracking starts (for a changelog).
     changes: Option<Changes>,
 }
@@ -42,11 +75,12 @@ pub struct IdSlab<T> {
 /// What changed since the last drain.
 #[derive(Debug, Default)]
 struct Changes {
-    /// Slots changed. A slot freed and taken again may be listed twice: its
-    /// bit in `listed` has it written once.
-    slots: Vec<u32>,
+    /// Slots changed, with the id each was changed for. A slot freed and taken
+    /// again may be listed twice: its bit in `listed` and its fingerprint have
+    /// it written once, under its id now.
+    slots: Vec<(u32, CompactString)>,
     /// One bit per slot: set while listed in `slots` (a bit, not a flag in the
-    /// entry: it keeps an order's entry within one cache line).
+    /// entry: it keeps an order's entry small).
     listed: Vec<u64>,
     /// Ids forgotten: handed out as removed, unless made anew since.
     removed: Vec<CompactString>,
@@ -72,10 +106,10 @@ impl<T: Default> IdSlab<T> {
     /// room is faulted in on a thread of its own, so the kernel's zeroing of
     /// fresh pages (slow on virtual machines) leaves the loop.
     pub fn reserve(&mut self, n: usize) -> bool {
-        let (entries, hasher) = (&self.entries, &self.hasher);
+        let entries = &self.entries;
         let reserved = self
             .index
-            .try_reserve(n, |&i| hasher.hash_one(entries[i as usize].id.as_str()))
+            .try_reserve(n, |&i| entries[i as usize].id.0[0])
             .is_ok()
             && self.entries.try_reserve(n).is_ok();
         if reserved {
@@ -93,21 +127,33 @@ impl<T: Default> IdSlab<T> {
         self.index.is_empty()
     }
 
-    /// The slot of `id`, if it has one.
-    pub fn find(&self, id: &str) -> Option<u32> {
+    /// Bytes held: the slab and the table (not the changes of one interval).
+    pub fn heap_bytes(&self) -> usize {
+        self.entries.capacity() * std::mem::size_of::<Entry<T>>()
+            + self.free.capacity() * 4
+            + self.index.allocation_size()
+    }
+
+    fn find_fp(&self, fp: Fingerprint) -> Option<u32> {
         let entries = &self.entries;
         self.index
-            .find(self.hasher.hash_one(id), |&i| entries[i as usize].id == id)
+            .find(fp.0[0], |&i| entries[i as usize].id == fp)
             .copied()
+    }
+
+    /// The slot of `id`, if it has one.
+    pub fn find(&self, id: &str) -> Option<u32> {
+        self.find_fp(self.keys.of(id))
     }
 
     /// The slot of `id`, made (with the default value) if there is none; true when made.
     pub fn slot_of(&mut self, id: &str) -> (u32, bool) {
-        let (entries, hasher) = (&self.entries, &self.hasher);
+        let fp = self.keys.of(id);
+        let entries = &self.entries;
         let entry = self.index.entry(
-            hasher.hash_one(id),
-            |&i| entries[i as usize].id == id,
-            |&i| hasher.hash_one(entries[i as usize].id.as_str()),
+            fp.0[0],
+            |&i| entries[i as usize].id == fp,
+            |&i| entries[i as usize].id.0[0],
         );
         match entry {
             hashbrown::hash_table::Entry::Occupied(e) => (*e.get(), false),
@@ -116,7 +162,7 @@ impl<T: Default> IdSlab<T> {
                     self.entries.push(Entry::default());
                     u32::try_from(self.entries.len() - 1).expect("fewer than 2^32 slots")
                 });
-                self.entries[i as usize].id = id.into();
+                self.entries[i as usize].id = fp;
                 e.insert(i);
                 (i, true)
             }
@@ -131,22 +177,22 @@ impl<T: Default> IdSlab<T> {
         &mut self.entries[i as usize].value
     }
 
-    /// Lists slot `i` as changed (when tracking), unless it is listed already.
-    pub fn mark(&mut self, i: u32) {
+    /// Lists slot `i`, which holds `id`, as changed (when tracking), unless it
+    /// is listed already.
+    pub fn mark(&mut self, i: u32, id: &str) {
         if let Some(c) = &mut self.changes {
             let (word, bit) = c.bit(i);
             if *word & bit == 0 {
                 *word |= bit;
-                c.slots.push(i);
+                c.slots.push((i, id.into()));
             }
         }
     }
 
-    /// Frees slot `i`: its id is forgotten (handed out as removed, when tracking).
     /// Lists `id` as changed: its entry, or (absent) its removal.
     pub fn touch(&mut self, id: &str) {
         match self.find(id) {
-            Some(i) => self.mark(i),
+            Some(i) => self.mark(i, id),
             None => {
                 if let Some(c) = &mut self.changes {
                     c.removed.push(id.into());
@@ -155,47 +201,45 @@ impl<T: Default> IdSlab<T> {
         }
     }
 
-    pub fn remove(&mut self, i: u32) {
-        let hash = self.hasher.hash_one(self.entries[i as usize].id.as_str());
-        if let Ok(e) = self.index.find_entry(hash, |&j| j == i) {
+    /// Frees slot `i`, which holds `id`: handed out as removed, when tracking.
+    pub fn remove(&mut self, i: u32, id: &str) {
+        self.free_slot(i);
+        if let Some(c) = &mut self.changes {
+            c.removed.push(id.into());
+        }
+    }
+
+    fn free_slot(&mut self, i: u32) {
+        let fp = self.entries[i as usize].id;
+        if let Ok(e) = self.index.find_entry(fp.0[0], |&j| j == i) {
             e.remove();
         }
-        let entry = std::mem::take(&mut self.entries[i as usize]);
+        self.entries[i as usize] = Entry::default();
         if let Some(c) = &mut self.changes {
             let (word, bit) = c.bit(i);
             *word &= !bit;
-            c.removed.push(entry.id);
         }
         self.free.push(i);
     }
 
-    /// Visits every id: `f` says whether it stays as it is, changed, or goes.
-    pub fn retain(&mut self, mut f: impl FnMut(&str, &mut T) -> Fate) {
+    /// Visits every entry with its slot: `f` says whether it stays. An entry
+    /// dropped here is not handed out as removed: its id is not kept. (The
+    /// attribution task's sweeps drop this way, and a restore sweeps again.)
+    pub fn retain(&mut self, mut f: impl FnMut(u32, &mut T) -> bool) {
         let (entries, free) = (&mut self.entries, &mut self.free);
         let mut changes = self.changes.as_mut();
         self.index.retain(|&mut i| {
             let e = &mut entries[i as usize];
-            let fate = f(&e.id, &mut e.value);
+            if f(i, &mut e.value) {
+                return true;
+            }
             if let Some(c) = changes.as_deref_mut() {
                 let (word, bit) = c.bit(i);
-                match fate {
-                    Fate::Keep => {}
-                    Fate::Changed if *word & bit == 0 => {
-                        *word |= bit;
-                        c.slots.push(i);
-                    }
-                    Fate::Changed => {}
-                    Fate::Remove => {
-                        *word &= !bit;
-                        c.removed.push(std::mem::take(&mut e.id));
-                    }
-                }
+                *word &= !bit;
             }
-            if fate == Fate::Remove {
-                *e = Entry::default();
-                free.push(i);
-            }
-            fate != Fate::Remove
+            *e = Entry::default();
+            free.push(i);
+            false
         });
     }
 
@@ -212,16 +256,16 @@ impl<T: Default> IdSlab<T> {
                 f(&id, None);
             }
         }
-        for &i in &c.slots {
+        for (i, id) in c.slots.drain(..) {
             // Listed slots have their bit's word: marking made it.
             let (word, bit) = (&mut c.listed[i as usize / 64], 1 << (i % 64));
-            if *word & bit != 0 {
+            let e = &self.entries[i as usize];
+            // The slot may since hold another id, listed after this one.
+            if *word & bit != 0 && e.id == self.keys.of(&id) {
                 *word &= !bit;
-                let e = &self.entries[i as usize];
-                f(&e.id, Some(&e.value));
+                f(&id, Some(&e.value));
             }
         }
-        c.slots.clear();
         self.changes = Some(c);
     }
 }
@@ -275,7 +319,7 @@ mod tests {
         let mut s = IdSlab::<i64>::default();
         let (a, made) = s.slot_of("a");
         assert!(made);
-        s.mark(a);
+        s.mark(a, "a");
         s.track_changes();
         assert!(
             drained(&mut s).is_empty(),
@@ -283,27 +327,27 @@ mod tests {
         );
         assert_eq!(s.slot_of("a"), (a, false));
         *s.get_mut(a) = 1;
-        s.mark(a);
+        s.mark(a, "a");
         *s.get_mut(a) = 2;
-        s.mark(a);
+        s.mark(a, "a");
         let (b, _) = s.slot_of("b");
-        s.mark(b);
+        s.mark(b, "b");
         assert_eq!(
             drained(&mut s),
             vec![("a".into(), Some(2)), ("b".into(), Some(0))]
         );
         assert!(drained(&mut s).is_empty(), "each change is drained once");
         // b goes and its slot is taken by c in the same interval; a goes and comes back.
-        s.mark(b);
-        s.remove(b);
+        s.mark(b, "b");
+        s.remove(b, "b");
         let (c, _) = s.slot_of("c");
         assert_eq!(c, b, "a free slot is reused");
         *s.get_mut(c) = 3;
-        s.mark(c);
-        s.remove(a);
+        s.mark(c, "c");
+        s.remove(a, "a");
         let (a2, _) = s.slot_of("a");
         *s.get_mut(a2) = 4;
-        s.mark(a2);
+        s.mark(a2, "a");
         assert_eq!(
             drained(&mut s),
             vec![
@@ -316,26 +360,72 @@ mod tests {
     }
 
     #[test]
-    fn retain_keeps_changes_and_lists_removals() {
+    fn retain_keeps_changes_and_drops_silently() {
         let mut s = IdSlab::<i64>::default();
         s.track_changes();
         for (id, v) in [("x", 1), ("y", 2), ("z", 3)] {
             let (i, _) = s.slot_of(id);
             *s.get_mut(i) = v;
+            s.mark(i, id);
         }
-        s.retain(|id, v| match id {
-            "x" => Fate::Keep,
-            "y" => {
+        drained(&mut s);
+        s.mark(s.find("z").unwrap(), "z");
+        let mut changed = vec![];
+        s.retain(|i, v| match *v {
+            1 => true,
+            2 => {
                 *v = 20;
-                Fate::Changed
+                changed.push(i);
+                true
             }
-            _ => Fate::Remove,
+            _ => false,
         });
+        assert_eq!(changed, vec![s.find("y").unwrap()], "retain hands out each entry's slot");
+        s.mark(changed[0], "y");
         assert_eq!(
             drained(&mut s),
-            vec![("y".into(), Some(20)), ("z".into(), None)]
+            vec![("y".into(), Some(20))],
+            "z was listed, then dropped by retain: not written, and not as removed"
         );
         assert_eq!((s.len(), s.find("z")), (2, None));
         assert_eq!(*s.get(s.find("x").unwrap()), 1);
+    }
+
+    /// Ids whose table hashes collide (4 bits of it kept) are told apart by
+    /// the rest of their fingerprints: found, changed and removed one by one.
+    #[test]
+    fn ids_colliding_in_the_table_stay_apart() {
+        let mut s = IdSlab::<i64> {
+            keys: Keys {
+                weak: true,
+                ..Keys::default()
+            },
+            ..IdSlab::default()
+        };
+        s.track_changes();
+        let ids: Vec<String> = (0..2_000).map(|n| format!("o-{n}")).collect();
+        for (n, id) in ids.iter().enumerate() {
+            let (i, made) = s.slot_of(id);
+            assert!(made, "{id} is new");
+            *s.get_mut(i) = n as i64;
+            s.mark(i, id);
+        }
+        assert_eq!(s.len(), ids.len());
+        assert!(s.entries.iter().map(|e| e.id.0[0]).all(|h| h < 16));
+        for (n, id) in ids.iter().enumerate() {
+            assert_eq!(*s.get(s.find(id).unwrap()), n as i64, "{id}");
+        }
+        assert_eq!(drained(&mut s).len(), ids.len());
+        for id in ids.iter().step_by(2) {
+            let i = s.find(id).unwrap();
+            s.remove(i, id);
+        }
+        for (n, id) in ids.iter().enumerate() {
+            assert_eq!(s.find(id).map(|i| *s.get(i)), (n % 2 == 1).then_some(n as i64));
+        }
+        let out = drained(&mut s);
+        assert_eq!(out.len(), 1_000);
+        assert!(out.iter().all(|(_, v)| v.is_none()));
+        assert_eq!(s.slot_of("o-1"), (s.find("o-1").unwrap(), false));
     }
 }

@@ -56,6 +56,7 @@ pub struct Metrics {
     pub commit_duration: Histogram,
     pub rebalances: IntCounter,
     state_entries: IntGaugeVec,
+    state_bytes: IntGauge,
     last: Stats,
 }
 
@@ -138,6 +139,7 @@ impl Metrics {
             commit_duration: histogram("commit_duration_seconds", "Time of one offset commit", latency_buckets),
             rebalances: counter("rebalances_total", "Partition assignments changed"),
             state_entries: gauge_vec("state_entries", "Size of in-memory state", &["kind"]),
+            state_bytes: reg(&r, IntGauge::new("state_bytes", "Bytes held by the order stores and de-duplication sets").expect("valid metric")),
             last: Stats::default(),
             batch_us: hdrhistogram::Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds"),
             end_to_end_ms: hdrhistogram::Histogram::new_with_bounds(1, 3_600_000, 3).expect("valid bounds"),
@@ -282,6 +284,7 @@ impl Metrics {
         ] {
             self.state_entries.with_label_values(&[kind]).set(v as i64);
         }
+        self.state_bytes.set(s.order_bytes as i64);
     }
 
     /// Replaces the top-N series of one dimension.

@@ -1,0 +1,528 @@
+//! The JSON reader of input records: one pass over the bytes straight into the
+//! raw field structs, with no intermediate values and strings borrowed from
+//! the record unless escaped.
+//!
+//! It accepts and rejects exactly what `serde_json` does for the same structs
+//! (the job's decoder before it, kept as [`super::baseline`]), and splits its
+//! errors the same way: a value of the wrong type for a known field is
+//! `invalid_field` (serde's "data" errors), anything else that is not JSON is
+//! `malformed_json`, each decided at the first fault in reading order. So the
+//! dead-letter reasons did not change; `tests/decode.rs` and the fuzz target
+//! `decode_differential` compare the two. The details (the human sentence)
+//! are this reader's own.
+//!
+//! Why its own reader: serde_json was two thirds of the engine's per-event
+//! cost above the state (docs/performance.md, section 1).
+
+use std::borrow::Cow;
+
+use super::{Num, Str};
+
+/// A fault in the bytes: `data` when the JSON is well formed so far but a
+/// known field holds a value of the wrong type (or comes twice).
+#[derive(Debug)]
+pub(super) struct Fault {
+    pub data: bool,
+    pub detail: String,
+}
+
+type R<T> = Result<T, Fault>;
+
+fn syntax<T>(detail: impl Into<String>) -> R<T> {
+    Err(Fault {
+        data: false,
+        detail: detail.into(),
+    })
+}
+
+fn data<T>(detail: impl Into<String>) -> R<T> {
+    Err(Fault {
+        data: true,
+        detail: detail.into(),
+    })
+}
+
+/// What a known field holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kind {
+    /// A string or null.
+    Str,
+    /// An integer (or a float, refused later), or null.
+    Num,
+}
+
+/// A known field's value as read: `None` for null.
+#[derive(Debug)]
+pub(super) enum Value<'a> {
+    Str(Option<Str<'a>>),
+    Num(Option<Num>),
+}
+
+/// Reads a record's top-level object: every field named in `fields` is handed
+/// to `f` with its index and value; other fields are checked and skipped.
+/// `text` must be valid UTF-8 (checked once by the caller for the whole value).
+pub(super) fn read_object<'a>(
+    text: &'a str,
+    fields: &[(&str, Kind)],
+    mut f: impl FnMut(usize, Value<'a>),
+) -> R<()> {
+    debug_assert!(fields.len() <= 32);
+    let mut r = Reader {
+        text,
+        b: text.as_bytes(),
+        i: 0,
+    };
+    match r.skip_ws() {
+        Some(b'{') => r.i += 1,
+        Some(_) => return syntax("value is not a JSON object"),
+        None => return syntax("value is empty"),
+    }
+    let mut seen = 0u32;
+    let mut first = true;
+    loop {
+        // The next key, or the end of the object.
+        match r.skip_ws() {
+            None => return syntax("end of input inside the object"),
+            Some(b'}') => {
+                r.i += 1;
+                break;
+            }
+            Some(b'"') if first => {}
+            Some(_) if first => return syntax(r.at("expected a key")),
+            Some(b',') => {
+                r.i += 1;
+                match r.skip_ws() {
+                    Some(b'"') => {}
+                    Some(b'}') => return syntax(r.at("trailing comma")),
+                    Some(_) => return syntax(r.at("expected a key")),
+                    None => return syntax("end of input after a comma"),
+                }
+            }
+            Some(_) => return syntax(r.at("expected `,` or `}`")),
+        }
+        first = false;
+        r.i += 1;
+        let key = r.string(true)?;
+        let field = fields.iter().position(|(name, _)| *name == &*key);
+        if let Some(k) = field {
+            if seen & (1 << k) != 0 {
+                return data(format!("duplicate field `{}`", fields[k].0));
+            }
+            seen |= 1 << k;
+        }
+        match r.skip_ws() {
+            Some(b':') => r.i += 1,
+            Some(_) => return syntax(r.at("expected `:`")),
+            None => return syntax("end of input after a key"),
+        }
+        r.skip_ws();
+        match field {
+            Some(k) => {
+                let (name, kind) = fields[k];
+                let value = match kind {
+                    Kind::Str => Value::Str(r.str_or_null(name)?),
+                    Kind::Num => Value::Num(r.num_or_null(name)?),
+                };
+                f(k, value);
+            }
+            None => r.skip_value()?,
+        }
+    }
+    match r.skip_ws() {
+        None => Ok(()),
+        Some(_) => syntax(r.at("trailing characters after the object")),
+    }
+}
+
+struct Reader<'a> {
+    text: &'a str,
+    b: &'a [u8],
+    i: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn at(&self, what: &str) -> String {
+        format!("{what} at byte {}", self.i)
+    }
+
+    /// Skips JSON whitespace; the next byte, if any.
+    fn skip_ws(&mut self) -> Option<u8> {
+        while let Some(&c) = self.b.get(self.i) {
+            if !matches!(c, b' ' | b'\n' | b'\r' | b'\t') {
+                return Some(c);
+            }
+            self.i += 1;
+        }
+        None
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.i).copied()
+    }
+
+    /// `rest` of a literal whose first byte was read.
+    fn literal(&mut self, rest: &[u8]) -> R<()> {
+        for &want in rest {
+            match self.peek() {
+                Some(c) if c == want => self.i += 1,
+                Some(_) => return syntax(self.at("invalid literal")),
+                None => return syntax("end of input inside a literal"),
+            }
+        }
+        Ok(())
+    }
+
+    /// A string's contents; the opening quote was read. `strict`: `\u`
+    /// escapes must be whole characters (as serde_json checks the strings it
+    /// decodes, not those it skips).
+    fn string(&mut self, strict: bool) -> R<Cow<'a, str>> {
+        let start = self.i;
+        loop {
+            match self.peek() {
+                Some(b'"') => {
+                    let s = &self.text[start..self.i];
+                    self.i += 1;
+                    return Ok(Cow::Borrowed(s));
+                }
+                Some(b'\\') => break,
+                Some(c) if c < 0x20 => return syntax(self.at("control character in a string")),
+                Some(_) => self.i += 1,
+                None => return syntax("end of input inside a string"),
+            }
+        }
+        // Escapes: the rest is copied, unescaped.
+        let mut out = String::with_capacity(self.i - start + 16);
+        out.push_str(&self.text[start..self.i]);
+        loop {
+            let run = self.i;
+            while let Some(c) = self.peek() {
+                if c == b'"' || c == b'\\' || c < 0x20 {
+                    break;
+                }
+                self.i += 1;
+            }
+            out.push_str(&self.text[run..self.i]);
+            match self.peek() {
+                Some(b'"') => {
+                    self.i += 1;
+                    return Ok(Cow::Owned(out));
+                }
+                Some(b'\\') => {
+                    self.i += 1;
+                    self.escape(strict, &mut out)?;
+                }
+                Some(_) => return syntax(self.at("control character in a string")),
+                None => return syntax("end of input inside a string"),
+            }
+        }
+    }
+
+    /// One escape after its backslash, appended to `out`.
+    fn escape(&mut self, strict: bool, out: &mut String) -> R<()> {
+        let Some(c) = self.peek() else {
+            return syntax("end of input inside an escape");
+        };
+        self.i += 1;
+        let simple = match c {
+            b'"' => '"',
+            b'\\' => '\\',
+            b'/' => '/',
+            b'b' => '\u{8}',
+            b'f' => '\u{c}',
+            b'n' => '\n',
+            b'r' => '\r',
+            b't' => '\t',
+            b'u' => {
+                let n = self.hex4()?;
+                let c = match n {
+                    0xDC00..=0xDFFF if strict => return syntax(self.at("lone surrogate in \\u escape")),
+                    0xD800..=0xDBFF if strict => {
+                        if self.peek() != Some(b'\\') {
+                            return syntax(self.at("lone surrogate in \\u escape"));
+                        }
+                        self.i += 1;
+                        if self.peek() != Some(b'u') {
+                            return syntax(self.at("lone surrogate in \\u escape"));
+                        }
+                        self.i += 1;
+                        let low = self.hex4()?;
+                        if !(0xDC00..=0xDFFF).contains(&low) {
+                            return syntax(self.at("lone surrogate in \\u escape"));
+                        }
+                        char::from_u32(0x1_0000 + ((n - 0xD800) << 10) + (low - 0xDC00))
+                    }
+                    n => char::from_u32(n),
+                };
+                // Skipped strings (not strict) are never kept.
+                out.push(c.unwrap_or(char::REPLACEMENT_CHARACTER));
+                return Ok(());
+            }
+            _ => return syntax(self.at("invalid escape")),
+        };
+        out.push(simple);
+        Ok(())
+    }
+
+    fn hex4(&mut self) -> R<u32> {
+        let mut n = 0;
+        for _ in 0..4 {
+            let d = match self.peek() {
+                Some(c @ b'0'..=b'9') => c - b'0',
+                Some(c @ b'a'..=b'f') => c - b'a' + 10,
+                Some(c @ b'A'..=b'F') => c - b'A' + 10,
+                Some(_) => return syntax(self.at("invalid \\u escape")),
+                None => return syntax("end of input inside an escape"),
+            };
+            self.i += 1;
+            n = n * 16 + d as u32;
+        }
+        Ok(n)
+    }
+
+    /// A known string field: a string or null; another well-formed value is
+    /// a data fault, an ill-formed one a syntax fault.
+    fn str_or_null(&mut self, name: &str) -> R<Option<Str<'a>>> {
+        match self.peek() {
+            Some(b'"') => {
+                self.i += 1;
+                Ok(Some(Str(self.string(true)?)))
+            }
+            Some(b'n') => {
+                self.i += 1;
+                self.literal(b"ull")?;
+                Ok(None)
+            }
+            _ => {
+                let found = self.wrong_type()?;
+                data(format!("`{name}` must be a string, got {found}"))
+            }
+        }
+    }
+
+    /// A known number field: a number or null; another well-formed value is a
+    /// data fault, an ill-formed one a syntax fault.
+    fn num_or_null(&mut self, name: &str) -> R<Option<Num>> {
+        match self.peek() {
+            Some(b'n') => {
+                self.i += 1;
+                self.literal(b"ull")?;
+                Ok(None)
+            }
+            Some(b'-' | b'0'..=b'9') => self.number().map(Some),
+            Some(b'"') => {
+                self.i += 1;
+                self.string(true)?;
+                data(format!("`{name}` must be a number, got a string"))
+            }
+            _ => {
+                let found = self.wrong_type()?;
+                data(format!("`{name}` must be a number, got {found}"))
+            }
+        }
+    }
+
+    /// Reads as far as serde_json does before it reports a value of the wrong
+    /// type: a literal or a number in full, a container's first byte only.
+    fn wrong_type(&mut self) -> R<&'static str> {
+        match self.peek() {
+            Some(b't') => {
+                self.i += 1;
+                self.literal(b"rue")?;
+                Ok("a boolean")
+            }
+            Some(b'f') => {
+                self.i += 1;
+                self.literal(b"alse")?;
+                Ok("a boolean")
+            }
+            Some(b'-' | b'0'..=b'9') => {
+                self.number()?;
+                Ok("a number")
+            }
+            Some(b'"') => {
+                self.i += 1;
+                self.string(true)?;
+                Ok("a string")
+            }
+            Some(b'[') => Ok("an array"),
+            Some(b'{') => Ok("an object"),
+            Some(_) => syntax(self.at("expected a value")),
+            None => syntax("end of input where a value was expected"),
+        }
+    }
+
+    /// A number's extent, checked: (whether it has a fraction or exponent).
+    fn scan_number(&mut self) -> R<bool> {
+        if self.peek() == Some(b'-') {
+            self.i += 1;
+        }
+        match self.peek() {
+            Some(b'0') => {
+                self.i += 1;
+                if matches!(self.peek(), Some(b'0'..=b'9')) {
+                    return syntax(self.at("invalid number (leading zero)"));
+                }
+            }
+            Some(b'1'..=b'9') => self.digits(),
+            Some(_) => return syntax(self.at("invalid number")),
+            None => return syntax("end of input inside a number"),
+        }
+        let mut float = false;
+        if self.peek() == Some(b'.') {
+            self.i += 1;
+            self.some_digits()?;
+            float = true;
+        }
+        if matches!(self.peek(), Some(b'e' | b'E')) {
+            self.i += 1;
+            if matches!(self.peek(), Some(b'+' | b'-')) {
+                self.i += 1;
+            }
+            self.some_digits()?;
+            float = true;
+        }
+        Ok(float)
+    }
+
+    fn digits(&mut self) {
+        while matches!(self.peek(), Some(b'0'..=b'9')) {
+            self.i += 1;
+        }
+    }
+
+    fn some_digits(&mut self) -> R<()> {
+        match self.peek() {
+            Some(b'0'..=b'9') => {
+                self.digits();
+                Ok(())
+            }
+            Some(_) => syntax(self.at("invalid number")),
+            None => syntax("end of input inside a number"),
+        }
+    }
+
+    /// A number as serde_json reads it: integers that fit 64 bits exactly
+    /// (`-0` is a float there), anything else a float; one too large for a
+    /// float is a syntax fault.
+    fn number(&mut self) -> R<Num> {
+        let start = self.i;
+        let float = self.scan_number()?;
+        let text = &self.text[start..self.i];
+        if !float {
+            let (negative, digits) = match text.strip_prefix('-') {
+                Some(d) => (true, d),
+                None => (false, text),
+            };
+            if let Ok(n) = digits.parse::<u64>() {
+                match negative {
+                    false => return Ok(Num::Int(n as i128)),
+                    true if n != 0 && n <= 1 << 63 => return Ok(Num::Int(-(n as i128))),
+                    true => {}
+                }
+            }
+        }
+        let v: f64 = text.parse().expect("a checked JSON number parses as f64");
+        if v.is_infinite() {
+            return syntax(self.at("number out of range"));
+        }
+        Ok(Num::Float(v))
+    }
+
+    /// Skips a value of a field the job does not read, checking it as
+    /// serde_json does: any depth (it keeps its own stack, as here), strings
+    /// with escapes checked but not decoded, numbers by their syntax only.
+    fn skip_value(&mut self) -> R<()> {
+        // Open containers, innermost last: true for an object.
+        let mut open: Vec<bool> = Vec::new();
+        loop {
+            // A value.
+            match self.skip_ws() {
+                Some(b'n') => {
+                    self.i += 1;
+                    self.literal(b"ull")?;
+                }
+                Some(b't') => {
+                    self.i += 1;
+                    self.literal(b"rue")?;
+                }
+                Some(b'f') => {
+                    self.i += 1;
+                    self.literal(b"alse")?;
+                }
+                Some(b'-' | b'0'..=b'9') => {
+                    self.scan_number()?;
+                }
+                Some(b'"') => {
+                    self.i += 1;
+                    self.string(false)?;
+                }
+                Some(c @ (b'[' | b'{')) => {
+                    self.i += 1;
+                    let object = c == b'{';
+                    open.push(object);
+                    match self.skip_ws() {
+                        Some(b']') if !object => {
+                            self.i += 1;
+                            open.pop();
+                        }
+                        Some(b'}') if object => {
+                            self.i += 1;
+                            open.pop();
+                        }
+                        _ => {
+                            if object {
+                                self.key_of_skipped()?;
+                            }
+                            continue;
+                        }
+                    }
+                }
+                Some(_) => return syntax(self.at("expected a value")),
+                None => return syntax("end of input where a value was expected"),
+            }
+            // After a value: close containers, or go on to the next element.
+            loop {
+                let Some(&object) = open.last() else {
+                    return Ok(());
+                };
+                match self.skip_ws() {
+                    Some(b',') => {
+                        self.i += 1;
+                        if object {
+                            self.key_of_skipped()?;
+                        }
+                        break;
+                    }
+                    Some(b']') if !object => {
+                        self.i += 1;
+                        open.pop();
+                    }
+                    Some(b'}') if object => {
+                        self.i += 1;
+                        open.pop();
+                    }
+                    Some(_) => return syntax(self.at("expected `,` or the end of a container")),
+                    None => return syntax("end of input inside a container"),
+                }
+            }
+        }
+    }
+
+    /// A key and its colon inside a skipped object.
+    fn key_of_skipped(&mut self) -> R<()> {
+        match self.skip_ws() {
+            Some(b'"') => self.i += 1,
+            Some(_) => return syntax(self.at("expected a key")),
+            None => return syntax("end of input inside an object"),
+        }
+        self.string(false)?;
+        match self.skip_ws() {
+            Some(b':') => {
+                self.i += 1;
+                Ok(())
+            }
+            Some(_) => syntax(self.at("expected `:`")),
+            None => syntax("end of input inside an object"),
+        }
+    }
+}
