@@ -117,8 +117,8 @@ pub struct StateConfig {
     pub expected_orders: i64,
 }
 
-/// Most orders `state.expected_orders` may ask for: about 11 to 12 GB up
-/// front (110 to 120 bytes an order, as the README says).
+/// Most orders `state.expected_orders` may ask for: about 9 to 10 GB up
+/// front (90 to 100 bytes an order, as the README says).
 pub const MAX_EXPECTED_ORDERS: i64 = 100_000_000;
 /// librdkafka's and Kafka's usual limit (a topic accepts 1,048,588 bytes by default).
 pub const DEFAULT_MAX_RECORD_BYTES: usize = 1_000_000;

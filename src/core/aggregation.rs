@@ -101,13 +101,7 @@ impl DimState {
             }
         }
         let slot = self.total_slot(key);
-        let t = &mut slot.sums;
-        t.gmv_fen += d.gmv_fen;
-        t.refund_fen += d.refund_fen;
-        t.paid_orders += d.paid_orders;
-        t.placed_orders += d.placed_orders;
-        t.shipped_orders += d.shipped_orders;
-        t.delivered_orders += d.delivered_orders;
+        slot.sums.add(d);
         if !slot.dirty {
             slot.dirty = true;
             self.dirty_totals.push(key);

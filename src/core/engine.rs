@@ -154,6 +154,17 @@ pub struct Totals {
     pub delivered_orders: u64,
 }
 
+impl Totals {
+    pub fn add(&mut self, d: &Totals) {
+        self.gmv_fen += d.gmv_fen;
+        self.refund_fen += d.refund_fen;
+        self.paid_orders += d.paid_orders;
+        self.placed_orders += d.placed_orders;
+        self.shipped_orders += d.shipped_orders;
+        self.delivered_orders += d.delivered_orders;
+    }
+}
+
 /// The tasks one instance runs, and the counters they share.
 #[derive(Debug)]
 pub struct Engine {
