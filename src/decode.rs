@@ -115,11 +115,42 @@ pub fn decode<'a>(
     value: &'a [u8],
     fx: &FxTable,
 ) -> Result<Event<'a>, Rejection> {
+    decode_with::<Reader>(topic, value, fx)
+}
+
+/// Reads the raw fields of each topic from a record's text.
+trait Fields {
+    fn order(text: &str) -> Result<RawOrder<'_>, Rejection>;
+    fn payment(text: &str) -> Result<RawPayment<'_>, Rejection>;
+    fn delivery(text: &str) -> Result<RawDelivery<'_>, Rejection>;
+}
+
+/// The job's own JSON reader ([`json`]).
+struct Reader;
+
+impl Fields for Reader {
+    fn order(text: &str) -> Result<RawOrder<'_>, Rejection> {
+        read_order(text)
+    }
+    fn payment(text: &str) -> Result<RawPayment<'_>, Rejection> {
+        read_payment(text)
+    }
+    fn delivery(text: &str) -> Result<RawDelivery<'_>, Rejection> {
+        read_delivery(text)
+    }
+}
+
+/// [`decode`] with the fields read by `F`.
+fn decode_with<'a, F: Fields>(
+    topic: InputTopic,
+    value: &'a [u8],
+    fx: &FxTable,
+) -> Result<Event<'a>, Rejection> {
     let text = precheck(value)?;
     match topic {
-        InputTopic::Orders => order(read_order(text)?, fx).map(Event::Order),
-        InputTopic::Payments => payment(read_payment(text)?, fx).map(Event::Payment),
-        InputTopic::Deliveries => delivery(read_delivery(text)?).map(Event::Delivery),
+        InputTopic::Orders => order(F::order(text)?, fx).map(Event::Order),
+        InputTopic::Payments => payment(F::payment(text)?, fx).map(Event::Payment),
+        InputTopic::Deliveries => delivery(F::delivery(text)?).map(Event::Delivery),
     }
 }
 

@@ -10,8 +10,7 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
 use super::{
-    delivery, order, payment, precheck, reject, Num, RawDelivery, RawOrder, RawPayment, Rejection,
-    Str,
+    decode_with, reject, Fields, Num, RawDelivery, RawOrder, RawPayment, Rejection, Str,
 };
 use crate::core::fx::FxTable;
 use crate::model::{DeadReason, Event, InputTopic};
@@ -22,11 +21,20 @@ pub fn decode<'a>(
     value: &'a [u8],
     fx: &FxTable,
 ) -> Result<Event<'a>, Rejection> {
-    let text = precheck(value)?;
-    match topic {
-        InputTopic::Orders => order(parse::<RawOrder>(text)?, fx).map(Event::Order),
-        InputTopic::Payments => payment(parse::<RawPayment>(text)?, fx).map(Event::Payment),
-        InputTopic::Deliveries => delivery(parse::<RawDelivery>(text)?).map(Event::Delivery),
+    decode_with::<Serde>(topic, value, fx)
+}
+
+struct Serde;
+
+impl Fields for Serde {
+    fn order(text: &str) -> Result<RawOrder<'_>, Rejection> {
+        parse(text)
+    }
+    fn payment(text: &str) -> Result<RawPayment<'_>, Rejection> {
+        parse(text)
+    }
+    fn delivery(text: &str) -> Result<RawDelivery<'_>, Rejection> {
+        parse(text)
     }
 }
 

@@ -509,31 +509,24 @@ impl<'a> Reader<'a> {
                     self.i += 1;
                     let object = c == b'{';
                     open.push(object);
-                    match self.skip_ws() {
-                        Some(b']') if !object => {
-                            self.i += 1;
-                            open.pop();
+                    // Empty: closed at once, and a value as a whole.
+                    if !self.closes(object) {
+                        if object {
+                            self.key_of_skipped()?;
                         }
-                        Some(b'}') if object => {
-                            self.i += 1;
-                            open.pop();
-                        }
-                        _ => {
-                            if object {
-                                self.key_of_skipped()?;
-                            }
-                            continue;
-                        }
+                        continue;
                     }
+                    open.pop();
                 }
                 Some(_) => return syntax(self.at("expected a value")),
                 None => return syntax("end of input where a value was expected"),
             }
             // After a value: close containers, or go on to the next element.
-            loop {
-                let Some(&object) = open.last() else {
-                    return Ok(());
-                };
+            while let Some(&object) = open.last() {
+                if self.closes(object) {
+                    open.pop();
+                    continue;
+                }
                 match self.skip_ws() {
                     Some(b',') => {
                         self.i += 1;
@@ -542,19 +535,25 @@ impl<'a> Reader<'a> {
                         }
                         break;
                     }
-                    Some(b']') if !object => {
-                        self.i += 1;
-                        open.pop();
-                    }
-                    Some(b'}') if object => {
-                        self.i += 1;
-                        open.pop();
-                    }
                     Some(_) => return syntax(self.at("expected `,` or the end of a container")),
                     None => return syntax("end of input inside a container"),
                 }
             }
+            if open.is_empty() {
+                return Ok(());
+            }
         }
+    }
+
+    /// Reads the end of the innermost container (an object's or an array's,
+    /// as `object` says) if it comes next.
+    fn closes(&mut self, object: bool) -> bool {
+        let end = if object { b'}' } else { b']' };
+        if self.skip_ws() == Some(end) {
+            self.i += 1;
+            return true;
+        }
+        false
     }
 
     /// A key and its colon inside a skipped object.
