@@ -93,6 +93,8 @@ fn edge_cases_of_json_decode_as_with_serde_json() {
         r#"{"payment_id":"p1","order_id":"o1","kind":"paid","currency":"CNY","amount_minor":1e12,"ts_ms":1}"#.into(),
         r#"{"payment_id":"p1","order_id":"o1","kind":"paid","currency":"CNY","amount_minor":1.5e12,"ts_ms":1}"#.into(),
         r#"{"payment_id":"p1","order_id":"o1","kind":"paid","currency":"CNY","amount_minor":-99999999999999999999,"ts_ms":1}"#.into(),
+        // serde_json's float is not the nearest one here: 26666666666663.996.
+        r#"{"payment_id":"p1","order_id":"o1","kind":"paid","currency":"CNY","amount_minor":26666666666664.000000000000,"ts_ms":1}"#.into(),
         // Wrong types, well formed or not.
         p(r#","ts_ms":"1"}"#),
         p(r#","ts_ms":"1\x"}"#),
