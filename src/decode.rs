@@ -115,7 +115,7 @@ pub fn decode<'a>(
     value: &'a [u8],
     fx: &FxTable,
 ) -> Result<Event<'a>, Rejection> {
-    decode_with::<Reader>(topic, value, fx)
+    decode_with::<JsonReader>(topic, value, fx)
 }
 
 /// Reads the raw fields of each topic from a record's text.
@@ -126,9 +126,9 @@ trait Fields {
 }
 
 /// The job's own JSON reader ([`json`]).
-struct Reader;
+struct JsonReader;
 
-impl Fields for Reader {
+impl Fields for JsonReader {
     fn order(text: &str) -> Result<RawOrder<'_>, Rejection> {
         read_order(text)
     }
