@@ -10,8 +10,9 @@
 //! `cargo bench --bench end_to_end`. Environment: RECORDS (backlog read for
 //! throughput, default 1,000,000), COMMIT_INTERVALS (ms, default
 //! `100,250,1000`), LATENCY_RATE (events/s, default 100,000; 0 skips the
-//! latency part), LATENCY_SECONDS (default 60), SCREEN_OFF_RUN (default 1; 0
-//! skips the run without the screen), JOB_LOG (a path: the jobs' logs go to
+//! latency part), LATENCY_SECONDS (default 60), SCREEN (default 1; 0 runs the
+//! jobs of every interval without the screen's reader), SCREEN_OFF_RUN
+//! (default 1; 0 skips the run without the screen), JOB_LOG (a path: the jobs' logs go to
 //! `{path}.{index}-{interval}`).
 
 use std::process::{Command, Stdio};
@@ -131,7 +132,7 @@ fn main() {
             expected_orders: n,
         };
         let (config, metrics_port) = run.config();
-        let job = start_job(&config, &run.name, true);
+        let job = start_job(&config, &run.name, env_or("SCREEN", 1) == 1);
         let rate = throughput(&job, metrics_port, in_topics);
         println!(
             "commit_interval {interval} ms: gmv run {rate:>10.0} records/s, ratio {:.2}",
