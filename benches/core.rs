@@ -111,9 +111,18 @@ fn main() {
     let parse_rate = n as f64 / parse_best;
     let engine_rate = n as f64 / engine_best;
     println!("best of 5 rounds each:");
-    println!("baseline (serde_json decode only): {:>12.0} events/s", serde_rate);
-    println!("the job's decoder alone:           {:>12.0} events/s", parse_rate);
-    println!("engine (decode + process):         {:>12.0} events/s", engine_rate);
+    println!(
+        "baseline (serde_json decode only): {:>12.0} events/s",
+        serde_rate
+    );
+    println!(
+        "the job's decoder alone:           {:>12.0} events/s",
+        parse_rate
+    );
+    println!(
+        "engine (decode + process):         {:>12.0} events/s",
+        engine_rate
+    );
     println!(
         "ratio engine/serde_json baseline:  {:>12.2}",
         engine_rate / serde_rate

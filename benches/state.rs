@@ -33,7 +33,11 @@ fn main() {
     let sizes: Vec<usize> = std::env::var("SIZES")
         .unwrap_or_else(|_| "1000000,10000000,50000000".into())
         .split(',')
-        .map(|s| s.trim().parse().expect("SIZES: numbers separated by commas"))
+        .map(|s| {
+            s.trim()
+                .parse()
+                .expect("SIZES: numbers separated by commas")
+        })
         .collect();
     println!("| open orders | payment and delivery ids | bytes per open order | events/s, whole run | events/s, last tenth |");
     println!("|---|---|---|---|---|");
@@ -69,7 +73,10 @@ fn child(orders: usize) {
     // 2% over: the orders fall unevenly on partitions, and a slab that fills
     // its room doubles it.
     let per_task = (orders + orders / 50).div_ceil(PARTITIONS as usize);
-    assert!(job.engine_mut().reserve_orders(per_task), "memory for {orders} orders");
+    assert!(
+        job.engine_mut().reserve_orders(per_task),
+        "memory for {orders} orders"
+    );
     // The reserved room is faulted in on a thread of its own: let it finish.
     std::thread::sleep(Duration::from_millis(200 + orders as u64 / 50_000));
     let mut out = Vec::with_capacity(1 << 16);
@@ -85,7 +92,8 @@ fn child(orders: usize) {
         let t = Instant::now();
         for r in &chunk {
             let key = r.key.as_deref().map(str::as_bytes);
-            let partition = key.map_or(0, |k| k.iter().map(|b| *b as i32).sum::<i32>()) % PARTITIONS;
+            let partition =
+                key.map_or(0, |k| k.iter().map(|b| *b as i32).sum::<i32>()) % PARTITIONS;
             let o = &mut offsets[r.topic.index()];
             *o += 1;
             job.engine_mut().on_record(

@@ -57,7 +57,10 @@ fn fixtures_and_generated_records_decode_as_with_serde_json() {
             false => bad += 1,
         }
     }
-    assert!(good > 150_000 && bad > 100, "accepted {good}, refused {bad}");
+    assert!(
+        good > 150_000 && bad > 100,
+        "accepted {good}, refused {bad}"
+    );
 }
 
 #[test]

@@ -380,7 +380,11 @@ mod tests {
             }
             _ => false,
         });
-        assert_eq!(changed, vec![s.find("y").unwrap()], "retain hands out each entry's slot");
+        assert_eq!(
+            changed,
+            vec![s.find("y").unwrap()],
+            "retain hands out each entry's slot"
+        );
         s.mark(changed[0], "y");
         assert_eq!(
             drained(&mut s),
@@ -421,7 +425,10 @@ mod tests {
             s.remove(i, id);
         }
         for (n, id) in ids.iter().enumerate() {
-            assert_eq!(s.find(id).map(|i| *s.get(i)), (n % 2 == 1).then_some(n as i64));
+            assert_eq!(
+                s.find(id).map(|i| *s.get(i)),
+                (n % 2 == 1).then_some(n as i64)
+            );
         }
         let out = drained(&mut s);
         assert_eq!(out.len(), 1_000);

@@ -9,9 +9,7 @@ use std::borrow::Cow;
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
-use super::{
-    decode_with, reject, Fields, Num, RawDelivery, RawOrder, RawPayment, Rejection, Str,
-};
+use super::{decode_with, reject, Fields, Num, RawDelivery, RawOrder, RawPayment, Rejection, Str};
 use crate::core::fx::FxTable;
 use crate::model::{DeadReason, Event, InputTopic};
 

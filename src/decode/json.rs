@@ -264,7 +264,9 @@ impl<'a> Reader<'a> {
             b'u' => {
                 let n = self.hex4()?;
                 let c = match n {
-                    0xDC00..=0xDFFF if strict => return syntax(self.at("lone surrogate in \\u escape")),
+                    0xDC00..=0xDFFF if strict => {
+                        return syntax(self.at("lone surrogate in \\u escape"))
+                    }
                     0xD800..=0xDBFF if strict => {
                         if self.peek() != Some(b'\\') {
                             return syntax(self.at("lone surrogate in \\u escape"));
