@@ -75,10 +75,11 @@ pub struct IdSlab<T> {
 /// What changed since the last drain.
 #[derive(Debug, Default)]
 struct Changes {
-    /// Slots changed, with the id each was changed for. A slot freed and taken
-    /// again may be listed twice: its bit in `listed` and its fingerprint have
-    /// it written once, under its id now.
-    slots: Vec<(u32, CompactString)>,
+    /// Slots changed, with the id each was changed for and its fingerprint
+    /// (read from the entry, so the drain need not hash the id again). A slot
+    /// freed and taken again may be listed twice: its bit in `listed` and the
+    /// fingerprint have it written once, under its id now.
+    slots: Vec<(u32, Fingerprint, CompactString)>,
     /// One bit per slot: set while listed in `slots` (a bit, not a flag in the
     /// entry: it keeps an order's entry small).
     listed: Vec<u64>,
@@ -184,7 +185,7 @@ impl<T: Default> IdSlab<T> {
             let (word, bit) = c.bit(i);
             if *word & bit == 0 {
                 *word |= bit;
-                c.slots.push((i, id.into()));
+                c.slots.push((i, self.entries[i as usize].id, id.into()));
             }
         }
     }
@@ -256,12 +257,12 @@ impl<T: Default> IdSlab<T> {
                 f(&id, None);
             }
         }
-        for (i, id) in c.slots.drain(..) {
+        for (i, fp, id) in c.slots.drain(..) {
             // Listed slots have their bit's word: marking made it.
             let (word, bit) = (&mut c.listed[i as usize / 64], 1 << (i % 64));
             let e = &self.entries[i as usize];
             // The slot may since hold another id, listed after this one.
-            if *word & bit != 0 && e.id == self.keys.of(&id) {
+            if *word & bit != 0 && e.id == fp {
                 *word &= !bit;
                 f(&id, Some(&e.value));
             }
