@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Installs what the tests need when it is missing: Debian packages for the
-# build (librdkafka is compiled from source), Prometheus/promtool, Chromium and
-# Node.js for the browser test, a JDK 17 and Maven for Apache Kafka, whose jars
+# build (librdkafka is compiled from source), Prometheus/promtool, Chromium,
+# Firefox ESR and Node.js for the browser tests, a JDK 17 and Maven for Apache
+# Kafka, whose jars
 # Maven then resolves from Maven Central (tests/kafka/pom.xml; kept in ~/.m2
-# after the first time), and playwright-core from the npm registry
+# after the first time), and puppeteer-core from the npm registry
 # (tests/browser/package-lock.json).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
-for pkg in build-essential pkg-config libssl-dev zlib1g-dev prometheus python3-yaml maven chromium; do
+for pkg in build-essential pkg-config libssl-dev zlib1g-dev prometheus python3-yaml maven chromium firefox-esr; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 # Node.js and npm, for the browser test: any already on PATH will do.
@@ -31,5 +32,5 @@ mkdir -p target
 mvn -q -B -f tests/kafka/pom.xml dependency:build-classpath \
   -Dmdep.outputFile="$PWD/target/kafka-classpath.txt"
 
-echo "installing playwright-core (tests/browser)"
+echo "installing puppeteer-core (tests/browser)"
 npm ci --prefix tests/browser --no-audit --no-fund --silent
