@@ -2,9 +2,8 @@
 # Installs what the tests need when it is missing: Debian packages for the
 # build (librdkafka is compiled from source), Prometheus/promtool, Chromium,
 # Firefox ESR and Node.js for the browser tests, a JDK 17 and Maven for Apache
-# Kafka, whose jars
-# Maven then resolves from Maven Central (tests/kafka/pom.xml; kept in ~/.m2
-# after the first time), and puppeteer-core from the npm registry
+# Kafka, whose jars Maven then resolves from Maven Central (tests/kafka/pom.xml;
+# kept in ~/.m2 after the first time), and puppeteer-core from the npm registry
 # (tests/browser/package-lock.json).
 set -euo pipefail
 cd "$(dirname "$0")/.."
