@@ -13,7 +13,8 @@
 //! latency part), LATENCY_SECONDS (default 60), SCREEN (default 1; 0 runs the
 //! jobs of every interval without the screen's reader), SCREEN_OFF_RUN
 //! (default 1; 0 skips the run without the screen), JOB_LOG (a path: the jobs' logs go to
-//! `{path}.{index}-{interval}`).
+//! `{path}.{index}-{interval}`), BASELINE_BIN (the `gmv` binary to run, for a
+//! baseline built from other code; default: this build's).
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -209,16 +210,18 @@ fn main() {
 /// its log in `path.{name}`.
 fn start_job(config: &std::path::Path, name: &str, screen: bool) -> Proc {
     Proc(
-        Command::new(env!("CARGO_BIN_EXE_gmv"))
-            .args(["run", "--config"])
-            .arg(config)
-            .env("GMV_METRICS__SCREEN", screen.to_string())
-            .stderr(match std::env::var("JOB_LOG") {
-                Ok(path) => Stdio::from(std::fs::File::create(format!("{path}.{name}")).unwrap()),
-                Err(_) => Stdio::null(),
-            })
-            .spawn()
-            .unwrap(),
+        Command::new(
+            std::env::var("BASELINE_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_gmv").into()),
+        )
+        .args(["run", "--config"])
+        .arg(config)
+        .env("GMV_METRICS__SCREEN", screen.to_string())
+        .stderr(match std::env::var("JOB_LOG") {
+            Ok(path) => Stdio::from(std::fs::File::create(format!("{path}.{name}")).unwrap()),
+            Err(_) => Stdio::null(),
+        })
+        .spawn()
+        .unwrap(),
     )
 }
 

@@ -1,0 +1,735 @@
+//! The harness of the end-to-end tests (`tests/e2e.rs`): the suite's
+//! constants, the job's config and processes (`gmv run` instances), each
+//! test's topics and group (`Stage`), traffic writers, readers of the output
+//! topics with their per-record checks, input and committed offset counts,
+//! chaos helpers (seeds, signals, open transactions, broker faults) and
+//! `assert_exact`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use gmv::config::{Config, TopicNames};
+use gmv::gen::traffic::{RecordKind, Traffic, TrafficConfig};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::Producer;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::ClientConfig;
+use serde_json::Value;
+
+use crate::reference::{reference, Expected};
+use crate::support::broker::{
+    create_topics, free_port, metric_sum, shared_broker, try_http_get, Kafka, Proc,
+};
+
+pub(crate) const PARTITIONS: i32 = 4;
+pub(crate) const RECORDS: usize = 60_000;
+pub(crate) const CHAOS_RECORDS: usize = 500_000;
+pub(crate) const BRAND_THRESHOLD_FEN: i64 = 1_000_000;
+pub(crate) const TOTAL_EVERY_FEN: i64 = 100_000_000;
+/// The figures of a `gmv-totals` record.
+pub(crate) const TOTAL_FIELDS: [&str; 6] = [
+    "gmv_fen",
+    "refund_fen",
+    "paid_orders",
+    "placed_orders",
+    "shipped_orders",
+    "delivered_orders",
+];
+
+/// The `gmv` binary, ended with the test thread that starts it even if the
+/// test process dies before it can kill it.
+pub(crate) fn gmv() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_gmv"));
+    // SAFETY: prctl is async-signal-safe.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        c.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    c
+}
+
+/// The job's settings for a test: its defaults (transactions on) but the
+/// broker, topics and group of the test, a short commit interval, and
+/// thresholds low enough to fire milestones. Writes the config; returns its
+/// path and the job's metrics port.
+fn write_config(
+    dir: &std::path::Path,
+    brokers: &str,
+    topics: &TopicNames,
+    group: &str,
+) -> (PathBuf, u16) {
+    let metrics_port = free_port();
+    let path = dir.join("gmv.toml");
+    let topic_lines: String = topics
+        .all()
+        .iter()
+        .map(|(role, name)| format!("{role} = \"{name}\"\n"))
+        .collect();
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[kafka]
+brokers = "{brokers}"
+group_id = "{group}"
+commit_interval_ms = 500
+# A member killed with SIGKILL holds its partitions until its session expires
+# (librdkafka's default 45 s): 6 s, the broker's minimum, keeps the chaos test short.
+[kafka.consumer_properties]
+"session.timeout.ms" = "6000"
+"heartbeat.interval.ms" = "1000"
+[topics]
+{topic_lines}
+[time]
+idle_timeout_ms = 3000
+emit_interval_ms = 500
+[milestones]
+brand_fen = [{BRAND_THRESHOLD_FEN}]
+channel_fen = [{BRAND_THRESHOLD_FEN}]
+total_every_fen = {TOTAL_EVERY_FEN}
+[metrics]
+listen = "127.0.0.1:{metrics_port}"
+"#
+        ),
+    )
+    .unwrap();
+    (path, metrics_port)
+}
+
+pub(crate) fn start_job(config: &std::path::Path) -> Proc {
+    start_instance(config, "0", None)
+}
+
+/// Starts `gmv run` as instance `id`; `metrics_port` overrides the config's.
+pub(crate) fn start_instance(
+    config: &std::path::Path,
+    id: &str,
+    metrics_port: Option<u16>,
+) -> Proc {
+    let mut cmd = gmv();
+    cmd.args(["run", "--instance-id", id, "--config"])
+        .arg(config);
+    if let Some(port) = metrics_port {
+        cmd.args(["--metrics-listen", &format!("127.0.0.1:{port}")]);
+    }
+    Proc(
+        cmd.stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting gmv run"),
+    )
+}
+
+// ---------- reading the outputs back ----------
+
+#[derive(Default)]
+pub(crate) struct Outputs {
+    pub(crate) windows: BTreeMap<String, Value>,
+    pub(crate) totals: BTreeMap<String, Value>,
+    pub(crate) milestone_records: Vec<(String, Value)>,
+    pub(crate) dead_letters: Vec<Value>,
+    /// The key's length of each dead letter (none: 0).
+    pub(crate) dead_letter_key_lens: Vec<usize>,
+}
+
+impl Outputs {
+    pub(crate) fn actual(&self) -> Expected {
+        let i = |v: &Value, f: &str| {
+            v[f].as_i64()
+                .unwrap_or_else(|| panic!("{f} missing in {v}")) as i128
+        };
+        let mut milestones = BTreeMap::new();
+        for (k, v) in &self.milestone_records {
+            milestones.insert(
+                k.clone(),
+                (v["crossed_at_ms"].as_i64().unwrap(), i(v, "gmv_fen")),
+            );
+        }
+        Expected {
+            windows: self
+                .windows
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        (
+                            i(v, "gmv_fen"),
+                            i(v, "refund_fen"),
+                            i(v, "paid_orders") as i64,
+                        ),
+                    )
+                })
+                .collect(),
+            totals: self
+                .totals
+                .iter()
+                .map(|(k, v)| (k.clone(), TOTAL_FIELDS.map(|f| i(v, f))))
+                .collect(),
+            milestones,
+        }
+    }
+}
+
+/// A reader of the four output topics from the beginning, `read_committed`
+/// (what the job's users see) unless `isolation` says otherwise.
+fn reader_with(stage: &Stage, isolation: &str) -> BaseConsumer {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &stage.brokers)
+        .set("group.id", "e2e-reader")
+        .set("isolation.level", isolation)
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "20")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for def in gmv::io::topics::definitions(&stage.cfg)[3..7].iter() {
+        for p in 0..def.partitions {
+            tpl.add_partition_offset(&def.name, p, Offset::Beginning)
+                .unwrap();
+        }
+    }
+    c.assign(&tpl).unwrap();
+    c
+}
+
+pub(crate) fn reader(stage: &Stage) -> BaseConsumer {
+    reader_with(stage, "read_committed")
+}
+
+pub(crate) fn drain(c: &BaseConsumer, out: &mut Outputs, for_at_least: Duration) {
+    let until = Instant::now() + for_at_least;
+    while Instant::now() < until {
+        let Some(Ok(m)) = c.poll(Duration::from_millis(50)) else {
+            continue;
+        };
+        let key = m
+            .key()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .unwrap_or_default();
+        let v: Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+        match m.topic().split_once('.').map_or(m.topic(), |(_, t)| t) {
+            "gmv-windows" => {
+                // Every record against the one before it for its key: a read_committed
+                // reader never sees work a crash made the job redo.
+                if let Some(prev) = out.windows.get(&key) {
+                    assert_ne!(prev["final"], true, "{key}: an update followed a final one");
+                    check_revision(&key, prev, &v);
+                }
+                out.windows.insert(key, v);
+            }
+            "gmv-totals" => {
+                if let Some(prev) = out.totals.get(&key) {
+                    for f in TOTAL_FIELDS {
+                        assert!(
+                            v[f].as_i64() >= prev[f].as_i64(),
+                            "{key}: {f} went backwards: {prev} then {v}"
+                        );
+                    }
+                    check_revision(&key, prev, &v);
+                }
+                out.totals.insert(key, v);
+            }
+            "milestones" => out.milestone_records.push((key, v)),
+            "dead-letters" => {
+                out.dead_letter_key_lens
+                    .push(m.key().map_or(0, <[u8]>::len));
+                out.dead_letters.push(v)
+            }
+            other => panic!("unexpected topic {other}"),
+        }
+    }
+}
+
+fn check_revision(key: &str, prev: &Value, v: &Value) {
+    let (a, b) = (
+        prev["revision"].as_u64().unwrap(),
+        v["revision"].as_u64().unwrap(),
+    );
+    assert_eq!(b, a + 1, "{key}: revision must grow by one");
+}
+
+/// Polls the outputs until they equal `want` (or the time is up, then shows the difference).
+pub(crate) fn wait_for(c: &BaseConsumer, out: &mut Outputs, want: &Expected, what: &str) {
+    if let Err(diff) = try_wait_for(c, out, want) {
+        panic!("{what}: outputs did not reach the expected state in time.\n{diff}");
+    }
+}
+
+/// Polls the outputs until they equal `want`; after 180 s, the difference.
+fn try_wait_for(c: &BaseConsumer, out: &mut Outputs, want: &Expected) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        drain(c, out, Duration::from_secs(2));
+        let got = out.actual();
+        let windows_final = out.windows.values().all(|w| w["final"] == true);
+        if got == *want && windows_final {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            let windows: Vec<_> = want
+                .windows
+                .iter()
+                .filter(|(k, v)| got.windows.get(*k) != Some(v))
+                .map(|(k, v)| format!("{k}: want {v:?} got {:?}", got.windows.get(k)))
+                .collect();
+            let totals: Vec<_> = want
+                .totals
+                .iter()
+                .filter(|(k, v)| got.totals.get(*k) != Some(v))
+                .map(|(k, v)| format!("{k}: want {v:?} got {:?}", got.totals.get(k)))
+                .collect();
+            let ms: Vec<_> = want
+                .milestones
+                .iter()
+                .filter(|(k, v)| got.milestones.get(*k) != Some(v))
+                .map(|(k, v)| format!("{k}: want {v:?} got {:?}", got.milestones.get(k)))
+                .collect();
+            // The overall figures show how much is off, not just where.
+            let overall: Vec<_> = windows
+                .iter()
+                .chain(&totals)
+                .filter(|l| l.starts_with("total|"))
+                .collect();
+            let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+            for d in &out.dead_letters {
+                *reasons.entry(d["reason"].to_string()).or_default() += 1;
+            }
+            return Err(format!(
+                " overall figures differing: {overall:#?}\n dead letters by reason (with repeats from redone work): {reasons:?}\n windows differing: {} (first 5: {:?})\n totals differing: {} (first 5: {:?})\n milestones differing: {} (first 5: {:?})\n windows: {} expected, {} seen; all final: {windows_final}",
+                windows.len(),
+                &windows[..windows.len().min(5)],
+                totals.len(),
+                &totals[..totals.len().min(5)],
+                ms.len(),
+                &ms[..ms.len().min(5)],
+                want.windows.len(),
+                got.windows.len(),
+            ));
+        }
+    }
+}
+
+pub(crate) type PartitionCounts = BTreeMap<(String, i32), i64>;
+
+/// Records per input partition: their end offsets (the writers are not transactional).
+pub(crate) fn input_counts(stage: &Stage) -> PartitionCounts {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &stage.brokers)
+        .create()
+        .unwrap();
+    let mut counts = PartitionCounts::new();
+    for t in stage.cfg.topics.inputs() {
+        for p in 0..PARTITIONS {
+            let (_, high) = c
+                .fetch_watermarks(t, p, Duration::from_secs(10))
+                .expect("end offsets of an input partition");
+            counts.insert((t.to_string(), p), high);
+        }
+    }
+    counts
+}
+
+/// The offsets a consumer group has committed for the input partitions.
+pub(crate) fn committed_offsets(stage: &Stage) -> PartitionCounts {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &stage.brokers)
+        .set("group.id", &stage.cfg.kafka.group_id)
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for t in stage.cfg.topics.inputs() {
+        for p in 0..PARTITIONS {
+            tpl.add_partition(t, p);
+        }
+    }
+    let committed = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    let out = committed
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some(((e.topic().to_string(), e.partition()), o)),
+            _ => None,
+        })
+        .collect();
+    // The list must go before the consumer (dropping them the other way round can hang).
+    drop(committed);
+    out
+}
+
+pub(crate) type InputWriter =
+    rdkafka::producer::ThreadedProducer<rdkafka::producer::DefaultProducerContext>;
+
+/// A test's topics (named `{name}.orders`, …) and group on the suite's
+/// broker, or on a broker of its own, and the job's config for them; the
+/// temporary folder goes when it is dropped.
+pub(crate) struct Stage {
+    /// The test's own broker, when it stops or restarts it.
+    own: Option<Kafka>,
+    pub(crate) brokers: String,
+    /// The topic names and group the job's config holds.
+    pub(crate) cfg: Config,
+    pub(crate) dir: PathBuf,
+    pub(crate) config: PathBuf,
+    pub(crate) metrics_port: u16,
+}
+
+impl Stage {
+    /// On the suite's shared broker.
+    pub(crate) fn new(name: &str) -> Stage {
+        Self::on(name, None)
+    }
+
+    /// On a broker of its own.
+    pub(crate) fn own_broker(name: &str) -> Stage {
+        Self::on(name, Some(Kafka::start()))
+    }
+
+    fn on(name: &str, own: Option<Kafka>) -> Stage {
+        let brokers = own
+            .as_ref()
+            .map_or_else(|| shared_broker().to_string(), Kafka::bootstrap);
+        let dir = std::env::temp_dir().join(format!("gmv-e2e-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut cfg = Config::default();
+        cfg.kafka.brokers = brokers.clone();
+        cfg.kafka.group_id = format!("gmv-e2e-{name}");
+        let t = &mut cfg.topics;
+        for name_of in [
+            &mut t.orders,
+            &mut t.payments,
+            &mut t.deliveries,
+            &mut t.gmv_windows,
+            &mut t.gmv_totals,
+            &mut t.milestones,
+            &mut t.dead_letters,
+            &mut t.repartition,
+            &mut t.attribution_changelog,
+            &mut t.aggregation_changelog,
+        ] {
+            *name_of = format!("{name}.{name_of}");
+        }
+        let (config, metrics_port) = write_config(&dir, &brokers, &cfg.topics, &cfg.kafka.group_id);
+        create_topics(&config, PARTITIONS);
+        Stage {
+            own,
+            brokers,
+            cfg,
+            dir,
+            config,
+            metrics_port,
+        }
+    }
+
+    /// The input topic's name for a generated record's topic.
+    pub(crate) fn input(&self, topic: gmv::model::InputTopic) -> &str {
+        self.cfg.topics.inputs()[gmv::model::InputTopic::ALL
+            .iter()
+            .position(|t| *t == topic)
+            .unwrap()]
+    }
+
+    /// Sends a generated record to this test's input topic.
+    pub(crate) fn send(&self, p: &InputWriter, r: &gmv::gen::traffic::GeneratedRecord) {
+        gmv::gen::writer::send(p, self.input(r.topic), r.key.as_deref(), &r.value).unwrap();
+    }
+
+    pub(crate) fn producer(&self) -> InputWriter {
+        gmv::gen::writer::producer(&self.cfg).unwrap()
+    }
+}
+
+impl Drop for Stage {
+    fn drop(&mut self) {
+        std::fs::remove_dir_all(&self.dir).ok();
+    }
+}
+
+/// Generated traffic spread over a few minutes of event time, so windows close and milestones fire.
+pub(crate) fn test_traffic(seed: u64) -> TrafficConfig {
+    TrafficConfig {
+        seed,
+        orders_per_sec: 300.0,
+        surge: 2.0,
+        surge_decay_ms: 30_000,
+        ..TrafficConfig::default()
+    }
+}
+
+/// SIGTERM: the instance commits, leaves the group and exits 0.
+pub(crate) fn stop_cleanly(mut job: Proc, id: &str) {
+    Command::new("kill")
+        .args(["-TERM", &job.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(
+        job.0.wait().unwrap().success(),
+        "instance {id} did not stop cleanly"
+    );
+}
+
+/// Instances of the job in one group, by slot, with their metrics ports.
+pub(crate) struct Instances<'a> {
+    stage: &'a Stage,
+    pub(crate) ids: Vec<&'static str>,
+    pub(crate) jobs: Vec<Option<Proc>>,
+    pub(crate) ports: Vec<u16>,
+}
+
+impl<'a> Instances<'a> {
+    pub(crate) fn new(stage: &'a Stage, ids: &[&'static str]) -> Self {
+        Instances {
+            stage,
+            ids: ids.to_vec(),
+            jobs: ids.iter().map(|_| None).collect(),
+            ports: ids.iter().map(|_| free_port()).collect(),
+        }
+    }
+
+    pub(crate) fn start(&mut self, i: usize) {
+        assert!(
+            self.jobs[i].is_none(),
+            "instance {} runs already",
+            self.ids[i]
+        );
+        self.ports[i] = free_port();
+        self.jobs[i] = Some(start_instance(
+            &self.stage.config,
+            self.ids[i],
+            Some(self.ports[i]),
+        ));
+    }
+
+    pub(crate) fn running(&self) -> Vec<usize> {
+        (0..self.ids.len())
+            .filter(|i| self.jobs[*i].is_some())
+            .collect()
+    }
+
+    /// Asserts that instance `i` is still running: it rode out what happened by itself.
+    pub(crate) fn assert_alive(&mut self, i: usize, after: &str) {
+        let job = self.jobs[i].as_mut().expect("the instance was started");
+        assert!(
+            job.0.try_wait().unwrap().is_none(),
+            "instance {} exited {after}",
+            self.ids[i]
+        );
+    }
+
+    /// SIGKILL: no flush, no commit, no leave.
+    pub(crate) fn kill(&mut self, i: usize) {
+        let mut j = self.jobs[i].take().expect("the instance runs");
+        j.0.kill().unwrap();
+        j.0.wait().unwrap();
+    }
+
+    pub(crate) fn stop(&mut self, i: usize) {
+        stop_cleanly(self.jobs[i].take().expect("the instance runs"), self.ids[i]);
+    }
+
+    pub(crate) fn pid(&self, i: usize) -> String {
+        self.jobs[i]
+            .as_ref()
+            .expect("the instance runs")
+            .0
+            .id()
+            .to_string()
+    }
+
+    /// Waits until the running instances own every task between them (their
+    /// `gmv_tasks`, steady for 3 s): after the last rebalance, no input or
+    /// repartition partition is left without an owner.
+    pub(crate) fn wait_until_every_task_is_owned(&self) {
+        let metadata = reader(self.stage)
+            .fetch_metadata(
+                Some(&self.stage.cfg.topics.repartition),
+                Duration::from_secs(10),
+            )
+            .expect("metadata of the repartition topic");
+        let tasks = (PARTITIONS as usize + metadata.topics()[0].partitions().len()) as f64;
+        let (deadline, mut steady, mut owned) = (Instant::now() + Duration::from_secs(90), 0, 0.0);
+        while Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(300));
+            owned = self
+                .running()
+                .into_iter()
+                .filter_map(|i| try_http_get(self.ports[i], "/metrics"))
+                .map(|m| metric_sum(&m, "gmv_tasks"))
+                .sum();
+            steady = if owned == tasks { steady + 1 } else { 0 };
+            if steady == 10 {
+                return;
+            }
+        }
+        panic!("the running instances own {owned} of {tasks} tasks after 90 s");
+    }
+
+    /// What the running instances dropped or saw late: where a difference comes from.
+    fn counters(&self) -> String {
+        self.running()
+            .into_iter()
+            .flat_map(|i| {
+                try_http_get(self.ports[i], "/metrics")
+                    .unwrap_or_default()
+                    .lines()
+                    .filter(|l| {
+                        [
+                            "gmv_late_partials_total",
+                            "gmv_dead_letters_total",
+                            "gmv_rebalances_total",
+                        ]
+                        .iter()
+                        .any(|m| l.starts_with(m))
+                    })
+                    .map(|l| format!("{}: {l}", self.ids[i]))
+                    .collect::<Vec<_>>()
+            })
+            .collect::<Vec<_>>()
+            .join("\n  ")
+    }
+}
+
+/// A seed from E2E_CHAOS_SEED or the clock, printed so a failure can be replayed.
+pub(crate) fn chaos_rng(test: &str) -> (u64, rand_chacha::ChaCha8Rng) {
+    use rand::SeedableRng;
+    let seed: u64 = std::env::var("E2E_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    println!("{test}: seed {seed} (E2E_CHAOS_SEED={seed} replays it)");
+    (seed, rand_chacha::ChaCha8Rng::seed_from_u64(seed))
+}
+
+/// Generated traffic written at `per_sec` records/s on a thread of its own, so
+/// faults land mid-stream; returns what the outputs must come to and the writer.
+pub(crate) fn traffic_in_background(
+    stage: &Stage,
+    seed: u64,
+    records: usize,
+    per_sec: u64,
+) -> (Expected, std::thread::JoinHandle<()>) {
+    let records: Vec<_> = Traffic::new(test_traffic(seed)).take(records).collect();
+    let good: Vec<(String, Value)> = records
+        .iter()
+        .filter(|r| !matches!(r.kind, RecordKind::Bad(_)))
+        .map(|r| {
+            (
+                r.topic.label().to_string(),
+                serde_json::from_slice(&r.value).unwrap(),
+            )
+        })
+        .collect();
+    let want = reference(&good);
+    let (cfg, inputs) = (stage.cfg.clone(), stage.cfg.topics.clone());
+    let writer = std::thread::spawn(move || {
+        let p = gmv::gen::writer::producer(&cfg).unwrap();
+        let started = Instant::now();
+        for (i, r) in records.iter().enumerate() {
+            let topic = inputs.inputs()[gmv::model::InputTopic::ALL
+                .iter()
+                .position(|t| *t == r.topic)
+                .unwrap()];
+            gmv::gen::writer::send(&p, topic, r.key.as_deref(), &r.value).unwrap();
+            if let Some(ahead) =
+                Duration::from_micros(i as u64 * 1_000_000 / per_sec).checked_sub(started.elapsed())
+            {
+                std::thread::sleep(ahead);
+            }
+        }
+        p.flush(Duration::from_secs(60)).unwrap();
+    });
+    (want, writer)
+}
+
+/// The final outputs equal `want` for a read_committed reader (whose every
+/// record `drain` checks against the one before: no figure going back, no
+/// update after a final window, revisions growing by one), with exactly one
+/// record per milestone. Returns what it read.
+pub(crate) fn assert_exact(
+    stage: &Stage,
+    instances: &Instances,
+    want: &Expected,
+    what: &str,
+) -> Outputs {
+    let mut out = Outputs::default();
+    if let Err(diff) = try_wait_for(&reader(stage), &mut out, want) {
+        let stored: i64 = input_counts(stage).values().sum();
+        panic!(
+            "{what}: outputs did not reach the expected state in time.\n{diff}\n input records in the topics: {stored}\n counters of the running instances since their last start:\n  {}",
+            instances.counters()
+        );
+    }
+    let mut by_key: BTreeMap<&String, usize> = BTreeMap::new();
+    for (k, _) in &out.milestone_records {
+        *by_key.entry(k).or_default() += 1;
+    }
+    for (k, n) in &by_key {
+        assert_eq!(*n, 1, "{what}: milestone {k} was emitted {n} times");
+    }
+    assert_eq!(by_key.len(), want.milestones.len(), "{what}: milestones");
+    out
+}
+
+/// Whether a transaction is open in any partition the job writes: a
+/// read_committed reader's end (the last stable offset) is then behind the
+/// high watermark. Returns such a partition and its high watermark.
+pub(crate) fn open_transaction(stage: &Stage) -> Option<(String, i32, i64)> {
+    let client = |isolation| -> BaseConsumer {
+        ClientConfig::new()
+            .set("bootstrap.servers", &stage.brokers)
+            .set("isolation.level", isolation)
+            .create()
+            .unwrap()
+    };
+    let (committed, all) = (client("read_committed"), client("read_uncommitted"));
+    let md = all.fetch_metadata(None, Duration::from_secs(10)).unwrap();
+    let ours: Vec<&str> = stage.cfg.topics.all()[3..]
+        .iter()
+        .map(|(_, n)| *n)
+        .collect();
+    for t in md.topics().iter().filter(|t| ours.contains(&t.name())) {
+        for p in t.partitions() {
+            let w = Duration::from_secs(10);
+            let (_, stable) = committed.fetch_watermarks(t.name(), p.id(), w).unwrap();
+            let (_, high) = all.fetch_watermarks(t.name(), p.id(), w).unwrap();
+            if stable < high {
+                return Some((t.name().to_string(), p.id(), high));
+            }
+        }
+    }
+    None
+}
+
+pub(crate) fn signal(pid: &str, sig: &str) {
+    assert!(Command::new("kill")
+        .args([sig, pid])
+        .status()
+        .unwrap()
+        .success());
+}
+
+/// Runs one instance on a broker of its own with traffic flowing, does
+/// `fault` to the broker, and asserts that the results are exact and that the
+/// instance rode the fault out by itself (it still runs).
+pub(crate) fn broker_fault(name: &str, what: &str, fault: impl FnOnce(&Kafka)) {
+    let (seed, _) = chaos_rng(what);
+    let stage = Stage::own_broker(name);
+    let (want, writer) = traffic_in_background(&stage, seed, 150_000, 5_000);
+    let mut cluster = Instances::new(&stage, &["a"]);
+    cluster.start(0);
+    cluster.wait_until_every_task_is_owned();
+    std::thread::sleep(Duration::from_secs(3));
+    fault(stage.own.as_ref().expect("a broker of its own"));
+    writer.join().unwrap();
+    assert_exact(&stage, &cluster, &want, &format!("after {what}"));
+    cluster.assert_alive(0, &format!("after {what}"));
+}
