@@ -71,15 +71,49 @@ pub struct Waiting {
     pub what: Joinable,
 }
 
+/// An event time in six bytes, 2-aligned: event times are at most
+/// `decode::MAX_TS_MS` (9·10¹², below 2⁴⁴), and `i64::MAX` ("no paid payment
+/// yet") is kept as 2⁴⁸ − 1. It keeps an order's slot at 28 bytes and an id's
+/// entry at 20, in slabs of millions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Ms48([u16; 3]);
+
+const MS48_NEVER: u64 = (1 << 48) - 1;
+
+impl Ms48 {
+    fn new(ms: i64) -> Self {
+        let v = if ms == i64::MAX {
+            MS48_NEVER
+        } else {
+            u64::try_from(ms)
+                .ok()
+                .filter(|&v| v < MS48_NEVER)
+                .expect("event times are validated to 0 ..= decode::MAX_TS_MS")
+        };
+        Ms48([v as u16, (v >> 16) as u16, (v >> 32) as u16])
+    }
+
+    fn get(self) -> i64 {
+        let v = u64::from(self.0[0]) | u64::from(self.0[1]) << 16 | u64::from(self.0[2]) << 32;
+        if v == MS48_NEVER {
+            i64::MAX
+        } else {
+            v as i64
+        }
+    }
+}
+
+const _: () = assert!(crate::decode::MAX_TS_MS < MS48_NEVER as i64);
+
 /// What is known of one order id: the order, and events waiting for it.
 /// The order's fields are kept flat, not as an `Option<OrderInfo>`, and the
-/// waiting events apart, so that with its id's fingerprint a slab entry is 48
+/// waiting events apart, so that with its id's fingerprint a slab entry is 40
 /// bytes, in a slab of millions.
 #[derive(Debug)]
 struct Slot {
     /// The order's fields below are meaningful only when `has_order`.
-    ts_ms: i64,
-    first_paid_ms: i64,
+    ts_ms: Ms48,
+    first_paid_ms: Ms48,
     brand: u32,
     channel: u32,
     /// Its list in [`JoinState::lists`], or [`NO_LIST`]: most orders never
@@ -92,13 +126,15 @@ struct Slot {
 
 const NO_LIST: u32 = u32::MAX;
 
-const _: () = assert!(std::mem::size_of::<Slot>() == 32);
+const _: () = assert!(std::mem::size_of::<Slot>() == 28);
+const _: () = assert!(IdSlab::<Slot>::ENTRY_BYTES == 40);
+const _: () = assert!(IdSlab::<Ms48>::ENTRY_BYTES == 20);
 
 impl Default for Slot {
     fn default() -> Self {
         Slot {
-            ts_ms: 0,
-            first_paid_ms: i64::MAX,
+            ts_ms: Ms48::new(0),
+            first_paid_ms: Ms48::new(i64::MAX),
             brand: 0,
             channel: 0,
             waiting: NO_LIST,
@@ -116,8 +152,8 @@ impl Slot {
                 channel: self.channel,
                 country: self.country as u32,
             },
-            ts_ms: self.ts_ms,
-            first_paid_ms: self.first_paid_ms,
+            ts_ms: self.ts_ms.get(),
+            first_paid_ms: self.first_paid_ms.get(),
         })
     }
 
@@ -131,7 +167,7 @@ impl Slot {
         let a = o.attribution;
         (self.brand, self.channel) = (a.brand, a.channel);
         self.country = u16::try_from(a.country).expect("country ids fit 16 bits");
-        (self.ts_ms, self.first_paid_ms) = (o.ts_ms, o.first_paid_ms);
+        (self.ts_ms, self.first_paid_ms) = (Ms48::new(o.ts_ms), Ms48::new(o.first_paid_ms));
     }
 
     /// Records a `paid` payment's time if it is the order's first; says whether it was.
@@ -143,9 +179,9 @@ impl Slot {
                 ..
             }
         );
-        let first = paid && w.ts_ms < self.first_paid_ms;
+        let first = paid && w.ts_ms < self.first_paid_ms.get();
         if first {
-            self.first_paid_ms = w.ts_ms;
+            self.first_paid_ms = Ms48::new(w.ts_ms);
         }
         first
     }
@@ -409,7 +445,7 @@ impl JoinState {
         let mut forgotten = 0;
         let mut changed = Vec::new();
         self.slots.retain(|i, s| {
-            if !(s.has_order && s.ts_ms < limit_ms) {
+            if !(s.has_order && s.ts_ms.get() < limit_ms) {
                 return true;
             }
             s.set_order(None);
@@ -439,7 +475,7 @@ impl JoinState {
 /// Ids seen, with their event time, to drop repeats within `dedup_ttl`.
 #[derive(Debug, Default)]
 pub struct Dedup {
-    seen: IdSlab<i64>,
+    seen: IdSlab<Ms48>,
 }
 
 impl Dedup {
@@ -456,7 +492,7 @@ impl Dedup {
     /// Each id changed since the last call, once, with the event time it was
     /// seen at (`None`: forgotten).
     pub fn drain_changes(&mut self, mut f: impl FnMut(&str, Option<i64>)) {
-        self.seen.drain_changes(|id, ts| f(id, ts.copied()));
+        self.seen.drain_changes(|id, ts| f(id, ts.map(|t| t.get())));
     }
 
     /// Puts back a seen id, or forgets it (`None`; restore, oldest first).
@@ -464,7 +500,7 @@ impl Dedup {
         match ts_ms {
             Some(ts) => {
                 let (i, _) = self.seen.slot_of(id);
-                *self.seen.get_mut(i) = ts;
+                *self.seen.get_mut(i) = Ms48::new(ts);
             }
             None => {
                 if let Some(i) = self.seen.find(id) {
@@ -483,10 +519,10 @@ impl Dedup {
     pub fn first_copy(&mut self, id: &str, ts_ms: i64, ttl_ms: i64) -> bool {
         let (i, made) = self.seen.slot_of(id);
         let seen = self.seen.get_mut(i);
-        if !made && (ts_ms - *seen).abs() <= ttl_ms {
+        if !made && (ts_ms - seen.get()).abs() <= ttl_ms {
             return false;
         }
-        *seen = ts_ms;
+        *seen = Ms48::new(ts_ms);
         self.seen.mark(i, id);
         true
     }
@@ -495,7 +531,7 @@ impl Dedup {
     /// would be late. Not written to the changelog (the ids are not kept): a
     /// restore sweeps again.
     pub fn sweep(&mut self, limit_ms: i64) {
-        self.seen.retain(|_, ts| *ts >= limit_ms);
+        self.seen.retain(|_, ts| ts.get() >= limit_ms);
     }
 
     /// Bytes held (see [`IdSlab::heap_bytes`]).
@@ -515,6 +551,14 @@ impl Dedup {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_times_keep_their_value_in_six_bytes() {
+        for ms in [0, 1, 65_535, 65_536, 1_794_326_472_123, crate::decode::MAX_TS_MS, i64::MAX] {
+            assert_eq!(Ms48::new(ms).get(), ms);
+        }
+        assert!(Ms48::new(5) != Ms48::new(5 + (1 << 32)));
+    }
 
     /// `w` for `order_id`, which has no order yet: parked.
     fn park(j: &mut JoinState, order_id: &str, w: Waiting) {

@@ -8,21 +8,29 @@
 //! id up again. That look-up, cold, was a fifth of the job's loop
 //! (docs/performance.md).
 //!
-//! An entry keeps its id as a 128-bit fingerprint, not as the id's bytes (16
+//! An entry keeps its id as a 96-bit fingerprint, not as the id's bytes (12
 //! bytes, not 24 and a heap block past 24; docs/performance.md, "Memory per
 //! open order"). The fingerprint is a keyed hash with keys drawn at random per
 //! process, so no producer can aim two ids at one fingerprint; two of the
-//! ids a task holds share one by chance with a probability of about n²/2¹²⁹
-//! (10⁻²³ for 50 million). The table's own hash is half of it: ids whose
-//! table hashes collide are told apart by the other half (tested below). The
-//! ids themselves are kept only as long as the changelog needs them: those
+//! ids a task holds share one by chance with a probability of about n²/2⁹⁷
+//! (1.6·10⁻¹⁴ for 50 million). The table's own hash is 64 bits of it: ids
+//! whose table hashes collide are told apart by the other 32 (tested below).
+//! The ids themselves are kept only as long as the changelog needs them: those
 //! changed since the last drain.
 
 use compact_str::CompactString;
 
-/// An id's fingerprint. Two `u64`s, not a `u128`, to keep entries 8-aligned.
+/// An id's fingerprint. Three `u32`s: 4-aligned, so an entry whose value is
+/// 4-aligned too takes no padding (an order's entry is 40 bytes, an id's 20).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Fingerprint([u64; 2]);
+struct Fingerprint([u32; 3]);
+
+impl Fingerprint {
+    /// The table's hash: the first 64 bits.
+    fn table(self) -> u64 {
+        u64::from(self.0[0]) | u64::from(self.0[1]) << 32
+    }
+}
 
 /// The keyed hash behind fingerprints.
 #[derive(Debug)]
@@ -50,7 +58,7 @@ impl Keys {
         let table = self.table.hash_one(id);
         #[cfg(test)]
         let table = if self.weak { table & 0xF } else { table };
-        Fingerprint([table, self.check.hash_one(id)])
+        Fingerprint([table as u32, (table >> 32) as u32, self.check.hash_one(id) as u32])
     }
 }
 
@@ -97,6 +105,11 @@ impl Changes {
     }
 }
 
+impl<T> IdSlab<T> {
+    /// Bytes of one entry (the fingerprint and the value).
+    pub const ENTRY_BYTES: usize = std::mem::size_of::<Entry<T>>();
+}
+
 impl<T: Default> IdSlab<T> {
     /// Starts listing changes, for a changelog.
     pub fn track_changes(&mut self) {
@@ -110,7 +123,7 @@ impl<T: Default> IdSlab<T> {
         let entries = &self.entries;
         let reserved = self
             .index
-            .try_reserve(n, |&i| entries[i as usize].id.0[0])
+            .try_reserve(n, |&i| entries[i as usize].id.table())
             .is_ok()
             && self.entries.try_reserve(n).is_ok();
         if reserved {
@@ -138,7 +151,7 @@ impl<T: Default> IdSlab<T> {
     fn find_fp(&self, fp: Fingerprint) -> Option<u32> {
         let entries = &self.entries;
         self.index
-            .find(fp.0[0], |&i| entries[i as usize].id == fp)
+            .find(fp.table(), |&i| entries[i as usize].id == fp)
             .copied()
     }
 
@@ -152,9 +165,9 @@ impl<T: Default> IdSlab<T> {
         let fp = self.keys.of(id);
         let entries = &self.entries;
         let entry = self.index.entry(
-            fp.0[0],
+            fp.table(),
             |&i| entries[i as usize].id == fp,
-            |&i| entries[i as usize].id.0[0],
+            |&i| entries[i as usize].id.table(),
         );
         match entry {
             hashbrown::hash_table::Entry::Occupied(e) => (*e.get(), false),
@@ -212,7 +225,7 @@ impl<T: Default> IdSlab<T> {
 
     fn free_slot(&mut self, i: u32) {
         let fp = self.entries[i as usize].id;
-        if let Ok(e) = self.index.find_entry(fp.0[0], |&j| j == i) {
+        if let Ok(e) = self.index.find_entry(fp.table(), |&j| j == i) {
             e.remove();
         }
         self.entries[i as usize] = Entry::default();
@@ -416,7 +429,7 @@ mod tests {
             s.mark(i, id);
         }
         assert_eq!(s.len(), ids.len());
-        assert!(s.entries.iter().map(|e| e.id.0[0]).all(|h| h < 16));
+        assert!(s.entries.iter().map(|e| e.id.table()).all(|h| h < 16));
         for (n, id) in ids.iter().enumerate() {
             assert_eq!(*s.get(s.find(id).unwrap()), n as i64, "{id}");
         }
