@@ -58,7 +58,11 @@ impl Keys {
         let table = self.table.hash_one(id);
         #[cfg(test)]
         let table = if self.weak { table & 0xF } else { table };
-        Fingerprint([table as u32, (table >> 32) as u32, self.check.hash_one(id) as u32])
+        Fingerprint([
+            table as u32,
+            (table >> 32) as u32,
+            self.check.hash_one(id) as u32,
+        ])
     }
 }
 

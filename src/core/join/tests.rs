@@ -1,0 +1,246 @@
+use super::*;
+
+#[test]
+fn event_times_keep_their_value_in_six_bytes() {
+    for ms in [
+        0,
+        1,
+        65_535,
+        65_536,
+        1_794_326_472_123,
+        crate::decode::MAX_TS_MS,
+        i64::MAX,
+    ] {
+        assert_eq!(Ms48::new(ms).get(), ms);
+    }
+    assert!(Ms48::new(5) != Ms48::new(5 + (1 << 32)));
+}
+
+/// `w` for `order_id`, which has no order yet: parked.
+fn park(j: &mut JoinState, order_id: &str, w: Waiting) {
+    assert_eq!(
+        j.attach(order_id, w),
+        Attach::Parked,
+        "no order yet: parked"
+    );
+}
+
+fn attr(b: u32) -> Attribution {
+    Attribution {
+        brand: b,
+        channel: NO_CHANNEL,
+        country: 0,
+    }
+}
+
+fn pay(ts: i64, deadline: i64) -> Waiting {
+    Waiting {
+        ts_ms: ts,
+        deadline_ms: deadline,
+        what: Joinable::Payment {
+            kind: PaymentKind::Paid,
+            amount_fen: 1,
+        },
+    }
+}
+
+#[test]
+fn restored_values_replace_earlier_ones_and_none_forgets() {
+    let mut j = JoinState::default();
+    let order = OrderInfo {
+        attribution: attr(1),
+        ts_ms: 10,
+        first_paid_ms: i64::MAX,
+    };
+    // As a replay of batches: a payment waits, its order comes, the id is forgotten.
+    j.restore("a", Some((None, vec![pay(5, 100), pay(6, 100)])));
+    j.restore("b", Some((Some(order), vec![])));
+    assert_eq!((j.order_count(), j.waiting_count()), (1, 2));
+    j.restore("a", Some((Some(order), vec![])));
+    assert_eq!((j.order_count(), j.waiting_count()), (2, 0));
+    assert_eq!(j.order("a"), Some(order));
+    j.restore("a", None);
+    j.restore("c", None);
+    assert_eq!((j.order_count(), j.waiting_count()), (1, 0));
+    assert!(j.order("a").is_none());
+    // The replaced value's deadline is still in the heap: it releases nothing.
+    let mut released = 0;
+    j.expire(1_000, |_| released += 1);
+    assert_eq!(released, 0);
+    let mut d = Dedup::default();
+    d.restore("p", Some(1));
+    d.restore("q", Some(2));
+    d.restore("p", None);
+    assert_eq!(d.len(), 1);
+    assert!(d.first_copy("p", 1, 10) && !d.first_copy("q", 2, 10));
+}
+
+#[test]
+fn waiting_events_are_released_by_their_order() {
+    let mut j = JoinState::default();
+    park(&mut j, "o1", pay(10, 100));
+    park(&mut j, "o1", pay(20, 110));
+    assert_eq!(j.waiting_count(), 2);
+    let info = OrderInfo {
+        attribution: attr(3),
+        ts_ms: 30,
+        first_paid_ms: i64::MAX,
+    };
+    let paid = OrderInfo {
+        first_paid_ms: 10,
+        ..info
+    };
+    assert_eq!(
+        j.insert_order("o1", info, 0),
+        Ok((paid, vec![pay(10, 100), pay(20, 110)])),
+        "released with the first paid payment's time on the order"
+    );
+    assert_eq!(j.order("o1"), Some(paid));
+    assert_eq!(j.waiting_count(), 0);
+    let mut expired = vec![];
+    j.expire(1_000, |w| expired.push(w));
+    assert!(expired.is_empty(), "released events do not time out too");
+}
+
+#[test]
+fn waiting_events_expire_by_deadline_only() {
+    let mut j = JoinState::default();
+    park(&mut j, "o1", pay(10, 100));
+    park(&mut j, "o1", pay(50, 150));
+    park(&mut j, "o2", pay(20, 120));
+    let mut expired = vec![];
+    j.expire(99, |w| expired.push(w.ts_ms));
+    assert!(expired.is_empty());
+    j.expire(120, |w| expired.push(w.ts_ms));
+    expired.sort();
+    assert_eq!(expired, vec![10, 20]);
+    assert_eq!(j.waiting_count(), 1);
+    let released = j.insert_order(
+        "o1",
+        OrderInfo {
+            attribution: attr(1),
+            ts_ms: 0,
+            first_paid_ms: i64::MAX,
+        },
+        0,
+    );
+    assert_eq!(released.map(|r| r.1), Ok(vec![pay(50, 150)]));
+    let info = OrderInfo {
+        attribution: attr(1),
+        ts_ms: 5,
+        first_paid_ms: i64::MAX,
+    };
+    assert_eq!(
+        j.insert_order("o1", info, 10),
+        Err(DuplicateOrder),
+        "within dedup_ttl"
+    );
+    assert_eq!(j.order_count(), 1);
+    j.sweep_orders(6);
+    assert_eq!(j.order_count(), 0);
+}
+
+#[test]
+fn dedup_within_ttl_and_again_after() {
+    let mut d = Dedup::default();
+    assert!(d.first_copy("p1", 1_000, 3_600_000));
+    assert!(!d.first_copy("p1", 1_000, 3_600_000));
+    assert!(
+        !d.first_copy("p1", 3_601_000, 3_600_000),
+        "exactly ttl apart is still a repeat"
+    );
+    assert!(
+        d.first_copy("p1", 3_601_001, 3_600_000),
+        "more than ttl apart counts again"
+    );
+    d.sweep(3_601_002);
+    assert!(d.is_empty());
+}
+
+/// What a drain hands out, by id (the order across ids is not kept).
+fn drained(j: &mut JoinState) -> Vec<(String, Option<Option<OrderInfo>>, usize)> {
+    let mut out = vec![];
+    j.drain_changes(|id, slot| {
+        out.push((
+            id.to_string(),
+            slot.map(|s| s.0),
+            slot.map_or(0, |s| s.1.len()),
+        ))
+    });
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+#[test]
+fn changes_drain_once_per_id_with_the_current_value() {
+    let mut j = JoinState::default();
+    let info = |ts| OrderInfo {
+        attribution: attr(1),
+        ts_ms: ts,
+        first_paid_ms: i64::MAX,
+    };
+    j.insert_order("untracked", info(1), 0).unwrap();
+    j.track_changes();
+    assert!(
+        drained(&mut j).is_empty(),
+        "changes before tracking are not listed"
+    );
+    park(&mut j, "o1", pay(10, 100));
+    // The parked payment is released, and its time recorded as the first paid.
+    j.insert_order("o1", info(5), 0).unwrap();
+    park(&mut j, "o2", pay(20, 50));
+    let paid = OrderInfo {
+        first_paid_ms: 10,
+        ..info(5)
+    };
+    assert_eq!(
+        drained(&mut j),
+        vec![
+            ("o1".into(), Some(Some(paid)), 0),
+            ("o2".into(), Some(None), 1)
+        ]
+    );
+    assert!(drained(&mut j).is_empty(), "each change is drained once");
+    // o2 expires (removed), then is made anew in the same interval.
+    j.expire(60, |_| {});
+    assert_eq!(drained(&mut j), vec![("o2".into(), None, 0)]);
+    park(&mut j, "o3", pay(20, 50));
+    j.expire(60, |_| {});
+    j.insert_order("o3", info(7), 0).unwrap();
+    assert!(matches!(j.attach("o1", pay(8, 100)), Attach::Joined(_)));
+    assert_eq!(
+        drained(&mut j),
+        vec![
+            (
+                "o1".into(),
+                Some(Some(OrderInfo {
+                    first_paid_ms: 8,
+                    ..info(5)
+                })),
+                0
+            ),
+            ("o3".into(), Some(Some(info(7))), 0),
+        ],
+        "a slot removed and made anew is written once, with its current value"
+    );
+    j.sweep_orders(6);
+    assert!(
+        drained(&mut j).is_empty(),
+        "swept orders are not written (a restore sweeps again)"
+    );
+    assert!(j.order("o1").is_none() && j.order("untracked").is_none());
+    assert_eq!(j.order("o3"), Some(info(7)));
+    // A slot freed and taken by another id in the same interval: the first
+    // id's removal and the second's value, each once.
+    park(&mut j, "o5", pay(30, 40));
+    j.expire(60, |_| {});
+    j.insert_order("o6", info(9), 0).unwrap();
+    assert_eq!(
+        drained(&mut j),
+        vec![
+            ("o5".into(), None, 0),
+            ("o6".into(), Some(Some(info(9))), 0)
+        ]
+    );
+    assert_eq!((j.order_count(), j.waiting_count()), (2, 0));
+}
