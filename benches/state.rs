@@ -10,9 +10,12 @@
 //!   order, with the payment and delivery ids held (the process's resident
 //!   memory would count the generator's own queues too);
 //! - the engine's rate over the whole run, and over its last tenth (the state
-//!   at its largest), with the generation of the records not timed.
+//!   at its largest), with the generation of the records not timed;
+//! - the longest time one chunk of 10,000 records took: a store that grows
+//!   by copying itself stalls the loop that long.
 //!
-//! `cargo bench --bench state`
+//! `cargo bench --bench state`; `RESERVE=0` leaves the state unsized, as a job
+//! without `state.expected_orders` runs.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -39,8 +42,8 @@ fn main() {
                 .expect("SIZES: numbers separated by commas")
         })
         .collect();
-    println!("| open orders | payment and delivery ids | bytes per open order | events/s, whole run | events/s, last tenth |");
-    println!("|---|---|---|---|---|");
+    println!("| open orders | payment and delivery ids | bytes per open order | events/s, whole run | events/s, last tenth | slowest 10,000 records, ms |");
+    println!("|---|---|---|---|---|---|");
     for n in sizes {
         let out = std::process::Command::new(std::env::current_exe().expect("own path"))
             .env("GMV_STATE_BENCH_CHILD", n.to_string())
@@ -73,16 +76,19 @@ fn child(orders: usize) {
     // 2% over: the orders fall unevenly on partitions, and a slab that fills
     // its room doubles it.
     let per_task = (orders + orders / 50).div_ceil(PARTITIONS as usize);
-    assert!(
-        job.engine_mut().reserve_orders(per_task),
-        "memory for {orders} orders"
-    );
-    // The reserved room is faulted in on a thread of its own: let it finish.
-    std::thread::sleep(Duration::from_millis(200 + orders as u64 / 50_000));
+    if std::env::var("RESERVE").as_deref() != Ok("0") {
+        assert!(
+            job.engine_mut().reserve_orders(per_task),
+            "memory for {orders} orders"
+        );
+        // The reserved room is faulted in on a thread of its own: let it finish.
+        std::thread::sleep(Duration::from_millis(200 + orders as u64 / 50_000));
+    }
     let mut out = Vec::with_capacity(1 << 16);
     let mut offsets = [0i64; 3];
     let (mut events, mut busy) = (0u64, Duration::ZERO);
     let (mut tail_events, mut tail_busy) = (0u64, Duration::ZERO);
+    let mut slowest = Duration::ZERO;
     loop {
         let held = job.engine().state_size().orders;
         if held >= orders {
@@ -112,6 +118,7 @@ fn child(orders: usize) {
         out.clear();
         let spent = t.elapsed();
         busy += spent;
+        slowest = slowest.max(spent);
         events += CHUNK as u64;
         if tail {
             tail_busy += spent;
@@ -123,11 +130,12 @@ fn child(orders: usize) {
     let size = job.engine().state_size();
     let per_order = size.order_bytes as f64 / size.orders as f64;
     println!(
-        "| {} | {} | {:.1} | {:.0} | {:.0} |",
+        "| {} | {} | {:.1} | {:.0} | {:.0} | {:.0} |",
         size.orders,
         size.dedup_ids,
         per_order,
         events as f64 / busy.as_secs_f64(),
         tail_events as f64 / tail_busy.as_secs_f64(),
+        slowest.as_secs_f64() * 1e3,
     );
 }

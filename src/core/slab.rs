@@ -72,9 +72,102 @@ struct Entry<T> {
     value: T,
 }
 
+/// Entries per chunk of [`Chunks`] past the first: 2.6 MB of orders' entries.
+const CHUNK_BITS: u32 = 16;
+const CHUNK: usize = 1 << CHUNK_BITS;
+
+/// The slab's entries, in chunks of [`CHUNK`]: growing adds a chunk and moves
+/// no entry. A `Vec` that doubles copies every entry, holds both copies
+/// meanwhile, and leaves up to half its room unused after: a job without
+/// `state.expected_orders` held 101–104 bytes per open order at 10 and 50
+/// million, 75–83 in chunks (docs/performance.md). The first chunk grows as
+/// a `Vec` does, so a small task holds little.
+#[derive(Debug)]
+struct Chunks<T> {
+    chunks: Vec<Vec<Entry<T>>>,
+    len: usize,
+}
+
+impl<T> Default for Chunks<T> {
+    fn default() -> Self {
+        Chunks {
+            chunks: Vec::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<T> Chunks<T> {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn push(&mut self, e: Entry<T>) {
+        let c = self.len >> CHUNK_BITS;
+        if c == self.chunks.len() {
+            self.chunks
+                .push(Vec::with_capacity(if c == 0 { 0 } else { CHUNK }));
+        }
+        let chunk = &mut self.chunks[c];
+        if chunk.len() == chunk.capacity() {
+            // The first chunk, or one reserved in part: doubles, up to `CHUNK`.
+            chunk.reserve_exact((chunk.capacity() * 2).clamp(4, CHUNK) - chunk.len());
+        }
+        chunk.push(e);
+        self.len += 1;
+    }
+
+    /// Room for `n` more entries; the new room's address ranges (to fault
+    /// in), or `None` if the memory was refused.
+    fn try_reserve(&mut self, n: usize) -> Option<Vec<(usize, usize)>> {
+        let want = self.len.checked_add(n)?;
+        let mut fresh = Vec::new();
+        let mut c = 0;
+        while c * CHUNK < want {
+            if c == self.chunks.len() {
+                self.chunks.try_reserve(1).ok()?;
+                self.chunks.push(Vec::new());
+            }
+            let chunk = &mut self.chunks[c];
+            let room = (want - c * CHUNK).min(CHUNK);
+            if chunk.capacity() < room {
+                chunk.try_reserve_exact(room - chunk.len()).ok()?;
+            }
+            let spare = chunk.spare_capacity_mut();
+            fresh.push((spare.as_ptr() as usize, std::mem::size_of_val(spare)));
+            c += 1;
+        }
+        Some(fresh)
+    }
+
+    fn heap_bytes(&self) -> usize {
+        let entries: usize = self.chunks.iter().map(Vec::capacity).sum();
+        entries * std::mem::size_of::<Entry<T>>()
+            + self.chunks.capacity() * std::mem::size_of::<Vec<Entry<T>>>()
+    }
+
+    #[cfg(test)]
+    fn iter(&self) -> impl Iterator<Item = &Entry<T>> {
+        self.chunks.iter().flatten()
+    }
+}
+
+impl<T> std::ops::Index<usize> for Chunks<T> {
+    type Output = Entry<T>;
+    fn index(&self, i: usize) -> &Entry<T> {
+        &self.chunks[i >> CHUNK_BITS][i & (CHUNK - 1)]
+    }
+}
+
+impl<T> std::ops::IndexMut<usize> for Chunks<T> {
+    fn index_mut(&mut self, i: usize) -> &mut Entry<T> {
+        &mut self.chunks[i >> CHUNK_BITS][i & (CHUNK - 1)]
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct IdSlab<T> {
-    entries: Vec<Entry<T>>,
+    entries: Chunks<T>,
     /// Indices of free slots, reused first.
     free: Vec<u32>,
     /// Slot indices, by the first half of their fingerprint.
@@ -125,16 +218,20 @@ impl<T: Default> IdSlab<T> {
     /// fresh pages (slow on virtual machines) leaves the loop.
     pub fn reserve(&mut self, n: usize) -> bool {
         let entries = &self.entries;
-        let reserved = self
+        if self
             .index
             .try_reserve(n, |&i| entries[i as usize].id.table())
-            .is_ok()
-            && self.entries.try_reserve(n).is_ok();
-        if reserved {
-            let spare = self.entries.spare_capacity_mut();
-            prefault(spare.as_ptr() as usize, std::mem::size_of_val(spare));
+            .is_err()
+        {
+            return false;
         }
-        reserved
+        match self.entries.try_reserve(n) {
+            Some(fresh) => {
+                prefault(fresh);
+                true
+            }
+            None => false,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -147,9 +244,7 @@ impl<T: Default> IdSlab<T> {
 
     /// Bytes held: the slab and the table (not the changes of one interval).
     pub fn heap_bytes(&self) -> usize {
-        self.entries.capacity() * std::mem::size_of::<Entry<T>>()
-            + self.free.capacity() * 4
-            + self.index.allocation_size()
+        self.entries.heap_bytes() + self.free.capacity() * 4 + self.index.allocation_size()
     }
 
     fn find_fp(&self, fp: Fingerprint) -> Option<u32> {
@@ -288,37 +383,38 @@ impl<T: Default> IdSlab<T> {
     }
 }
 
-/// Has the kernel fault in the pages of `len` bytes from `addr` for writing, on
-/// a thread of its own. `MADV_POPULATE_WRITE` maps zeroed pages where none are
-/// and changes no byte of memory, so it is sound whatever the memory holds or
-/// whoever writes it meanwhile, and harmless if the block is freed before it
-/// ends (the call then fails, and nothing depends on it).
-fn prefault(addr: usize, len: usize) {
+/// Has the kernel fault in the pages of the (address, length) ranges for
+/// writing, on a thread of its own. `MADV_POPULATE_WRITE` maps zeroed pages
+/// where none are and changes no byte of memory, so it is sound whatever the
+/// memory holds or whoever writes it meanwhile, and harmless if a block is
+/// freed before it ends (the call then fails, and nothing depends on it).
+fn prefault(ranges: Vec<(usize, usize)>) {
     #[cfg(target_os = "linux")]
     {
         const PAGE: usize = 4096;
-        let start = addr.next_multiple_of(PAGE);
-        let end = (addr + len) / PAGE * PAGE;
-        if end <= start {
-            return;
-        }
         let spawned = std::thread::Builder::new()
             .name("gmv-prefault".into())
             .spawn(move || {
-                // SAFETY: madvise reads and writes no memory of ours; see above.
-                unsafe {
-                    libc::madvise(
-                        start as *mut libc::c_void,
-                        end - start,
-                        libc::MADV_POPULATE_WRITE,
-                    )
-                };
+                for (addr, len) in ranges {
+                    let start = addr.next_multiple_of(PAGE);
+                    let end = (addr + len) / PAGE * PAGE;
+                    if end > start {
+                        // SAFETY: madvise reads and writes no memory of ours; see above.
+                        unsafe {
+                            libc::madvise(
+                                start as *mut libc::c_void,
+                                end - start,
+                                libc::MADV_POPULATE_WRITE,
+                            )
+                        };
+                    }
+                }
             });
         // Without the thread the pages are faulted in as they are first written.
         drop(spawned);
     }
     #[cfg(not(target_os = "linux"))]
-    let _ = (addr, len);
+    let _ = ranges;
 }
 
 #[cfg(test)]
@@ -411,6 +507,43 @@ mod tests {
         );
         assert_eq!((s.len(), s.find("z")), (2, None));
         assert_eq!(*s.get(s.find("x").unwrap()), 1);
+    }
+
+    /// Entries keep their slot as chunks are added, and no chunk grows past
+    /// `CHUNK` (an entry past it would be lost to the index arithmetic).
+    #[test]
+    fn chunks_grow_without_moving_entries() {
+        let entry = |v: i64| Entry {
+            id: Fingerprint::default(),
+            value: v,
+        };
+        let mut c = Chunks::<i64>::default();
+        for v in 0..=CHUNK as i64 {
+            c.push(entry(v));
+        }
+        let second = &c[CHUNK] as *const Entry<i64>;
+        for v in (CHUNK + 1) as i64..(2 * CHUNK + 3) as i64 {
+            c.push(entry(v));
+        }
+        assert_eq!(&c[CHUNK] as *const Entry<i64>, second, "not moved");
+        assert_eq!(c.len(), 2 * CHUNK + 3);
+        assert!((0..c.len()).step_by(997).all(|i| c[i].value == i as i64));
+        assert_eq!(c[2 * CHUNK].value, 2 * CHUNK as i64);
+        let caps: Vec<usize> = c.chunks.iter().map(Vec::capacity).collect();
+        assert_eq!(caps[..2], [CHUNK, CHUNK]);
+        assert!(caps[2] >= 3 && caps[2] <= CHUNK, "{caps:?}");
+        c[5].value = -5;
+        assert_eq!(c.iter().nth(5).map(|e| e.value), Some(-5));
+        // Reserved room is exact, and a chunk reserved in part grows to `CHUNK`, not past it.
+        let mut r = Chunks::<i64>::default();
+        let fresh = r.try_reserve(CHUNK + 10).expect("memory");
+        assert_eq!(fresh.len(), 2);
+        assert_eq!(r.heap_bytes() - r.chunks.capacity() * 24, (CHUNK + 10) * 24);
+        for v in 0..(2 * CHUNK) as i64 {
+            r.push(entry(v));
+        }
+        assert_eq!(r.chunks[1].capacity(), CHUNK);
+        assert_eq!(r[CHUNK + 11].value, CHUNK as i64 + 11);
     }
 
     /// Ids whose table hashes collide (4 bits of it kept) are told apart by
