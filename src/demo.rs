@@ -22,7 +22,7 @@ pub struct DemoArgs {
     /// Input records per second written by the generator.
     #[arg(long, default_value_t = 20_000)]
     pub rate: u64,
-    /// Partitions of each input topic.
+    /// Partitions of each input topic, and of the repartition topic.
     #[arg(long, default_value_t = 4)]
     pub partitions: i32,
     /// Stop after this many seconds (default: until Ctrl-C).
@@ -55,17 +55,22 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         Some(_) => crate::app::Broker::Kafka,
         None => crate::app::Broker::Embedded,
     };
+    // The aggregation stage gets as many tasks as the attribution stage.
+    let counts = crate::io::topics::Counts {
+        input: Some(args.partitions),
+        aggregation: Some(args.partitions),
+    };
     match &args.brokers {
         Some(b) => {
             cfg.kafka.brokers = b.clone();
-            for line in crate::io::topics::create_all(&cfg, Some(args.partitions), None)? {
+            for line in crate::io::topics::create_all(&cfg, counts, None)? {
                 println!("{line}");
             }
         }
         None => {
             let cluster = MockCluster::new(1).context("starting the embedded Kafka broker")?;
             for def in crate::io::topics::definitions(&cfg) {
-                let partitions = def.partitions_with(Some(args.partitions));
+                let partitions = def.partitions_with(counts);
                 cluster
                     .create_topic(&def.name, partitions, 1)
                     .with_context(|| format!("creating topic {}", def.name))?;

@@ -33,6 +33,10 @@ enum Command {
         /// Partitions of each input topic (the same for all three).
         #[arg(long)]
         partitions: Option<i32>,
+        /// Partitions of the repartition topic, one aggregation task each
+        /// (default: as `--partitions`, else topics/repartition.toml's).
+        #[arg(long)]
+        aggregation_partitions: Option<i32>,
         #[arg(long)]
         replication_factor: Option<i32>,
     },
@@ -169,10 +173,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Topics {
             common,
             partitions,
+            aggregation_partitions,
             replication_factor,
         } => {
             let cfg = common.load()?;
-            for line in gmv::io::topics::create_all(&cfg, partitions, replication_factor)? {
+            let counts = gmv::io::topics::Counts {
+                input: partitions,
+                aggregation: aggregation_partitions.or(partitions),
+            };
+            for line in gmv::io::topics::create_all(&cfg, counts, replication_factor)? {
                 println!("{line}");
             }
             Ok(())

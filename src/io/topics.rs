@@ -44,14 +44,30 @@ const DEFINITIONS: [&str; 10] = [
 
 /// Roles whose partition count must equal the input topics'.
 const INPUT_PARTITIONED: [&str; 4] = ["orders", "payments", "deliveries", "attribution_changelog"];
+/// Roles whose partition count must equal the repartition topic's.
+const AGGREGATION_PARTITIONED: [&str; 2] = ["repartition", "aggregation_changelog"];
+
+/// Partition counts chosen at creation, in place of the definitions'.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Counts {
+    /// The input topics' (P): one attribution task each.
+    pub input: Option<i32>,
+    /// The repartition topic's (R): one aggregation task each.
+    pub aggregation: Option<i32>,
+}
 
 impl TopicDef {
-    /// Its partition count when the inputs have `input_partitions` (if overridden).
-    pub fn partitions_with(&self, input_partitions: Option<i32>) -> i32 {
-        match input_partitions {
-            Some(n) if INPUT_PARTITIONED.contains(&self.role.as_str()) => n,
-            _ => self.partitions,
-        }
+    /// Its partition count with `counts` overriding the definition.
+    pub fn partitions_with(&self, counts: Counts) -> i32 {
+        let role = self.role.as_str();
+        let chosen = if INPUT_PARTITIONED.contains(&role) {
+            counts.input
+        } else if AGGREGATION_PARTITIONED.contains(&role) {
+            counts.aggregation
+        } else {
+            None
+        };
+        chosen.unwrap_or(self.partitions)
     }
 }
 
@@ -73,10 +89,11 @@ pub fn definitions(cfg: &Config) -> Vec<TopicDef> {
         .collect()
 }
 
-/// Creates every topic that does not exist yet; input partition counts may be overridden.
+/// Creates every topic that does not exist yet, with the definitions' partition
+/// counts unless `counts` chooses them.
 pub fn create_all(
     cfg: &Config,
-    input_partitions: Option<i32>,
+    counts: Counts,
     replication: Option<i32>,
 ) -> anyhow::Result<Vec<String>> {
     let admin: AdminClient<DefaultClientContext> =
@@ -91,7 +108,7 @@ pub fn create_all(
         .map(|(d, retention)| {
             NewTopic::new(
                 &d.name,
-                d.partitions_with(input_partitions),
+                d.partitions_with(counts),
                 TopicReplication::Fixed(replication.unwrap_or(d.replication_factor)),
             )
             .set("cleanup.policy", &d.cleanup_policy)
@@ -320,5 +337,29 @@ mod tests {
                 d.role == "gmv_windows" || d.role == "gmv_totals" || d.role.ends_with("changelog");
             assert_eq!(d.cleanup_policy == "compact", upsert, "{}", d.role);
         }
+    }
+
+    #[test]
+    fn chosen_counts_apply_to_each_stage_s_topics_only() {
+        let defs = definitions(&Config::default());
+        let counts = Counts {
+            input: Some(5),
+            aggregation: Some(7),
+        };
+        let chosen: Vec<(&str, i32)> = defs
+            .iter()
+            .map(|d| (d.role.as_str(), d.partitions_with(counts)))
+            .collect();
+        for (role, n) in &chosen {
+            let want = match *role {
+                "orders" | "payments" | "deliveries" | "attribution_changelog" => 5,
+                "repartition" | "aggregation_changelog" => 7,
+                _ => defs.iter().find(|d| d.role == *role).unwrap().partitions,
+            };
+            assert_eq!(*n, want, "{role}");
+        }
+        assert!(defs
+            .iter()
+            .all(|d| d.partitions_with(Counts::default()) == d.partitions));
     }
 }
