@@ -11,8 +11,8 @@
 //!   memory would count the generator's own queues too);
 //! - the engine's rate over the whole run, and over its last tenth (the state
 //!   at its largest), with the generation of the records not timed;
-//! - the longest time one chunk of 10,000 records took: a store that grows
-//!   by copying itself stalls the loop that long.
+//! - the longest time one chunk of 10,000 records took: an index table that
+//!   doubles rehashes every entry at once, and stalls the loop that long.
 //!
 //! `cargo bench --bench state`; `RESERVE=0` leaves the state unsized, as a job
 //! without `state.expected_orders` runs.
@@ -73,8 +73,8 @@ fn child(orders: usize) {
     chunk.extend(gen.by_ref().take(CHUNK));
     let partitions: Vec<i32> = (0..PARTITIONS).collect();
     let mut job = LocalJob::new(EngineConfig::default(), &partitions, 1, chunk[0].emit_ms);
-    // 2% over: the orders fall unevenly on partitions, and a slab that fills
-    // its room doubles it.
+    // 2% over: the orders fall unevenly on partitions, and an index table
+    // that fills its room doubles it.
     let per_task = (orders + orders / 50).div_ceil(PARTITIONS as usize);
     if std::env::var("RESERVE").as_deref() != Ok("0") {
         assert!(

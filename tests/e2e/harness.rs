@@ -271,24 +271,9 @@ fn try_wait_for(c: &BaseConsumer, out: &mut Outputs, want: &Expected) -> Result<
             return Ok(());
         }
         if Instant::now() > deadline {
-            let windows: Vec<_> = want
-                .windows
-                .iter()
-                .filter(|(k, v)| got.windows.get(*k) != Some(v))
-                .map(|(k, v)| format!("{k}: want {v:?} got {:?}", got.windows.get(k)))
-                .collect();
-            let totals: Vec<_> = want
-                .totals
-                .iter()
-                .filter(|(k, v)| got.totals.get(*k) != Some(v))
-                .map(|(k, v)| format!("{k}: want {v:?} got {:?}", got.totals.get(k)))
-                .collect();
-            let ms: Vec<_> = want
-                .milestones
-                .iter()
-                .filter(|(k, v)| got.milestones.get(*k) != Some(v))
-                .map(|(k, v)| format!("{k}: want {v:?} got {:?}", got.milestones.get(k)))
-                .collect();
+            let windows = differences(&want.windows, &got.windows);
+            let totals = differences(&want.totals, &got.totals);
+            let ms = differences(&want.milestones, &got.milestones);
             // The overall figures show how much is off, not just where.
             let overall: Vec<_> = windows
                 .iter()
@@ -312,6 +297,17 @@ fn try_wait_for(c: &BaseConsumer, out: &mut Outputs, want: &Expected) -> Result<
             ));
         }
     }
+}
+
+/// Each key whose wanted value `got` lacks or differs from, with both values.
+fn differences<V: PartialEq + std::fmt::Debug>(
+    want: &BTreeMap<String, V>,
+    got: &BTreeMap<String, V>,
+) -> Vec<String> {
+    want.iter()
+        .filter(|(k, v)| got.get(*k) != Some(v))
+        .map(|(k, v)| format!("{k}: want {v:?} got {:?}", got.get(k)))
+        .collect()
 }
 
 pub(crate) type PartitionCounts = BTreeMap<(String, i32), i64>;
