@@ -109,28 +109,7 @@ fn job_output_matches_independent_totals_and_survives_a_restart() {
     // coordinates. Waited for only now: the bad records come last in their partitions,
     // after the figures above can already be final, and their dead letters commit in the
     // same transaction as the offsets just checked.
-    let dead_by_reason = |out: &Outputs| {
-        let mut dead: BTreeMap<String, usize> = BTreeMap::new();
-        for d in &out.dead_letters {
-            *dead
-                .entry(d["reason"].as_str().unwrap().to_string())
-                .or_default() += 1;
-            assert!(
-                d["offset"].as_i64().unwrap() >= 0
-                    && d["partition"].as_i64().unwrap() < PARTITIONS as i64
-            );
-        }
-        dead
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while dead_by_reason(&out) != bad_by_reason && Instant::now() < deadline {
-        drain(&out_reader, &mut out, Duration::from_secs(1));
-    }
-    assert_eq!(
-        dead_by_reason(&out),
-        bad_by_reason,
-        "dead letters by reason"
-    );
+    wait_for_dead_letters(&out_reader, &mut out, &bad_by_reason);
 
     // Graceful stop, then a restart rebuilds the same state from the input without repeating milestones.
     let pid = job.0.id().to_string();
@@ -338,13 +317,7 @@ fn hostile_input_is_dead_lettered_or_bounded_and_every_valid_record_counts() {
     let out_reader = reader(&stage);
     let mut out = Outputs::default();
     wait_for(&out_reader, &mut out, &want, "hostile input");
-    let mut dead: BTreeMap<String, usize> = BTreeMap::new();
-    for d in &out.dead_letters {
-        *dead
-            .entry(d["reason"].as_str().unwrap().to_string())
-            .or_default() += 1;
-    }
-    assert_eq!(dead, bad_by_reason, "dead letters by reason");
+    wait_for_dead_letters(&out_reader, &mut out, &bad_by_reason);
     let longest = out.dead_letter_key_lens.iter().max().copied().unwrap_or(0);
     assert_eq!(longest, 256, "dead-letter keys are cut to 256 bytes");
     let metrics = http_get(stage.metrics_port, "/metrics");

@@ -299,6 +299,35 @@ fn try_wait_for(c: &BaseConsumer, out: &mut Outputs, want: &Expected) -> Result<
     }
 }
 
+/// Polls the outputs until the dead letters by reason equal `want` (30 s at most), then
+/// asserts it and that each carries its input coordinates. Figures alone do not prove
+/// it: a bad record last in its partition can follow the final figures.
+pub(crate) fn wait_for_dead_letters(
+    c: &BaseConsumer,
+    out: &mut Outputs,
+    want: &BTreeMap<String, usize>,
+) {
+    let by_reason = |out: &Outputs| {
+        let mut dead: BTreeMap<String, usize> = BTreeMap::new();
+        for d in &out.dead_letters {
+            *dead
+                .entry(d["reason"].as_str().unwrap().to_string())
+                .or_default() += 1;
+            assert!(
+                d["offset"].as_i64().unwrap() >= 0
+                    && d["partition"].as_i64().unwrap() < PARTITIONS as i64,
+                "dead letter without its input coordinates: {d}"
+            );
+        }
+        dead
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while by_reason(out) != *want && Instant::now() < deadline {
+        drain(c, out, Duration::from_secs(1));
+    }
+    assert_eq!(by_reason(out), *want, "dead letters by reason");
+}
+
 /// Each key whose wanted value `got` lacks or differs from, with both values.
 fn differences<V: PartialEq + std::fmt::Debug>(
     want: &BTreeMap<String, V>,
