@@ -7,6 +7,7 @@ use std::collections::BinaryHeap;
 use compact_str::CompactString;
 
 use super::slab::IdSlab;
+use super::FastMap;
 use crate::model::{DeliveryStatus, InputTopic, PaymentKind};
 
 /// Channel id of an order placed outside any livestream.
@@ -72,9 +73,9 @@ pub struct Waiting {
 }
 
 /// An event time in six bytes, 2-aligned: event times are at most
-/// `decode::MAX_TS_MS` (9·10¹², below 2⁴⁴), and `i64::MAX` ("no paid payment
-/// yet") is kept as 2⁴⁸ − 1. It keeps an order's slot at 28 bytes and an id's
-/// entry at 20, in slabs of millions.
+/// `decode::MAX_TS_MS` (9·10¹², below 2⁴⁴), and `i64::MAX` ("none") is kept
+/// as 2⁴⁸ − 1. It keeps an order's slot at 22 bytes and an id's entry at 18,
+/// in slabs of millions.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Ms48([u16; 3]);
 
@@ -105,48 +106,48 @@ impl Ms48 {
 
 const _: () = assert!(crate::decode::MAX_TS_MS < MS48_NEVER as i64);
 
-/// What is known of one order id: the order, and events waiting for it.
-/// The order's fields are kept flat, not as an `Option<OrderInfo>`, and the
-/// waiting events apart, so that with its id's fingerprint a slab entry is 40
-/// bytes, in a slab of millions.
+/// What the slab keeps of one order id: the order, if it came. Events waiting
+/// for it are kept apart, by slot ([`JoinState::waiting`]): most orders never
+/// have any. The fields are flat, not an `Option<OrderInfo>`, and packed to
+/// 2-byte alignment, so that with its id's fingerprint an entry is 34 bytes
+/// (40 with the waiting list's index and a flag inline, 4-aligned), in a slab
+/// of millions.
 #[derive(Debug)]
+#[repr(C, packed(2))]
 struct Slot {
-    /// The order's fields below are meaningful only when `has_order`.
+    /// The order's time; `i64::MAX` while no order has come. The fields below
+    /// are meaningful only with an order.
     ts_ms: Ms48,
     first_paid_ms: Ms48,
     brand: u32,
     channel: u32,
-    /// Its list in [`JoinState::lists`], or [`NO_LIST`]: most orders never
-    /// have anything waiting.
-    waiting: u32,
     /// Country ids are two-letter codes and `unknown`: fewer than 2^16.
     country: u16,
-    has_order: bool,
 }
 
-const NO_LIST: u32 = u32::MAX;
-
-const _: () = assert!(std::mem::size_of::<Slot>() == 28);
-const _: () = assert!(IdSlab::<Slot>::ENTRY_BYTES == 40);
-const _: () = assert!(IdSlab::<Ms48>::ENTRY_BYTES == 20);
+const _: () = assert!(std::mem::size_of::<Slot>() == 22);
+const _: () = assert!(IdSlab::<Slot>::ENTRY_BYTES == 34);
+const _: () = assert!(IdSlab::<Ms48>::ENTRY_BYTES == 18);
 
 impl Default for Slot {
     fn default() -> Self {
         Slot {
-            ts_ms: Ms48::new(0),
+            ts_ms: Ms48::new(i64::MAX),
             first_paid_ms: Ms48::new(i64::MAX),
             brand: 0,
             channel: 0,
-            waiting: NO_LIST,
             country: 0,
-            has_order: false,
         }
     }
 }
 
 impl Slot {
+    fn has_order(&self) -> bool {
+        self.ts_ms.get() != i64::MAX
+    }
+
     fn order(&self) -> Option<OrderInfo> {
-        self.has_order.then_some(OrderInfo {
+        self.has_order().then_some(OrderInfo {
             attribution: Attribution {
                 brand: self.brand,
                 channel: self.channel,
@@ -158,10 +159,9 @@ impl Slot {
     }
 
     fn set_order(&mut self, order: Option<OrderInfo>) {
-        self.has_order = order.is_some();
         let o = order.unwrap_or(OrderInfo {
             attribution: Attribution::default(),
-            ts_ms: 0,
+            ts_ms: i64::MAX,
             first_paid_ms: i64::MAX,
         });
         let a = o.attribution;
@@ -188,7 +188,8 @@ impl Slot {
 }
 
 /// Events waiting for one order, with its id (a sweep that forgets the order
-/// writes the id's new value, and the slab keeps only fingerprints).
+/// writes the id's new value, and the slab keeps only fingerprints). Never
+/// empty: a list whose last event leaves is removed.
 #[derive(Debug, Default)]
 struct WaitList {
     order_id: CompactString,
@@ -203,9 +204,9 @@ pub struct DuplicateOrder;
 #[derive(Debug, Default)]
 pub struct JoinState {
     slots: IdSlab<Slot>,
-    /// Waiting lists, by index; free ones (empty) listed in `free_lists`.
-    lists: Vec<WaitList>,
-    free_lists: Vec<u32>,
+    /// Events waiting for their order, by the order id's slot. A slot is freed
+    /// only once its list has gone, so a list never outlives its slot.
+    waiting: FastMap<u32, WaitList>,
     order_count: usize,
     waiting_count: usize,
     deadlines: BinaryHeap<Reverse<(i64, CompactString)>>,
@@ -224,36 +225,21 @@ impl JoinState {
 
     /// Bytes held by the order store (its waiting lists' events not counted).
     pub fn heap_bytes(&self) -> usize {
-        self.slots.heap_bytes() + self.lists.capacity() * std::mem::size_of::<WaitList>()
+        self.slots.heap_bytes() + self.waiting.allocation_size()
     }
 
-    /// A new, empty waiting list for `order_id`.
-    fn new_list(&mut self, order_id: &str) -> u32 {
-        let list = WaitList {
-            order_id: order_id.into(),
-            events: Vec::new(),
-        };
-        match self.free_lists.pop() {
-            Some(l) => {
-                self.lists[l as usize] = list;
-                l
-            }
-            None => {
-                self.lists.push(list);
-                u32::try_from(self.lists.len() - 1).expect("fewer than 2^32 lists")
-            }
-        }
-    }
-
-    /// Takes slot `i`'s waiting events out, freeing their list.
+    /// Takes slot `i`'s waiting events out, removing their list.
     fn take_waiting(&mut self, i: u32) -> Vec<Waiting> {
-        let slot = self.slots.get_mut(i);
-        let l = std::mem::replace(&mut slot.waiting, NO_LIST);
-        if l == NO_LIST {
-            return Vec::new();
-        }
-        self.free_lists.push(l);
-        std::mem::take(&mut self.lists[l as usize]).events
+        self.waiting
+            .remove(&i)
+            .map(|l| l.events)
+            .unwrap_or_default()
+    }
+
+    /// Frees slot `i`, which holds `order_id` and has no list.
+    fn remove_slot(&mut self, i: u32, order_id: &str) {
+        debug_assert!(!self.waiting.contains_key(&i), "a list outliving its slot");
+        self.slots.remove(i, order_id);
     }
 
     /// Each id changed since the last call, once, with what is stored for it
@@ -262,15 +248,12 @@ impl JoinState {
         &mut self,
         mut f: impl FnMut(&str, Option<(Option<OrderInfo>, &[Waiting])>),
     ) {
-        let lists = &self.lists;
+        let lists = &self.waiting;
         self.slots.drain_changes(|id, slot| {
             f(
                 id,
-                slot.map(|s| {
-                    let waiting = match s.waiting {
-                        NO_LIST => &[][..],
-                        l => &lists[l as usize].events[..],
-                    };
+                slot.map(|(i, s)| {
+                    let waiting = lists.get(&i).map_or(&[][..], |l| &l.events[..]);
                     (s.order(), waiting)
                 }),
             )
@@ -283,12 +266,12 @@ impl JoinState {
     pub fn restore(&mut self, order_id: &str, value: Option<(Option<OrderInfo>, Vec<Waiting>)>) {
         let found = self.slots.find(order_id);
         if let Some(i) = found {
-            self.order_count -= self.slots.get(i).has_order as usize;
+            self.order_count -= self.slots.get(i).has_order() as usize;
             self.waiting_count -= self.take_waiting(i).len();
         }
         let Some((order, waiting)) = value.filter(|(o, w)| o.is_some() || !w.is_empty()) else {
             if let Some(i) = found {
-                self.slots.remove(i, order_id);
+                self.remove_slot(i, order_id);
             }
             return;
         };
@@ -299,19 +282,15 @@ impl JoinState {
         if let Some(d) = waiting.iter().map(|w| w.deadline_ms).min() {
             self.deadlines.push(Reverse((d, order_id.into())));
         }
-        let list = match waiting.is_empty() {
-            true => NO_LIST,
-            false => {
-                let l = self.new_list(order_id);
-                self.lists[l as usize].events = waiting;
-                l
-            }
-        };
+        if !waiting.is_empty() {
+            let list = WaitList {
+                order_id: order_id.into(),
+                events: waiting,
+            };
+            self.waiting.insert(i, list);
+        }
         let slot = self.slots.get_mut(i);
-        *slot = Slot {
-            waiting: list,
-            ..Slot::default()
-        };
+        *slot = Slot::default();
         slot.set_order(order);
     }
 
@@ -334,23 +313,22 @@ impl JoinState {
     pub fn attach(&mut self, order_id: &str, w: Waiting) -> Attach {
         let (i, _) = self.slots.slot_of(order_id);
         let slot = self.slots.get_mut(i);
-        if slot.has_order {
+        if slot.has_order() {
             let first = slot.note_paid(&w);
-            let order = slot.order().expect("has_order");
+            let order = slot.order().expect("has an order");
             if first {
                 self.slots.mark(i, order_id);
             }
             return Attach::Joined(order);
         }
-        let l = match slot.waiting {
-            NO_LIST => {
-                let l = self.new_list(order_id);
-                self.slots.get_mut(i).waiting = l;
-                l
-            }
-            l => l,
-        };
-        let list = &mut self.lists[l as usize].events;
+        let list = &mut self
+            .waiting
+            .entry(i)
+            .or_insert_with(|| WaitList {
+                order_id: order_id.into(),
+                events: Vec::new(),
+            })
+            .events;
         if list.len() >= MAX_WAITING_PER_ORDER {
             return Attach::Full;
         }
@@ -409,12 +387,11 @@ impl JoinState {
             let Some(i) = self.slots.find(&order_id) else {
                 continue;
             };
-            let slot = self.slots.get(i);
-            if slot.waiting == NO_LIST {
+            let has_order = self.slots.get(i).has_order();
+            let Some(list) = self.waiting.get_mut(&i) else {
                 continue;
-            }
-            let has_order = slot.has_order;
-            let list = &mut self.lists[slot.waiting as usize].events;
+            };
+            let list = &mut list.events;
             let before = list.len();
             list.retain(|w| {
                 let due = w.deadline_ms <= watermark_ms;
@@ -431,7 +408,7 @@ impl JoinState {
             self.slots.mark(i, &order_id);
             match next {
                 Some(next) => self.deadlines.push(Reverse((next, order_id))),
-                None if !has_order => self.slots.remove(i, &order_id),
+                None if !has_order => self.remove_slot(i, &order_id),
                 None => {}
             }
         }
@@ -444,20 +421,22 @@ impl JoinState {
     pub fn sweep_orders(&mut self, limit_ms: i64) {
         let mut forgotten = 0;
         let mut changed = Vec::new();
+        let waiting = &self.waiting;
         self.slots.retain(|i, s| {
-            if !(s.has_order && s.ts_ms.get() < limit_ms) {
+            if !s.has_order() || s.ts_ms.get() >= limit_ms {
                 return true;
             }
             s.set_order(None);
             forgotten += 1;
-            if s.waiting == NO_LIST {
-                return false;
+            match waiting.get(&i) {
+                None => false,
+                Some(l) => {
+                    changed.push((i, l.order_id.clone()));
+                    true
+                }
             }
-            changed.push((i, s.waiting));
-            true
         });
-        for (i, l) in changed {
-            let id = self.lists[l as usize].order_id.clone();
+        for (i, id) in changed {
             self.slots.mark(i, &id);
         }
         self.order_count -= forgotten;
@@ -492,7 +471,8 @@ impl Dedup {
     /// Each id changed since the last call, once, with the event time it was
     /// seen at (`None`: forgotten).
     pub fn drain_changes(&mut self, mut f: impl FnMut(&str, Option<i64>)) {
-        self.seen.drain_changes(|id, ts| f(id, ts.map(|t| t.get())));
+        self.seen
+            .drain_changes(|id, ts| f(id, ts.map(|(_, t)| t.get())));
     }
 
     /// Puts back a seen id, or forgets it (`None`; restore, oldest first).
