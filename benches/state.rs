@@ -12,7 +12,8 @@
 //! - the engine's rate over the whole run, and over its last tenth (the state
 //!   at its largest), with the generation of the records not timed;
 //! - the longest time one chunk of 10,000 records took: an index table that
-//!   doubles rehashes every entry at once, and stalls the loop that long.
+//!   doubles rehashes every entry at once, and a sweep visits every entry;
+//!   either stalls the loop that long.
 //!
 //! `cargo bench --bench state`; `RESERVE=0` leaves the state unsized, as a job
 //! without `state.expected_orders` runs.
@@ -60,8 +61,9 @@ fn main() {
 
 fn child(orders: usize) {
     // 50,000 orders a second of event time: the largest size spans 1,000 s,
-    // inside `order_ttl` and `dedup_ttl`, so nothing is swept, and far more
-    // than the payments' delays, so most orders held have their payment.
+    // inside `order_ttl` and `dedup_ttl`, so a sweep (every 15 min of event
+    // time) visits every entry but removes none, and far more than the
+    // payments' delays, so most orders held have their payment.
     let traffic = TrafficConfig {
         seed: 11,
         orders_per_sec: 50_000.0,
@@ -81,8 +83,10 @@ fn child(orders: usize) {
             job.engine_mut().reserve_orders(per_task),
             "memory for {orders} orders"
         );
-        // The reserved room is faulted in on a thread of its own: let it finish.
-        std::thread::sleep(Duration::from_millis(200 + orders as u64 / 50_000));
+        // The reserved room is faulted in on threads of their own, on this
+        // pinned core too: let them finish (at 50 M, 1.2 s was too short: the
+        // first chunk took 2.5-3.1 s beside them).
+        std::thread::sleep(Duration::from_millis(200 + orders as u64 / 10_000));
     }
     let mut out = Vec::with_capacity(1 << 16);
     let mut offsets = [0i64; 3];

@@ -27,6 +27,9 @@ use compact_str::CompactString;
 struct Fingerprint([u16; 6]);
 
 impl Fingerprint {
+    /// A free slot's: `Keys::of` never gives it.
+    const FREE: Fingerprint = Fingerprint([0; 6]);
+
     fn new(table: u64, check: u32) -> Self {
         let t = |k: u32| (table >> (16 * k)) as u16;
         Fingerprint([t(0), t(1), t(2), t(3), check as u16, (check >> 16) as u16])
@@ -67,10 +70,16 @@ impl Keys {
         let table = self.table.hash_one(id);
         #[cfg(test)]
         let table = if self.weak { table & 0xF } else { table };
-        Fingerprint::new(table, self.check.hash_one(id) as u32)
+        let fp = Fingerprint::new(table, self.check.hash_one(id) as u32);
+        // Merges two of 2⁹⁶ fingerprints into one, so that a free slot is known by its own.
+        if fp == Fingerprint::FREE {
+            return Fingerprint::new(0, 1);
+        }
+        fp
     }
 }
 
+/// A free slot's entry is the default: `Fingerprint::FREE` and the default value.
 #[derive(Debug, Default)]
 struct Entry<T> {
     id: Fingerprint,
@@ -332,6 +341,7 @@ impl<T: Default> IdSlab<T> {
         if let Ok(e) = self.index.find_entry(fp.table(), |&j| j == i) {
             e.remove();
         }
+        debug_assert!(fp != Fingerprint::FREE, "slot {i} freed twice");
         self.entries[i as usize] = Entry::default();
         if let Some(c) = &mut self.changes {
             let (word, bit) = c.bit(i);
@@ -343,22 +353,23 @@ impl<T: Default> IdSlab<T> {
     /// Visits every entry with its slot: `f` says whether it stays. An entry
     /// dropped here is not handed out as removed: its id is not kept. (The
     /// attribution task's sweeps drop this way, and a restore sweeps again.)
+    ///
+    /// In slot order, through the slab, not through the index: the index
+    /// holds slots in no order, and reaching each entry from it cost a cache
+    /// miss an entry (a sweep of 28 million entries stalled the loop for
+    /// seconds, docs/performance.md). Only a dropped entry is looked up in the
+    /// index, to take it out.
     pub fn retain(&mut self, mut f: impl FnMut(u32, &mut T) -> bool) {
-        let (entries, free) = (&mut self.entries, &mut self.free);
-        let mut changes = self.changes.as_mut();
-        self.index.retain(|&mut i| {
-            let e = &mut entries[i as usize];
-            if f(i, &mut e.value) {
-                return true;
+        for i in 0..self.entries.len() {
+            let e = &mut self.entries[i];
+            if e.id == Fingerprint::FREE {
+                continue;
             }
-            if let Some(c) = changes.as_deref_mut() {
-                let (word, bit) = c.bit(i);
-                *word &= !bit;
+            let i = i as u32;
+            if !f(i, &mut e.value) {
+                self.free_slot(i);
             }
-            *e = Entry::default();
-            free.push(i);
-            false
-        });
+        }
     }
 
     /// Each id changed since the last call, once, with its slot and value now
@@ -512,6 +523,42 @@ mod tests {
         );
         assert_eq!((s.len(), s.find("z")), (2, None));
         assert_eq!(*s.get(s.find("x").unwrap()), 1);
+    }
+
+    /// `retain` walks the slab in slot order: it visits each live entry once,
+    /// never a free slot, and an entry it drops is gone from the index and
+    /// its slot taken again.
+    #[test]
+    fn retain_visits_live_entries_once_and_skips_free_slots() {
+        let mut s = IdSlab::<i64>::default();
+        for n in 0..1_000 {
+            let (i, _) = s.slot_of(&format!("o-{n}"));
+            *s.get_mut(i) = n;
+        }
+        for n in (0..1_000).step_by(3) {
+            let id = format!("o-{n}");
+            s.remove(s.find(&id).unwrap(), &id);
+        }
+        let mut seen = Vec::new();
+        s.retain(|i, v| {
+            seen.push(i);
+            *v % 2 == 0
+        });
+        let live: Vec<u32> = (0..1_000).filter(|n| n % 3 != 0).collect();
+        assert_eq!(seen, live, "each live slot once, in order");
+        for n in 0..1_000i64 {
+            let kept = n % 3 != 0 && n % 2 == 0;
+            assert_eq!(
+                s.find(&format!("o-{n}")).map(|i| *s.get(i)),
+                kept.then_some(n)
+            );
+        }
+        assert_eq!(
+            s.len(),
+            (0..1_000).filter(|n| n % 3 != 0 && n % 2 == 0).count()
+        );
+        let (i, made) = s.slot_of("new");
+        assert!(made && i < 1_000, "a freed slot is taken again");
     }
 
     /// Entries keep their slot as chunks are added, and no chunk grows past
