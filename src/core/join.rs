@@ -109,7 +109,7 @@ const _: () = assert!(crate::decode::MAX_TS_MS < MS48_NEVER as i64);
 /// What the slab keeps of one order id: the order, if it came. Events waiting
 /// for it are kept apart, by slot ([`JoinState::waiting`]): most orders never
 /// have any. The fields are flat, not an `Option<OrderInfo>`, and packed to
-/// 2-byte alignment, so that with its id's fingerprint an entry is 34 bytes
+/// 2-byte alignment, so that with its id's fingerprint an entry is 32 bytes
 /// (40 with the waiting list's index and a flag inline, 4-aligned), in a slab
 /// of millions.
 #[derive(Debug)]
@@ -126,8 +126,8 @@ struct Slot {
 }
 
 const _: () = assert!(std::mem::size_of::<Slot>() == 22);
-const _: () = assert!(IdSlab::<Slot>::ENTRY_BYTES == 34);
-const _: () = assert!(IdSlab::<Ms48>::ENTRY_BYTES == 18);
+const _: () = assert!(IdSlab::<Slot>::ENTRY_BYTES == 32);
+const _: () = assert!(IdSlab::<Ms48>::ENTRY_BYTES == 16);
 
 impl Default for Slot {
     fn default() -> Self {

@@ -2,37 +2,41 @@
 //! since the last commit listed for the changelog.
 //!
 //! Entries live in a slab, found through a table of slot indices: the table
-//! (5 bytes an entry) stays in cache far more than a map of whole entries,
+//! (5 bytes a bucket, `slab/index.rs`) stays in cache far more than a map of whole entries,
 //! recent ids (those the next events look up) sit together at the slab's end,
 //! and a commit reaches each changed entry by its index instead of looking its
 //! id up again. That look-up, cold, was a fifth of the job's loop
 //! (docs/performance.md).
 //!
-//! An entry keeps its id as a 96-bit fingerprint, not as the id's bytes (12
+//! An entry keeps its id as an 80-bit fingerprint, not as the id's bytes (10
 //! bytes, not 24 and a heap block past 24; docs/performance.md, "Memory per
 //! open order"). The fingerprint is a keyed hash with keys drawn at random per
 //! process, so no producer can aim two ids at one fingerprint; two of the
-//! ids a task holds share one by chance with a probability of about n²/2⁹⁷
-//! (1.6·10⁻¹⁴ for 50 million). The table's own hash is 64 bits of it: ids
-//! whose table hashes collide are told apart by the other 32 (tested below).
+//! ids a task holds share one by chance with a probability of about n²/2⁸¹
+//! (10⁻⁹ for 50 million: far below a machine's memory errors, and it keeps
+//! an order's entry at 32 bytes, two to a cache line). The table's own hash
+//! is 64 bits of it: ids whose table hashes collide are told apart by the
+//! other 16 (tested below).
 //! The ids themselves are kept only as long as the changelog needs them: those
 //! changed since the last drain.
 
-use compact_str::CompactString;
+mod index;
 
-/// An id's fingerprint. Six `u16`s: 2-aligned, so an entry whose value is
-/// 2-aligned too takes no padding (an order's entry is 34 bytes, an id's 18;
-/// with three `u32`s they were 40 and 20).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Fingerprint([u16; 6]);
+use compact_str::CompactString;
+use index::Index;
+
+/// An id's fingerprint. Five `u16`s: 2-aligned, so an entry whose value is
+/// 2-aligned too takes no padding (an order's entry is 32 bytes, an id's 16).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+struct Fingerprint([u16; 5]);
 
 impl Fingerprint {
     /// A free slot's: `Keys::of` never gives it.
-    const FREE: Fingerprint = Fingerprint([0; 6]);
+    const FREE: Fingerprint = Fingerprint([0; 5]);
 
-    fn new(table: u64, check: u32) -> Self {
+    fn new(table: u64, check: u16) -> Self {
         let t = |k: u32| (table >> (16 * k)) as u16;
-        Fingerprint([t(0), t(1), t(2), t(3), check as u16, (check >> 16) as u16])
+        Fingerprint([t(0), t(1), t(2), t(3), check])
     }
 
     /// The table's hash: the first 64 bits.
@@ -70,8 +74,8 @@ impl Keys {
         let table = self.table.hash_one(id);
         #[cfg(test)]
         let table = if self.weak { table & 0xF } else { table };
-        let fp = Fingerprint::new(table, self.check.hash_one(id) as u32);
-        // Merges two of 2⁹⁶ fingerprints into one, so that a free slot is known by its own.
+        let fp = Fingerprint::new(table, self.check.hash_one(id) as u16);
+        // Merges two of 2⁸⁰ fingerprints into one, so that a free slot is known by its own.
         if fp == Fingerprint::FREE {
             return Fingerprint::new(0, 1);
         }
@@ -184,8 +188,8 @@ pub struct IdSlab<T> {
     entries: Chunks<T>,
     /// Indices of free slots, reused first.
     free: Vec<u32>,
-    /// Slot indices, by the first half of their fingerprint.
-    index: hashbrown::HashTable<u32>,
+    /// Slot indices, by the table hash of their fingerprint.
+    index: Index,
     keys: Keys,
     /// `None` until tracking starts (for a changelog).
     changes: Option<Changes>,
@@ -598,22 +602,22 @@ mod tests {
         assert_eq!(r[CHUNK + 11].value, CHUNK as i64 + 11);
     }
 
-    /// The table's hash comes back whole from the six halves it is kept in,
+    /// The table's hash comes back whole from the four halves it is kept in,
     /// and the check's bits are kept apart from it.
     #[test]
     fn a_fingerprint_keeps_its_table_hash_and_check() {
         for (t, c) in [
             (0, 0),
             (u64::MAX, 0),
-            (0x0123_4567_89ab_cdef, 0xfedc_ba98),
+            (0x0123_4567_89ab_cdef, 0xba98),
             (1 << 63, 1),
         ] {
             let fp = Fingerprint::new(t, c);
             assert_eq!(fp.table(), t);
-            assert_eq!(u32::from(fp.0[4]) | u32::from(fp.0[5]) << 16, c);
+            assert_eq!(fp.0[4], c);
             assert_ne!(
                 fp,
-                Fingerprint::new(t, c ^ 1 << 31),
+                Fingerprint::new(t, c ^ 1 << 15),
                 "the check's high bit counts"
             );
         }
@@ -631,7 +635,16 @@ mod tests {
             ..IdSlab::default()
         };
         s.track_changes();
-        let ids: Vec<String> = (0..2_000).map(|n| format!("o-{n}")).collect();
+        // With 4 + 16 bits, 2,000 ids would share a whole fingerprint now and
+        // then (about twice a run): such a pair is one id to the slab, so the
+        // test keeps the first of each.
+        let mut seen = std::collections::HashSet::new();
+        let ids: Vec<String> = (0..4_000)
+            .map(|n| format!("o-{n}"))
+            .filter(|id| seen.insert(s.keys.of(id)))
+            .take(2_000)
+            .collect();
+        assert_eq!(ids.len(), 2_000);
         for (n, id) in ids.iter().enumerate() {
             let (i, made) = s.slot_of(id);
             assert!(made, "{id} is new");
@@ -657,6 +670,6 @@ mod tests {
         let out = drained(&mut s);
         assert_eq!(out.len(), 1_000);
         assert!(out.iter().all(|(_, v)| v.is_none()));
-        assert_eq!(s.slot_of("o-1"), (s.find("o-1").unwrap(), false));
+        assert_eq!(s.slot_of(&ids[1]), (s.find(&ids[1]).unwrap(), false));
     }
 }
