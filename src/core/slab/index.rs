@@ -36,7 +36,7 @@ impl Default for Index {
 
 impl Index {
     fn part(&self, hash: u64) -> usize {
-        (((hash >> 32) & 0xFFFF) * self.parts.len() as u64 >> 16) as usize
+        ((((hash >> 32) & 0xFFFF) * self.parts.len() as u64) >> 16) as usize
     }
 
     pub fn len(&self) -> usize {
@@ -188,8 +188,7 @@ mod tests {
             for s in 0..n as u32 {
                 assert_eq!(ix.find(hash(s), |&t| t == s), Some(&s));
             }
-            let gone = ix.find_entry(hash(7), |&t| t == 7).unwrap().remove();
-            drop(gone);
+            ix.find_entry(hash(7), |&t| t == 7).unwrap().remove();
             assert_eq!(ix.find(hash(7), |&t| t == 7), None);
             assert_eq!(ix.len(), n - 1);
         }
