@@ -9,6 +9,7 @@ use compact_str::CompactString;
 use super::slab::IdSlab;
 use super::FastMap;
 use crate::model::{DeliveryStatus, InputTopic, PaymentKind};
+use times::{Code, Times};
 
 /// Channel id of an order placed outside any livestream.
 pub const NO_CHANNEL: u32 = u32::MAX;
@@ -72,93 +73,61 @@ pub struct Waiting {
     pub what: Joinable,
 }
 
-/// An event time in six bytes, 2-aligned: event times are at most
-/// `decode::MAX_TS_MS` (9·10¹², below 2⁴⁴), and `i64::MAX` ("none") is kept
-/// as 2⁴⁸ − 1. It keeps an order's slot at 22 bytes and an id's entry at 18,
-/// in slabs of millions.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Ms48([u16; 3]);
-
-const MS48_NEVER: u64 = (1 << 48) - 1;
-
-impl Ms48 {
-    fn new(ms: i64) -> Self {
-        let v = if ms == i64::MAX {
-            MS48_NEVER
-        } else {
-            u64::try_from(ms)
-                .ok()
-                .filter(|&v| v < MS48_NEVER)
-                .expect("event times are validated to 0 ..= decode::MAX_TS_MS")
-        };
-        Ms48([v as u16, (v >> 16) as u16, (v >> 32) as u16])
-    }
-
-    fn get(self) -> i64 {
-        let v = u64::from(self.0[0]) | u64::from(self.0[1]) << 16 | u64::from(self.0[2]) << 32;
-        if v == MS48_NEVER {
-            i64::MAX
-        } else {
-            v as i64
-        }
-    }
-}
-
-const _: () = assert!(crate::decode::MAX_TS_MS < MS48_NEVER as i64);
-
 /// What the slab keeps of one order id: the order, if it came. Events waiting
 /// for it are kept apart, by slot ([`JoinState::waiting`]): most orders never
-/// have any. The fields are flat, not an `Option<OrderInfo>`, and packed to
-/// 2-byte alignment, so that with its id's fingerprint an entry is 32 bytes
-/// (40 with the waiting list's index and a flag inline, 4-aligned), in a slab
-/// of millions.
-#[derive(Debug)]
+/// have any. The fields are flat, not an `Option<OrderInfo>`, the times coded
+/// in four bytes ([`Times`]) and packed to 2-byte alignment, so that with its
+/// id's fingerprint an entry is 28 bytes, in a slab of millions.
+#[derive(Debug, Default)]
 #[repr(C, packed(2))]
 struct Slot {
-    /// The order's time; `i64::MAX` while no order has come. The fields below
+    /// The order's time; "none" while no order has come. The fields below
     /// are meaningful only with an order.
-    ts_ms: Ms48,
-    first_paid_ms: Ms48,
+    placed: Code,
+    first_paid: Code,
     brand: u32,
     channel: u32,
     /// Country ids are two-letter codes and `unknown`: fewer than 2^16.
     country: u16,
 }
 
-const _: () = assert!(std::mem::size_of::<Slot>() == 22);
-const _: () = assert!(IdSlab::<Slot>::ENTRY_BYTES == 32);
-const _: () = assert!(IdSlab::<Ms48>::ENTRY_BYTES == 16);
+const _: () = assert!(std::mem::size_of::<Slot>() == 18);
+const _: () = assert!(IdSlab::<Slot>::ENTRY_BYTES == 28);
+const _: () = assert!(IdSlab::<Code>::ENTRY_BYTES == 14);
 
-impl Default for Slot {
-    fn default() -> Self {
-        Slot {
-            ts_ms: Ms48::new(i64::MAX),
-            first_paid_ms: Ms48::new(i64::MAX),
-            brand: 0,
-            channel: 0,
-            country: 0,
-        }
+/// The bases and far times of the order slots' two times.
+#[derive(Debug, Default)]
+struct Clocks {
+    placed: Times,
+    first_paid: Times,
+}
+
+impl Clocks {
+    fn forget(&mut self, i: u32) {
+        self.placed.forget(i);
+        self.first_paid.forget(i);
     }
 }
 
 impl Slot {
     fn has_order(&self) -> bool {
-        self.ts_ms.get() != i64::MAX
+        !{ self.placed }.is_none()
     }
 
-    fn order(&self) -> Option<OrderInfo> {
-        self.has_order().then_some(OrderInfo {
+    /// The order in slot `i` (this one).
+    fn order(&self, c: &Clocks, i: u32) -> Option<OrderInfo> {
+        self.has_order().then(|| OrderInfo {
             attribution: Attribution {
                 brand: self.brand,
                 channel: self.channel,
                 country: self.country as u32,
             },
-            ts_ms: self.ts_ms.get(),
-            first_paid_ms: self.first_paid_ms.get(),
+            ts_ms: c.placed.time(i, self.placed),
+            first_paid_ms: c.first_paid.time(i, self.first_paid),
         })
     }
 
-    fn set_order(&mut self, order: Option<OrderInfo>) {
+    fn set_order(&mut self, c: &mut Clocks, i: u32, order: Option<OrderInfo>) {
         let o = order.unwrap_or(OrderInfo {
             attribution: Attribution::default(),
             ts_ms: i64::MAX,
@@ -167,11 +136,12 @@ impl Slot {
         let a = o.attribution;
         (self.brand, self.channel) = (a.brand, a.channel);
         self.country = u16::try_from(a.country).expect("country ids fit 16 bits");
-        (self.ts_ms, self.first_paid_ms) = (Ms48::new(o.ts_ms), Ms48::new(o.first_paid_ms));
+        self.placed = c.placed.code(i, o.ts_ms);
+        self.first_paid = c.first_paid.code(i, o.first_paid_ms);
     }
 
     /// Records a `paid` payment's time if it is the order's first; says whether it was.
-    fn note_paid(&mut self, w: &Waiting) -> bool {
+    fn note_paid(&mut self, c: &mut Clocks, i: u32, w: &Waiting) -> bool {
         let paid = matches!(
             w.what,
             Joinable::Payment {
@@ -179,9 +149,9 @@ impl Slot {
                 ..
             }
         );
-        let first = paid && w.ts_ms < self.first_paid_ms.get();
+        let first = paid && w.ts_ms < c.first_paid.time(i, self.first_paid);
         if first {
-            self.first_paid_ms = Ms48::new(w.ts_ms);
+            self.first_paid = c.first_paid.code(i, w.ts_ms);
         }
         first
     }
@@ -204,6 +174,7 @@ pub struct DuplicateOrder;
 #[derive(Debug, Default)]
 pub struct JoinState {
     slots: IdSlab<Slot>,
+    clocks: Clocks,
     /// Events waiting for their order, by the order id's slot. A slot is freed
     /// only once its list has gone, so a list never outlives its slot. Each
     /// order placed looks here once (a map of the few orders with events
@@ -243,6 +214,7 @@ impl JoinState {
     fn remove_slot(&mut self, i: u32, order_id: &str) {
         debug_assert!(!self.waiting.contains_key(&i), "a list outliving its slot");
         self.slots.remove(i, order_id);
+        self.clocks.forget(i);
     }
 
     /// Each id changed since the last call, once, with what is stored for it
@@ -251,13 +223,13 @@ impl JoinState {
         &mut self,
         mut f: impl FnMut(&str, Option<(Option<OrderInfo>, &[Waiting])>),
     ) {
-        let lists = &self.waiting;
+        let (lists, clocks) = (&self.waiting, &self.clocks);
         self.slots.drain_changes(|id, slot| {
             f(
                 id,
                 slot.map(|(i, s)| {
                     let waiting = lists.get(&i).map_or(&[][..], |l| &l.events[..]);
-                    (s.order(), waiting)
+                    (s.order(clocks, i), waiting)
                 }),
             )
         });
@@ -294,7 +266,7 @@ impl JoinState {
         }
         let slot = self.slots.get_mut(i);
         *slot = Slot::default();
-        slot.set_order(order);
+        slot.set_order(&mut self.clocks, i, order);
     }
 
     /// Lists `order_id` as changed, so the next drain hands it out again.
@@ -305,7 +277,7 @@ impl JoinState {
     pub fn order(&self, order_id: &str) -> Option<OrderInfo> {
         self.slots
             .find(order_id)
-            .and_then(|i| self.slots.get(i).order())
+            .and_then(|i| self.slots.get(i).order(&self.clocks, i))
     }
 
     /// A payment or delivery meets its order: the order as it is now (a `paid`
@@ -317,8 +289,8 @@ impl JoinState {
         let (i, _) = self.slots.slot_of(order_id);
         let slot = self.slots.get_mut(i);
         if slot.has_order() {
-            let first = slot.note_paid(&w);
-            let order = slot.order().expect("has an order");
+            let first = slot.note_paid(&mut self.clocks, i, &w);
+            let order = slot.order(&self.clocks, i).expect("has an order");
             if first {
                 self.slots.mark(i, order_id);
             }
@@ -355,26 +327,30 @@ impl JoinState {
         dedup_ttl_ms: i64,
     ) -> Result<(OrderInfo, Vec<Waiting>), DuplicateOrder> {
         let (i, _) = self.slots.slot_of(order_id);
-        let slot = self.slots.get_mut(i);
-        match slot.order() {
+        let (slot, clocks) = (self.slots.get_mut(i), &mut self.clocks);
+        match slot.order(clocks, i) {
             Some(existing) if (info.ts_ms - existing.ts_ms).abs() <= dedup_ttl_ms => {
                 return Err(DuplicateOrder)
             }
-            Some(existing) => slot.set_order(Some(OrderInfo {
-                first_paid_ms: existing.first_paid_ms,
-                ..info
-            })),
+            Some(existing) => slot.set_order(
+                clocks,
+                i,
+                Some(OrderInfo {
+                    first_paid_ms: existing.first_paid_ms,
+                    ..info
+                }),
+            ),
             None => {
                 self.order_count += 1;
-                slot.set_order(Some(info));
+                slot.set_order(clocks, i, Some(info));
             }
         }
         let released = self.take_waiting(i);
-        let slot = self.slots.get_mut(i);
+        let (slot, clocks) = (self.slots.get_mut(i), &mut self.clocks);
         for w in &released {
-            slot.note_paid(w);
+            slot.note_paid(clocks, i, w);
         }
-        let order = slot.order().expect("set above");
+        let order = slot.order(clocks, i).expect("set above");
         self.waiting_count -= released.len();
         self.slots.mark(i, order_id);
         Ok((order, released))
@@ -421,23 +397,30 @@ impl JoinState {
     /// An order dropped whole is not written to the changelog as removed: the
     /// id is not kept, and a restore sweeps again ([`JoinState::restore`]'s
     /// caller). One with events still waiting is written, its id kept with them.
+    /// Every slot kept is recoded from the limit ([`Times`]).
     pub fn sweep_orders(&mut self, limit_ms: i64) {
         let mut forgotten = 0;
         let mut changed = Vec::new();
         let waiting = &self.waiting;
+        let old = std::mem::take(&mut self.clocks);
+        let c = &mut self.clocks;
+        c.placed = Times::rebased(limit_ms);
+        c.first_paid = Times::rebased(limit_ms);
         self.slots.retain(|i, s| {
-            if !s.has_order() || s.ts_ms.get() >= limit_ms {
-                return true;
+            let order = s.order(&old, i);
+            if order.is_some_and(|o| o.ts_ms < limit_ms) {
+                s.set_order(c, i, None);
+                forgotten += 1;
+                return match waiting.get(&i) {
+                    None => false,
+                    Some(l) => {
+                        changed.push((i, l.order_id.clone()));
+                        true
+                    }
+                };
             }
-            s.set_order(None);
-            forgotten += 1;
-            match waiting.get(&i) {
-                None => false,
-                Some(l) => {
-                    changed.push((i, l.order_id.clone()));
-                    true
-                }
-            }
+            s.set_order(c, i, order);
+            true
         });
         for (i, id) in changed {
             self.slots.mark(i, &id);
@@ -457,7 +440,8 @@ impl JoinState {
 /// Ids seen, with their event time, to drop repeats within `dedup_ttl`.
 #[derive(Debug, Default)]
 pub struct Dedup {
-    seen: IdSlab<Ms48>,
+    seen: IdSlab<Code>,
+    times: Times,
 }
 
 impl Dedup {
@@ -474,8 +458,9 @@ impl Dedup {
     /// Each id changed since the last call, once, with the event time it was
     /// seen at (`None`: forgotten).
     pub fn drain_changes(&mut self, mut f: impl FnMut(&str, Option<i64>)) {
+        let times = &self.times;
         self.seen
-            .drain_changes(|id, ts| f(id, ts.map(|(_, t)| t.get())));
+            .drain_changes(|id, ts| f(id, ts.map(|(i, c)| times.time(i, *c))));
     }
 
     /// Puts back a seen id, or forgets it (`None`; restore, oldest first).
@@ -483,11 +468,12 @@ impl Dedup {
         match ts_ms {
             Some(ts) => {
                 let (i, _) = self.seen.slot_of(id);
-                *self.seen.get_mut(i) = Ms48::new(ts);
+                *self.seen.get_mut(i) = self.times.code(i, ts);
             }
             None => {
                 if let Some(i) = self.seen.find(id) {
                     self.seen.remove(i, id);
+                    self.times.forget(i);
                 }
             }
         }
@@ -502,19 +488,28 @@ impl Dedup {
     pub fn first_copy(&mut self, id: &str, ts_ms: i64, ttl_ms: i64) -> bool {
         let (i, made) = self.seen.slot_of(id);
         let seen = self.seen.get_mut(i);
-        if !made && (ts_ms - seen.get()).abs() <= ttl_ms {
+        if !made && (ts_ms - self.times.time(i, *seen)).abs() <= ttl_ms {
             return false;
         }
-        *seen = Ms48::new(ts_ms);
+        *seen = self.times.code(i, ts_ms);
         self.seen.mark(i, id);
         true
     }
 
     /// Forgets ids seen before `limit_ms`: any copy close enough to match them
     /// would be late. Not written to the changelog (the ids are not kept): a
-    /// restore sweeps again.
+    /// restore sweeps again. Every id kept is recoded from the limit ([`Times`]).
     pub fn sweep(&mut self, limit_ms: i64) {
-        self.seen.retain(|_, ts| ts.get() >= limit_ms);
+        let old = std::mem::replace(&mut self.times, Times::rebased(limit_ms));
+        let new = &mut self.times;
+        self.seen.retain(|i, c| {
+            let ts = old.time(i, *c);
+            if ts < limit_ms {
+                return false;
+            }
+            *c = new.code(i, ts);
+            true
+        });
     }
 
     /// Bytes held (see [`IdSlab::heap_bytes`]).
@@ -530,6 +525,8 @@ impl Dedup {
         self.seen.is_empty()
     }
 }
+
+mod times;
 
 #[cfg(test)]
 mod tests;

@@ -13,8 +13,8 @@
 //! open order"). The fingerprint is a keyed hash with keys drawn at random per
 //! process, so no producer can aim two ids at one fingerprint; two of the
 //! ids a task holds share one by chance with a probability of about n²/2⁸¹
-//! (10⁻⁹ for 50 million: far below a machine's memory errors, and it keeps
-//! an order's entry at 32 bytes, two to a cache line). The table's own hash
+//! (10⁻⁹ for 50 million: far below a machine's memory errors; 2 bytes less
+//! an entry than 96 bits, 5–6 an open order). The table's own hash
 //! is 64 bits of it: ids whose table hashes collide are told apart by the
 //! other 16 (tested below).
 //! The ids themselves are kept only as long as the changelog needs them: those
@@ -26,7 +26,7 @@ use compact_str::CompactString;
 use index::Index;
 
 /// An id's fingerprint. Five `u16`s: 2-aligned, so an entry whose value is
-/// 2-aligned too takes no padding (an order's entry is 32 bytes, an id's 16).
+/// 2-aligned too takes no padding (an order's entry is 28 bytes, an id's 14).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 struct Fingerprint([u16; 5]);
 

@@ -1,21 +1,5 @@
 use super::*;
 
-#[test]
-fn event_times_keep_their_value_in_six_bytes() {
-    for ms in [
-        0,
-        1,
-        65_535,
-        65_536,
-        1_794_326_472_123,
-        crate::decode::MAX_TS_MS,
-        i64::MAX,
-    ] {
-        assert_eq!(Ms48::new(ms).get(), ms);
-    }
-    assert!(Ms48::new(5) != Ms48::new(5 + (1 << 32)));
-}
-
 /// `w` for `order_id`, which has no order yet: parked.
 fn park(j: &mut JoinState, order_id: &str, w: Waiting) {
     assert_eq!(
@@ -243,4 +227,97 @@ fn changes_drain_once_per_id_with_the_current_value() {
         ]
     );
     assert_eq!((j.order_count(), j.waiting_count()), (2, 0));
+}
+
+const DAY: i64 = 86_400_000;
+const T0: i64 = 1_762_790_400_000; // 2025-11-10
+
+/// Ids' times far apart (200 days behind the newest, 60 ahead) stay exact in
+/// their four bytes through sweeps that move the base: a copy at exactly the
+/// TTL is dropped, the changelog gets each time whole, and a sweep forgets
+/// exactly the ids before its limit.
+#[test]
+fn id_times_stay_exact_across_sweeps_that_move_the_base() {
+    let ttl = 3_600_000;
+    let mut d = Dedup::default();
+    d.track_changes();
+    let mut held: Vec<(String, i64)> = [T0, T0 - 200 * DAY, T0 + 60 * DAY, T0 + 1, T0 - 25 * DAY]
+        .iter()
+        .enumerate()
+        .map(|(n, &ts)| (format!("p{n}"), ts))
+        .collect();
+    for (id, ts) in &held {
+        assert!(d.first_copy(id, *ts, ttl));
+    }
+    let check = |d: &mut Dedup, held: &[(String, i64)]| {
+        assert_eq!(d.len(), held.len());
+        for (id, ts) in held {
+            assert!(!d.first_copy(id, ts - ttl, ttl), "{id} at {ts} - ttl");
+            assert!(!d.first_copy(id, ts + ttl, ttl), "{id} at {ts} + ttl");
+            d.touch(id);
+        }
+        let mut out = Vec::new();
+        d.drain_changes(|id, ts| out.push((id.to_string(), ts.expect("held"))));
+        out.sort();
+        let mut want = held.to_vec();
+        want.sort();
+        assert_eq!(out, want);
+    };
+    check(&mut d, &held);
+    // Below every time: nothing goes.
+    d.sweep(T0 - 300 * DAY);
+    check(&mut d, &held);
+    // Forgets p1; the base moves up to the limit, p2 (60 days on) kept whole.
+    d.sweep(T0 - 30 * DAY);
+    held.retain(|(_, ts)| *ts >= T0 - 30 * DAY);
+    check(&mut d, &held);
+    assert_eq!(
+        d.times.far_len(),
+        1,
+        "only p2, beyond the 49 days above the base"
+    );
+    d.sweep(T0 + 59 * DAY);
+    held.retain(|(_, ts)| *ts >= T0 + 59 * DAY);
+    assert_eq!(held.len(), 1);
+    check(&mut d, &held);
+    assert_eq!(d.times.far_len(), 0);
+    // A copy one millisecond past the TTL counts again.
+    assert!(d.first_copy("p2", T0 + 60 * DAY + ttl + 1, ttl));
+}
+
+/// An order's two times, far from each other and from other orders', stay
+/// exact through sweeps that move the base; a sweep forgets exactly the
+/// orders placed before its limit.
+#[test]
+fn order_times_stay_exact_across_sweeps_that_move_the_base() {
+    let mut j = JoinState::default();
+    let orders: Vec<(String, OrderInfo)> = [
+        (T0, T0 + 1),
+        (T0 - 100 * DAY, T0 + 40 * DAY),
+        (T0 + 50 * DAY, T0 - 3 * DAY),
+        (T0 + 2, i64::MAX),
+    ]
+    .iter()
+    .enumerate()
+    .map(|(n, &(ts, paid))| {
+        let info = OrderInfo {
+            attribution: attr(n as u32),
+            ts_ms: ts,
+            first_paid_ms: paid,
+        };
+        (format!("o{n}"), info)
+    })
+    .collect();
+    for (id, info) in &orders {
+        let (got, _) = j.insert_order(id, *info, 1_000).expect("new");
+        assert_eq!(got, *info);
+    }
+    for (limit, kept) in [(T0 - 200 * DAY, 4), (T0 - 10 * DAY, 3), (T0 + 10 * DAY, 1)] {
+        j.sweep_orders(limit);
+        assert_eq!(j.order_count(), kept, "after a sweep at {limit}");
+        for (id, info) in &orders {
+            let want = (info.ts_ms >= limit).then_some(*info);
+            assert_eq!(j.order(id), want, "{id}");
+        }
+    }
 }
