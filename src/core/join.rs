@@ -199,7 +199,10 @@ impl JoinState {
 
     /// Bytes held by the order store (its waiting lists' events not counted).
     pub fn heap_bytes(&self) -> usize {
-        self.slots.heap_bytes() + self.waiting.allocation_size()
+        self.slots.heap_bytes()
+            + self.waiting.allocation_size()
+            + self.clocks.placed.heap_bytes()
+            + self.clocks.first_paid.heap_bytes()
     }
 
     /// Takes slot `i`'s waiting events out, removing their list.
@@ -514,7 +517,7 @@ impl Dedup {
 
     /// Bytes held (see [`IdSlab::heap_bytes`]).
     pub fn heap_bytes(&self) -> usize {
-        self.seen.heap_bytes()
+        self.seen.heap_bytes() + self.times.heap_bytes()
     }
 
     pub fn len(&self) -> usize {

@@ -89,7 +89,12 @@ impl Times {
         }
     }
 
-    /// Times kept whole (tests and metrics).
+    /// Bytes of the side map.
+    pub fn heap_bytes(&self) -> usize {
+        self.far.allocation_size()
+    }
+
+    /// Times kept whole.
     #[cfg(test)]
     pub fn far_len(&self) -> usize {
         self.far.len()
