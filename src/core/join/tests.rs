@@ -321,3 +321,65 @@ fn order_times_stay_exact_across_sweeps_that_move_the_base() {
         }
     }
 }
+
+/// De-duplication against a plain map of whole times, over random ids,
+/// times spread over a year (most far from any base), copies at and around
+/// the TTL, restores and sweeps: the same answer for every event, and the
+/// same ids and times handed to the changelog.
+#[test]
+fn dedup_matches_a_map_of_whole_times() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(19);
+    let ttl = 3_600_000;
+    let mut d = Dedup::default();
+    d.track_changes();
+    let mut model: std::collections::HashMap<String, i64> = Default::default();
+    let mut clock = T0;
+    for step in 0..200_000 {
+        clock += rng.gen_range(0..50_000);
+        let id = format!("p{}", rng.gen_range(0..5_000));
+        match rng.gen_range(0..100) {
+            0 => {
+                let limit = clock - rng.gen_range(0..400 * DAY);
+                d.sweep(limit);
+                model.retain(|_, ts| *ts >= limit);
+            }
+            1 => {
+                d.restore(&id, None);
+                model.remove(&id);
+            }
+            n => {
+                let ts = match (n, model.get(&id)) {
+                    (2..=40, Some(&seen)) => {
+                        seen + rng.gen_range(-1..=1) + ttl * rng.gen_range(-1..=1)
+                    }
+                    (41..=60, _) => clock - rng.gen_range(0..365 * DAY),
+                    _ => clock + rng.gen_range(-ttl..ttl),
+                };
+                let first = match model.get(&id) {
+                    Some(&seen) if (ts - seen).abs() <= ttl => false,
+                    _ => {
+                        model.insert(id.clone(), ts);
+                        true
+                    }
+                };
+                assert_eq!(
+                    d.first_copy(&id, ts, ttl),
+                    first,
+                    "step {step}: {id} at {ts}"
+                );
+            }
+        }
+    }
+    assert_eq!(d.len(), model.len());
+    for id in model.keys() {
+        d.touch(id);
+    }
+    let mut out = std::collections::HashMap::new();
+    d.drain_changes(|id, ts| {
+        out.insert(id.to_string(), ts);
+    });
+    for (id, ts) in &model {
+        assert_eq!(out.get(id), Some(&Some(*ts)), "{id}");
+    }
+}
