@@ -107,6 +107,10 @@ impl Clocks {
         self.placed.forget(i);
         self.first_paid.forget(i);
     }
+
+    fn heap_bytes(&self) -> usize {
+        self.placed.heap_bytes() + self.first_paid.heap_bytes()
+    }
 }
 
 impl Slot {
@@ -199,10 +203,7 @@ impl JoinState {
 
     /// Bytes held by the order store (its waiting lists' events not counted).
     pub fn heap_bytes(&self) -> usize {
-        self.slots.heap_bytes()
-            + self.waiting.allocation_size()
-            + self.clocks.placed.heap_bytes()
-            + self.clocks.first_paid.heap_bytes()
+        self.slots.heap_bytes() + self.waiting.allocation_size() + self.clocks.heap_bytes()
     }
 
     /// Takes slot `i`'s waiting events out, removing their list.
@@ -405,13 +406,16 @@ impl JoinState {
         let mut forgotten = 0;
         let mut changed = Vec::new();
         let waiting = &self.waiting;
-        let old = std::mem::take(&mut self.clocks);
+        let old = std::mem::replace(
+            &mut self.clocks,
+            Clocks {
+                placed: Times::rebased(limit_ms),
+                first_paid: Times::rebased(limit_ms),
+            },
+        );
         let c = &mut self.clocks;
-        c.placed = Times::rebased(limit_ms);
-        c.first_paid = Times::rebased(limit_ms);
         self.slots.retain(|i, s| {
-            let order = s.order(&old, i);
-            if order.is_some_and(|o| o.ts_ms < limit_ms) {
+            if s.has_order() && old.placed.time(i, s.placed) < limit_ms {
                 s.set_order(c, i, None);
                 forgotten += 1;
                 return match waiting.get(&i) {
@@ -422,7 +426,8 @@ impl JoinState {
                     }
                 };
             }
-            s.set_order(c, i, order);
+            s.placed = c.placed.recode(&old.placed, i, s.placed);
+            s.first_paid = c.first_paid.recode(&old.first_paid, i, s.first_paid);
             true
         });
         for (i, id) in changed {
@@ -506,11 +511,10 @@ impl Dedup {
         let old = std::mem::replace(&mut self.times, Times::rebased(limit_ms));
         let new = &mut self.times;
         self.seen.retain(|i, c| {
-            let ts = old.time(i, *c);
-            if ts < limit_ms {
+            if old.time(i, *c) < limit_ms {
                 return false;
             }
-            *c = new.code(i, ts);
+            *c = new.recode(&old, i, *c);
             true
         });
     }

@@ -89,6 +89,11 @@ impl Times {
         }
     }
 
+    /// Slot `slot`'s `code` in `old`, coded again here (a sweep's recoding).
+    pub fn recode(&mut self, old: &Times, slot: u32, code: Code) -> Code {
+        self.code(slot, old.time(slot, code))
+    }
+
     /// Bytes of the side map.
     pub fn heap_bytes(&self) -> usize {
         self.far.allocation_size()
@@ -145,7 +150,7 @@ mod tests {
         for (s, &ts) in cases.iter().enumerate().skip(1) {
             let s = s as u32;
             let old = t.code(s, ts);
-            let c = new.code(s, t.time(s, old));
+            let c = new.recode(&t, s, old);
             assert_eq!(new.time(s, c), ts);
         }
         assert_eq!(new.far_len(), 4, "below the new base: 3; 2255: 1");
