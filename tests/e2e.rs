@@ -558,7 +558,7 @@ fn a_paused_instance_replaced_by_one_with_its_id_is_fenced_and_counts_nothing() 
     let pid = zombie.0.id().to_string();
     signal(&pid, "-STOP");
     println!("instance z paused; starting its replacement with the same id");
-    let heir = start_instance(&stage.config, "z", Some(heir_port));
+    let heir = start_instance(&stage.config, "z", Some(heir_port), None);
     // The replacement owns every task once z's session has expired.
     let mut cluster = Instances::new(&stage, &["z"]);
     cluster.jobs[0] = Some(heir);

@@ -24,6 +24,21 @@ use crate::telemetry::http::now_ms;
 
 /// How long a failed transaction is retried (aborted, tasks restored) before the process gives up.
 const RECOVER_FOR: Duration = Duration::from_secs(300);
+/// How a restore puts the consumer at the committed offsets.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Position {
+    /// A new assignment: the partitions are assigned at them.
+    Assign,
+    /// The same tasks again, after a failed transaction: each partition seeks to
+    /// its offset, as Kafka Streams revives a task, and stays assigned. Assigning
+    /// the same partitions again stops and restarts every fetcher; a revoke right
+    /// after (the group session ending as the broker comes back) then stopped a
+    /// fetcher twice, which aborts the process in librdkafka 2.12
+    /// (`rd_kafka_assignment_partition_stopped: Assertion 'rktp->rktp_started'`,
+    /// librdkafka#5573, fixed after 2.12).
+    Seek,
+}
+
 /// The smallest record limit the job shrinks to when the broker refuses its
 /// records for their size: a changelog chunk of a quarter of it plus one
 /// order id's entry (about 25 KB), or a dead letter (about 30 KB), must fit.
@@ -80,7 +95,7 @@ impl Loop<'_> {
                 instance = %self.cfg.kafka.instance_id,
                 "the transaction failed ({last:#}); aborting it and restoring the tasks from their last commit"
             );
-            match self.restore(&tasks) {
+            match self.restore(&tasks, Position::Seek) {
                 Ok(()) => return Ok(()),
                 // Nothing is owned now: the loop ends, with nothing to commit.
                 Err(e) if e.is::<changelog::Stopped>() => return Ok(()),
@@ -161,18 +176,20 @@ impl Loop<'_> {
             Assignment::Revoke => Vec::new(),
         };
         let wanted = self.commits.assign(tasks);
-        self.restore(&wanted)
+        self.restore(&wanted, Position::Assign)
     }
 
     /// Drops every task and restores `wanted` (the protocol's list): the open
     /// transaction is aborted, each input resumes at the group's committed
     /// offset, and each task's state is its changelog partition read to the
     /// end (see `core/commit.rs` for why the two agree).
-    fn restore(&mut self, wanted: &[TaskId]) -> anyhow::Result<()> {
+    fn restore(&mut self, wanted: &[TaskId], how: Position) -> anyhow::Result<()> {
         let started = Instant::now();
         self.producer.abort()?;
-        // The old assignment's lanes go; the new ones are split below, before `assign`.
-        self.lanes = Lanes::default();
+        if how == Position::Assign {
+            // The old assignment's lanes go; the new ones are split below, before `assign`.
+            self.lanes = Lanes::default();
+        }
         self.engine.clear();
         self.out.clear();
         self.handles
@@ -244,27 +261,44 @@ impl Loop<'_> {
             tracing::debug!(instance = %cfg.kafka.instance_id, ?stage, p, ?resume, keys = entries.len(), "task restored");
             self.commits.restored(task, resume);
         }
-        // 3. The input partitions' lanes before `assign`: every record of theirs then
-        //    reaches its lane. (Split after, the first fetches could land in the
-        //    consumer's queue, and be read after later records of the same partition.)
         let mut tpl = TopicPartitionList::new();
-        let mut lanes = Vec::new();
         for ((stage, p), i, o) in self.commits.resume() {
-            let topic = task_topic(cfg, stage, i);
-            tpl.add_partition_offset(topic, p, Offset::Offset(o))?;
-            if let Some(input) = cfg.topics.input_topic(topic) {
-                lanes.push((input, topic, p));
-            }
+            tpl.add_partition_offset(task_topic(cfg, stage, i), p, Offset::Offset(o))?;
         }
-        self.lanes = Lanes::split(&self.consumer, &lanes)?;
-        self.consumer
-            .assign(&tpl)
-            .context("positioning the consumer at the committed offsets")?;
+        // 3. The consumer at those offsets.
+        let rewound = how == Position::Seek
+            && match consumer::seek(&self.consumer, tpl.clone()) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!("{e:#}; assigning the partitions again instead");
+                    false
+                }
+            };
+        if rewound {
+            self.lanes.rewound();
+        } else {
+            // The input partitions' lanes before `assign`: every record of theirs then
+            // reaches its lane. (Split after, the first fetches could land in the
+            // consumer's queue, and be read after later records of the same partition.)
+            let elements = tpl.elements();
+            let lanes: Vec<_> = elements
+                .iter()
+                .filter_map(|e| {
+                    let input = cfg.topics.input_topic(e.topic())?;
+                    Some((input, e.topic(), e.partition()))
+                })
+                .collect();
+            self.lanes = Lanes::split(&self.consumer, &lanes)?;
+            self.consumer
+                .assign(&tpl)
+                .context("positioning the consumer at the committed offsets")?;
+        }
         tracing::info!(
             instance = %cfg.kafka.instance_id,
             tasks = wanted.len(),
             keys,
             seconds = started.elapsed().as_secs_f64(),
+            rewound,
             "state restored"
         );
         Ok(())

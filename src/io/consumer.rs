@@ -213,6 +213,30 @@ pub fn committed_offsets(
         .collect()
 }
 
+/// Moves every partition of `tpl` (all assigned) to its offset, and waits
+/// until librdkafka has done so: records fetched before are dropped unread.
+/// A partition whose fetcher has not started yet (librdkafka starts it once an
+/// earlier fetcher has stopped) is left alone: it starts at the offset it was
+/// assigned at, and as nothing of it was read since, nothing of it was
+/// committed since either, so that is the offset it is to resume at.
+pub fn seek(c: &InputConsumer, tpl: TopicPartitionList) -> anyhow::Result<()> {
+    let done = c
+        .seek_partitions(tpl, Duration::from_secs(10))
+        .context("seeking to the committed offsets")?;
+    for e in done.elements() {
+        match e.error() {
+            Ok(()) => {}
+            Err(err) if err.rdkafka_error_code() == Some(RDKafkaErrorCode::State) => {}
+            Err(err) => anyhow::bail!(
+                "seeking {} [{}] to its committed offset: {err}",
+                e.topic(),
+                e.partition()
+            ),
+        }
+    }
+    Ok(())
+}
+
 /// Assigns every partition of the input topics from the beginning.
 pub fn assign_from_beginning(
     c: &InputConsumer,

@@ -75,6 +75,13 @@ impl Lanes {
         })
     }
 
+    /// The consumer moved every lane back (a seek): what each read last is gone.
+    pub fn rewound(&mut self) {
+        for lane in &mut self.lanes {
+            lane.last_ms = i64::MIN;
+        }
+    }
+
     /// Each lane holding fetched records not read yet. Such a partition is not
     /// idle, however long since the loop last read it: it waits for its turn.
     pub fn each_waiting(&self, mut f: impl FnMut(InputTopic, i32)) {

@@ -103,14 +103,16 @@ listen = "127.0.0.1:{metrics_port}"
 }
 
 pub(crate) fn start_job(config: &std::path::Path) -> Proc {
-    start_instance(config, "0", None)
+    start_instance(config, "0", None, None)
 }
 
 /// Starts `gmv run` as instance `id`; `metrics_port` overrides the config's.
+/// Its log goes to the test's stderr, or is added to `log`.
 pub(crate) fn start_instance(
     config: &std::path::Path,
     id: &str,
     metrics_port: Option<u16>,
+    log: Option<&std::path::Path>,
 ) -> Proc {
     let mut cmd = gmv();
     cmd.args(["run", "--instance-id", id, "--config"])
@@ -118,11 +120,28 @@ pub(crate) fn start_instance(
     if let Some(port) = metrics_port {
         cmd.args(["--metrics-listen", &format!("127.0.0.1:{port}")]);
     }
-    Proc(
-        cmd.stderr(Stdio::inherit())
-            .spawn()
-            .expect("starting gmv run"),
-    )
+    let stderr = match log {
+        Some(path) => Stdio::from(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .expect("opening the instance's log"),
+        ),
+        None => Stdio::inherit(),
+    };
+    Proc(cmd.stderr(stderr).spawn().expect("starting gmv run"))
+}
+
+/// The last `n` lines of a log, without the milestone lines (one per milestone
+/// after every restore) that would crowd out what went wrong.
+pub(crate) fn log_tail(path: &std::path::Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.contains("gmv::app: milestone"))
+        .collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 // ---------- reading the outputs back ----------
@@ -526,7 +545,27 @@ impl<'a> Instances<'a> {
             &self.stage.config,
             self.ids[i],
             Some(self.ports[i]),
+            Some(&self.log(i)),
         ));
+    }
+
+    /// Where instance `i`'s log goes, across its restarts.
+    fn log(&self, i: usize) -> PathBuf {
+        self.stage.dir.join(format!("{}.log", self.ids[i]))
+    }
+
+    /// The end of every instance's log, for a failure's message.
+    pub(crate) fn logs(&self) -> String {
+        (0..self.ids.len())
+            .map(|i| {
+                format!(
+                    "--- log of instance {} (end) ---\n{}",
+                    self.ids[i],
+                    log_tail(&self.log(i), 60)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     pub(crate) fn running(&self) -> Vec<usize> {
@@ -538,10 +577,12 @@ impl<'a> Instances<'a> {
     /// Asserts that instance `i` is still running: it rode out what happened by itself.
     pub(crate) fn assert_alive(&mut self, i: usize, after: &str) {
         let job = self.jobs[i].as_mut().expect("the instance was started");
+        let status = job.0.try_wait().unwrap();
         assert!(
-            job.0.try_wait().unwrap().is_none(),
-            "instance {} exited {after}",
-            self.ids[i]
+            status.is_none(),
+            "instance {} exited {after} ({status:?})\n{}",
+            self.ids[i],
+            self.logs()
         );
     }
 
@@ -689,8 +730,9 @@ pub(crate) fn assert_exact(
     if let Err(diff) = try_wait_for(&reader(stage), &mut out, want) {
         let stored: i64 = input_counts(stage).values().sum();
         panic!(
-            "{what}: outputs did not reach the expected state in time.\n{diff}\n input records in the topics: {stored}\n counters of the running instances since their last start:\n  {}",
-            instances.counters()
+            "{what}: outputs did not reach the expected state in time.\n{diff}\n input records in the topics: {stored}\n counters of the running instances since their last start:\n  {}\n{}",
+            instances.counters(),
+            instances.logs()
         );
     }
     let mut by_key: BTreeMap<&String, usize> = BTreeMap::new();
