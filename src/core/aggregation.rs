@@ -171,15 +171,32 @@ impl DimState {
         }
     }
 
-    /// Emits changed open windows and changed totals.
-    fn emit(&mut self, watermark_ms: i64, out: &mut Vec<Output>) {
+    /// Emits changed open windows and changed totals. Each emitted key is
+    /// marked changed: its revision moved, and the changelog must say so even
+    /// when its sums were written by an earlier commit (else the next update
+    /// after a restore repeats the revision).
+    fn emit(
+        &mut self,
+        watermark_ms: i64,
+        changed: &mut Option<FastSet<StateKey>>,
+        out: &mut Vec<Output>,
+    ) {
+        let dim = self.dim;
         let mut windows = std::mem::take(&mut self.windows);
-        for w in &mut windows {
+        for (i, w) in windows.iter_mut().enumerate() {
             let size = w.size_ms();
-            w.drain_dirty(|s| out.push(self.window_record(size, s, false)));
+            w.drain_dirty(|s| {
+                if let Some(c) = changed.as_mut() {
+                    c.insert(StateKey::Window(dim, i, s.start_ms, s.key));
+                }
+                out.push(self.window_record(size, s, false))
+            });
         }
         self.windows = windows;
         for key in std::mem::take(&mut self.dirty_totals) {
+            if let Some(c) = changed.as_mut() {
+                c.insert(StateKey::Total(dim, key));
+            }
             let name = self.names.name(key).to_string();
             let slot = &mut self.totals[key as usize];
             slot.dirty = false;
@@ -393,7 +410,7 @@ impl AggregationTask {
             }
         }
         for d in &mut self.dims {
-            d.emit(w, out);
+            d.emit(w, &mut self.changed, out);
         }
     }
 
@@ -637,6 +654,32 @@ mod tests {
         b.receive(2, batch(0, 3), &mut s, &mut out);
         a.receive(2, batch(0, 3), &mut s, &mut out);
         assert_eq!((gmv(&a), gmv(&b)), (15, 15));
+        let (mut ea, mut eb) = (vec![], vec![]);
+        a.emit(&mut ea);
+        b.emit(&mut eb);
+        assert_eq!(ea, eb, "same records, same revisions");
+    }
+
+    #[test]
+    fn revisions_emitted_after_a_commit_are_in_the_next_commits_changelog() {
+        // A commit without an emission, then an emission, then a commit: what
+        // the restore reads must carry the emitted revision, or the next update
+        // after a restore repeats it.
+        let cfg = Arc::new(EngineConfig::default());
+        let mut a = AggregationTask::new(0, cfg.clone(), 1);
+        a.track_changes();
+        let (mut s, mut out) = (Stats::default(), vec![]);
+        let mut changelog: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        a.receive(0, batch(0, 5), &mut s, &mut out);
+        state::compact_into(&mut changelog, a.take_changes());
+        a.emit(&mut out);
+        state::compact_into(&mut changelog, a.take_changes());
+        let mut b = AggregationTask::new(0, cfg, 1);
+        for (k, v) in &changelog {
+            b.restore(k, v).unwrap();
+        }
+        a.receive(1, batch(0, 3), &mut s, &mut out);
+        b.receive(1, batch(0, 3), &mut s, &mut out);
         let (mut ea, mut eb) = (vec![], vec![]);
         a.emit(&mut ea);
         b.emit(&mut eb);

@@ -727,7 +727,16 @@ pub(crate) fn assert_exact(
     what: &str,
 ) -> Outputs {
     let mut out = Outputs::default();
-    if let Err(diff) = try_wait_for(&reader(stage), &mut out, want) {
+    // A record that breaks a rule as it is read (`drain`) panics there: the
+    // instances' logs go with that too.
+    let waited = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        try_wait_for(&reader(stage), &mut out, want)
+    }));
+    let waited = waited.unwrap_or_else(|panic| {
+        eprintln!("{what}: a record broke a rule\n{}", instances.logs());
+        std::panic::resume_unwind(panic)
+    });
+    if let Err(diff) = waited {
         let stored: i64 = input_counts(stage).values().sum();
         panic!(
             "{what}: outputs did not reach the expected state in time.\n{diff}\n input records in the topics: {stored}\n counters of the running instances since their last start:\n  {}\n{}",
