@@ -13,8 +13,9 @@
 //! latency part), LATENCY_SECONDS (default 60), SCREEN (default 1; 0 runs the
 //! jobs of every interval without the screen's reader), SCREEN_OFF_RUN
 //! (default 1; 0 skips the run without the screen), JOB_LOG (a path: the jobs' logs go to
-//! `{path}.{index}-{interval}`), BASELINE_BIN (the `gmv` binary to run, for a
-//! baseline built from other code; default: this build's).
+//! `{path}.{index}-{interval}`), BASELINE_BIN (another build's `gmv`: each
+//! interval then runs twice in a row, that build first, then this one, so the
+//! two compare in one run on the same broker and backlog).
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -124,7 +125,19 @@ fn main() {
 
     let mut table = Vec::new();
     let mut in_topics = n;
-    for (index, interval) in intervals.into_iter().enumerate() {
+    let baseline_bin = std::env::var("BASELINE_BIN").ok();
+    let runs: Vec<(i64, Option<&str>)> = intervals
+        .into_iter()
+        .flat_map(|i| match &baseline_bin {
+            Some(b) => vec![(i, Some(b.as_str())), (i, None)],
+            None => vec![(i, None)],
+        })
+        .collect();
+    for (index, (interval, bin)) in runs.into_iter().enumerate() {
+        let label = match bin {
+            Some(_) => format!("{interval} ms, baseline build"),
+            None => format!("{interval} ms"),
+        };
         let run = Run {
             dir: &dir,
             brokers: &brokers,
@@ -133,13 +146,13 @@ fn main() {
             expected_orders: n,
         };
         let (config, metrics_port) = run.config();
-        let job = start_job(&config, &run.name, env_or("SCREEN", 1) == 1);
+        let job = start_job(&config, &run.name, env_or("SCREEN", 1) == 1, bin);
         let rate = throughput(&job, metrics_port, in_topics);
         println!(
-            "commit_interval {interval} ms: gmv run {rate:>10.0} records/s, ratio {:.2}",
+            "commit_interval {label}: gmv run {rate:>10.0} records/s, ratio {:.2}",
             rate / baseline
         );
-        let mut row = format!("| {interval} ms | {rate:.0} | {:.2} |", rate / baseline);
+        let mut row = format!("| {label} | {rate:.0} | {:.2} |", rate / baseline);
         if latency_rate > 0 {
             let records = (latency_rate * latency_secs) as usize;
             let (h, back) = latency(
@@ -154,7 +167,7 @@ fn main() {
             stream = Some(back);
             in_topics += records;
             println!(
-                "commit_interval {interval} ms: produce → read_committed gmv-totals update at {latency_rate} events/s for {latency_secs} s ({} orders sampled): p50 {} ms, p99 {} ms, p99.9 {} ms, max {} ms",
+                "commit_interval {label}: produce → read_committed gmv-totals update at {latency_rate} events/s for {latency_secs} s ({} orders sampled): p50 {} ms, p99 {} ms, p99.9 {} ms, max {} ms",
                 h.len(),
                 h.value_at_quantile(0.5),
                 h.value_at_quantile(0.99),
@@ -184,7 +197,7 @@ fn main() {
             expected_orders: n,
         };
         let (config, metrics_port) = run.config();
-        let job = start_job(&config, &run.name, false);
+        let job = start_job(&config, &run.name, false, None);
         let rate = throughput(&job, metrics_port, in_topics);
         println!(
             "commit_interval {first_interval} ms, no screen: gmv run {rate:>10.0} records/s, ratio {:.2}",
@@ -206,22 +219,20 @@ fn main() {
 }
 
 /// Starts `gmv run` with `config`; `screen`: whether it serves the big screen
-/// (a reader of the output topics on its own thread). `JOB_LOG=path` keeps
-/// its log in `path.{name}`.
-fn start_job(config: &std::path::Path, name: &str, screen: bool) -> Proc {
+/// (a reader of the output topics on its own thread); `bin`: another build's
+/// `gmv` (default: this build's). `JOB_LOG=path` keeps its log in `path.{name}`.
+fn start_job(config: &std::path::Path, name: &str, screen: bool, bin: Option<&str>) -> Proc {
     Proc(
-        Command::new(
-            std::env::var("BASELINE_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_gmv").into()),
-        )
-        .args(["run", "--config"])
-        .arg(config)
-        .env("GMV_METRICS__SCREEN", screen.to_string())
-        .stderr(match std::env::var("JOB_LOG") {
-            Ok(path) => Stdio::from(std::fs::File::create(format!("{path}.{name}")).unwrap()),
-            Err(_) => Stdio::null(),
-        })
-        .spawn()
-        .unwrap(),
+        Command::new(bin.unwrap_or(env!("CARGO_BIN_EXE_gmv")))
+            .args(["run", "--config"])
+            .arg(config)
+            .env("GMV_METRICS__SCREEN", screen.to_string())
+            .stderr(match std::env::var("JOB_LOG") {
+                Ok(path) => Stdio::from(std::fs::File::create(format!("{path}.{name}")).unwrap()),
+                Err(_) => Stdio::null(),
+            })
+            .spawn()
+            .unwrap(),
     )
 }
 
@@ -300,9 +311,11 @@ fn throughput(job: &Proc, metrics_port: u16, n: usize) -> f64 {
         metric_sum(&metrics, "gmv_commit_duration_seconds_count"),
         metric_sum(&metrics, "gmv_commit_duration_seconds_sum"),
     );
+    let waited = metric_sum(&metrics, "gmv_commit_wait_seconds_total");
     println!(
-        "commits:             {commits:>10.0} taking {in_commit:.1} s of the loop's time ({:.0}% of the {run_secs:.1} s run)",
-        100.0 * in_commit / run_secs
+        "commits:             {commits:>10.0} taking {in_commit:.1} s in the background ({:.0}% of the {run_secs:.1} s run); the loop waited {waited:.1} s for them ({:.0}%)",
+        100.0 * in_commit / run_secs,
+        100.0 * waited / run_secs
     );
     if let (Some(a), Some(b)) = (cpu_first, cpu_last) {
         // Less noisy than the rate on a shared machine: the work the job does per event.

@@ -29,7 +29,7 @@ use crate::core::Engine;
 use crate::io::changelog;
 use crate::io::consumer::{self, InputConsumer};
 use crate::io::lanes::{LaneRecord, Lanes, LANE_BATCH};
-use crate::io::producer::{Kind, Record, TxnProducer};
+use crate::io::producer::{Kind, PendingCommit, Record, TxnProducer};
 use crate::io::topics;
 use crate::model::{InputTopic, Source};
 use crate::telemetry::http::now_ms;
@@ -38,6 +38,11 @@ use crate::telemetry::Metrics;
 
 /// Largest number of records handled between two ticks.
 const MAX_BATCH: usize = 20_000;
+/// How long after the last commit began the loop reads on while that commit
+/// still runs, before it waits for it: bounds what a transaction holds when
+/// the broker is slow (its commits took 100–150 ms each in a catch-up on the
+/// shared two cores, docs/performance.md).
+const COMMIT_DEFER_MAX: Duration = Duration::from_secs(1);
 /// How often metrics are refreshed from the engine.
 const METRICS_EVERY: Duration = Duration::from_millis(250);
 /// How often latency quantiles are logged.
@@ -150,7 +155,6 @@ pub fn run(cfg: &Config, handles: &Handles, broker: Broker) -> anyhow::Result<()
         Some(handles.output_counters()),
         cfg.kafka.max_record_bytes as usize,
     )?);
-    *consumer.context().producer.lock().expect("producer lock") = Some(producer.clone());
 
     let mut lp = Loop {
         cfg,
@@ -164,6 +168,7 @@ pub fn run(cfg: &Config, handles: &Handles, broker: Broker) -> anyhow::Result<()
         partitions,
         aggregation_partitions,
         newest_input_ms: 0,
+        in_flight: None,
         next_emit: Instant::now(),
     };
     lp.subscribe()?;
@@ -191,6 +196,8 @@ struct Loop<'a> {
     aggregation_partitions: i32,
     /// Newest Kafka timestamp read in the current commit interval, for end-to-end latency.
     newest_input_ms: i64,
+    /// The last transaction's commit while it runs, and its `newest_input_ms`.
+    in_flight: Option<(PendingCommit, i64)>,
     /// When the windows and totals that changed are emitted next (every `emit_interval`).
     next_emit: Instant,
 }
@@ -289,7 +296,11 @@ impl Loop<'_> {
                 self.next_emit = Instant::now() + emit_every;
                 self.engine.emit(&mut self.out);
             }
-            if emitted || last_commit.elapsed() >= commit_every {
+            // One commit at a time: while the last one still runs (the broker is
+            // slow to commit), the loop reads on and the next transaction grows,
+            // instead of waiting; past COMMIT_DEFER_MAX it waits.
+            let deferred = self.commit_running() && last_commit.elapsed() < COMMIT_DEFER_MAX;
+            if (emitted || last_commit.elapsed() >= commit_every) && !deferred {
                 let started = Instant::now();
                 if let Err(e) = self.commit() {
                     // Counted here: a send can fail before the commit step does.
@@ -300,10 +311,10 @@ impl Loop<'_> {
                         .commit(false, started.elapsed().as_secs_f64());
                     self.recover(e)?;
                 }
-                // Counted from the commit's end: a commit longer than the interval
-                // must not leave the next one no time to read (with 100 ms commits
-                // a catch-up read nothing but commits), and after a failure the
-                // loop polls first, where a rebalance is seen.
+                // Counted from here, after waiting for the previous commit: a commit
+                // longer than the interval must not leave the loop no time to read
+                // (with 100 ms commits a catch-up read nothing but commits), and
+                // after a failure the loop polls first, where a rebalance is seen.
                 last_commit = Instant::now();
             }
             self.handles.heartbeat_ms.store(now_ms(), Ordering::Relaxed);
@@ -325,7 +336,14 @@ impl Loop<'_> {
 
     /// One transaction: the outputs, what the tasks did (repartition batches,
     /// changelog records), and the offsets of every owned partition.
+    ///
+    /// The commit itself runs in the background while the loop reads on (a
+    /// commit is mostly waiting on the broker: with the loop blocked, commits
+    /// took half of a catch-up's time). The next commit first waits for it, so
+    /// transactions still commit one after the other, and a failure is seen
+    /// there: what was read since is dropped with the rest by the restore.
     fn commit(&mut self) -> anyhow::Result<()> {
+        self.finish_commit()?;
         if self.commits.owned().next().is_none() {
             return Ok(());
         }
@@ -360,18 +378,34 @@ impl Loop<'_> {
             .consumer
             .group_metadata()
             .context("no consumer group metadata")?;
-        let newest_input_ms = std::mem::take(&mut self.newest_input_ms);
-        let started = Instant::now();
-        // On failure this instance's memory is ahead of what committed: the caller
-        // aborts the transaction and restores the tasks from the last commit (`recover`).
-        self.producer
-            .commit(&offsets, &group)
-            .context("the transaction failed")?;
+        let pending = self.producer.commit_in_background(offsets, group)?;
+        self.in_flight = Some((pending, std::mem::take(&mut self.newest_input_ms)));
+        Ok(())
+    }
+
+    /// Whether the last commit still runs.
+    fn commit_running(&self) -> bool {
+        self.in_flight
+            .as_ref()
+            .is_some_and(|(pending, _)| !pending.is_finished())
+    }
+
+    /// Waits for the commit in flight, if any. Once it succeeded, the inputs
+    /// resume after what it carried; if it failed, this instance's memory is
+    /// ahead of what committed: the caller aborts the transaction and restores
+    /// the tasks from the last commit (`recover`).
+    fn finish_commit(&mut self) -> anyhow::Result<()> {
+        let Some((pending, newest_input_ms)) = self.in_flight.take() else {
+            return Ok(());
+        };
+        let waited = Instant::now();
+        let done = pending.wait().context("the transaction failed")?;
         self.commits.committed();
         let mut m = self.handles.metrics.lock().expect("metrics lock");
-        m.commit(true, started.elapsed().as_secs_f64());
+        m.commit_waited(waited.elapsed().as_secs_f64());
+        m.commit(true, done.seconds);
         if newest_input_ms > 0 {
-            m.observe_end_to_end(now_ms() - newest_input_ms);
+            m.observe_end_to_end(done.at_ms - newest_input_ms);
         }
         Ok(())
     }
@@ -468,7 +502,7 @@ impl Loop<'_> {
     fn shutdown(&mut self) -> anyhow::Result<()> {
         tracing::info!("shutting down: committing the last transaction");
         self.engine.emit(&mut self.out);
-        let result = self.commit();
+        let result = self.commit().and_then(|()| self.finish_commit());
         self.refresh_metrics();
         self.handles
             .metrics

@@ -148,14 +148,7 @@ impl Loop<'_> {
             Some(self.handles.output_counters()),
             self.engine.config().max_record_bytes,
         )?;
-        let producer = Arc::new(p);
-        *self
-            .consumer
-            .context()
-            .producer
-            .lock()
-            .expect("producer lock") = Some(producer.clone());
-        self.producer = producer;
+        self.producer = Arc::new(p);
         Ok(())
     }
 
@@ -185,6 +178,13 @@ impl Loop<'_> {
     /// end (see `core/commit.rs` for why the two agree).
     fn restore(&mut self, wanted: &[TaskId], how: Position) -> anyhow::Result<()> {
         let started = Instant::now();
+        // A commit still running ends first. Its result does not matter: the
+        // restore starts from whatever committed.
+        if let Some((pending, _)) = self.in_flight.take() {
+            if let Err(e) = pending.wait() {
+                tracing::debug!("the commit in flight failed: {e:#}");
+            }
+        }
         self.producer.abort()?;
         if how == Position::Assign {
             // The old assignment's lanes go; the new ones are split below, before `assign`.

@@ -1,7 +1,7 @@
 //! The consumer: a member of the job's consumer group reading the input and
-//! repartition topics with `read_committed`. On a revoke it aborts the open
-//! transaction (the new owners redo that work from the last commit). A new
-//! assignment is not taken at once: the loop restores the tasks' state first and
+//! repartition topics with `read_committed`. A revoke or a new assignment is
+//! handed to the loop, which aborts the open transaction (the new owners redo
+//! that work from the last commit). A new assignment is not taken at once: the loop restores the tasks' state first and
 //! then assigns the partitions at the group's committed offsets (librdkafka
 //! waits for that `assign` call, heartbeating meanwhile). It also
 //! exports per-partition lag from librdkafka's statistics.
@@ -18,7 +18,6 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::ClientContext;
 
-use super::producer::TxnProducer;
 use crate::config::Config;
 use crate::telemetry::Metrics;
 
@@ -30,8 +29,6 @@ pub struct LagContext {
     pub rebalanced: Arc<AtomicBool>,
     /// The latest rebalance event not yet handled by the loop.
     pub pending: Mutex<Option<Assignment>>,
-    /// Aborted when partitions are revoked; replaced when the loop makes a new one.
-    pub producer: Mutex<Option<Arc<TxnProducer>>>,
 }
 
 /// A rebalance event for the loop.
@@ -100,13 +97,8 @@ impl ConsumerContext for LagContext {
                 if other != RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS {
                     tracing::error!("rebalance error: {other:?}");
                 }
-                // Work since the last commit is redone by whoever gets the partitions.
-                let producer = self.producer.lock().expect("producer lock").clone();
-                if let Some(p) = producer {
-                    if let Err(e) = p.abort() {
-                        tracing::warn!("aborting the open transaction on revoke: {e:#}");
-                    }
-                }
+                // The loop aborts the open transaction next (it polled this event):
+                // work since the last commit is redone by whoever gets the partitions.
                 if let Err(e) = consumer.unassign() {
                     tracing::warn!("unassigning revoked partitions: {e}");
                 }
@@ -154,7 +146,6 @@ pub fn create(cfg: &Config, metrics: Option<Arc<Mutex<Metrics>>>) -> anyhow::Res
         input_topics: cfg.topics.inputs().iter().map(|s| s.to_string()).collect(),
         rebalanced: Arc::new(AtomicBool::new(false)),
         pending: Mutex::new(None),
-        producer: Mutex::new(None),
     };
     super::client_config(&cfg.kafka, &ours, &cfg.kafka.consumer_properties)
         .create_with_context(ctx)

@@ -4,8 +4,8 @@
 
 use std::ffi::{c_char, c_void, CString};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use rdkafka::bindings as rdsys;
@@ -17,6 +17,7 @@ use rdkafka::{ClientContext, Message};
 
 use crate::config::Config;
 use crate::core::output::OutputTopic;
+use crate::telemetry::http::now_ms;
 use crate::telemetry::metrics::OutputCounters;
 
 /// What a record is, for its delivery report.
@@ -96,7 +97,31 @@ pub struct TxnProducer {
     open: AtomicBool,
     /// Held while a transaction begins: threads sending at once begin it once.
     opening: Mutex<()>,
+    /// A commit runs on its own thread (`commit_in_background`): nothing is sent meanwhile.
+    committing: AtomicBool,
     timeout: Duration,
+}
+
+/// A commit running on a thread of its own (`TxnProducer::commit_in_background`).
+pub struct PendingCommit(std::thread::JoinHandle<anyhow::Result<Committed>>);
+
+/// A commit that succeeded: how long it took, and when it ended.
+pub struct Committed {
+    pub seconds: f64,
+    pub at_ms: i64,
+}
+
+impl PendingCommit {
+    pub fn is_finished(&self) -> bool {
+        self.0.is_finished()
+    }
+
+    /// Waits for the commit to end.
+    pub fn wait(self) -> anyhow::Result<Committed> {
+        self.0
+            .join()
+            .unwrap_or_else(|_| Err(anyhow!("the commit's thread panicked")))
+    }
 }
 
 /// A record to send in the current transaction.
@@ -177,6 +202,7 @@ impl TxnProducer {
             producer,
             open: AtomicBool::new(false),
             opening: Mutex::new(()),
+            committing: AtomicBool::new(false),
             timeout,
         })
     }
@@ -202,6 +228,9 @@ impl TxnProducer {
 
     /// Sends a record in the current transaction (beginning one if needed), waiting while the queue is full.
     pub fn send(&self, r: Record<'_>) -> anyhow::Result<()> {
+        if self.committing.load(Ordering::Acquire) {
+            bail!("a record sent while the last transaction commits (wait for its `PendingCommit` first)");
+        }
         self.ensure_open()?;
         let Some(topic) = self.topics.iter().find(|t| t.name == r.topic) else {
             bail!("producing to {}: not a topic this job writes", r.topic);
@@ -255,7 +284,7 @@ impl TxnProducer {
     /// Commits the open transaction (beginning one if nothing was sent) with
     /// the consumer offsets: the broker refuses them, and so the commit, from a
     /// member whose group generation has moved on (KIP-447).
-    pub fn commit(
+    fn commit(
         &self,
         offsets: &TopicPartitionList,
         group: &ConsumerGroupMetadata,
@@ -281,6 +310,37 @@ impl TxnProducer {
             self.open.store(false, Ordering::SeqCst);
         }
         result
+    }
+
+    /// `commit` on a thread of its own, so the loop reads and processes the next
+    /// records while the broker commits (the commit is mostly waiting: for the
+    /// acknowledgements, the coordinator, the markers). Nothing may be sent
+    /// until the returned commit has been waited for.
+    pub fn commit_in_background(
+        self: &Arc<Self>,
+        offsets: TopicPartitionList,
+        group: ConsumerGroupMetadata,
+    ) -> anyhow::Result<PendingCommit> {
+        let me = self.clone();
+        self.committing.store(true, Ordering::Release);
+        let thread = std::thread::Builder::new()
+            .name("gmv-commit".into())
+            .spawn(move || {
+                let started = Instant::now();
+                let result = me.commit(&offsets, &group);
+                me.committing.store(false, Ordering::Release);
+                result.map(|()| Committed {
+                    seconds: started.elapsed().as_secs_f64(),
+                    at_ms: now_ms(),
+                })
+            });
+        match thread {
+            Ok(t) => Ok(PendingCommit(t)),
+            Err(e) => {
+                self.committing.store(false, Ordering::Release);
+                Err(e).context("starting the commit's thread")
+            }
+        }
     }
 
     /// librdkafka's `rd_kafka_commit_transaction`, called directly: rust-rdkafka's

@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 
 use prometheus::{
-    exponential_buckets, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
+    exponential_buckets, Counter, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry,
 };
 
@@ -54,6 +54,7 @@ pub struct Metrics {
     output_errors: IntCounterVec,
     commits: IntCounterVec,
     pub commit_duration: Histogram,
+    commit_wait: Counter,
     pub rebalances: IntCounter,
     state_entries: IntGaugeVec,
     state_bytes: IntGauge,
@@ -137,6 +138,7 @@ impl Metrics {
             output_errors: counter_vec("output_errors_total", "Output records the broker could not take", &["topic"]),
             commits: counter_vec("commits_total", "Offset commits", &["result"]),
             commit_duration: histogram("commit_duration_seconds", "Time of one offset commit", latency_buckets),
+            commit_wait: reg(&r, Counter::new("commit_wait_seconds_total", "Time the loop waited for a commit to end before sending the next transaction").expect("valid metric")),
             rebalances: counter("rebalances_total", "Partition assignments changed"),
             state_entries: gauge_vec("state_entries", "Size of in-memory state", &["kind"]),
             state_bytes: reg(&r, IntGauge::new("state_bytes", "Bytes held by the order stores and de-duplication sets").expect("valid metric")),
@@ -378,6 +380,11 @@ impl Metrics {
             .with_label_values(&[if ok { "ok" } else { "error" }])
             .inc();
         self.commit_duration.observe(seconds);
+    }
+
+    /// The loop waited `seconds` for the commit in flight (it commits in the background).
+    pub fn commit_waited(&self, seconds: f64) {
+        self.commit_wait.inc_by(seconds);
     }
 
     pub fn encode(&self) -> String {
