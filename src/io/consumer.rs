@@ -1,10 +1,11 @@
 //! The consumer: a member of the job's consumer group reading the input and
 //! repartition topics with `read_committed`. A revoke or a new assignment is
 //! handed to the loop, which aborts the open transaction (the new owners redo
-//! that work from the last commit). A new assignment is not taken at once: the loop restores the tasks' state first and
-//! then assigns the partitions at the group's committed offsets (librdkafka
-//! waits for that `assign` call, heartbeating meanwhile). It also
-//! exports per-partition lag from librdkafka's statistics.
+//! that work from the last commit). A new assignment is not taken at once: the
+//! loop restores the tasks' state first and then assigns the partitions at the
+//! group's committed offsets (librdkafka waits for that `assign` call,
+//! heartbeating meanwhile). It also exports per-partition lag from
+//! librdkafka's statistics.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
