@@ -25,12 +25,15 @@ use serde_json::{json, Value};
 mod support;
 use support::broker::{free_port, http_get, metric_sum, wait_for_port, Proc};
 
-// The shared harness and the independent reference computation, in tests/e2e/.
+// The shared harness, the job's processes and the independent reference computation, in tests/e2e/.
 #[path = "e2e/harness.rs"]
 mod harness;
+#[path = "e2e/instances.rs"]
+mod instances;
 #[path = "e2e/reference.rs"]
 mod reference;
 use harness::*;
+use instances::*;
 use reference::reference;
 
 #[test]
