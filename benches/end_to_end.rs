@@ -311,7 +311,7 @@ fn throughput(job: &Proc, metrics_port: u16, n: usize) -> f64 {
         metric_sum(&metrics, "gmv_commit_duration_seconds_count"),
         metric_sum(&metrics, "gmv_commit_duration_seconds_sum"),
     );
-    let waited = metric_sum(&metrics, "gmv_commit_wait_seconds_total");
+    let waited = metric_sum(&metrics, "gmv_commit_wait_microseconds_total") / 1e6;
     println!(
         "commits:             {commits:>10.0} taking {in_commit:.1} s in the background ({:.0}% of the {run_secs:.1} s run); the loop waited {waited:.1} s for them ({:.0}%)",
         100.0 * in_commit / run_secs,

@@ -402,7 +402,7 @@ impl Loop<'_> {
         let done = pending.wait().context("the transaction failed")?;
         self.commits.committed();
         let mut m = self.handles.metrics.lock().expect("metrics lock");
-        m.commit_waited(waited.elapsed().as_secs_f64());
+        m.commit_waited(waited.elapsed());
         m.commit(true, done.seconds);
         if newest_input_ms > 0 {
             m.observe_end_to_end(done.at_ms - newest_input_ms);

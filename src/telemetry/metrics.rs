@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 
 use prometheus::{
-    exponential_buckets, Counter, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
+    exponential_buckets, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry,
 };
 
@@ -54,7 +54,7 @@ pub struct Metrics {
     output_errors: IntCounterVec,
     commits: IntCounterVec,
     pub commit_duration: Histogram,
-    commit_wait: Counter,
+    commit_wait_us: IntCounter,
     pub rebalances: IntCounter,
     state_entries: IntGaugeVec,
     state_bytes: IntGauge,
@@ -138,7 +138,8 @@ impl Metrics {
             output_errors: counter_vec("output_errors_total", "Output records the broker could not take", &["topic"]),
             commits: counter_vec("commits_total", "Offset commits", &["result"]),
             commit_duration: histogram("commit_duration_seconds", "Time of one offset commit", latency_buckets),
-            commit_wait: reg(&r, Counter::new("commit_wait_seconds_total", "Time the loop waited for a commit to end before sending the next transaction").expect("valid metric")),
+            // Integer microseconds: time that sums is kept in integers.
+            commit_wait_us: counter("commit_wait_microseconds_total", "Time the loop waited for a commit to end before sending the next transaction"),
             rebalances: counter("rebalances_total", "Partition assignments changed"),
             state_entries: gauge_vec("state_entries", "Size of in-memory state", &["kind"]),
             state_bytes: reg(&r, IntGauge::new("state_bytes", "Bytes held by the order stores and de-duplication sets").expect("valid metric")),
@@ -383,8 +384,8 @@ impl Metrics {
     }
 
     /// The loop waited `seconds` for the commit in flight (it commits in the background).
-    pub fn commit_waited(&self, seconds: f64) {
-        self.commit_wait.inc_by(seconds);
+    pub fn commit_waited(&self, waited: std::time::Duration) {
+        self.commit_wait_us.inc_by(waited.as_micros() as u64);
     }
 
     pub fn encode(&self) -> String {
