@@ -24,9 +24,16 @@ use super::FastSet;
 struct TotalSlot {
     sums: Totals,
     revision: u64,
-    #[serde(skip)]
+    /// Changed since its last emission. In the changelog too: a commit can carry
+    /// new sums before the emission (commits are more frequent than emissions),
+    /// and when the transaction with the emission is aborted, the restore must
+    /// emit them again (else a key that changes no more keeps its old figures).
     dirty: bool,
 }
+
+/// A total's changelog value before `dirty` was stored: restored as to be
+/// emitted (README, "Upgrading").
+type OldTotalSlot = (Totals, u64);
 
 /// One key's delta in one bucket, the key as an aggregation task's id.
 pub type KeyedDelta = (Dim, u32, i64, Delta);
@@ -100,14 +107,19 @@ impl DimState {
                 }
             }
         }
+        self.total_slot(key).sums.add(d);
+        self.mark_total(key, changed);
+    }
+
+    /// `key`'s total is to be emitted (and the changelog is to say so).
+    fn mark_total(&mut self, key: u32, changed: &mut Option<FastSet<StateKey>>) {
         let slot = self.total_slot(key);
-        slot.sums.add(d);
         if !slot.dirty {
             slot.dirty = true;
             self.dirty_totals.push(key);
         }
         if let Some(c) = changed {
-            c.insert(StateKey::Total(dim, key));
+            c.insert(StateKey::Total(self.dim, key));
         }
     }
 
@@ -228,7 +240,6 @@ pub struct AggregationTask {
     sources: BTreeMap<i32, SourceState>,
     source_count: usize,
     watermark_ms: i64,
-    emitted_watermark_ms: i64,
     /// Offset after the last repartition record received (`None`: none yet).
     next_offset: Option<i64>,
     changed: Option<FastSet<StateKey>>,
@@ -254,7 +265,6 @@ impl AggregationTask {
             sources: BTreeMap::new(),
             source_count,
             watermark_ms: i64::MIN,
-            emitted_watermark_ms: i64::MIN,
             next_offset: None,
             changed: None,
         }
@@ -386,6 +396,12 @@ impl AggregationTask {
         if let Some(c) = &mut self.changed {
             c.insert(StateKey::Clock);
         }
+        // The big screen's headline key carries the watermark: it is emitted
+        // when only that moved (on the task that has it).
+        let total = &mut self.dims[Dim::Total.index()];
+        if !total.totals.is_empty() {
+            total.mark_total(0, &mut self.changed);
+        }
         let limit = self.close_limit();
         for d in &mut self.dims {
             d.close_through(limit, stats, &mut self.changed, out);
@@ -395,20 +411,6 @@ impl AggregationTask {
     /// Emits every changed open window and total.
     pub fn emit(&mut self, out: &mut Vec<Output>) {
         let w = self.watermark_ms.max(0);
-        // The big screen's headline key also carries the watermark when only it moved.
-        if std::mem::replace(&mut self.emitted_watermark_ms, self.watermark_ms) != self.watermark_ms
-        {
-            let total = &mut self.dims[Dim::Total.index()];
-            if let Some(slot) = total.totals.first_mut() {
-                if !slot.dirty {
-                    slot.dirty = true;
-                    total.dirty_totals.push(0);
-                    if let Some(c) = &mut self.changed {
-                        c.insert(StateKey::Total(Dim::Total, 0));
-                    }
-                }
-            }
-        }
         for d in &mut self.dims {
             d.emit(w, &mut self.changed, out);
         }
@@ -482,8 +484,8 @@ impl AggregationTask {
                 );
                 (
                     key.into_bytes(),
-                    w.get(start, id).map(|(s, rev)| {
-                        state::encode(&(s.gmv_fen, s.refund_fen, s.paid_orders, rev))
+                    w.get(start, id).map(|(s, rev, dirty)| {
+                        state::encode(&(s.gmv_fen, s.refund_fen, s.paid_orders, rev, dirty))
                     }),
                 )
             }
@@ -524,7 +526,6 @@ impl AggregationTask {
         };
         if text == "~clock" {
             self.watermark_ms = self.watermark_ms.max(state::decode(value).map_err(bad)?);
-            self.emitted_watermark_ms = self.watermark_ms;
             return Ok(());
         }
         let (kind, rest) = text.split_at(1);
@@ -533,9 +534,23 @@ impl AggregationTask {
                 let (dim, name) = rest.split_once('|').ok_or("bad total key")?;
                 let d = &mut self.dims[dim_of(dim)?.index()];
                 let id = d.names.intern(name);
-                let mut slot: TotalSlot = state::decode(value).map_err(bad)?;
-                slot.dirty = false;
-                *d.total_slot(id) = slot;
+                let slot = state::decode::<TotalSlot>(value)
+                    .or_else(|_| {
+                        state::decode::<OldTotalSlot>(value).map(|(sums, revision)| TotalSlot {
+                            sums,
+                            revision,
+                            dirty: true,
+                        })
+                    })
+                    .map_err(bad)?;
+                let dirty = slot.dirty;
+                *d.total_slot(id) = TotalSlot {
+                    dirty: false,
+                    ..slot
+                };
+                if dirty {
+                    d.mark_total(id, &mut None);
+                }
             }
             "w" => {
                 let mut it = rest.splitn(4, '|');
@@ -547,8 +562,14 @@ impl AggregationTask {
                 let (size, start) = (num(size)?, num(start)?);
                 let d = &mut self.dims[dim_of(dim)?.index()];
                 let id = d.names.intern(name);
-                let (gmv_fen, refund_fen, paid_orders, rev): (i128, i128, u64, u64) =
-                    state::decode(value).map_err(bad)?;
+                let (gmv_fen, refund_fen, paid_orders, rev, dirty) =
+                    state::decode::<(i128, i128, u64, u64, bool)>(value)
+                        .or_else(|_| {
+                            // Written before `dirty` was stored: emitted again, to be sure.
+                            state::decode::<(i128, i128, u64, u64)>(value)
+                                .map(|(g, r, p, rev)| (g, r, p, rev, true))
+                        })
+                        .map_err(bad)?;
                 if let Some(w) = d.windows.iter_mut().find(|w| w.size_ms() == size) {
                     w.restore(
                         start,
@@ -559,6 +580,7 @@ impl AggregationTask {
                             paid_orders,
                         },
                         rev,
+                        dirty,
                     );
                 }
             }
@@ -686,6 +708,137 @@ mod tests {
             b.restore(k, v).unwrap();
         }
         assert_same_next_update(&mut a, &mut b, 1);
+    }
+
+    /// A task restored from `changelog`, as after a crash.
+    fn restored(
+        cfg: &Arc<EngineConfig>,
+        changelog: &BTreeMap<Vec<u8>, Vec<u8>>,
+    ) -> AggregationTask {
+        let mut t = AggregationTask::new(0, cfg.clone(), 1);
+        t.track_changes();
+        for (k, v) in changelog {
+            t.restore(k, v).unwrap();
+        }
+        t
+    }
+
+    #[test]
+    fn an_update_committed_before_its_emission_is_emitted_after_a_restore() {
+        // Commits are more frequent than emissions: a commit carries new sums,
+        // then the transaction with their emission is aborted. The restore must
+        // emit them, or a key that changes no more keeps its old figures.
+        let cfg = Arc::new(EngineConfig::default());
+        let mut a = AggregationTask::new(0, cfg.clone(), 1);
+        a.track_changes();
+        let (mut s, mut out) = (Stats::default(), vec![]);
+        let mut changelog: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        a.receive(0, batch(0, 5), &mut s, &mut out);
+        state::compact_into(&mut changelog, a.take_changes());
+        let mut aborted = vec![];
+        a.emit(&mut aborted);
+        let mut b = restored(&cfg, &changelog);
+        let mut emitted = vec![];
+        b.emit(&mut emitted);
+        assert_eq!(emitted, aborted, "the aborted emission, again");
+        assert!(
+            emitted
+                .iter()
+                .any(|o| matches!(o, Output::Total(t) if t.totals.gmv_fen == 5))
+                && emitted
+                    .iter()
+                    .any(|o| matches!(o, Output::Window(w) if w.gmv_fen == 5)),
+            "{emitted:?}"
+        );
+        // Emitted and committed: a restore emits nothing more.
+        state::compact_into(&mut changelog, b.take_changes());
+        let mut again = vec![];
+        restored(&cfg, &changelog).emit(&mut again);
+        assert_eq!(again, vec![]);
+    }
+
+    #[test]
+    fn a_changelog_value_of_the_format_before_the_emission_flag_is_emitted_again() {
+        let cfg = Arc::new(EngineConfig::default());
+        let mut t = AggregationTask::new(0, cfg, 1);
+        let sums = Totals {
+            gmv_fen: 9,
+            ..Totals::default()
+        };
+        t.restore(b"tbrand|b-1", &state::encode(&(sums, 4u64)))
+            .unwrap();
+        t.restore(
+            b"wbrand|60000|60000|b-1",
+            &state::encode(&(9i128, 0i128, 1u64, 2u64)),
+        )
+        .unwrap();
+        let mut out = vec![];
+        t.emit(&mut out);
+        let revisions: Vec<u64> = out
+            .iter()
+            .filter_map(|o| match o {
+                Output::Total(t) if t.totals.gmv_fen == 9 => Some(t.revision),
+                Output::Window(w) if w.gmv_fen == 9 => Some(w.revision),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(revisions, vec![3, 5], "{out:?}");
+    }
+
+    #[test]
+    fn crashes_anywhere_leave_every_committed_output_at_its_sums() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        // Few updates per key: a lost emission is not hidden by a later one.
+        let topic: Vec<PartialBatch> = (0..3_000)
+            .map(|_| {
+                let mut b = batch(0, rng.gen_range(1..1_000));
+                b.entries[0].dim = Dim::Brand;
+                b.entries[0].key = format!("brand-{}", rng.gen_range(0..1_000)).into();
+                b
+            })
+            .collect();
+        let mut want: BTreeMap<String, i128> = BTreeMap::new();
+        for b in &topic {
+            *want.entry(b.entries[0].key.to_string()).or_default() += b.entries[0].delta.gmv_fen;
+        }
+        // Commits, emissions and crashes at random; a transaction's outputs are
+        // seen only once it commits (with its changelog records and offset).
+        let cfg = Arc::new(EngineConfig::default());
+        let st = &mut Stats::default();
+        let mut changelog: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        let (mut pending, mut committed_out) = (vec![], vec![]);
+        let mut t = restored(&cfg, &changelog);
+        let (mut offset, mut committed, mut crashes) = (0usize, 0usize, 0);
+        while offset < topic.len() {
+            t.receive(offset as i64, topic[offset].clone(), st, &mut pending);
+            offset += 1;
+            if rng.gen_ratio(1, 8) {
+                t.emit(&mut pending);
+            }
+            if rng.gen_ratio(1, 5) {
+                state::compact_into(&mut changelog, t.take_changes());
+                committed_out.append(&mut pending);
+                committed = offset;
+            } else if rng.gen_ratio(1, 40) {
+                crashes += 1;
+                pending.clear();
+                t = restored(&cfg, &changelog);
+                offset = committed;
+            }
+        }
+        t.emit(&mut committed_out);
+        assert!(crashes > 10, "{crashes} crashes");
+        let mut seen: BTreeMap<String, (i128, u64)> = BTreeMap::new();
+        for o in committed_out {
+            if let Output::Total(r) = o {
+                let rev = seen.get(&r.key).map_or(0, |s| s.1);
+                assert_eq!(r.revision, rev + 1, "{}: revisions grow by one", r.key);
+                seen.insert(r.key, (r.totals.gmv_fen, r.revision));
+            }
+        }
+        let got: BTreeMap<String, i128> = seen.into_iter().map(|(k, (g, _))| (k, g)).collect();
+        assert_eq!(got, want);
     }
 
     #[test]

@@ -80,7 +80,7 @@ impl Milestones {
 
     /// An open bucket's GMV, for the changelog.
     pub fn bucket(&self, start_ms: i64, key: u32) -> Option<i128> {
-        self.buckets.get(start_ms, key).map(|(s, _)| s.gmv_fen)
+        self.buckets.get(start_ms, key).map(|(s, _, _)| s.gmv_fen)
     }
 
     /// Cumulative GMV of a key's final buckets, for the changelog.
@@ -94,7 +94,7 @@ impl Milestones {
             gmv_fen,
             ..WindowSums::default()
         };
-        self.buckets.restore(start_ms, key, sums, 0);
+        self.buckets.restore(start_ms, key, sums, 0, false);
     }
 
     /// Puts back a key's cumulative final GMV (restore): thresholds up to it never fire again.

@@ -58,8 +58,16 @@ impl TumblingWindows {
         ts_ms.div_euclid(self.size_ms) * self.size_ms
     }
 
-    /// Puts back an open window's state (restore from the changelog).
-    pub fn restore(&mut self, start_ms: i64, key: u32, sums: WindowSums, revision: u64) {
+    /// Puts back an open window's state (restore from the changelog); `dirty`:
+    /// changed since its last emission, so emitted at the next `drain_dirty`.
+    pub fn restore(
+        &mut self,
+        start_ms: i64,
+        key: u32,
+        sums: WindowSums,
+        revision: u64,
+        dirty: bool,
+    ) {
         let slots = self.open.entry(start_ms).or_default();
         if slots
             .insert(
@@ -67,21 +75,25 @@ impl TumblingWindows {
                 Slot {
                     sums,
                     revision,
-                    dirty: false,
+                    dirty,
                 },
             )
             .is_none()
         {
             self.open_slots += 1;
         }
+        if dirty {
+            self.dirty.push((start_ms, key));
+        }
     }
 
-    /// An open window's sums and revision, for the changelog.
-    pub fn get(&self, start_ms: i64, key: u32) -> Option<(WindowSums, u64)> {
+    /// An open window's sums, revision and whether it changed since its last
+    /// emission, for the changelog.
+    pub fn get(&self, start_ms: i64, key: u32) -> Option<(WindowSums, u64, bool)> {
         self.open
             .get(&start_ms)
             .and_then(|m| m.get(&key))
-            .map(|s| (s.sums, s.revision))
+            .map(|s| (s.sums, s.revision, s.dirty))
     }
 
     /// True when the window starting at `start_ms` is closed (its end is at or before `limit_ms`).
@@ -196,14 +208,30 @@ mod tests {
             refund_fen: 0,
             paid_orders: 2,
         };
-        w.restore(0, 1, sums, 5);
-        assert_eq!(w.get(0, 1), Some((sums, 5)));
+        w.restore(0, 1, sums, 5, false);
+        assert_eq!(w.get(0, 1), Some((sums, 5, false)));
         assert_eq!(w.open_slots(), 1);
         let mut seen = vec![];
         w.add(30, 1, gmv(1));
         w.drain_dirty(|s| seen.push((s.start_ms, s.sums.gmv_fen, s.revision)));
         assert_eq!(seen, vec![(0, 3, 6)]);
         assert!(!w.is_closed(0, 999) && w.is_closed(0, 1_000));
+    }
+
+    #[test]
+    fn a_window_restored_with_an_update_not_yet_emitted_emits_it() {
+        let mut w = TumblingWindows::new(1_000);
+        let sums = WindowSums {
+            gmv_fen: 2,
+            refund_fen: 0,
+            paid_orders: 2,
+        };
+        w.restore(0, 1, sums, 5, true);
+        assert_eq!(w.get(0, 1), Some((sums, 5, true)));
+        let mut seen = vec![];
+        w.drain_dirty(|s| seen.push((s.start_ms, s.sums.gmv_fen, s.revision)));
+        assert_eq!(seen, vec![(0, 2, 6)]);
+        assert_eq!(w.get(0, 1), Some((sums, 6, false)));
     }
 
     #[test]
