@@ -352,6 +352,7 @@ impl Loop<'_> {
         let engine = &mut self.engine;
         self.lanes
             .each_waiting(|topic, p| engine.touch((topic, p), now));
+        self.confirm_idle(now);
         self.engine.on_tick(now);
         let txn = self
             .commits
@@ -381,6 +382,39 @@ impl Loop<'_> {
         let pending = self.producer.commit_in_background(offsets, group)?;
         self.in_flight = Some((pending, std::mem::take(&mut self.newest_input_ms)));
         Ok(())
+    }
+
+    /// Partitions turn idle only once the broker says they are read to their
+    /// end: nothing read for `idle_timeout` may also mean the broker is away,
+    /// and idle partitions would let the watermark pass their records (with
+    /// every partition idle, the after-the-sale flush closes every window), so
+    /// the records read once it is back would all be late. Those it does not
+    /// clear stay active (`touch`) for another `idle_timeout`.
+    fn confirm_idle(&mut self, now: i64) {
+        let parts = self.engine.turning_idle(now);
+        if parts.is_empty() {
+            return;
+        }
+        let resume = self.commits.resume();
+        let named: Vec<(&str, i32, i64)> = parts
+            .iter()
+            .map(|&(topic, p)| {
+                let resumed = resume
+                    .iter()
+                    .find(|&&(task, i, _)| task == (Stage::Attribution, p) && i == topic.index())
+                    .map_or(0, |r| r.2);
+                (self.cfg.topics.inputs()[topic.index()], p, resumed)
+            })
+            .collect();
+        let at_end = consumer::read_to_end(&self.consumer, &named).unwrap_or_else(|e| {
+            tracing::warn!("{e:#}: the input partitions that seem idle stay active");
+            vec![false; named.len()]
+        });
+        for (part, done) in parts.into_iter().zip(at_end) {
+            if !done {
+                self.engine.touch(part, now);
+            }
+        }
     }
 
     /// Whether the last commit still runs.

@@ -295,6 +295,11 @@ impl AttributionTask {
         Ok(())
     }
 
+    /// See [`Watermarks::turning_idle`].
+    pub fn turning_idle(&self, now_ms: i64) -> impl Iterator<Item = PartitionId> + '_ {
+        self.wm.turning_idle(now_ms)
+    }
+
     /// `part` has records fetched and waiting: not idle (see [`Watermarks::touch`]).
     pub fn touch(&mut self, part: PartitionId, now_ms: i64) {
         self.wm.touch(part, now_ms);

@@ -229,6 +229,15 @@ impl Engine {
         }
     }
 
+    /// Input partitions that turn idle at `now_ms` unless touched (see
+    /// [`crate::core::watermark::Watermarks::turning_idle`]).
+    pub fn turning_idle(&self, now_ms: i64) -> Vec<PartitionId> {
+        self.attribution
+            .values()
+            .flat_map(|t| t.turning_idle(now_ms))
+            .collect()
+    }
+
     /// Input partition `part` has records fetched but not read yet: it is not idle.
     pub fn touch(&mut self, part: PartitionId, now_ms: i64) {
         if let Some(t) = self.attribution.get_mut(&part.1) {

@@ -84,6 +84,16 @@ impl Watermarks {
         }
     }
 
+    /// Partitions that turn idle at `now_ms` (nothing read for `idle_timeout`).
+    /// Nothing read can also mean the broker is away; the caller asks it
+    /// whether each has more to read, and `touch`es those it cannot clear.
+    pub fn turning_idle(&self, now_ms: i64) -> impl Iterator<Item = PartitionId> + '_ {
+        self.parts
+            .iter()
+            .filter(move |(_, c)| !c.idle && now_ms - c.last_seen_wall_ms >= self.idle_timeout_ms)
+            .map(|(p, _)| *p)
+    }
+
     /// Marks partitions idle after `idle_timeout`; returns true when the watermark moved.
     pub fn on_tick(&mut self, now_ms: i64) -> bool {
         let mut changed = false;
@@ -225,6 +235,28 @@ mod tests {
         // Once its queue stays empty for the timeout, it is idle.
         assert!(w.on_tick(18_000));
         assert_eq!(w.current_ms(), 200);
+    }
+
+    #[test]
+    fn a_partition_turning_idle_is_named_first_and_a_touch_keeps_it_active() {
+        let mut w = Watermarks::new(0, 10_000);
+        w.assign(&[(Orders, 0), (Orders, 1)], 0);
+        w.observe((Orders, 0), 100, 0);
+        w.observe((Orders, 1), 50, 5_000);
+        assert_eq!(w.turning_idle(9_999).count(), 0);
+        assert_eq!(
+            w.turning_idle(10_000).collect::<Vec<_>>(),
+            vec![(Orders, 0)]
+        );
+        // The broker could not say it has nothing more: it stays active.
+        w.touch((Orders, 0), 10_000);
+        assert!(!w.on_tick(10_000));
+        assert_eq!((w.idle_count(), w.current_ms()), (0, 50));
+        // Cleared: idle, and no longer named.
+        assert_eq!(w.turning_idle(20_000).count(), 2);
+        w.on_tick(20_000);
+        assert!(w.all_idle());
+        assert_eq!(w.turning_idle(30_000).count(), 0);
     }
 
     #[test]

@@ -205,6 +205,35 @@ pub fn committed_offsets(
         .collect()
 }
 
+/// How long the loop waits for the broker to say where a partition ends.
+const END_WAIT: Duration = Duration::from_secs(1);
+
+/// Whether each of `partitions` (topic, partition, and the offset it resumed
+/// at, for one nothing was read from since) is read to its end, the last
+/// stable offset, as the broker says now: an error when it does not answer
+/// within `END_WAIT` (it is away).
+pub fn read_to_end(
+    c: &InputConsumer,
+    partitions: &[(&str, i32, i64)],
+) -> anyhow::Result<Vec<bool>> {
+    let positions = c.position().context("reading the consumer's positions")?;
+    partitions
+        .iter()
+        .map(|(topic, p, resumed)| {
+            // A read_committed client's high mark is the last stable offset.
+            let (_, end) = c
+                .fetch_watermarks(topic, *p, END_WAIT)
+                .with_context(|| format!("reading the end of {topic}/{p}"))?;
+            // The position counts the transaction markers read past too (librdkafka#2539).
+            let at = match positions.find_partition(topic, *p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => o,
+                _ => *resumed,
+            };
+            Ok(at >= end)
+        })
+        .collect()
+}
+
 /// Moves every partition of `tpl` (all assigned) to its offset, and waits
 /// until librdkafka has done so: records fetched before are dropped unread.
 /// A partition whose fetcher has not started yet (librdkafka starts it once an
