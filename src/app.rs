@@ -169,10 +169,21 @@ pub fn run(cfg: &Config, handles: &Handles, broker: Broker) -> anyhow::Result<()
         aggregation_partitions,
         newest_input_ms: 0,
         in_flight: None,
+        parked: None,
         next_emit: Instant::now(),
     };
     lp.subscribe()?;
+    lp.consumer
+        .context()
+        .loop_handles_revokes
+        .store(true, Ordering::SeqCst);
     let result = lp.process();
+    // From here on no one polls for a revoke to commit before: the callback
+    // gives the partitions up by itself (on `unsubscribe`, or closing).
+    lp.consumer
+        .context()
+        .loop_handles_revokes
+        .store(false, Ordering::SeqCst);
     let shutdown = if result.is_ok() {
         lp.shutdown()
     } else {
@@ -198,6 +209,10 @@ struct Loop<'a> {
     newest_input_ms: i64,
     /// The last transaction's commit while it runs, and its `newest_input_ms`.
     in_flight: Option<(PendingCommit, i64)>,
+    /// Between a revoke and the next assignment: the group generation in which
+    /// the owned tasks committed everything they did (they are kept if the
+    /// next assignment, in the next generation, gives them back).
+    parked: Option<i32>,
     /// When the windows and totals that changed are emitted next (every `emit_interval`).
     next_emit: Instant,
 }
@@ -291,7 +306,9 @@ impl Loop<'_> {
             }
             // An emission is committed at once: waiting for the commit interval
             // would add up to that interval to every update's delay.
-            let emitted = Instant::now() >= self.next_emit;
+            // Nothing is emitted between a revoke and the next assignment: what
+            // it emitted would be dropped with the restore, unsaid.
+            let emitted = Instant::now() >= self.next_emit && self.parked.is_none();
             if emitted {
                 self.next_emit = Instant::now() + emit_every;
                 self.engine.emit(&mut self.out);
@@ -344,7 +361,9 @@ impl Loop<'_> {
     /// there: what was read since is dropped with the rest by the restore.
     fn commit(&mut self) -> anyhow::Result<()> {
         self.finish_commit()?;
-        if self.commits.owned().next().is_none() {
+        // Between a revoke and the next assignment, the tasks' state is what
+        // committed, and no generation holds to commit in.
+        if self.commits.owned().next().is_none() || self.parked.is_some() {
             return Ok(());
         }
         let now = now_ms();

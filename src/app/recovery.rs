@@ -152,37 +152,75 @@ impl Loop<'_> {
         Ok(())
     }
 
-    /// A new assignment (or everything revoked): its tasks replace the old ones.
+    /// A rebalance. On a revoke, what is done is committed first, so the tasks
+    /// this instance gets back go on from memory (a restore of everything on
+    /// every rebalance grew the pause with the state). On an assignment, the
+    /// tasks it owned and gets back in the next generation are kept, and only
+    /// the new ones restored; otherwise every task is.
     pub(super) fn rebalanced(&mut self, event: Assignment) -> anyhow::Result<()> {
         let t = &self.cfg.topics;
-        let tasks = match event {
-            Assignment::Assign(list) => list
-                .iter()
-                .filter_map(|(topic, p)| {
+        let wanted = match event {
+            Assignment::Revoke => {
+                let owned = self.commits.owned().next().is_some();
+                let committed = owned.then(|| self.commit_before_revoke()).flatten();
+                // Failed (or nothing owned): every task restores from its last
+                // commit, as before a revoke was committed.
+                self.consumer
+                    .unassign()
+                    .context("giving the revoked partitions up")?;
+                self.lanes = Lanes::default();
+                if committed.is_some() {
+                    self.parked = committed;
+                    return Ok(());
+                }
+                self.commits.assign([])
+            }
+            Assignment::Assign(list) => {
+                let tasks = list.iter().filter_map(|(topic, p)| {
                     if *topic == t.repartition {
                         Some((Stage::Aggregation, *p))
                     } else {
                         t.input_topic(topic).map(|_| (Stage::Attribution, *p))
                     }
-                })
-                .collect(),
-            Assignment::Revoke => Vec::new(),
+                });
+                // Kept only in the generation right after the commit: in a later
+                // one, another member may have owned a task in between.
+                let next = self.parked.take().and_then(|g| g.checked_add(1));
+                if next.is_some() && next == consumer::generation(&self.consumer) {
+                    self.commits.keep(tasks)
+                } else {
+                    self.commits.assign(tasks)
+                }
+            }
         };
-        let wanted = self.commits.assign(tasks);
         self.restore(&wanted, Position::Assign)
     }
 
-    /// Drops every task and restores `wanted` (the protocol's list): the open
-    /// transaction is aborted, each input resumes at the group's committed
-    /// offset, and each task's state is its changelog partition read to the
-    /// end (see `core/commit.rs` for why the two agree).
+    /// Commits what the owned tasks did, before their partitions are given up;
+    /// the group generation it committed in, if it did.
+    fn commit_before_revoke(&mut self) -> Option<i32> {
+        let generation = consumer::generation(&self.consumer)?;
+        match self.commit().and_then(|()| self.finish_commit()) {
+            Ok(()) => Some(generation),
+            Err(e) => {
+                tracing::info!("the commit before the rebalance failed ({e:#}); every task restores from its last commit");
+                None
+            }
+        }
+    }
+
+    /// Restores `wanted` (the protocol's list) and drops every task the
+    /// protocol no longer owns: the open transaction is aborted, each input
+    /// resumes at the group's committed offset, and each task's state is its
+    /// changelog partition read to the end (see `core/commit.rs` for why the
+    /// two agree).
     fn restore(&mut self, wanted: &[TaskId], how: Position) -> anyhow::Result<()> {
         let started = Instant::now();
-        // A commit still running ends first. Its result does not matter: the
-        // restore starts from whatever committed.
+        // A commit still running ends first. The restore starts from whatever
+        // committed, so its result matters only to the producer.
         if let Some((pending, _)) = self.in_flight.take() {
             if let Err(e) = pending.wait() {
-                tracing::debug!("the commit in flight failed: {e:#}");
+                tracing::info!("the commit in flight failed: {e:#}");
             }
         }
         self.producer.abort()?;
@@ -190,7 +228,10 @@ impl Loop<'_> {
             // The old assignment's lanes go; the new ones are split below, before `assign`.
             self.lanes = Lanes::default();
         }
-        self.engine.clear();
+        let commits = &self.commits;
+        self.engine
+            .retain(|stage, p| commits.owned().any(|t| t == (stage, p)));
+        let kept = commits.owned().count();
         self.out.clear();
         self.handles
             .metrics
@@ -198,11 +239,11 @@ impl Loop<'_> {
             .expect("metrics lock")
             .rebalances
             .inc();
-        if wanted.is_empty() {
+        if wanted.is_empty() && kept == 0 {
             tracing::info!(instance = %self.cfg.kafka.instance_id, "no partitions assigned");
             return self
                 .consumer
-                .assign(&TopicPartitionList::new())
+                .unassign()
                 .context("taking an empty assignment");
         }
         let cfg = self.cfg;
@@ -214,7 +255,12 @@ impl Loop<'_> {
                 (0..stage.inputs()).map(move |i| (task_topic(cfg, *stage, i), *p))
             })
             .collect();
-        let mut offsets = consumer::committed_offsets(&self.consumer, &inputs)?.into_iter();
+        let mut offsets = if inputs.is_empty() {
+            Vec::new()
+        } else {
+            consumer::committed_offsets(&self.consumer, &inputs)?
+        }
+        .into_iter();
         // 2. Each changelog partition to its last stable offset.
         let partitions: BTreeMap<TaskId, (String, i32)> = wanted
             .iter()
@@ -296,6 +342,7 @@ impl Loop<'_> {
         tracing::info!(
             instance = %cfg.kafka.instance_id,
             tasks = wanted.len(),
+            kept,
             keys,
             seconds = started.elapsed().as_secs_f64(),
             rewound,

@@ -132,6 +132,24 @@ impl Commits {
         tasks
     }
 
+    /// A new assignment in the group generation right after the one this
+    /// instance committed everything in as its partitions were revoked: no one
+    /// else owned a task in between, so a task it owned and owns again goes on
+    /// from memory, resuming where that commit left it. The others are dropped;
+    /// returns the new ones, sorted and each once, to restore.
+    pub fn keep(&mut self, tasks: impl IntoIterator<Item = TaskId>) -> Vec<TaskId> {
+        debug_assert!(self.open.is_none(), "committed before the revocation");
+        let mut tasks: Vec<TaskId> = tasks.into_iter().collect();
+        tasks.sort_unstable();
+        tasks.dedup();
+        self.owned.retain(|t, _| tasks.binary_search(t).is_ok());
+        let owned = &self.owned;
+        self.sent
+            .retain(|source, _| owned.contains_key(&(Stage::Attribution, *source)));
+        tasks.retain(|t| !self.owned.contains_key(t));
+        tasks
+    }
+
     /// `task` was restored; its inputs resume at `offsets` (the group's
     /// committed offsets, or each partition's first offset where none was committed).
     pub fn restored(&mut self, task: TaskId, offsets: Vec<i64>) {
@@ -307,6 +325,32 @@ mod tests {
         assert_eq!(c.owned().count(), 0, "owned once restored");
         assert!(c.resume().is_empty());
         assert_eq!(c.transaction(Work::default()), Transaction::default());
+    }
+
+    #[test]
+    fn tasks_kept_across_a_rebalance_resume_where_they_committed_and_only_new_ones_restore() {
+        let mut c = owning(&[(A0, vec![1, 2, 3]), (A1, vec![4, 5, 6]), (G0, vec![7])]);
+        c.transaction(Work {
+            sums: vec![sums(0, 10, &[5]), sums(1, 10, &[5])],
+            read: vec![(A0, vec![Some(8), None, None]), (G0, vec![Some(9)])],
+            ..Work::default()
+        });
+        c.committed();
+        let g1 = (Stage::Aggregation, 1);
+        assert_eq!(c.keep([g1, A0, G0, g1]), vec![g1]);
+        assert_eq!(
+            c.resume(),
+            vec![(A0, 0, 8), (A0, 1, 2), (A0, 2, 3), (G0, 0, 9)],
+            "A1 dropped; the kept ones where the commit left them"
+        );
+        c.restored(g1, vec![0]);
+        // A0's progress counts as sent (its batch committed); A1's is forgotten.
+        let t = c.transaction(Work {
+            sums: vec![sums(0, 10, &[0, 0]), sums(1, 10, &[0, 0])],
+            ..Work::default()
+        });
+        assert!(t.batches.is_empty(), "{:?}", t.batches);
+        assert_eq!(t.offsets.len(), 5);
     }
 
     #[test]

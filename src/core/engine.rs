@@ -206,10 +206,13 @@ impl Engine {
         self.aggregation.get_mut(&partition).expect("just inserted")
     }
 
-    /// Drops every task (their state is restored from the changelogs when they come back).
-    pub fn clear(&mut self) {
-        self.attribution.clear();
-        self.aggregation.clear();
+    /// Drops every task but those `owned` says this instance keeps (the others
+    /// are restored from their changelogs when they come back).
+    pub fn retain(&mut self, owned: impl Fn(Stage, i32) -> bool) {
+        self.attribution
+            .retain(|p, _| owned(Stage::Attribution, *p));
+        self.aggregation
+            .retain(|p, _| owned(Stage::Aggregation, *p));
     }
 
     /// Processes one input record in its partition's attribution task.

@@ -1,11 +1,11 @@
 //! The consumer: a member of the job's consumer group reading the input and
 //! repartition topics with `read_committed`. A revoke or a new assignment is
-//! handed to the loop, which aborts the open transaction (the new owners redo
-//! that work from the last commit). A new assignment is not taken at once: the
-//! loop restores the tasks' state first and then assigns the partitions at the
-//! group's committed offsets (librdkafka waits for that `assign` call,
-//! heartbeating meanwhile). It also exports per-partition lag from
-//! librdkafka's statistics.
+//! handed to the loop, and taken only once the loop calls `unassign` or
+//! `assign` (librdkafka waits for that call, heartbeating meanwhile): on a
+//! revoke the loop first commits what is done, while the group generation
+//! still holds; on a new assignment it first restores the new tasks' state,
+//! then assigns the partitions at the group's committed offsets. It also
+//! exports per-partition lag from librdkafka's statistics.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -30,6 +30,10 @@ pub struct LagContext {
     pub rebalanced: Arc<AtomicBool>,
     /// The latest rebalance event not yet handled by the loop.
     pub pending: Mutex<Option<Assignment>>,
+    /// The loop runs, and gives revoked partitions up itself once it has
+    /// committed; otherwise (the consumer closing) the callback gives them up
+    /// at once, or librdkafka would wait for that forever.
+    pub loop_handles_revokes: AtomicBool,
 }
 
 /// A rebalance event for the loop.
@@ -37,7 +41,7 @@ pub struct LagContext {
 pub enum Assignment {
     /// These (topic, partition)s are ours: restore, then `assign` them.
     Assign(Vec<(String, i32)>),
-    /// Everything was taken away (already unassigned).
+    /// Everything is taken away: commit, then `unassign`.
     Revoke,
 }
 
@@ -95,13 +99,14 @@ impl ConsumerContext for LagContext {
                     .collect(),
             ),
             other => {
-                if other != RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS {
+                let revoke = other == RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS;
+                if !revoke {
                     tracing::error!("rebalance error: {other:?}");
                 }
-                // The loop aborts the open transaction next (it polled this event):
-                // work since the last commit is redone by whoever gets the partitions.
-                if let Err(e) = consumer.unassign() {
-                    tracing::warn!("unassigning revoked partitions: {e}");
+                if !revoke || !self.loop_handles_revokes.load(Ordering::SeqCst) {
+                    if let Err(e) = consumer.unassign() {
+                        tracing::warn!("unassigning: {e}");
+                    }
                 }
                 Assignment::Revoke
             }
@@ -147,6 +152,7 @@ pub fn create(cfg: &Config, metrics: Option<Arc<Mutex<Metrics>>>) -> anyhow::Res
         input_topics: cfg.topics.inputs().iter().map(|s| s.to_string()).collect(),
         rebalanced: Arc::new(AtomicBool::new(false)),
         pending: Mutex::new(None),
+        loop_handles_revokes: AtomicBool::new(false),
     };
     super::client_config(&cfg.kafka, &ours, &cfg.kafka.consumer_properties)
         .create_with_context(ctx)
@@ -171,6 +177,21 @@ pub fn another_process_is(c: &InputConsumer, cfg: &Config) -> anyhow::Result<boo
         .iter()
         .flat_map(|g| g.members())
         .any(|m| m.client_id().starts_with(&instance) && m.client_id() != own))
+}
+
+/// The group generation this member is in (`None`: in none, e.g. its session lost).
+pub fn generation(c: &InputConsumer) -> Option<i32> {
+    // SAFETY: a live client; the metadata object is read, then destroyed once.
+    let generation = unsafe {
+        let md = rdkafka::bindings::rd_kafka_consumer_group_metadata(c.client().native_ptr());
+        if md.is_null() {
+            return None;
+        }
+        let g = rdkafka::bindings::rd_kafka_consumer_group_metadata_generation_id(md);
+        rdkafka::bindings::rd_kafka_consumer_group_metadata_destroy(md);
+        g
+    };
+    (generation >= 0).then_some(generation)
 }
 
 /// Where each of `partitions` resumes: the group's committed offset, or the
