@@ -689,27 +689,6 @@ mod tests {
         assert_eq!(ea, eb, "same records, same revisions");
     }
 
-    #[test]
-    fn revisions_emitted_after_a_commit_are_in_the_next_commits_changelog() {
-        // A commit without an emission, then an emission, then a commit: what
-        // the restore reads must carry the emitted revision, or the next update
-        // after a restore repeats it.
-        let cfg = Arc::new(EngineConfig::default());
-        let mut a = AggregationTask::new(0, cfg.clone(), 1);
-        a.track_changes();
-        let (mut s, mut out) = (Stats::default(), vec![]);
-        let mut changelog: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
-        a.receive(0, batch(0, 5), &mut s, &mut out);
-        state::compact_into(&mut changelog, a.take_changes());
-        a.emit(&mut out);
-        state::compact_into(&mut changelog, a.take_changes());
-        let mut b = AggregationTask::new(0, cfg, 1);
-        for (k, v) in &changelog {
-            b.restore(k, v).unwrap();
-        }
-        assert_same_next_update(&mut a, &mut b, 1);
-    }
-
     /// A task restored from `changelog`, as after a crash.
     fn restored(
         cfg: &Arc<EngineConfig>,
@@ -723,18 +702,42 @@ mod tests {
         t
     }
 
+    /// A task that read a batch of `gmv` and committed it, not emitted yet: its
+    /// config, the task, and the changelog as compacted.
+    fn summed_and_committed(
+        gmv: i128,
+    ) -> (
+        Arc<EngineConfig>,
+        AggregationTask,
+        BTreeMap<Vec<u8>, Vec<u8>>,
+    ) {
+        let cfg = Arc::new(EngineConfig::default());
+        let mut changelog = BTreeMap::new();
+        let mut a = restored(&cfg, &changelog);
+        let (mut s, mut out) = (Stats::default(), vec![]);
+        a.receive(0, batch(0, gmv), &mut s, &mut out);
+        state::compact_into(&mut changelog, a.take_changes());
+        (cfg, a, changelog)
+    }
+
+    #[test]
+    fn revisions_emitted_after_a_commit_are_in_the_next_commits_changelog() {
+        // A commit without an emission, then an emission, then a commit: what
+        // the restore reads must carry the emitted revision, or the next update
+        // after a restore repeats it.
+        let (cfg, mut a, mut changelog) = summed_and_committed(5);
+        a.emit(&mut vec![]);
+        state::compact_into(&mut changelog, a.take_changes());
+        let mut b = restored(&cfg, &changelog);
+        assert_same_next_update(&mut a, &mut b, 1);
+    }
+
     #[test]
     fn an_update_committed_before_its_emission_is_emitted_after_a_restore() {
         // Commits are more frequent than emissions: a commit carries new sums,
         // then the transaction with their emission is aborted. The restore must
         // emit them, or a key that changes no more keeps its old figures.
-        let cfg = Arc::new(EngineConfig::default());
-        let mut a = AggregationTask::new(0, cfg.clone(), 1);
-        a.track_changes();
-        let (mut s, mut out) = (Stats::default(), vec![]);
-        let mut changelog: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
-        a.receive(0, batch(0, 5), &mut s, &mut out);
-        state::compact_into(&mut changelog, a.take_changes());
+        let (cfg, mut a, mut changelog) = summed_and_committed(5);
         let mut aborted = vec![];
         a.emit(&mut aborted);
         let mut b = restored(&cfg, &changelog);
