@@ -161,18 +161,19 @@ impl Loop<'_> {
         let t = &self.cfg.topics;
         let wanted = match event {
             Assignment::Revoke => {
-                let owned = self.commits.owned().next().is_some();
+                // (Already parked: nothing was assigned since, so nothing new to commit.)
+                let owned = self.commits.owned().next().is_some() && self.parked.is_none();
                 let committed = owned.then(|| self.commit_before_revoke()).flatten();
-                // Failed (or nothing owned): every task restores from its last
-                // commit, as before a revoke was committed.
                 self.consumer
                     .unassign()
                     .context("giving the revoked partitions up")?;
                 self.lanes = Lanes::default();
+                self.parked = committed;
                 if committed.is_some() {
-                    self.parked = committed;
                     return Ok(());
                 }
+                // Not committed (failed, or nothing owned): every task is dropped,
+                // and restores from its last commit when it comes back.
                 self.commits.assign([])
             }
             Assignment::Assign(list) => {
@@ -216,8 +217,8 @@ impl Loop<'_> {
     /// two agree).
     fn restore(&mut self, wanted: &[TaskId], how: Position) -> anyhow::Result<()> {
         let started = Instant::now();
-        // A commit still running ends first. The restore starts from whatever
-        // committed, so its result matters only to the producer.
+        // A commit still running ends first. Its result does not matter: the
+        // restore starts from whatever committed.
         if let Some((pending, _)) = self.in_flight.take() {
             if let Err(e) = pending.wait() {
                 tracing::info!("the commit in flight failed: {e:#}");
