@@ -414,15 +414,13 @@ impl Loop<'_> {
         if parts.is_empty() {
             return;
         }
-        let resume = self.commits.resume();
         let named: Vec<(&str, i32, i64)> = parts
             .iter()
             .map(|&(topic, p)| {
-                let resumed = resume
-                    .iter()
-                    .find(|&&(task, i, _)| task == (Stage::Attribution, p) && i == topic.index())
-                    .map_or(0, |r| r.2);
-                (self.cfg.topics.inputs()[topic.index()], p, resumed)
+                let i = topic.index();
+                let resumed = self.commits.resumes_at((Stage::Attribution, p), i);
+                // Not owned (cannot be: its task would not be in the engine): not at its end.
+                (self.cfg.topics.inputs()[i], p, resumed.unwrap_or(0))
             })
             .collect();
         let at_end = consumer::read_to_end(&self.consumer, &named).unwrap_or_else(|e| {

@@ -31,9 +31,14 @@ struct TotalSlot {
     dirty: bool,
 }
 
-/// A total's changelog value before `dirty` was stored: restored as to be
-/// emitted (README, "Upgrading").
-type OldTotalSlot = (Totals, u64);
+/// A changelog value of the format with the emitted-yet flag, or else of the
+/// one before it (README, "Upgrading"), which `old` reads as not emitted yet.
+fn decode_flagged<'a, T: Deserialize<'a>, Old: Deserialize<'a>>(
+    value: &'a [u8],
+    old: impl FnOnce(Old) -> T,
+) -> Result<T, postcard::Error> {
+    state::decode(value).or_else(|_| state::decode(value).map(old))
+}
 
 /// One key's delta in one bucket, the key as an aggregation task's id.
 pub type KeyedDelta = (Dim, u32, i64, Delta);
@@ -111,9 +116,9 @@ impl DimState {
         self.mark_total(key, changed);
     }
 
-    /// `key`'s total is to be emitted (and the changelog is to say so).
+    /// `key`'s total (its slot made) is to be emitted, and the changelog is to say so.
     fn mark_total(&mut self, key: u32, changed: &mut Option<FastSet<StateKey>>) {
-        let slot = self.total_slot(key);
+        let slot = &mut self.totals[key as usize];
         if !slot.dirty {
             slot.dirty = true;
             self.dirty_totals.push(key);
@@ -534,23 +539,17 @@ impl AggregationTask {
                 let (dim, name) = rest.split_once('|').ok_or("bad total key")?;
                 let d = &mut self.dims[dim_of(dim)?.index()];
                 let id = d.names.intern(name);
-                let slot = state::decode::<TotalSlot>(value)
-                    .or_else(|_| {
-                        state::decode::<OldTotalSlot>(value).map(|(sums, revision)| TotalSlot {
-                            sums,
-                            revision,
-                            dirty: true,
-                        })
+                let slot: TotalSlot =
+                    decode_flagged(value, |(sums, revision): (Totals, u64)| TotalSlot {
+                        sums,
+                        revision,
+                        dirty: true,
                     })
                     .map_err(bad)?;
-                let dirty = slot.dirty;
-                *d.total_slot(id) = TotalSlot {
-                    dirty: false,
-                    ..slot
-                };
-                if dirty {
-                    d.mark_total(id, &mut None);
+                if slot.dirty {
+                    d.dirty_totals.push(id);
                 }
+                *d.total_slot(id) = slot;
             }
             "w" => {
                 let mut it = rest.splitn(4, '|');
@@ -562,14 +561,11 @@ impl AggregationTask {
                 let (size, start) = (num(size)?, num(start)?);
                 let d = &mut self.dims[dim_of(dim)?.index()];
                 let id = d.names.intern(name);
-                let (gmv_fen, refund_fen, paid_orders, rev, dirty) =
-                    state::decode::<(i128, i128, u64, u64, bool)>(value)
-                        .or_else(|_| {
-                            // Written before `dirty` was stored: emitted again, to be sure.
-                            state::decode::<(i128, i128, u64, u64)>(value)
-                                .map(|(g, r, p, rev)| (g, r, p, rev, true))
-                        })
-                        .map_err(bad)?;
+                let (gmv_fen, refund_fen, paid_orders, rev, dirty): (i128, i128, u64, u64, bool) =
+                    decode_flagged(value, |(g, r, p, rev): (i128, i128, u64, u64)| {
+                        (g, r, p, rev, true)
+                    })
+                    .map_err(bad)?;
                 if let Some(w) = d.windows.iter_mut().find(|w| w.size_ms() == size) {
                     w.restore(
                         start,

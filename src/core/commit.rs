@@ -165,6 +165,11 @@ impl Commits {
             .collect()
     }
 
+    /// Where input `i` of `task` resumes after the last commit, if it is owned.
+    pub fn resumes_at(&self, task: TaskId, i: usize) -> Option<i64> {
+        self.owned.get(&task).and_then(|o| o.get(i).copied())
+    }
+
     pub fn owned(&self) -> impl Iterator<Item = TaskId> + '_ {
         self.owned.keys().copied()
     }

@@ -383,7 +383,7 @@ impl Metrics {
         self.commit_duration.observe(seconds);
     }
 
-    /// The loop waited `seconds` for the commit in flight (it commits in the background).
+    /// The loop waited `waited` for the commit in flight (it commits in the background).
     pub fn commit_waited(&self, waited: std::time::Duration) {
         self.commit_wait_us.inc_by(waited.as_micros() as u64);
     }
