@@ -284,7 +284,10 @@ impl Loop<'_> {
                     None => {}
                 }
                 own_run = 0;
-                let read = self.lanes.read(LANE_BATCH, |topic, m| {
+                let read = self.lanes.read(LANE_BATCH, |topic, m, ahead| {
+                    if ahead.is_some() {
+                        engine.prefetch(m.partition, ahead);
+                    }
                     dispatch_input(engine, out, newest, topic, m)
                 });
                 if read > 0 {

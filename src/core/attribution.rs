@@ -253,6 +253,16 @@ impl AttributionTask {
         }
     }
 
+    /// Asks the CPU for the order state a record keyed `key` will look up,
+    /// a few records before it is processed: every input record's key is its
+    /// `order_id` (a record keyed otherwise is dead-lettered, and the hint is
+    /// then wasted, not wrong).
+    pub fn prefetch(&self, key: Option<&[u8]>) {
+        if let Some(id) = key.and_then(|k| std::str::from_utf8(k).ok()) {
+            self.joins.prefetch(id);
+        }
+    }
+
     /// The contract's checks that need more than the value: the record's key
     /// is its `order_id` (a record keyed otherwise may sit on another partition
     /// than its order, and its join would silently fail), and its event time is

@@ -215,6 +215,15 @@ impl Engine {
             .retain(|p, _| owned(Stage::Aggregation, *p));
     }
 
+    /// A hint, a few records before [`Engine::on_record`] gets the record of
+    /// `partition` keyed `key`: its order's line of the index is fetched
+    /// meanwhile, so that look-up does not wait on memory (docs/performance.md).
+    pub fn prefetch(&self, partition: i32, key: Option<&[u8]>) {
+        if let Some(t) = self.attribution.get(&partition) {
+            t.prefetch(key);
+        }
+    }
+
     /// Processes one input record in its partition's attribution task.
     pub fn on_record(
         &mut self,

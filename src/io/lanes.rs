@@ -19,6 +19,12 @@ use crate::model::InputTopic;
 /// Records read from one lane before the lanes are compared again.
 pub const LANE_BATCH: usize = 500;
 
+/// How many records ahead the reader hints the engine of a record's key
+/// (`Engine::prefetch`): far enough that the memory arrives before the record
+/// is processed (about a microsecond each), near enough that it is still in
+/// cache then. Measured with the core bench (docs/performance.md).
+pub const PREFETCH_AHEAD: usize = 4;
+
 struct Lane {
     /// A second handle on the same queue, read in batches and asked how many
     /// records wait (`PartitionQueue` has no batch read and does not expose its
@@ -93,11 +99,17 @@ impl Lanes {
     }
 
     /// Reads up to `max` records from the oldest lane that has any, handing
-    /// each to `f` with its topic; 0 when every lane is empty. Never blocks.
+    /// each to `f` with its topic and the key of the record [`PREFETCH_AHEAD`]
+    /// on in the batch, of the same partition (for a hint); 0 when every lane
+    /// is empty. Never blocks.
     ///
     /// Takes the records out of librdkafka's queue in one call (one lock, one
     /// clock read), not one `poll` each: those were a tenth of the loop.
-    pub fn read(&mut self, max: usize, mut f: impl FnMut(InputTopic, &LaneRecord<'_>)) -> usize {
+    pub fn read(
+        &mut self,
+        max: usize,
+        mut f: impl FnMut(InputTopic, &LaneRecord<'_>, Option<&[u8]>),
+    ) -> usize {
         let lanes = &mut self.lanes;
         self.order.sort_unstable_by_key(|&i| lanes[i].last_ms);
         let batch = &mut self.batch;
@@ -121,10 +133,13 @@ impl Lanes {
             // SAFETY: the first `got` entries were just written.
             unsafe { batch.set_len(got as usize) };
             let mut n = 0;
-            for &m in batch.iter() {
+            for (i, &m) in batch.iter().enumerate() {
                 // SAFETY: each pointer is a message this call handed over, destroyed
                 // once below after its last use; its fields are valid until then.
                 unsafe {
+                    let ahead = batch
+                        .get(i + PREFETCH_AHEAD)
+                        .and_then(|&a| LaneRecord::key_of(&*a));
                     let err = (*m).err;
                     if err != rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
                         let text = std::ffi::CStr::from_ptr(rdsys::rd_kafka_err2str(err));
@@ -134,7 +149,7 @@ impl Lanes {
                         if let Some(ts) = record.timestamp_ms {
                             lane.last_ms = ts;
                         }
-                        f(lane.topic, &record);
+                        f(lane.topic, &record, ahead);
                         n += 1;
                     }
                     rdsys::rd_kafka_message_destroy(m);
@@ -166,10 +181,6 @@ impl LaneRecord<'_> {
     unsafe fn of<'a>(m: *mut rdsys::rd_kafka_message_t) -> LaneRecord<'a> {
         // SAFETY: a live message, as the caller promises.
         let msg = unsafe { &*m };
-        let bytes = |ptr: *mut std::ffi::c_void, len: usize| {
-            // SAFETY: librdkafka's pointer and length of the message's key or payload.
-            (!ptr.is_null()).then(|| unsafe { std::slice::from_raw_parts(ptr as *const u8, len) })
-        };
         let mut kind = rdsys::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE;
         // SAFETY: a live message, as the caller promises.
         let ts = unsafe { rdsys::rd_kafka_message_timestamp(m, &mut kind) };
@@ -179,10 +190,23 @@ impl LaneRecord<'_> {
             timestamp_ms: (ts >= 0
                 && kind != rdsys::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE)
                 .then_some(ts),
-            key: bytes(msg.key, msg.key_len),
-            payload: bytes(msg.payload, msg.len),
+            key: Self::key_of(msg),
+            // SAFETY: librdkafka's pointer and length of the message's payload.
+            payload: unsafe { bytes(msg.payload, msg.len) },
         }
     }
+
+    /// SAFETY: `msg` is a live message; the key must not outlive it.
+    unsafe fn key_of<'a>(msg: &rdsys::rd_kafka_message_t) -> Option<&'a [u8]> {
+        // SAFETY: librdkafka's pointer and length of the message's key.
+        unsafe { bytes(msg.key, msg.key_len) }
+    }
+}
+
+/// SAFETY: `ptr` and `len` are librdkafka's for a live message's key or payload.
+unsafe fn bytes<'a>(ptr: *mut std::ffi::c_void, len: usize) -> Option<&'a [u8]> {
+    // SAFETY: as the caller promises.
+    (!ptr.is_null()).then(|| unsafe { std::slice::from_raw_parts(ptr as *const u8, len) })
 }
 
 /// An owned librdkafka handle on a partition's queue.
@@ -300,7 +324,7 @@ mod tests {
         );
         let mut seen = Vec::new();
         while seen.len() < 10 {
-            let n = lanes.read(1, |topic, m| {
+            let n = lanes.read(1, |topic, m, _| {
                 let payload = String::from_utf8(m.payload.unwrap().to_vec()).unwrap();
                 let want = if payload.starts_with("ahead") {
                     InputTopic::Payments
@@ -336,7 +360,11 @@ mod tests {
                 "ahead1004"
             ]
         );
-        assert_eq!(lanes.read(LANE_BATCH, |_, _| {}), 0, "every lane is empty");
+        assert_eq!(
+            lanes.read(LANE_BATCH, |_, _, _| {}),
+            0,
+            "every lane is empty"
+        );
         lanes.each_waiting(|topic, p| panic!("{topic:?} [{p}] was read to the end"));
         drop(lanes);
     }

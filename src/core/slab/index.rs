@@ -1,154 +1,248 @@
-//! The slab's index: slot numbers by the table hash of their fingerprints,
-//! in one or more hashbrown tables ("parts").
+//! The slab's index: slot numbers by the table hash of their fingerprints, in
+//! lines of one cache line each.
 //!
-//! Why parts: a hashbrown table has a power-of-two number of buckets and is
-//! full at 7/8, so one sized for n entries is between 44% and 87.5% full, and
-//! one that grows is half full after each doubling: at 50 million orders the
-//! index was a quarter of the state (docs/performance.md). `K` parts of 2^b
-//! buckets each come within about 1/32 of the buckets n needs for some `K` ≤
-//! [`MAX_PARTS`]. The part is picked by bits 32..48 of the hash: hashbrown
-//! takes a bucket from the low bits and its tags from the top seven, so
-//! within a part both stay as random as in one table.
+//! Why its own table, not hashbrown's: a hashbrown table keeps its tags and
+//! its slots apart, so a look-up that finds its id misses the cache twice
+//! before it reaches the entry, an insert twice too (docs/performance.md). Here a
+//! line of 64 bytes holds 12 one-byte tags and the 12 slot numbers they stand
+//! for: one miss, and an address known from the hash alone, so the loop can
+//! ask for a line before it needs it ([`Index::prefetch`]).
 //!
-//! The index starts as one part. Sized ([`Index::try_reserve`]), it takes the
-//! parts closest to the size asked; full, it grows by half, not by double,
-//! into the parts closest to that: it stays between about 56% (56.5% at
-//! worst in its unit test) and 87.5% full, and every growth moves every
-//! entry once, as a doubling does.
+//! A hash's home line is picked by its low 32 bits scaled to the number of
+//! lines (any number: the index is sized to what it holds, within a line),
+//! its tag by its top 8. A full line sends an insert to the next one, and
+//! counts it (`overflow`, as folly's F14 does): a look-up goes on past a line
+//! only while that count is not zero, and a removal takes its count back, so
+//! nothing is left behind as a tombstone. The index is full at 7/8 and then grows
+//! by half, which moves every entry once: between about 58% and 87.5% full.
 
-use hashbrown::hash_table::{AbsentEntry, Entry, OccupiedEntry};
-use hashbrown::{HashTable, TryReserveError};
+/// Slots in a line.
+const WIDTH: usize = 12;
 
-/// Parts of an index, at most: enough for a 32nd (see above).
-const MAX_PARTS: usize = 64;
-
-#[derive(Debug)]
-pub(super) struct Index {
-    parts: Vec<HashTable<u32>>,
+/// One cache line: 12 tags (0: empty), the overflow count, 3 bytes unused,
+/// and the 12 slot numbers.
+#[derive(Debug, Clone, Copy, Default)]
+#[repr(C, align(64))]
+struct Line {
+    ctrl: [u8; 16],
+    slots: [u32; WIDTH],
 }
 
-impl Default for Index {
-    fn default() -> Self {
-        Index {
-            parts: vec![HashTable::new()],
+/// `ctrl[OVERFLOW]`: how many entries were sent past this line (saturating:
+/// at 255 it stays, and look-ups always go on).
+const OVERFLOW: usize = WIDTH;
+
+impl Line {
+    /// Bit `i` set where tag `i` is `tag` (`0`: where empty).
+    #[inline]
+    fn matches(&self, tag: u8) -> u32 {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{
+                _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_set1_epi8,
+            };
+            // SAFETY: SSE2 is part of x86_64; the load reads the 16 bytes of `ctrl`.
+            let m = unsafe {
+                let ctrl = _mm_loadu_si128(self.ctrl.as_ptr().cast());
+                _mm_movemask_epi8(_mm_cmpeq_epi8(ctrl, _mm_set1_epi8(tag as i8)))
+            };
+            m as u32 & ((1 << WIDTH) - 1)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            (0..WIDTH).fold(0, |m, i| m | u32::from(self.ctrl[i] == tag) << i)
         }
     }
+
+    fn overflow(&self) -> u8 {
+        self.ctrl[OVERFLOW]
+    }
+}
+
+fn tag(hash: u64) -> u8 {
+    ((hash >> 56) as u8).max(1)
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Index {
+    lines: Vec<Line>,
+    len: usize,
 }
 
 impl Index {
-    fn part(&self, hash: u64) -> usize {
-        ((((hash >> 32) & 0xFFFF) * self.parts.len() as u64) >> 16) as usize
+    fn home(&self, hash: u64) -> usize {
+        (((hash & 0xFFFF_FFFF) * self.lines.len() as u64) >> 32) as usize
+    }
+
+    fn next(&self, line: usize) -> usize {
+        if line + 1 == self.lines.len() {
+            0
+        } else {
+            line + 1
+        }
+    }
+
+    /// Entries the index holds before it grows.
+    fn capacity(&self) -> usize {
+        self.lines.len() * WIDTH * 7 / 8
     }
 
     pub fn len(&self) -> usize {
-        self.parts.iter().map(HashTable::len).sum()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.parts.iter().all(HashTable::is_empty)
+        self.len == 0
     }
 
     pub fn allocation_size(&self) -> usize {
-        self.parts.iter().map(HashTable::allocation_size).sum()
+        self.lines.capacity() * std::mem::size_of::<Line>()
     }
 
-    pub fn find(&self, hash: u64, eq: impl FnMut(&u32) -> bool) -> Option<&u32> {
-        self.parts[self.part(hash)].find(hash, eq)
-    }
-
-    /// `hash`'s entry. A full part grows the index by half first (whether
-    /// the entry is new or not: the next new one would grow it anyway), so
-    /// that hashbrown never doubles a part.
-    pub fn entry(
-        &mut self,
-        hash: u64,
-        eq: impl FnMut(&u32) -> bool,
-        hasher: impl Fn(&u32) -> u64,
-    ) -> Entry<'_, u32> {
-        let mut p = self.part(hash);
-        if self.parts[p].len() == self.parts[p].capacity() {
-            // Refused memory: the part then doubles on insert, as one table did.
-            let _ = self.try_reserve(self.len() / 2 + 1, &hasher);
-            p = self.part(hash);
+    /// Asks the CPU for `hash`'s home line, for a look-up a few records on.
+    #[inline]
+    pub fn prefetch(&self, hash: u64) {
+        if self.lines.is_empty() {
+            return;
         }
-        self.parts[p].entry(hash, eq, hasher)
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            // SAFETY: a hint with an address inside the table; it reads nothing.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>((&raw const self.lines[self.home(hash)]).cast()) }
+        }
     }
 
-    pub fn find_entry(
-        &mut self,
-        hash: u64,
-        eq: impl FnMut(&u32) -> bool,
-    ) -> Result<OccupiedEntry<'_, u32>, AbsentEntry<'_, u32>> {
-        let p = self.part(hash);
-        self.parts[p].find_entry(hash, eq)
+    /// The slot under `hash` for which `eq` holds.
+    pub fn find(&self, hash: u64, mut eq: impl FnMut(u32) -> bool) -> Option<u32> {
+        if self.lines.is_empty() {
+            return None;
+        }
+        let tag = tag(hash);
+        let mut l = self.home(hash);
+        for _ in 0..self.lines.len() {
+            let line = &self.lines[l];
+            let mut m = line.matches(tag);
+            while m != 0 {
+                let slot = line.slots[m.trailing_zeros() as usize];
+                if eq(slot) {
+                    return Some(slot);
+                }
+                m &= m - 1;
+            }
+            if line.overflow() == 0 {
+                return None;
+            }
+            l = self.next(l);
+        }
+        None
     }
 
-    /// Room for `additional` more entries without growing, in the parts that
-    /// come closest to it. Changing the number of parts moves every entry
-    /// once, as one table's doubling would.
+    /// Adds `slot` under `hash`; it must not be there. A full index grows by
+    /// half first (`hasher`: the hash of a slot held).
+    pub fn insert(&mut self, hash: u64, slot: u32, hasher: impl Fn(u32) -> u64) {
+        if self.len >= self.capacity() {
+            let more = (self.len / 2).max(WIDTH * 4);
+            // Refused, it stops the process as a `Vec` that cannot grow does.
+            if let Err(e) = self.try_reserve(more, &hasher) {
+                panic!("the index of {} ids cannot grow: {e}", self.len);
+            }
+        }
+        self.put(hash, slot);
+    }
+
+    fn put(&mut self, hash: u64, slot: u32) {
+        let mut l = self.home(hash);
+        loop {
+            let line = &mut self.lines[l];
+            let empty = line.matches(0);
+            if empty != 0 {
+                let i = empty.trailing_zeros() as usize;
+                line.ctrl[i] = tag(hash);
+                line.slots[i] = slot;
+                self.len += 1;
+                return;
+            }
+            line.ctrl[OVERFLOW] = line.ctrl[OVERFLOW].saturating_add(1);
+            l = self.next(l);
+        }
+    }
+
+    /// Takes `slot` out from under `hash`; false if it was not there.
+    pub fn remove(&mut self, hash: u64, slot: u32) -> bool {
+        if self.lines.is_empty() {
+            return false;
+        }
+        let tag = tag(hash);
+        let home = self.home(hash);
+        let mut l = home;
+        for _ in 0..self.lines.len() {
+            let line = &mut self.lines[l];
+            let mut m = line.matches(tag);
+            while m != 0 {
+                let i = m.trailing_zeros() as usize;
+                if line.slots[i] == slot {
+                    line.ctrl[i] = 0;
+                    self.len -= 1;
+                    // The lines it was sent past count it no more.
+                    let mut p = home;
+                    while p != l {
+                        let o = &mut self.lines[p].ctrl[OVERFLOW];
+                        if *o != u8::MAX {
+                            *o -= 1;
+                        }
+                        p = self.next(p);
+                    }
+                    return true;
+                }
+                m &= m - 1;
+            }
+            if line.overflow() == 0 {
+                return false;
+            }
+            l = self.next(l);
+        }
+        false
+    }
+
+    /// Room for `additional` more entries without growing; refused memory
+    /// leaves the index as it was.
     pub fn try_reserve(
         &mut self,
         additional: usize,
-        hasher: impl Fn(&u32) -> u64,
-    ) -> Result<(), TryReserveError> {
-        let total = self.len().saturating_add(additional);
-        if self
-            .parts
-            .iter()
-            .all(|p| p.capacity() >= per_part(total, self.parts.len()))
-        {
+        hasher: impl Fn(u32) -> u64,
+    ) -> Result<(), std::collections::TryReserveError> {
+        let total = self.len.saturating_add(additional);
+        if total <= self.capacity() {
             return Ok(());
         }
-        let parts = plan(total);
-        let cap = per_part(total, parts);
-        if parts == self.parts.len() {
-            for p in &mut self.parts {
-                p.try_reserve(cap.saturating_sub(p.len()), &hasher)?;
-            }
-            return Ok(());
-        }
-        let mut new = Index {
-            parts: Vec::with_capacity(parts),
-        };
-        for _ in 0..parts {
-            let mut p = HashTable::new();
-            p.try_reserve(cap, &hasher)?;
-            new.parts.push(p);
-        }
-        for old in std::mem::take(&mut self.parts) {
-            for slot in old {
-                let h = hasher(&slot);
-                let p = new.part(h);
-                new.parts[p].insert_unique(h, slot, &hasher);
-            }
-        }
-        *self = new;
+        // Lines for `total` at 7/8 full.
+        let lines = (total * 8).div_ceil(7 * WIDTH);
+        let mut fresh: Vec<Line> = Vec::new();
+        fresh.try_reserve_exact(lines)?;
+        fresh.resize(lines, Line::default());
+        self.move_into(fresh, &hasher);
         Ok(())
     }
-}
 
-/// Entries one of `parts` parts must hold for `total` in all: the parts
-/// fill unevenly (by about the square root of their share), so a margin.
-fn per_part(total: usize, parts: usize) -> usize {
-    (total + total / 128).div_ceil(parts) + 64
-}
-
-/// The number of parts whose buckets, all told, are fewest for `total`.
-fn plan(total: usize) -> usize {
-    (1..=MAX_PARTS)
-        .min_by_key(|&k| k * buckets(per_part(total, k)))
-        .expect("at least one part")
-}
-
-/// Buckets of a hashbrown table with room for `cap` (its rule: full at 7/8,
-/// a power of two).
-fn buckets(cap: usize) -> usize {
-    (cap.saturating_mul(8) / 7).next_power_of_two()
+    fn move_into(&mut self, fresh: Vec<Line>, hasher: &impl Fn(u32) -> u64) {
+        let old = std::mem::replace(&mut self.lines, fresh);
+        self.len = 0;
+        for line in &old {
+            let mut m = line.matches(0) ^ ((1 << WIDTH) - 1);
+            while m != 0 {
+                let slot = line.slots[m.trailing_zeros() as usize];
+                self.put(hasher(slot), slot);
+                m &= m - 1;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
 
     fn hash(slot: u32) -> u64 {
         // A fixed mix: the test sees the same layout every run.
@@ -157,65 +251,102 @@ mod tests {
             .rotate_left(29)
     }
 
-    /// Sized for n, the index is within an eighth of n's buckets (one table
-    /// is up to twice that), every entry stays findable through a change of
-    /// parts, and filling it to n grows no part.
+    /// Sized for n, the index takes the lines n needs at 7/8 full and no
+    /// more, keeps every entry through the resize, and filling it to n grows
+    /// nothing.
     #[test]
-    fn sized_parts_come_close_and_keep_every_entry() {
+    fn sized_it_comes_within_a_line_and_keeps_every_entry() {
         for n in [50_000usize, 300_000, 1_100_000] {
             let mut ix = Index::default();
-            // Some entries before the sizing: they move to the new parts.
+            // Some entries before the sizing: they move to the new lines.
             for s in 0..(n / 10) as u32 {
-                ix.entry(hash(s), |&t| t == s, |&t| hash(t)).insert(s);
+                ix.insert(hash(s), s, hash);
             }
-            ix.try_reserve(n - n / 10, |&t| hash(t)).unwrap();
+            ix.try_reserve(n - n / 10, hash).unwrap();
             let sized = ix.allocation_size();
-            let ideal = n * 8 / 7 * 5;
-            assert!(
-                sized <= ideal + ideal / 8 + ix.parts.len() * 5 * (64 + n / 128),
-                "{n}: {sized} bytes in {} parts, ideal {ideal}",
-                ix.parts.len()
-            );
+            let ideal = n * 8 / 7 * 64 / WIDTH;
+            assert!(sized <= ideal + 64, "{n}: {sized} bytes, ideal {ideal}");
             for s in (n / 10) as u32..n as u32 {
-                match ix.entry(hash(s), |&t| t == s, |&t| hash(t)) {
-                    Entry::Vacant(e) => {
-                        e.insert(s);
-                    }
-                    Entry::Occupied(_) => panic!("{s} found before it was put"),
-                }
+                assert_eq!(ix.find(hash(s), |t| t == s), None, "{s} before it was put");
+                ix.insert(hash(s), s, hash);
             }
-            assert_eq!(ix.allocation_size(), sized, "{n}: a part grew");
+            assert_eq!(ix.allocation_size(), sized, "{n}: it grew");
             assert_eq!(ix.len(), n);
             for s in 0..n as u32 {
-                assert_eq!(ix.find(hash(s), |&t| t == s), Some(&s));
+                assert_eq!(ix.find(hash(s), |t| t == s), Some(s));
             }
-            ix.find_entry(hash(7), |&t| t == 7).unwrap().remove();
-            assert_eq!(ix.find(hash(7), |&t| t == 7), None);
+            assert!(ix.remove(hash(7), 7));
+            assert!(!ix.remove(hash(7), 7));
+            assert_eq!(ix.find(hash(7), |t| t == 7), None);
             assert_eq!(ix.len(), n - 1);
         }
     }
 
-    /// Never sized, the index grows by half into new parts: at every size
-    /// on the way it is at least 55% full (a doubling table falls to 44%),
-    /// every entry stays findable, and a reserve it has room for changes nothing.
+    /// Never sized, the index grows by half: at every size on the way it is
+    /// more than 55% full (a doubling table falls to 44%), every entry stays
+    /// findable, and a reserve it has room for changes nothing.
     #[test]
     fn growing_stays_more_than_half_full() {
         let mut ix = Index::default();
         let mut emptiest = 1.0f64;
         for s in 0..1_000_000u32 {
-            ix.entry(hash(s), |&t| t == s, |&t| hash(t)).insert(s);
-            let buckets: usize = ix.parts.iter().map(|p| buckets(p.capacity())).sum();
+            ix.insert(hash(s), s, hash);
             if s > 100_000 {
-                emptiest = emptiest.min(f64::from(s + 1) / buckets as f64);
+                let slots = ix.lines.len() * WIDTH;
+                emptiest = emptiest.min(f64::from(s + 1) / slots as f64);
             }
         }
         assert!(emptiest > 0.55, "{emptiest}");
-        assert!(ix.parts.len() > 1);
         for s in (0..1_000_000u32).step_by(7) {
-            assert_eq!(ix.find(hash(s), |&t| t == s), Some(&s));
+            assert_eq!(ix.find(hash(s), |t| t == s), Some(s));
         }
-        let (parts, before) = (ix.parts.len(), ix.allocation_size());
-        ix.try_reserve(0, |&t| hash(t)).unwrap();
-        assert_eq!((ix.parts.len(), ix.allocation_size()), (parts, before));
+        let before = ix.allocation_size();
+        ix.try_reserve(0, hash).unwrap();
+        assert_eq!(ix.allocation_size(), before);
+    }
+
+    /// Inserts and removals at random, against a map, with hashes that pile
+    /// up on a few lines (long overflow runs, wrapping past the last line,
+    /// counts that saturate) and with good ones: every look-up answers as the
+    /// map does, and removals leave nothing that stops a look-up short.
+    #[test]
+    fn runs_of_full_lines_answer_as_a_map_does() {
+        for piled in [true, false] {
+            // Tags from 2 values and homes on the last 4 of 64 lines, or spread.
+            let h = |s: u32| {
+                if piled {
+                    ((u64::from(s % 2) + 1) << 57) | (0xF000_0000 + u64::from(s % 4) * 0x400_0000)
+                } else {
+                    hash(s)
+                }
+            };
+            let mut ix = Index::default();
+            ix.try_reserve(64 * WIDTH * 7 / 8, h).unwrap();
+            let mut model: HashMap<u32, ()> = HashMap::new();
+            let mut state = 0x2545_F491_4F6C_DD1Du64;
+            for _ in 0..200_000 {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                let s = (state % 1_500) as u32;
+                if state >> 63 == 0 && model.len() < 600 {
+                    if model.insert(s, ()).is_none() {
+                        ix.insert(h(s), s, h);
+                    }
+                } else {
+                    assert_eq!(ix.remove(h(s), s), model.remove(&s).is_some(), "{s}");
+                }
+                let probe = ((state >> 20) % 1_500) as u32;
+                assert_eq!(
+                    ix.find(h(probe), |t| t == probe),
+                    model.contains_key(&probe).then_some(probe),
+                    "{probe}"
+                );
+            }
+            assert_eq!(ix.len(), model.len());
+            for &s in model.keys() {
+                assert_eq!(ix.find(h(s), |t| t == s), Some(s));
+            }
+        }
     }
 }
