@@ -368,4 +368,56 @@ mod tests {
         lanes.each_waiting(|topic, p| panic!("{topic:?} [{p}] was read to the end"));
         drop(lanes);
     }
+
+    /// Each record comes with the key of the record [`PREFETCH_AHEAD`] on in
+    /// the same batch (the engine's hint), and with none for the last ones.
+    #[test]
+    fn each_record_comes_with_the_key_of_the_one_prefetch_ahead_on() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("orders", 1, 1).unwrap();
+        let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .create()
+            .unwrap();
+        const N: usize = 20;
+        for i in 0..N {
+            let k = format!("o{i}");
+            producer
+                .send(BaseRecord::to("orders").key(&k).payload(&k).partition(0))
+                .unwrap();
+        }
+        producer.flush(Duration::from_secs(10)).unwrap();
+
+        let mut cfg = Config::default();
+        cfg.kafka.brokers = cluster.bootstrap_servers();
+        let consumer = Arc::new(super::super::consumer::create(&cfg, None).unwrap());
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset("orders", 0, Offset::Beginning)
+            .unwrap();
+        let mut lanes = Lanes::split(&consumer, &[(InputTopic::Orders, "orders", 0)]).unwrap();
+        consumer.assign(&tpl).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while queued(&consumer, "orders", 0) < N {
+            assert!(
+                Instant::now() < deadline,
+                "the mock broker did not deliver the records"
+            );
+            assert!(consumer.poll(Duration::from_millis(10)).is_none());
+        }
+        let mut batch: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+        let n = lanes.read(LANE_BATCH, |_, m, ahead| {
+            batch.push((m.key.unwrap().to_vec(), ahead.map(<[u8]>::to_vec)));
+        });
+        assert_eq!(n, N, "one batch holds every record");
+        for (i, (key, ahead)) in batch.iter().enumerate() {
+            assert_eq!(key, format!("o{i}").as_bytes());
+            let want = (i + PREFETCH_AHEAD < N).then(|| format!("o{}", i + PREFETCH_AHEAD));
+            assert_eq!(
+                ahead.as_deref(),
+                want.as_ref().map(|w| w.as_bytes()),
+                "record {i}"
+            );
+        }
+        drop(lanes);
+    }
 }
