@@ -463,6 +463,8 @@ impl AttributionTask {
     }
 
     fn on_payment(&mut self, p: Payment<'_>, stats: &mut Stats, out: &mut Vec<Output>) {
+        // The order's entry arrives while the payment id is looked up.
+        self.joins.prefetch_entry(&p.order_id);
         if !self
             .payment_ids
             .first_copy(&p.payment_id, p.ts_ms, self.cfg.time.dedup_ttl_ms)
@@ -491,6 +493,8 @@ impl AttributionTask {
     }
 
     fn on_delivery(&mut self, d: Delivery<'_>, stats: &mut Stats, out: &mut Vec<Output>) {
+        // The order's entry arrives while the delivery id is looked up.
+        self.joins.prefetch_entry(&d.order_id);
         if !self
             .delivery_ids
             .first_copy(&d.delivery_id, d.ts_ms, self.cfg.time.dedup_ttl_ms)

@@ -105,12 +105,7 @@ impl Index {
         if self.lines.is_empty() {
             return;
         }
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-            // SAFETY: a hint with an address inside the table; it reads nothing.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>((&raw const self.lines[self.home(hash)]).cast()) }
-        }
+        super::prefetch((&raw const self.lines[self.home(hash)]).cast());
     }
 
     /// The slot under `hash` for which `eq` holds.
