@@ -3,6 +3,8 @@
 //! dimension key and 1-second bucket. Co-partitioning keeps all of it local;
 //! the partial sums go to the aggregation stage, keyed by dimension.
 
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use super::batch_log::{self, BatchLog, Horizon, Marks};
@@ -104,6 +106,22 @@ impl Interner {
     }
 }
 
+/// Brand, channel and country names to ids, one table for all the attribution
+/// tasks of an engine: the names are the same in every task, and one table
+/// stays in cache where one a task missed it at every order (twelve tasks'
+/// tables held about 1.5 MB; docs/performance.md). Ids are the process's own,
+/// never written anywhere.
+pub(crate) type Names = Rc<RefCell<[Interner; 3]>>;
+
+/// A new [`Names`], with the ids every task relies on: [`UNKNOWN_KEY`] is
+/// brand and country 0.
+pub(crate) fn new_names() -> Names {
+    let mut names: [Interner; 3] = Default::default();
+    names[0].intern(UNKNOWN_KEY);
+    names[2].intern(UNKNOWN_KEY);
+    Rc::new(RefCell::new(names))
+}
+
 /// Stage one for one input partition number (the same partition of all three input topics).
 #[derive(Debug)]
 pub struct AttributionTask {
@@ -111,8 +129,8 @@ pub struct AttributionTask {
     cfg: Arc<EngineConfig>,
     fx: FxTable,
     wm: Watermarks,
-    /// Brand, channel and country names.
-    names: [Interner; 3],
+    /// Brand, channel and country names: the engine's, shared.
+    names: Names,
     joins: JoinState,
     payment_ids: Dedup,
     delivery_ids: Dedup,
@@ -134,13 +152,16 @@ pub struct AttributionTask {
 }
 
 impl AttributionTask {
+    /// A task with a name table of its own (tests); an engine's tasks share
+    /// one ([`AttributionTask::with_names`]).
     pub fn new(partition: i32, cfg: Arc<EngineConfig>, now_ms: i64) -> Self {
+        Self::with_names(partition, cfg, now_ms, new_names())
+    }
+
+    pub(crate) fn with_names(partition: i32, cfg: Arc<EngineConfig>, now_ms: i64, names: Names) -> Self {
         let mut wm = Watermarks::new(cfg.time.max_out_of_orderness_ms, cfg.time.idle_timeout_ms);
         let parts: Vec<PartitionId> = InputTopic::ALL.iter().map(|t| (*t, partition)).collect();
         wm.assign(&parts, now_ms);
-        let mut names: [Interner; 3] = Default::default();
-        names[0].intern(UNKNOWN_KEY);
-        names[2].intern(UNKNOWN_KEY);
         let log = BatchLog::new(batch_log::chunk_bytes(cfg.max_record_bytes));
         AttributionTask {
             partition,
@@ -344,11 +365,17 @@ impl AttributionTask {
     /// Partial sums since the last call, with names. In this task's key order
     /// (by interned id): sums add up in any order, so names need not be compared.
     pub fn take_partials(&mut self) -> Vec<PartialEntry> {
-        self.take_partial_ids()
+        let keyed = self.take_partial_ids();
+        let names = self.names.borrow();
+        keyed
             .into_iter()
             .map(|(dim, id, bucket_ms, delta)| PartialEntry {
                 dim,
-                key: self.key_name(dim, id).into(),
+                key: match dim {
+                    Dim::Total => TOTAL_KEY,
+                    d => names[d.index() - 1].name(id),
+                }
+                .into(),
                 bucket_ms,
                 delta,
             })
@@ -364,14 +391,6 @@ impl AttributionTask {
             .collect();
         keyed.sort_unstable_by_key(|&(dim, id, bucket_ms, _)| (dim, id, bucket_ms));
         keyed
-    }
-
-    /// The name of this task's key id `id` in `dim`.
-    fn key_name(&self, dim: Dim, id: u32) -> &str {
-        match dim {
-            Dim::Total => TOTAL_KEY,
-            d => self.names[d.index() - 1].name(id),
-        }
     }
 
     #[allow(clippy::too_many_arguments)] // the record's parts, as they come
@@ -432,13 +451,17 @@ impl AttributionTask {
     }
 
     fn on_order(&mut self, o: Order<'_>, stats: &mut Stats, out: &mut Vec<Output>) {
-        let attribution = Attribution {
-            brand: self.names[0].intern(&o.brand_id),
-            channel: o
-                .channel_id
-                .as_deref()
-                .map_or(NO_CHANNEL, |c| self.names[1].intern(c)),
-            country: self.country_id(&o.country),
+        let country = self.country_id(&o.country);
+        let attribution = {
+            let names = &mut *self.names.borrow_mut();
+            Attribution {
+                brand: names[0].intern(&o.brand_id),
+                channel: o
+                    .channel_id
+                    .as_deref()
+                    .map_or(NO_CHANNEL, |c| names[1].intern(c)),
+                country,
+            }
         };
         let info = OrderInfo {
             attribution,
@@ -521,10 +544,10 @@ impl AttributionTask {
     fn country_id(&mut self, code: &str) -> u32 {
         let slot = match code.as_bytes() {
             [x @ b'A'..=b'Z', y @ b'A'..=b'Z'] => (x - b'A') as usize * 26 + (y - b'A') as usize,
-            _ => return self.names[2].intern(code),
+            _ => return self.names.borrow_mut()[2].intern(code),
         };
         if self.country_ids[slot] == u32::MAX {
-            self.country_ids[slot] = self.names[2].intern(code);
+            self.country_ids[slot] = self.names.borrow_mut()[2].intern(code);
         }
         self.country_ids[slot]
     }

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::aggregation::AggregationTask;
-use super::attribution::AttributionTask;
+use super::attribution::{new_names, AttributionTask, Names};
 use super::commit::{Stage, TaskSums, Work};
 use super::fx::Rate;
 use super::milestone::ThresholdRule;
@@ -170,6 +170,8 @@ impl Totals {
 pub struct Engine {
     cfg: Arc<EngineConfig>,
     attribution: BTreeMap<i32, AttributionTask>,
+    /// The attribution tasks' name table, shared.
+    names: Names,
     aggregation: BTreeMap<i32, AggregationTask>,
     stats: Stats,
 }
@@ -180,6 +182,7 @@ impl Engine {
         Engine {
             cfg: Arc::new(cfg),
             attribution: BTreeMap::new(),
+            names: new_names(),
             aggregation: BTreeMap::new(),
             stats: Stats::default(),
         }
@@ -195,7 +198,8 @@ impl Engine {
     }
 
     pub fn add_attribution(&mut self, partition: i32, now_ms: i64) -> &mut AttributionTask {
-        let task = AttributionTask::new(partition, self.cfg.clone(), now_ms);
+        let task =
+            AttributionTask::with_names(partition, self.cfg.clone(), now_ms, self.names.clone());
         self.attribution.insert(partition, task);
         self.attribution.get_mut(&partition).expect("just inserted")
     }

@@ -74,7 +74,7 @@ impl AttributionTask {
             }
         }
         let pin_after = self.now_ms.saturating_add(PIN_AHEAD_MS);
-        let (names, pinned) = (&self.names, &mut self.pinned);
+        let (names, pinned) = (&*self.names.borrow(), &mut self.pinned);
         let mut counted =
             |kind, id: &str, marks: Marks| unless_pinned(pinned, pin_after, kind, id, marks);
         let mut w = self.log.writer(&self.horizon, |k, v| f(k, Some(v)));
@@ -179,12 +179,13 @@ impl AttributionTask {
                     let ((id, slot), rest) =
                         batch_log::take_entry::<SavedSlot<Vec<Waiting>>>(entry).map_err(e)?;
                     let entry_marks = slot.as_ref().map_or(Marks::default(), SavedSlot::marks);
+                    let names = &mut *self.names.borrow_mut();
                     let slot = slot.map(|s| {
                         let order = s.order.map(|o| OrderInfo {
                             attribution: Attribution {
-                                brand: self.names[0].intern(o.brand),
-                                channel: o.channel.map_or(NO_CHANNEL, |c| self.names[1].intern(c)),
-                                country: self.names[2].intern(o.country),
+                                brand: names[0].intern(o.brand),
+                                channel: o.channel.map_or(NO_CHANNEL, |c| names[1].intern(c)),
+                                country: names[2].intern(o.country),
                             },
                             ts_ms: o.ts_ms,
                             first_paid_ms: o.first_paid_ms,

@@ -74,7 +74,7 @@ fn state_round_trips_through_the_changelog() {
         Some(T0 + 11_000)
     );
     assert_eq!(
-        b.names[1].name(b.joins.order("o1").unwrap().attribution.channel),
+        b.names.borrow()[1].name(b.joins.order("o1").unwrap().attribution.channel),
         "c1"
     );
     // The restored task knows the duplicates and releases the waiting payment to its order.
