@@ -11,7 +11,7 @@ use serde::Deserialize;
 pub mod baseline;
 mod json;
 
-use json::{Kind, Value};
+use json::{field, Field, Kind, Value};
 
 use crate::core::fx::FxTable;
 use crate::model::{
@@ -205,16 +205,16 @@ fn num_of(v: Value<'_>) -> Option<Num> {
     }
 }
 
-const ORDER_FIELDS: &[(&str, Kind)] = &[
-    ("order_id", Kind::Str),
-    ("user_id", Kind::Str),
-    ("brand_id", Kind::Str),
-    ("channel_id", Kind::Str),
-    ("country", Kind::Str),
-    ("device", Kind::Str),
-    ("currency", Kind::Str),
-    ("amount_minor", Kind::Num),
-    ("ts_ms", Kind::Num),
+const ORDER_FIELDS: &[Field] = &[
+    field("order_id", Kind::Str),
+    field("user_id", Kind::Str),
+    field("brand_id", Kind::Str),
+    field("channel_id", Kind::Str),
+    field("country", Kind::Str),
+    field("device", Kind::Str),
+    field("currency", Kind::Str),
+    field("amount_minor", Kind::Num),
+    field("ts_ms", Kind::Num),
 ];
 
 fn read_order(text: &str) -> Result<RawOrder<'_>, Rejection> {
@@ -235,13 +235,13 @@ fn read_order(text: &str) -> Result<RawOrder<'_>, Rejection> {
     Ok(r)
 }
 
-const PAYMENT_FIELDS: &[(&str, Kind)] = &[
-    ("payment_id", Kind::Str),
-    ("order_id", Kind::Str),
-    ("kind", Kind::Str),
-    ("currency", Kind::Str),
-    ("amount_minor", Kind::Num),
-    ("ts_ms", Kind::Num),
+const PAYMENT_FIELDS: &[Field] = &[
+    field("payment_id", Kind::Str),
+    field("order_id", Kind::Str),
+    field("kind", Kind::Str),
+    field("currency", Kind::Str),
+    field("amount_minor", Kind::Num),
+    field("ts_ms", Kind::Num),
 ];
 
 fn read_payment(text: &str) -> Result<RawPayment<'_>, Rejection> {
@@ -258,11 +258,11 @@ fn read_payment(text: &str) -> Result<RawPayment<'_>, Rejection> {
     Ok(r)
 }
 
-const DELIVERY_FIELDS: &[(&str, Kind)] = &[
-    ("delivery_id", Kind::Str),
-    ("order_id", Kind::Str),
-    ("status", Kind::Str),
-    ("ts_ms", Kind::Num),
+const DELIVERY_FIELDS: &[Field] = &[
+    field("delivery_id", Kind::Str),
+    field("order_id", Kind::Str),
+    field("status", Kind::Str),
+    field("ts_ms", Kind::Num),
 ];
 
 fn read_delivery(text: &str) -> Result<RawDelivery<'_>, Rejection> {

@@ -173,6 +173,17 @@ fn edge_cases_of_json_decode_as_with_serde_json() {
         r#"{"order_id":"o","user_id":"u","brand_id":"b","channel_id":7,"country":"CN","device":"pc","currency":"CNY","amount_minor":1,"ts_ms":1}"#.into(),
         r#"{"delivery_id":"d","order_id":"o","status":"shipped","ts_ms":1}"#.into(),
         r#"{"delivery_id":"d","order_id":"o","status":null,"ts_ms":1}"#.into(),
+        // Keys: escaped (the same name, so a duplicate too), a name's prefix or
+        // extension, one byte off, near the end of the input (under 16 bytes left).
+        r#"{"delivery_id":"d","order\u005fid":"o","status":"shipped","ts_ms":1}"#.into(),
+        r#"{"delivery_id":"d","order_id":"o","order\u005fid":"o","status":"shipped","ts_ms":1}"#.into(),
+        r#"{"delivery_id":"d","order_i":"o","order_idx":"o","order_id":"o","status":"shipped","ts_ms":1}"#.into(),
+        r#"{"delivery_id":"d","order_id":"o","statuS":"shipped","ts_ms":1}"#.into(),
+        r#"{"delivery_id":"d","order_id":"o","status":"shipped","ts_ms":1,"ts_ms":2}"#.into(),
+        r#"{"delivery_id":"d","order_id":"o","status":"shipped","ts_ms":1,"ts_ms"#.into(),
+        r#"{"delivery_id":"d","order_id":"o","status":"shipped","ts_ms":1,"ts_m"#.into(),
+        r#"{"delivery_id":"d","order_id":"o","status":"shipped","ts_ms":1,"ts_ms":"#.into(),
+        r#"{"ts_ms":1,"status":"shipped","order_id":"o","delivery_id":"d"}"#.into(),
     ];
     for c in &cases {
         agree(c.as_bytes(), &fx);

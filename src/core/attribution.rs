@@ -158,7 +158,12 @@ impl AttributionTask {
         Self::with_names(partition, cfg, now_ms, new_names())
     }
 
-    pub(crate) fn with_names(partition: i32, cfg: Arc<EngineConfig>, now_ms: i64, names: Names) -> Self {
+    pub(crate) fn with_names(
+        partition: i32,
+        cfg: Arc<EngineConfig>,
+        now_ms: i64,
+        names: Names,
+    ) -> Self {
         let mut wm = Watermarks::new(cfg.time.max_out_of_orderness_ms, cfg.time.idle_timeout_ms);
         let parts: Vec<PartitionId> = InputTopic::ALL.iter().map(|t| (*t, partition)).collect();
         wm.assign(&parts, now_ms);
