@@ -258,16 +258,38 @@ mod tests {
         QueueHandle::of_partition(consumer, topic, p).unwrap().len()
     }
 
+    fn producer(
+        cluster: &MockCluster<'_, DefaultProducerContext>,
+    ) -> ThreadedProducer<DefaultProducerContext> {
+        ClientConfig::new()
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .create()
+            .unwrap()
+    }
+
+    /// The job's consumer on `cluster`, and partition 0 of each of `topics`
+    /// from the beginning, to assign once the lanes are split.
+    fn consumer(
+        cluster: &MockCluster<'_, DefaultProducerContext>,
+        topics: &[&str],
+    ) -> (Arc<InputConsumer>, TopicPartitionList) {
+        let mut cfg = Config::default();
+        cfg.kafka.brokers = cluster.bootstrap_servers();
+        let consumer = Arc::new(super::super::consumer::create(&cfg, None).unwrap());
+        let mut tpl = TopicPartitionList::new();
+        for t in topics {
+            tpl.add_partition_offset(t, 0, Offset::Beginning).unwrap();
+        }
+        (consumer, tpl)
+    }
+
     #[test]
     fn the_lane_whose_last_record_is_oldest_is_read_first() {
         let cluster = MockCluster::new(1).unwrap();
         for t in ["ahead", "behind"] {
             cluster.create_topic(t, 1, 1).unwrap();
         }
-        let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-            .set("bootstrap.servers", cluster.bootstrap_servers())
-            .create()
-            .unwrap();
+        let producer = producer(&cluster);
         // `ahead` was written later than `behind` (Kafka timestamps), as payments are after orders.
         // (A timestamp of 0 would mean "now" to librdkafka.)
         const T0: i64 = 1_762_790_400_000;
@@ -287,13 +309,7 @@ mod tests {
         }
         producer.flush(Duration::from_secs(10)).unwrap();
 
-        let mut cfg = Config::default();
-        cfg.kafka.brokers = cluster.bootstrap_servers();
-        let consumer = Arc::new(super::super::consumer::create(&cfg, None).unwrap());
-        let mut tpl = TopicPartitionList::new();
-        for t in ["ahead", "behind"] {
-            tpl.add_partition_offset(t, 0, Offset::Beginning).unwrap();
-        }
+        let (consumer, tpl) = consumer(&cluster, &["ahead", "behind"]);
         let parts = [
             (InputTopic::Payments, "ahead", 0),
             (InputTopic::Orders, "behind", 0),
@@ -375,10 +391,7 @@ mod tests {
     fn each_record_comes_with_the_key_of_the_one_prefetch_ahead_on() {
         let cluster = MockCluster::new(1).unwrap();
         cluster.create_topic("orders", 1, 1).unwrap();
-        let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-            .set("bootstrap.servers", cluster.bootstrap_servers())
-            .create()
-            .unwrap();
+        let producer = producer(&cluster);
         const N: usize = 20;
         for i in 0..N {
             let k = format!("o{i}");
@@ -388,12 +401,7 @@ mod tests {
         }
         producer.flush(Duration::from_secs(10)).unwrap();
 
-        let mut cfg = Config::default();
-        cfg.kafka.brokers = cluster.bootstrap_servers();
-        let consumer = Arc::new(super::super::consumer::create(&cfg, None).unwrap());
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset("orders", 0, Offset::Beginning)
-            .unwrap();
+        let (consumer, tpl) = consumer(&cluster, &["orders"]);
         let mut lanes = Lanes::split(&consumer, &[(InputTopic::Orders, "orders", 0)]).unwrap();
         consumer.assign(&tpl).unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
