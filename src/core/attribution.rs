@@ -108,9 +108,9 @@ impl Interner {
 
 /// Brand, channel and country names to ids, one table for all the attribution
 /// tasks of an engine: the names are the same in every task, and one table
-/// stays in cache where one a task missed it at every order (twelve tasks'
-/// tables held about 1.5 MB; docs/performance.md). Ids are the process's own,
-/// never written anywhere.
+/// stays in cache, where twelve, one a task (an estimated 1.5 MB in all),
+/// missed it at every order (docs/performance.md). Shared by handle: the
+/// engine runs on one thread. Ids are the process's own, never written anywhere.
 pub(crate) type Names = Rc<RefCell<[Interner; 3]>>;
 
 /// A new [`Names`], with the ids every task relies on: [`UNKNOWN_KEY`] is
