@@ -191,6 +191,19 @@ fn edge_cases_of_json_decode_as_with_serde_json() {
     // Invalid UTF-8 inside a string, and outside one.
     agree(b"{\"payment_id\":\"p\xff\"}", &fx);
     agree(b"{\"payment_id\":\"p\"}\xff", &fx);
+    // The same past the first 32 bytes, where the check reads whole words, and
+    // valid characters of two, three and four bytes there.
+    let long = r#"{"payment_id":"p","order_id":"o","kind":"paid","amount_minor":1,"currency":"CNY","ts_ms":1,"x":"X"}"#;
+    for bad in [&b"\xff"[..], b"\xe4\xb8", b"\x80"] {
+        for at in [40, 47, 95] {
+            let mut v = long.as_bytes().to_vec();
+            v.splice(at..at, bad.iter().copied());
+            agree(&v, &fx);
+        }
+    }
+    for good in ["é", "中", "😀"] {
+        agree(long.replace('X', good).as_bytes(), &fx);
+    }
 }
 
 /// Random edits of generated records: bytes deleted, inserted (JSON's
