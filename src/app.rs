@@ -469,7 +469,7 @@ impl Loop<'_> {
         self.producer.send(Record {
             topic: &self.cfg.topics.repartition,
             partition: Some(r),
-            key: Some(state::batch_key(batch.source).as_bytes()),
+            key: Some(state::BATCH_KEY.as_bytes()),
             value: Some(&value),
             kind: Kind::Internal,
         })
@@ -587,12 +587,9 @@ fn dispatch<M: Message>(
                 m.offset()
             )
         };
-        if !m
-            .key()
-            .is_some_and(|k| k.starts_with(state::BATCH_KEY_PREFIX.as_bytes()))
-        {
+        if m.key() != Some(state::BATCH_KEY.as_bytes()) {
             bail!(
-                "{}: a batch written by an earlier version; see \"Upgrading\" in the README",
+                "{}: a batch written by another version; see \"Upgrading\" in the README",
                 at()
             );
         }

@@ -40,9 +40,6 @@ fn decode_flagged<'a, T: Deserialize<'a>, Old: Deserialize<'a>>(
     state::decode(value).or_else(|_| state::decode(value).map(old))
 }
 
-/// One key's delta in one bucket, the key as an aggregation task's id.
-pub type KeyedDelta = (Dim, u32, i64, Delta);
-
 /// Aggregates of one dimension.
 #[derive(Debug)]
 struct DimState {
@@ -297,69 +294,49 @@ impl AggregationTask {
         out: &mut Vec<Output>,
     ) {
         self.next_offset = Some(offset + 1);
-        self.apply(batch.source, batch.progress, &batch.entries, stats, out);
+        self.apply(&batch.progress, &batch.entries, stats, out);
     }
 
-    /// Applies a committed batch: its sums, then its progress (if it is the last of its transaction's).
+    /// Applies a committed batch: its sums, then the progress it carries.
     fn apply(
         &mut self,
-        source: i32,
-        progress: Option<Progress>,
+        progress: &[(i32, Progress)],
         entries: &[PartialEntry],
-        stats: &mut Stats,
-        out: &mut Vec<Output>,
-    ) {
-        let keyed: Vec<KeyedDelta> = entries
-            .iter()
-            .map(|e| (e.dim, self.intern(e.dim, &e.key), e.bucket_ms, e.delta))
-            .collect();
-        self.apply_keyed(source, progress, &keyed, stats, out);
-    }
-
-    /// This task's id of a key name (ids are per task).
-    fn intern(&mut self, dim: Dim, name: &str) -> u32 {
-        self.dims[dim.index()].names.intern(name)
-    }
-
-    /// [`AggregationTask::apply`] with keys already as this task's ids: in process,
-    /// the engine translates ids without going through names each time.
-    fn apply_keyed(
-        &mut self,
-        source: i32,
-        progress: Option<Progress>,
-        entries: &[KeyedDelta],
         stats: &mut Stats,
         out: &mut Vec<Output>,
     ) {
         let limit = self.close_limit();
         let mut late = 0;
-        for (dim, key, bucket_ms, delta) in entries {
-            if bucket_ms.saturating_add(BUCKET_MS) <= limit {
+        for e in entries {
+            if e.bucket_ms.saturating_add(BUCKET_MS) <= limit {
                 // Its task judged it on time, but its bucket closed meanwhile: only
                 // possible when that task came back from idleness behind the others.
                 late += 1;
                 continue;
             }
-            self.dims[dim.index()].apply(*key, *bucket_ms, delta, &mut self.changed);
+            let d = &mut self.dims[e.dim.index()];
+            let key = d.names.intern(&e.key);
+            d.apply(key, e.bucket_ms, &e.delta, &mut self.changed);
         }
         if late > 0 {
             stats.late_partials += late;
             tracing::warn!(
                 partition = self.partition,
-                source,
                 late,
                 close_limit_ms = limit,
-                "partial sums reached closed buckets and are not counted (the source was idle, then came back behind the others)"
+                "partial sums reached closed buckets and are not counted (a source was idle, then came back behind the others)"
             );
         }
-        let Some(progress) = progress else {
+        if progress.is_empty() {
             return;
-        };
-        let src = self.sources.entry(source).or_default();
-        if src.progress != progress {
-            src.progress = progress;
-            if let Some(c) = &mut self.changed {
-                c.insert(StateKey::Source(source));
+        }
+        for (source, progress) in progress {
+            let src = self.sources.entry(*source).or_default();
+            if src.progress != *progress {
+                src.progress = *progress;
+                if let Some(c) = &mut self.changed {
+                    c.insert(StateKey::Source(*source));
+                }
             }
         }
         self.advance(stats, out);

@@ -15,7 +15,7 @@ use super::join::{
 };
 use super::milestone::BUCKET_MS;
 use super::output::{DeadLetter, Dim, Output, DEAD_LETTER_KEY_BYTES, DEAD_LETTER_PAYLOAD_BYTES};
-use super::state::{self, Delta, PartialEntry, Progress};
+use super::state::{self, Delta, Progress};
 use super::watermark::{PartitionId, Watermarks};
 use super::{FastMap, FastSet};
 use crate::decode::{decode, Rejection, MIN_EVENT_MS};
@@ -122,6 +122,17 @@ pub(crate) fn new_names() -> Names {
     Rc::new(RefCell::new(names))
 }
 
+/// A partial sum's key: (dimension, name id in [`Names`], bucket start).
+pub(crate) type PartialKey = (Dim, u32, i64);
+
+/// The name of `dim`'s key `id`.
+pub(crate) fn key_name(names: &[Interner; 3], dim: Dim, id: u32) -> &str {
+    match dim {
+        Dim::Total => TOTAL_KEY,
+        d => names[d.index() - 1].name(id),
+    }
+}
+
 /// Stage one for one input partition number (the same partition of all three input topics).
 #[derive(Debug)]
 pub struct AttributionTask {
@@ -134,8 +145,8 @@ pub struct AttributionTask {
     joins: JoinState,
     payment_ids: Dedup,
     delivery_ids: Dedup,
-    /// Partial sums since the last `take_partials`: (dim, key id, bucket start) → delta.
-    partials: FastMap<(Dim, u32, i64), Delta>,
+    /// Partial sums since they were last taken.
+    partials: FastMap<PartialKey, Delta>,
     last_sweep_watermark_ms: i64,
     /// Per input topic, the offset after the last record processed (`None`: none yet).
     next_offsets: [Option<i64>; 3],
@@ -367,35 +378,27 @@ impl AttributionTask {
         }
     }
 
-    /// Partial sums since the last call, with names. In this task's key order
-    /// (by interned id): sums add up in any order, so names need not be compared.
-    pub fn take_partials(&mut self) -> Vec<PartialEntry> {
-        let keyed = self.take_partial_ids();
+    /// Partial sums since the last call, with names, in key order (tests; the
+    /// engine merges its tasks' with [`AttributionTask::drain_partials`]).
+    #[cfg(test)]
+    pub fn take_partials(&mut self) -> Vec<state::PartialEntry> {
+        let mut keyed: Vec<_> = self.partials.drain().collect();
+        keyed.sort_unstable_by_key(|&(k, _)| k);
         let names = self.names.borrow();
         keyed
             .into_iter()
-            .map(|(dim, id, bucket_ms, delta)| PartialEntry {
+            .map(|((dim, id, bucket_ms), delta)| state::PartialEntry {
                 dim,
-                key: match dim {
-                    Dim::Total => TOTAL_KEY,
-                    d => names[d.index() - 1].name(id),
-                }
-                .into(),
+                key: key_name(&names, dim, id).into(),
                 bucket_ms,
                 delta,
             })
             .collect()
     }
 
-    /// [`AttributionTask::take_partials`] with this task's key ids instead of names.
-    fn take_partial_ids(&mut self) -> Vec<(Dim, u32, i64, Delta)> {
-        let mut keyed: Vec<_> = self
-            .partials
-            .drain()
-            .map(|((dim, id, bucket_ms), delta)| (dim, id, bucket_ms, delta))
-            .collect();
-        keyed.sort_unstable_by_key(|&(dim, id, bucket_ms, _)| (dim, id, bucket_ms));
-        keyed
+    /// Partial sums since the last call, in no order.
+    pub(crate) fn drain_partials(&mut self) -> impl Iterator<Item = (PartialKey, Delta)> + '_ {
+        self.partials.drain()
     }
 
     #[allow(clippy::too_many_arguments)] // the record's parts, as they come

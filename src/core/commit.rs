@@ -26,7 +26,7 @@
 
 use std::collections::BTreeMap;
 
-use super::state::{PartialBatch, PartialEntry, Progress};
+use super::state::{PartialBatch, PartialEntry, Progress, MAX_PROGRESS_BYTES};
 
 /// Which stage a task belongs to (and so which changelog holds its state).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -50,13 +50,14 @@ impl Stage {
 /// A task: its stage and partition number.
 pub type TaskId = (Stage, i32);
 
-/// One attribution task's partial sums since the last commit, split by
-/// aggregation partition (index), and where its event time stands.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TaskSums {
-    pub source: i32,
-    pub progress: Progress,
+/// The attribution tasks' partial sums since the last commit, merged across
+/// tasks and split by aggregation partition (index), and where each task's
+/// event time stands.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Sums {
     pub split: Vec<Vec<PartialEntry>>,
+    /// (attribution task, its progress), every task the engine runs.
+    pub progress: Vec<(i32, Progress)>,
 }
 
 /// A changelog record of a task: key, and value (`None`: a tombstone).
@@ -65,7 +66,7 @@ pub type Change = (TaskId, Vec<u8>, Option<Vec<u8>>);
 /// What the engine's tasks did since the last commit (`Engine::take_work`).
 #[derive(Debug, Default)]
 pub struct Work {
-    pub sums: Vec<TaskSums>,
+    pub sums: Sums,
     pub changes: Vec<Change>,
     /// Per task and input: the offset after the last record read since it was
     /// restored (`None`: nothing read).
@@ -182,21 +183,25 @@ impl Commits {
     /// reading stopped, or where it resumed if nothing was read.
     pub fn transaction(&mut self, work: Work) -> Transaction {
         debug_assert!(self.open.is_none(), "the last transaction was not resolved");
-        let mut sent = BTreeMap::new();
+        // The progress of each owned task that moved since the last commit (or
+        // was restored since): every aggregation partition hears of it.
+        let sent: BTreeMap<i32, Progress> = work
+            .sums
+            .progress
+            .into_iter()
+            .filter(|(p, progress)| {
+                self.owned.contains_key(&(Stage::Attribution, *p))
+                    && self.sent.get(p) != Some(progress)
+            })
+            .collect();
+        let progress: Vec<(i32, Progress)> = sent.iter().map(|(p, g)| (*p, *g)).collect();
         let mut batches = Vec::new();
-        for s in work.sums {
-            if !self.owned.contains_key(&(Stage::Attribution, s.source)) {
+        for (r, entries) in work.sums.split.into_iter().enumerate() {
+            if entries.is_empty() && progress.is_empty() {
                 continue;
             }
-            let empty = s.split.iter().all(Vec::is_empty);
-            if empty && self.sent.get(&s.source) == Some(&s.progress) {
-                continue;
-            }
-            sent.insert(s.source, s.progress);
-            for (r, entries) in s.split.into_iter().enumerate() {
-                for batch in split_batch(s.source, s.progress, entries, self.max_batch_bytes) {
-                    batches.push((r as i32, batch));
-                }
+            for batch in split_batch(&progress, entries, self.max_batch_bytes) {
+                batches.push((r as i32, batch));
             }
         }
         let read: BTreeMap<TaskId, Vec<Option<i64>>> = work.read.into_iter().collect();
@@ -238,17 +243,15 @@ impl Commits {
     }
 }
 
-/// One task's batch for one aggregation partition, as records of at most
+/// The batch for one aggregation partition, as records of at most
 /// `max_bytes` each (a million changed keys must not make one record past the
 /// broker's limit). The last carries the progress.
 fn split_batch(
-    source: i32,
-    progress: Progress,
+    progress: &[(i32, Progress)],
     entries: Vec<PartialEntry>,
     max_bytes: usize,
 ) -> Vec<PartialBatch> {
-    // The source and the progress take at most 40 bytes.
-    let room = max_bytes.saturating_sub(40);
+    let room = max_bytes.saturating_sub(8 + progress.len() * MAX_PROGRESS_BYTES);
     let mut batches = Vec::new();
     let mut entries = entries.into_iter().peekable();
     loop {
@@ -262,8 +265,7 @@ fn split_batch(
         }
         let last = entries.peek().is_none();
         batches.push(PartialBatch {
-            source,
-            progress: last.then_some(progress),
+            progress: if last { progress.to_vec() } else { Vec::new() },
             entries: chunk,
         });
         if last {
@@ -288,10 +290,14 @@ mod tests {
         }
     }
 
-    fn sums(source: i32, wm: i64, gmv: &[i128]) -> TaskSums {
-        TaskSums {
-            source,
-            progress: progress(wm),
+    /// Sums with `gmv` for each aggregation partition (none where 0), from
+    /// tasks at (task, watermark).
+    fn sums(progress_of: &[(i32, i64)], gmv: &[i128]) -> Sums {
+        Sums {
+            progress: progress_of
+                .iter()
+                .map(|(p, wm)| (*p, progress(*wm)))
+                .collect(),
             split: gmv
                 .iter()
                 .map(|g| {
@@ -336,7 +342,7 @@ mod tests {
     fn tasks_kept_across_a_rebalance_resume_where_they_committed_and_only_new_ones_restore() {
         let mut c = owning(&[(A0, vec![1, 2, 3]), (A1, vec![4, 5, 6]), (G0, vec![7])]);
         c.transaction(Work {
-            sums: vec![sums(0, 10, &[5]), sums(1, 10, &[5])],
+            sums: sums(&[(0, 10), (1, 10)], &[5]),
             read: vec![(A0, vec![Some(8), None, None]), (G0, vec![Some(9)])],
             ..Work::default()
         });
@@ -351,7 +357,7 @@ mod tests {
         c.restored(g1, vec![0]);
         // A0's progress counts as sent (its batch committed); A1's is forgotten.
         let t = c.transaction(Work {
-            sums: vec![sums(0, 10, &[0, 0]), sums(1, 10, &[0, 0])],
+            sums: sums(&[(0, 10), (1, 10)], &[0, 0]),
             ..Work::default()
         });
         assert!(t.batches.is_empty(), "{:?}", t.batches);
@@ -410,7 +416,7 @@ mod tests {
     #[test]
     fn a_batch_goes_first_then_with_sums_or_moved_progress() {
         let mut c = owning(&[(A0, vec![0; 3]), (A1, vec![0; 3])]);
-        let round = |c: &mut Commits, s: Vec<TaskSums>| {
+        let round = |c: &mut Commits, s: Sums| {
             let t = c.transaction(Work {
                 sums: s,
                 ..Work::default()
@@ -418,23 +424,26 @@ mod tests {
             c.committed();
             t.batches
                 .iter()
-                .map(|(r, b)| (b.source, *r, b.entries.len()))
+                .map(|(r, b)| {
+                    let sources: Vec<i32> = b.progress.iter().map(|(p, _)| *p).collect();
+                    (*r, b.entries.len(), sources)
+                })
                 .collect::<Vec<_>>()
         };
         // The first after a restore, though empty: to every aggregation partition.
         assert_eq!(
-            round(&mut c, vec![sums(0, 5, &[0, 0]), sums(1, 5, &[0, 0])]),
-            vec![(0, 0, 0), (0, 1, 0), (1, 0, 0), (1, 1, 0)]
+            round(&mut c, sums(&[(0, 5), (1, 5)], &[0, 0])),
+            vec![(0, 0, vec![0, 1]), (1, 0, vec![0, 1])]
         );
-        // Nothing new from 0; sums from 1 (for partition 1 only, yet to both).
+        // No progress moved; sums for partition 1 only.
         assert_eq!(
-            round(&mut c, vec![sums(0, 5, &[0, 0]), sums(1, 5, &[0, 3])]),
-            vec![(1, 0, 0), (1, 1, 1)]
+            round(&mut c, sums(&[(0, 5), (1, 5)], &[0, 3])),
+            vec![(1, 1, vec![])]
         );
-        // Progress moved.
+        // Progress of 0 moved: to every partition.
         assert_eq!(
-            round(&mut c, vec![sums(0, 6, &[0, 0])]),
-            vec![(0, 0, 0), (0, 1, 0)]
+            round(&mut c, sums(&[(0, 6), (1, 5)], &[0, 0])),
+            vec![(0, 0, vec![0]), (1, 0, vec![0])]
         );
     }
 
@@ -442,7 +451,7 @@ mod tests {
     fn progress_counts_as_sent_only_once_committed() {
         let mut c = owning(&[(A0, vec![0; 3])]);
         let work = || Work {
-            sums: vec![sums(0, 5, &[0])],
+            sums: sums(&[(0, 5)], &[0]),
             ..Work::default()
         };
         assert_eq!(c.transaction(work()).batches.len(), 1);
@@ -456,10 +465,10 @@ mod tests {
     }
 
     #[test]
-    fn work_of_a_task_not_owned_sends_no_batch() {
+    fn the_progress_of_a_task_not_owned_is_not_sent() {
         let mut c = owning(&[(A0, vec![0; 3])]);
         let t = c.transaction(Work {
-            sums: vec![sums(1, 5, &[7])],
+            sums: sums(&[(1, 5)], &[0]),
             read: vec![(A1, vec![Some(4), None, None])],
             ..Work::default()
         });
@@ -489,11 +498,10 @@ mod tests {
             })
             .collect();
         let t = c.transaction(Work {
-            sums: vec![TaskSums {
-                source: 0,
-                progress: progress(i64::MAX),
+            sums: Sums {
+                progress: vec![(0, progress(i64::MAX))],
                 split: vec![entries.clone()],
-            }],
+            },
             ..Work::default()
         });
         assert!(t.batches.len() > 20, "{} batches", t.batches.len());
@@ -502,7 +510,12 @@ mod tests {
             let size = crate::core::state::encode(b).len();
             assert!(size <= max, "batch {i}: {size} bytes");
             let last = i + 1 == t.batches.len();
-            assert_eq!(b.progress, last.then_some(progress(i64::MAX)), "batch {i}");
+            let want = if last {
+                vec![(0, progress(i64::MAX))]
+            } else {
+                vec![]
+            };
+            assert_eq!(b.progress, want, "batch {i}");
         }
         let sent: Vec<PartialEntry> = t.batches.into_iter().flat_map(|(_, b)| b.entries).collect();
         assert_eq!(sent, entries, "every entry once, in order");

@@ -10,13 +10,14 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::aggregation::AggregationTask;
-use super::attribution::{new_names, AttributionTask, Names};
-use super::commit::{Stage, TaskSums, Work};
+use super::attribution::{self, new_names, AttributionTask, Names, PartialKey};
+use super::commit::{Stage, Sums, Work};
 use super::fx::Rate;
 use super::milestone::ThresholdRule;
 use super::output::{Dim, Output};
-use super::state::{self, PartialBatch};
+use super::state::{self, Delta, PartialBatch, PartialEntry};
 use super::watermark::PartitionId;
+use super::FastMap;
 use crate::model::{InputTopic, Source};
 
 pub use super::attribution::{TOTAL_KEY, UNKNOWN_KEY};
@@ -172,6 +173,8 @@ pub struct Engine {
     attribution: BTreeMap<i32, AttributionTask>,
     /// The attribution tasks' name table, shared.
     names: Names,
+    /// The attribution tasks' partial sums merged, at `take_work` (kept for its room).
+    merged: FastMap<PartialKey, Delta>,
     aggregation: BTreeMap<i32, AggregationTask>,
     stats: Stats,
 }
@@ -183,6 +186,7 @@ impl Engine {
             cfg: Arc::new(cfg),
             attribution: BTreeMap::new(),
             names: new_names(),
+            merged: FastMap::default(),
             aggregation: BTreeMap::new(),
             stats: Stats::default(),
         }
@@ -292,28 +296,48 @@ impl Engine {
         }
     }
 
-    /// Everything the tasks did since the last call, for one transaction: each
-    /// attribution task's partial sums split over `aggregation_partitions`, every
-    /// task's changelog records (after `emit`, so revisions are current), and
-    /// where each stopped reading.
+    /// Everything the tasks did since the last call, for one transaction: the
+    /// attribution tasks' partial sums, merged and split over
+    /// `aggregation_partitions`, with each task's progress; every task's
+    /// changelog records (after `emit`, so revisions are current); and where
+    /// each stopped reading.
     pub fn take_work(&mut self, aggregation_partitions: i32) -> Work {
         let mut work = Work::default();
-        let r_count = aggregation_partitions.max(1);
+        // One entry per key and bucket for the instance, not one per task: a
+        // commit's keys repeat across tasks (twice over, measured in the core
+        // bench), and each entry costs its way through the repartition topic.
+        // The tasks' ids are the engine's, so they agree.
         for t in self.attribution.values_mut() {
-            let p = t.partition();
-            let mut split = vec![Vec::new(); r_count as usize];
-            for e in t.take_partials() {
-                split[state::aggregation_partition(e.dim, &e.key, r_count) as usize].push(e);
+            for (k, d) in t.drain_partials() {
+                self.merged.entry(k).or_default().add(&d);
             }
-            work.sums.push(TaskSums {
-                source: p,
-                progress: t.progress(),
-                split,
-            });
-            let task = (Stage::Attribution, p);
+            let task = (Stage::Attribution, t.partition());
             t.drain_changes(|k, v| work.changes.push((task, k.to_vec(), v.map(<[u8]>::to_vec))));
             work.read.push((task, t.next_offsets().to_vec()));
         }
+        let mut keyed: Vec<_> = self.merged.drain().collect();
+        // In key order (by id): the records come out the same every run.
+        keyed.sort_unstable_by_key(|&(k, _)| k);
+        let r_count = aggregation_partitions.max(1);
+        let mut split = vec![Vec::new(); r_count as usize];
+        let names = self.names.borrow();
+        for ((dim, id, bucket_ms), delta) in keyed {
+            let key = attribution::key_name(&names, dim, id);
+            split[state::aggregation_partition(dim, key, r_count) as usize].push(PartialEntry {
+                dim,
+                key: key.into(),
+                bucket_ms,
+                delta,
+            });
+        }
+        work.sums = Sums {
+            split,
+            progress: self
+                .attribution
+                .values()
+                .map(|t| (t.partition(), t.progress()))
+                .collect(),
+        };
         for t in self.aggregation.values_mut() {
             let task = (Stage::Aggregation, t.partition());
             work.changes

@@ -50,30 +50,29 @@ impl Default for Progress {
     }
 }
 
-/// What one attribution task sends one aggregation partition in one transaction:
-/// its partial sums for the keys that partition owns, and its progress. Every
-/// partition gets one per transaction, so each learns every task's watermark.
-/// A batch larger than a record may be is sent as several, in order: only the
-/// last carries the progress, so no window closes before all its sums are in.
+/// What one instance's attribution tasks send one aggregation partition in
+/// one transaction: their partial sums for the keys that partition owns,
+/// merged (one entry per key and bucket, whichever tasks it came from: sums add
+/// up in any grouping), and the progress of each task that moved. A partition
+/// gets one whenever there are sums for it or progress moved, so each learns
+/// every task's watermark. A batch larger than a record may be is sent as
+/// several, in order: only the last carries the progress, so no window closes
+/// before all its sums are in.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartialBatch {
-    /// The attribution task (input partition number).
-    pub source: i32,
-    /// `None`: more of this transaction's batch follows.
-    pub progress: Option<Progress>,
+    /// (attribution task, its progress now); empty on all but the last record.
+    pub progress: Vec<(i32, Progress)>,
     pub entries: Vec<PartialEntry>,
 }
 
-/// Key prefix of a repartition record: the format's version, then the source
-/// task. Records of the version before it (keyed by the bare source, with the
-/// progress not optional) would decode into the wrong fields: the aggregation
-/// stage refuses them instead (README, "Upgrading").
-pub const BATCH_KEY_PREFIX: &str = "b2:";
+/// Key of a repartition record: the format's version. Records of the
+/// versions before it (keyed `b2:{task}`, one task's sums each, or by the bare
+/// task) would decode into the wrong fields: the aggregation stage refuses
+/// them instead (README, "Upgrading").
+pub const BATCH_KEY: &str = "b3";
 
-/// The key of a repartition record from attribution task `source`.
-pub fn batch_key(source: i32) -> String {
-    format!("{BATCH_KEY_PREFIX}{source}")
-}
+/// Upper bound of the encoded size of one task's progress in a batch.
+pub const MAX_PROGRESS_BYTES: usize = 40;
 
 impl PartialEntry {
     /// Upper bound of its encoded size: the key, and at most 96 bytes for the
@@ -131,12 +130,17 @@ mod tests {
     #[test]
     fn batch_round_trips() {
         let b = PartialBatch {
-            source: 3,
-            progress: Some(Progress {
-                watermark_ms: 1_000,
-                max_event_ms: 6_000,
-                idle: true,
-            }),
+            progress: vec![
+                (3, Progress::default()),
+                (
+                    i32::MAX,
+                    Progress {
+                        watermark_ms: i64::MAX,
+                        max_event_ms: i64::MIN,
+                        idle: true,
+                    },
+                ),
+            ],
             entries: vec![PartialEntry {
                 dim: Dim::Brand,
                 key: "b|x".into(),
@@ -152,6 +156,8 @@ mod tests {
             }],
         };
         assert_eq!(decode::<PartialBatch>(&encode(&b)).unwrap(), b);
+        let progress = encode(&b.progress[1]).len();
+        assert!(progress <= MAX_PROGRESS_BYTES, "{progress} bytes");
         assert!(decode::<PartialBatch>(&encode(&b)[..5]).is_err());
     }
 

@@ -2,12 +2,14 @@ use super::*;
 
 fn batch(source: i32, gmv: i128) -> PartialBatch {
     PartialBatch {
-        source,
-        progress: Some(Progress {
-            watermark_ms: 0,
-            max_event_ms: 5_000,
-            idle: false,
-        }),
+        progress: vec![(
+            source,
+            Progress {
+                watermark_ms: 0,
+                max_event_ms: 5_000,
+                idle: false,
+            },
+        )],
         entries: vec![PartialEntry {
             dim: Dim::Total,
             key: TOTAL_KEY.into(),

@@ -1,4 +1,5 @@
 use super::*;
+use crate::core::state::PartialEntry;
 
 fn src(topic: InputTopic, offset: i64) -> Source {
     Source {

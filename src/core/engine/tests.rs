@@ -443,3 +443,57 @@ fn pay_to_delivery_is_observed() {
     assert!(h.out.contains(&Output::PayToDelivery { millis: 8_000 }));
     assert_eq!(h.totals(Dim::Brand, "b1").unwrap().delivered_orders, 1);
 }
+
+/// Sums of one key and bucket from several attribution tasks go out as one
+/// entry, on the aggregation partition that owns the key, with every task's
+/// progress.
+#[test]
+fn the_tasks_sums_of_a_key_merge_into_one_entry() {
+    let mut e = Engine::new(EngineConfig::default());
+    for p in 0..3 {
+        e.add_attribution(p, T0);
+    }
+    let mut out = vec![];
+    for p in 0..3 {
+        let id = format!("o{p}");
+        let v = order(&id, "b1", Some("c1"), 1_000);
+        let src = Source {
+            topic: InputTopic::Orders,
+            partition: p,
+            offset: 0,
+        };
+        e.on_record(src, Some(id.as_bytes()), Some(v.as_bytes()), &mut out);
+    }
+    let work = e.take_work(4);
+    assert_eq!(work.sums.split.len(), 4);
+    assert_eq!(
+        work.sums
+            .progress
+            .iter()
+            .map(|(p, _)| *p)
+            .collect::<Vec<_>>(),
+        vec![0, 1, 2]
+    );
+    let mut got: Vec<(Dim, String, u64)> = vec![];
+    for (r, entries) in work.sums.split.iter().enumerate() {
+        for x in entries {
+            let owner = crate::core::state::aggregation_partition(x.dim, &x.key, 4);
+            assert_eq!(r as i32, owner, "{x:?}");
+            got.push((x.dim, x.key.to_string(), x.delta.placed_orders));
+        }
+    }
+    got.sort();
+    let want = [
+        (Dim::Total, TOTAL_KEY, 3),
+        (Dim::Brand, "b1", 3),
+        (Dim::Channel, "c1", 3),
+        (Dim::Country, "CN", 3),
+    ];
+    let mut want: Vec<(Dim, String, u64)> = want
+        .iter()
+        .map(|(d, k, n)| (*d, k.to_string(), *n))
+        .collect();
+    want.sort();
+    assert_eq!(got, want);
+    assert!(e.take_work(4).sums.split.iter().all(Vec::is_empty));
+}
