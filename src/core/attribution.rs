@@ -295,7 +295,7 @@ impl AttributionTask {
     /// `order_id` (a record keyed otherwise is dead-lettered, and the hint is
     /// then wasted, not wrong).
     pub fn prefetch(&self, key: Option<&[u8]>) {
-        if let Some(id) = key.and_then(|k| std::str::from_utf8(k).ok()) {
+        if let Some(id) = key {
             self.joins.prefetch(id);
         }
     }

@@ -202,7 +202,7 @@ impl JoinState {
     }
 
     /// Asks the CPU for where `order_id` is looked up, a few records ahead.
-    pub fn prefetch(&self, order_id: &str) {
+    pub fn prefetch(&self, order_id: &[u8]) {
         self.slots.prefetch(order_id);
     }
 
