@@ -125,6 +125,14 @@ pub(crate) fn new_names() -> Names {
 /// A partial sum's key: (dimension, name id in [`Names`], bucket start).
 pub(crate) type PartialKey = (Dim, u32, i64);
 
+/// Partial sums since they were last taken, one table for all the attribution
+/// tasks of an engine: a commit's keys repeat across tasks, and one table
+/// holds each once, so it stays in cache and hands on half the entries that
+/// one table a task did (docs/performance.md). Shared by handle, as [`Names`].
+/// A task is dropped only with all the others (they restore from the last
+/// commit) or right after a commit, so no task's sums outlive it (`Engine::retain`).
+pub(crate) type Partials = Rc<RefCell<FastMap<PartialKey, Delta>>>;
+
 /// The name of `dim`'s key `id`.
 pub(crate) fn key_name(names: &[Interner; 3], dim: Dim, id: u32) -> &str {
     match dim {
@@ -145,8 +153,8 @@ pub struct AttributionTask {
     joins: JoinState,
     payment_ids: Dedup,
     delivery_ids: Dedup,
-    /// Partial sums since they were last taken.
-    partials: FastMap<PartialKey, Delta>,
+    /// Partial sums since they were last taken: the engine's, shared.
+    partials: Partials,
     last_sweep_watermark_ms: i64,
     /// Per input topic, the offset after the last record processed (`None`: none yet).
     next_offsets: [Option<i64>; 3],
@@ -163,17 +171,18 @@ pub struct AttributionTask {
 }
 
 impl AttributionTask {
-    /// A task with a name table of its own (tests); an engine's tasks share
-    /// one ([`AttributionTask::with_names`]).
+    /// A task with a name table and partial sums of its own (tests); an
+    /// engine's tasks share them ([`AttributionTask::with_shared`]).
     pub fn new(partition: i32, cfg: Arc<EngineConfig>, now_ms: i64) -> Self {
-        Self::with_names(partition, cfg, now_ms, new_names())
+        Self::with_shared(partition, cfg, now_ms, new_names(), Partials::default())
     }
 
-    pub(crate) fn with_names(
+    pub(crate) fn with_shared(
         partition: i32,
         cfg: Arc<EngineConfig>,
         now_ms: i64,
         names: Names,
+        partials: Partials,
     ) -> Self {
         let mut wm = Watermarks::new(cfg.time.max_out_of_orderness_ms, cfg.time.idle_timeout_ms);
         let parts: Vec<PartitionId> = InputTopic::ALL.iter().map(|t| (*t, partition)).collect();
@@ -188,7 +197,7 @@ impl AttributionTask {
             joins: JoinState::default(),
             payment_ids: Dedup::default(),
             delivery_ids: Dedup::default(),
-            partials: FastMap::default(),
+            partials,
             last_sweep_watermark_ms: i64::MIN,
             next_offsets: [None; 3],
             now_ms,
@@ -378,11 +387,11 @@ impl AttributionTask {
         }
     }
 
-    /// Partial sums since the last call, with names, in key order (tests; the
-    /// engine merges its tasks' with [`AttributionTask::drain_partials`]).
+    /// Partial sums since they were last taken, with names, in key order
+    /// (tests; the engine takes them with `Engine::take_work`).
     #[cfg(test)]
     pub fn take_partials(&mut self) -> Vec<state::PartialEntry> {
-        let mut keyed: Vec<_> = self.partials.drain().collect();
+        let mut keyed: Vec<_> = self.partials.borrow_mut().drain().collect();
         keyed.sort_unstable_by_key(|&(k, _)| k);
         let names = self.names.borrow();
         keyed
@@ -394,11 +403,6 @@ impl AttributionTask {
                 delta,
             })
             .collect()
-    }
-
-    /// Partial sums since the last call, in no order.
-    pub(crate) fn drain_partials(&mut self) -> impl Iterator<Item = (PartialKey, Delta)> + '_ {
-        self.partials.drain()
     }
 
     #[allow(clippy::too_many_arguments)] // the record's parts, as they come
@@ -611,7 +615,12 @@ impl AttributionTask {
 
     fn add(&mut self, dim: Dim, key: u32, ts_ms: i64, c: Contribution) {
         let bucket = ts_ms.div_euclid(BUCKET_MS) * BUCKET_MS;
-        c.add_to(self.partials.entry((dim, key, bucket)).or_default());
+        c.add_to(
+            self.partials
+                .borrow_mut()
+                .entry((dim, key, bucket))
+                .or_default(),
+        );
     }
 
     /// The watermark moved: time out joins, and forget what no event can match any more.

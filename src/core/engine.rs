@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::aggregation::AggregationTask;
-use super::attribution::{self, new_names, AttributionTask, Names, PartialKey};
+use super::attribution::{self, new_names, AttributionTask, Names, Partials};
 use super::commit::{Stage, Sums, Work};
 use super::fx::Rate;
 use super::milestone::ThresholdRule;
@@ -173,8 +173,8 @@ pub struct Engine {
     attribution: BTreeMap<i32, AttributionTask>,
     /// The attribution tasks' name table, shared.
     names: Names,
-    /// The attribution tasks' partial sums merged, at `take_work` (kept for its room).
-    merged: FastMap<PartialKey, Delta>,
+    /// The attribution tasks' partial sums, shared.
+    partials: Partials,
     aggregation: BTreeMap<i32, AggregationTask>,
     stats: Stats,
 }
@@ -186,7 +186,7 @@ impl Engine {
             cfg: Arc::new(cfg),
             attribution: BTreeMap::new(),
             names: new_names(),
-            merged: FastMap::default(),
+            partials: Partials::default(),
             aggregation: BTreeMap::new(),
             stats: Stats::default(),
         }
@@ -202,8 +202,13 @@ impl Engine {
     }
 
     pub fn add_attribution(&mut self, partition: i32, now_ms: i64) -> &mut AttributionTask {
-        let task =
-            AttributionTask::with_names(partition, self.cfg.clone(), now_ms, self.names.clone());
+        let task = AttributionTask::with_shared(
+            partition,
+            self.cfg.clone(),
+            now_ms,
+            self.names.clone(),
+            self.partials.clone(),
+        );
         self.attribution.insert(partition, task);
         self.attribution.get_mut(&partition).expect("just inserted")
     }
@@ -217,8 +222,23 @@ impl Engine {
     /// Drops every task but those `owned` says this instance keeps (the others
     /// are restored from their changelogs when they come back).
     pub fn retain(&mut self, owned: impl Fn(Stage, i32) -> bool) {
+        let before = self.attribution.len();
         self.attribution
             .retain(|p, _| owned(Stage::Attribution, *p));
+        if self.attribution.len() < before {
+            // Tasks go all together (a failed commit: all restore from the last
+            // one) or right after a commit, which took every sum: what is left
+            // was counted by tasks that count it again once restored.
+            let mut partials = self.partials.borrow_mut();
+            if !self.attribution.is_empty() && !partials.is_empty() {
+                tracing::error!(
+                    kept = self.attribution.len(),
+                    sums = partials.len(),
+                    "attribution tasks dropped while others kept uncommitted sums: the sums are dropped"
+                );
+            }
+            partials.clear();
+        }
         self.aggregation
             .retain(|p, _| owned(Stage::Aggregation, *p));
     }
@@ -303,19 +323,13 @@ impl Engine {
     /// each stopped reading.
     pub fn take_work(&mut self, aggregation_partitions: i32) -> Work {
         let mut work = Work::default();
-        // One entry per key and bucket for the instance, not one per task: a
-        // commit's keys repeat across tasks (twice over, measured in the core
-        // bench), and each entry costs its way through the repartition topic.
-        // The tasks' ids are the engine's, so they agree.
         for t in self.attribution.values_mut() {
-            for (k, d) in t.drain_partials() {
-                self.merged.entry(k).or_default().add(&d);
-            }
             let task = (Stage::Attribution, t.partition());
             t.drain_changes(|k, v| work.changes.push((task, k.to_vec(), v.map(<[u8]>::to_vec))));
             work.read.push((task, t.next_offsets().to_vec()));
         }
-        let mut keyed: Vec<_> = self.merged.drain().collect();
+        // One entry per key and bucket for the instance (`Partials`).
+        let mut keyed: Vec<_> = self.partials.borrow_mut().drain().collect();
         // In key order (by id): the records come out the same every run.
         keyed.sort_unstable_by_key(|&(k, _)| k);
         let r_count = aggregation_partitions.max(1);

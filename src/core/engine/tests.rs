@@ -497,3 +497,24 @@ fn the_tasks_sums_of_a_key_merge_into_one_entry() {
     assert_eq!(got, want);
     assert!(e.take_work(4).sums.split.iter().all(Vec::is_empty));
 }
+
+/// Dropped tasks take their uncounted sums with them: restored, they count
+/// their records again from the last commit.
+#[test]
+fn sums_of_dropped_tasks_are_not_sent() {
+    let mut e = Engine::new(EngineConfig::default());
+    let mut out = vec![];
+    for p in 0..2 {
+        e.add_attribution(p, T0);
+        let id = format!("o{p}");
+        let v = order(&id, "b1", None, 1_000);
+        let src = Source {
+            topic: InputTopic::Orders,
+            partition: p,
+            offset: 0,
+        };
+        e.on_record(src, Some(id.as_bytes()), Some(v.as_bytes()), &mut out);
+    }
+    e.retain(|_, _| false);
+    assert!(e.take_work(1).sums.split.iter().all(Vec::is_empty));
+}
