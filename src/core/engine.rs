@@ -15,9 +15,8 @@ use super::commit::{Stage, Sums, Work};
 use super::fx::Rate;
 use super::milestone::ThresholdRule;
 use super::output::{Dim, Output};
-use super::state::{self, Delta, PartialBatch, PartialEntry};
+use super::state::{self, PartialBatch, PartialEntry};
 use super::watermark::PartitionId;
-use super::FastMap;
 use crate::model::{InputTopic, Source};
 
 pub use super::attribution::{TOTAL_KEY, UNKNOWN_KEY};
