@@ -148,9 +148,9 @@ fn decode_with<'a, F: Fields>(
 ) -> Result<Event<'a>, Rejection> {
     let text = precheck(value)?;
     match topic {
-        InputTopic::Orders => order(F::order(text)?, fx).map(Event::Order),
-        InputTopic::Payments => payment(F::payment(text)?, fx).map(Event::Payment),
-        InputTopic::Deliveries => delivery(F::delivery(text)?).map(Event::Delivery),
+        InputTopic::Orders => order(F::order(text)?, fx),
+        InputTopic::Payments => payment(F::payment(text)?, fx),
+        InputTopic::Deliveries => delivery(F::delivery(text)?),
     }
 }
 
@@ -373,7 +373,9 @@ fn truncate(s: &str) -> &str {
     crate::core::output::cut_str(s, 16)
 }
 
-fn order<'a>(r: RawOrder<'a>, fx: &FxTable) -> Result<Order<'a>, Rejection> {
+/// Each topic's event built in place, not mapped into an `Event` after: that
+/// moved it once more.
+fn order<'a>(r: RawOrder<'a>, fx: &FxTable) -> Result<Event<'a>, Rejection> {
     // Presence first, so the reason names the first missing field.
     let order_id = id(cow(r.order_id), "order_id")?;
     let user_id = id(cow(r.user_id), "user_id")?;
@@ -411,7 +413,7 @@ fn order<'a>(r: RawOrder<'a>, fx: &FxTable) -> Result<Order<'a>, Rejection> {
         }
     };
     currency_rate(&currency, fx)?;
-    Ok(Order {
+    Ok(Event::Order(Order {
         order_id,
         user_id,
         brand_id,
@@ -421,10 +423,10 @@ fn order<'a>(r: RawOrder<'a>, fx: &FxTable) -> Result<Order<'a>, Rejection> {
         currency,
         amount_minor,
         ts_ms,
-    })
+    }))
 }
 
-fn payment<'a>(r: RawPayment<'a>, fx: &FxTable) -> Result<Payment<'a>, Rejection> {
+fn payment<'a>(r: RawPayment<'a>, fx: &FxTable) -> Result<Event<'a>, Rejection> {
     let payment_id = id(cow(r.payment_id), "payment_id")?;
     let order_id = id(cow(r.order_id), "order_id")?;
     let kind = required(cow(r.kind), "kind")?;
@@ -443,16 +445,16 @@ fn payment<'a>(r: RawPayment<'a>, fx: &FxTable) -> Result<Payment<'a>, Rejection
     };
     let rate = currency_rate(&currency, fx)?;
     let amount_fen = crate::core::fx::convert(amount_minor, rate);
-    Ok(Payment {
+    Ok(Event::Payment(Payment {
         payment_id,
         order_id,
         kind,
         amount_fen,
         ts_ms,
-    })
+    }))
 }
 
-fn delivery(r: RawDelivery<'_>) -> Result<Delivery<'_>, Rejection> {
+fn delivery(r: RawDelivery<'_>) -> Result<Event<'_>, Rejection> {
     let delivery_id = id(cow(r.delivery_id), "delivery_id")?;
     let order_id = id(cow(r.order_id), "order_id")?;
     let status = required(cow(r.status), "status")?;
@@ -470,12 +472,12 @@ fn delivery(r: RawDelivery<'_>) -> Result<Delivery<'_>, Rejection> {
             ))
         }
     };
-    Ok(Delivery {
+    Ok(Event::Delivery(Delivery {
         delivery_id,
         order_id,
         status,
         ts_ms,
-    })
+    }))
 }
 
 #[cfg(test)]

@@ -291,12 +291,16 @@ impl AttributionTask {
             );
             return;
         };
-        let checked =
-            decode(source.topic, value, &self.fx).and_then(|ev| self.check(key, &ev).map(|()| ev));
-        match checked {
-            Ok(ev) => self.on_event(source, key, value, ev, stats, out),
-            Err(r) => self.dead_letter(source, key, value, r.reason, r.detail, stats, out),
+        // Matched, not chained: each step of a chain moved the event (about
+        // 200 bytes for an order) into a new `Result`.
+        let ev = match decode(source.topic, value, &self.fx) {
+            Ok(ev) => ev,
+            Err(r) => return self.dead_letter(source, key, value, r.reason, r.detail, stats, out),
+        };
+        if let Err(r) = self.check(key, &ev) {
+            return self.dead_letter(source, key, value, r.reason, r.detail, stats, out);
         }
+        self.on_event(source, key, value, ev, stats, out);
     }
 
     /// Asks the CPU for the order state a record keyed `key` will look up,
