@@ -5,7 +5,9 @@
 //! events/s on one core and the ratios.
 //!
 //! `cargo bench --bench core` (RECORDS=n to change the data set size;
-//! ENGINE_ONLY=1 skips the baselines, for `perf record` on the engine alone).
+//! ENGINE_ONLY=1 skips the baselines, for `perf record` on the engine alone;
+//! CHANGELOG=1 has the engine make its changelog records too, as `gmv run`
+//! does, though the bar's engine does not count them).
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -34,6 +36,7 @@ fn main() {
     );
     let fx = FxTable::new(&default_rates());
     let engine_only = std::env::var("ENGINE_ONLY").is_ok_and(|v| v == "1");
+    let changelog = std::env::var("CHANGELOG").is_ok_and(|v| v == "1");
 
     let mut serde_best = f64::MAX;
     let mut parse_best = f64::MAX;
@@ -63,6 +66,9 @@ fn main() {
         // memory), stage two.
         let partitions: Vec<i32> = (0..12).collect();
         let mut engine = LocalJob::new(EngineConfig::default(), &partitions, 1, records[0].emit_ms);
+        if changelog {
+            engine.track_changes();
+        }
         let mut out = Vec::with_capacity(1 << 16);
         let mut offsets = [0i64; 3];
         for (i, r) in records.iter().enumerate() {
@@ -121,7 +127,8 @@ fn main() {
     let engine_rate = n as f64 / engine_best;
     println!("best of 5 rounds each:");
     println!(
-        "engine (decode + process):         {:>12.0} events/s",
+        "engine (decode + process{}):         {:>12.0} events/s",
+        if changelog { ", changelog" } else { "" },
         engine_rate
     );
     if !engine_only {

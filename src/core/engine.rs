@@ -218,6 +218,17 @@ impl Engine {
         self.aggregation.get_mut(&partition).expect("just inserted")
     }
 
+    /// Every task lists its state changes from now on, for the changelog
+    /// records of [`Engine::take_work`] (`gmv run` does it per task, at its restore).
+    pub fn track_changes(&mut self) {
+        self.attribution
+            .values_mut()
+            .for_each(AttributionTask::track_changes);
+        self.aggregation
+            .values_mut()
+            .for_each(AggregationTask::track_changes);
+    }
+
     /// Drops every task but those `owned` says this instance keeps (the others
     /// are restored from their changelogs when they come back).
     pub fn retain(&mut self, owned: impl Fn(Stage, i32) -> bool) {

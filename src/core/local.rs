@@ -52,6 +52,12 @@ impl LocalJob {
         }
     }
 
+    /// Makes the changelog records at every commit, as `gmv run` does
+    /// (dropped here: nothing restores a `LocalJob`).
+    pub fn track_changes(&mut self) {
+        self.engine.track_changes();
+    }
+
     pub fn engine(&self) -> &Engine {
         &self.engine
     }
