@@ -263,3 +263,36 @@ fn crashes_of_the_merge_change_no_total() {
     assert!(crashes > 10, "{crashes} crashes");
     assert_eq!(gmv(&t), want);
 }
+
+/// Changelog keys are byte for byte what `format!` wrote before (restores
+/// and compaction go by them).
+#[test]
+fn changelog_keys_are_written_as_before() {
+    for dim in [Dim::Total, Dim::Brand, Dim::Channel, Dim::Country] {
+        let d = dim.as_str();
+        for name in ["all", "b|x", "", "品牌"] {
+            assert_eq!(
+                state_key(b't', dim, &[], name),
+                format!("t{d}|{name}").into_bytes()
+            );
+            assert_eq!(
+                state_key(b'm', dim, &[], name),
+                format!("m{d}|{name}").into_bytes()
+            );
+            for (a, b) in [
+                (60_000, 1_731_283_200_000),
+                (1, -5_000),
+                (i64::MAX, i64::MIN),
+            ] {
+                assert_eq!(
+                    state_key(b'w', dim, &[a, b], name),
+                    format!("w{d}|{a}|{b}|{name}").into_bytes()
+                );
+                assert_eq!(
+                    state_key(b'b', dim, &[b], name),
+                    format!("b{d}|{b}|{name}").into_bytes()
+                );
+            }
+        }
+    }
+}
