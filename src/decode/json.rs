@@ -238,9 +238,25 @@ impl<'a> Reader<'a> {
     /// A string's contents; the opening quote was read. `strict`: `\u`
     /// escapes must be whole characters (as serde_json checks the strings it
     /// decodes, not those it skips).
+    #[inline(always)]
     fn string(&mut self, strict: bool) -> R<Cow<'a, str>> {
         let start = self.i;
         self.plain_run();
+        // The common case, inlined into the caller: a string without escapes
+        // whose closing quote `plain_run` stopped at. Returned through a
+        // call, each string went through memory twice, and the loads after
+        // the stores stalled the reader (`perf annotate`, docs/performance.md).
+        if self.peek() == Some(b'"') {
+            let s = &self.text[start..self.i];
+            self.i += 1;
+            return Ok(Cow::Borrowed(s));
+        }
+        self.string_rest(start, strict)
+    }
+
+    /// [`Reader::string`] past its plain run.
+    #[inline(never)]
+    fn string_rest(&mut self, start: usize, strict: bool) -> R<Cow<'a, str>> {
         loop {
             match self.peek() {
                 Some(b'"') => {
@@ -368,6 +384,7 @@ impl<'a> Reader<'a> {
 
     /// A known string field: a string or null; another well-formed value is
     /// a data fault, an ill-formed one a syntax fault.
+    #[inline(always)]
     fn str_or_null(&mut self, name: &str) -> R<Option<Str<'a>>> {
         match self.peek() {
             Some(b'"') => {
@@ -388,6 +405,7 @@ impl<'a> Reader<'a> {
 
     /// A known number field: a number or null; another well-formed value is a
     /// data fault, an ill-formed one a syntax fault.
+    #[inline(always)]
     fn num_or_null(&mut self, name: &str) -> R<Option<Num>> {
         match self.peek() {
             Some(b'n') => {
@@ -491,6 +509,7 @@ impl<'a> Reader<'a> {
     /// A number as serde_json reads it: integers that fit 64 bits exactly
     /// (`-0` is a float there), anything else a float; one too large for a
     /// float is a syntax fault.
+    #[inline(always)]
     fn number(&mut self) -> R<Num> {
         let start = self.i;
         // The common case, read as it is scanned: up to 18 digits, then a
@@ -514,6 +533,12 @@ impl<'a> Reader<'a> {
             self.i = i;
             return Ok(Num::Int(if negative { -(n as i128) } else { n as i128 }));
         }
+        self.number_rest(start)
+    }
+
+    /// [`Reader::number`] when it is not the common case (inlined, as `string`'s).
+    #[inline(never)]
+    fn number_rest(&mut self, start: usize) -> R<Num> {
         let float = self.scan_number()?;
         let text = &self.text[start..self.i];
         if !float {
