@@ -518,3 +518,25 @@ fn sums_of_dropped_tasks_are_not_sent() {
     e.retain(|_, _| false);
     assert!(e.take_work(1).sums.split.iter().all(Vec::is_empty));
 }
+
+/// The tasks by partition: found by number, in partition order, counted,
+/// and gone once dropped; a negative number finds nothing.
+#[test]
+fn tasks_are_found_by_partition_and_iterate_in_order() {
+    let mut t = Tasks::default();
+    for p in [5, 0, 9, 5] {
+        t.insert(p, p * 10);
+    }
+    assert_eq!(t.len(), 3);
+    assert_eq!(t.values().copied().collect::<Vec<_>>(), vec![0, 50, 90]);
+    assert_eq!(
+        (t.get(&9), t.get(&3), t.get(&-1), t.get(&100)),
+        (Some(&90), None, None, None)
+    );
+    t.retain(|p, _| *p != 5);
+    assert_eq!((t.len(), t.get(&5)), (2, None));
+    *t.get_mut(&0).unwrap() += 1;
+    assert_eq!(t.values().copied().collect::<Vec<_>>(), vec![1, 90]);
+    t.retain(|_, _| false);
+    assert!(t.is_empty());
+}
