@@ -166,12 +166,12 @@ impl Totals {
 }
 
 /// An engine's tasks of one stage, by partition number: a slot per number up
-/// to the largest held. Looked up twice per record (the hint, then the
-/// record), where a `BTreeMap` compared its way down a node each time.
-/// Iterates in partition order.
+/// to the largest held (boxed: 8 bytes a number, where a task is 1.5 KB).
+/// Looked up twice per record (the hint, then the record), where a
+/// `BTreeMap` compared its way down a node each time. Iterates in partition order.
 #[derive(Debug)]
 struct Tasks<T> {
-    slots: Vec<Option<T>>,
+    slots: Vec<Option<Box<T>>>,
     len: usize,
 }
 
@@ -188,13 +188,13 @@ impl<T> Tasks<T> {
     fn get(&self, p: &i32) -> Option<&T> {
         usize::try_from(*p)
             .ok()
-            .and_then(|i| self.slots.get(i)?.as_ref())
+            .and_then(|i| self.slots.get(i)?.as_deref())
     }
 
     fn get_mut(&mut self, p: &i32) -> Option<&mut T> {
         usize::try_from(*p)
             .ok()
-            .and_then(|i| self.slots.get_mut(i)?.as_mut())
+            .and_then(|i| self.slots.get_mut(i)?.as_deref_mut())
     }
 
     /// Partition numbers are Kafka's, never negative.
@@ -204,7 +204,7 @@ impl<T> Tasks<T> {
             self.slots.resize_with(i + 1, || None);
         }
         self.len += self.slots[i].is_none() as usize;
-        self.slots[i] = Some(t);
+        self.slots[i] = Some(Box::new(t));
     }
 
     fn retain(&mut self, mut keep: impl FnMut(&i32, &mut T) -> bool) {
@@ -225,11 +225,11 @@ impl<T> Tasks<T> {
     }
 
     fn values(&self) -> impl Iterator<Item = &T> {
-        self.slots.iter().flatten()
+        self.slots.iter().flatten().map(|t| &**t)
     }
 
     fn values_mut(&mut self) -> impl Iterator<Item = &mut T> {
-        self.slots.iter_mut().flatten()
+        self.slots.iter_mut().flatten().map(|t| &mut **t)
     }
 }
 
