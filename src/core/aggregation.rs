@@ -64,8 +64,8 @@ enum StateKey {
 }
 
 /// A changelog key, `{kind}{dim}|{number}|…|{name}`, written into one buffer:
-/// a `format!` with a copy of the name for every changed key cost the commit
-/// about 8% of the engine's time (docs/performance.md).
+/// a `format!` with a copy of the name for every changed key cost about 8% of
+/// the engine's time with its changelog on (docs/performance.md).
 fn state_key(kind: u8, dim: Dim, numbers: &[i64], name: &str) -> Vec<u8> {
     let dim = dim.as_str().as_bytes();
     let mut k = Vec::with_capacity(2 + dim.len() + numbers.len() * 21 + name.len());

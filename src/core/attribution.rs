@@ -133,12 +133,25 @@ pub(crate) type PartialKey = (Dim, u32, i64);
 /// commit) or right after a commit, so no task's sums outlive it (`Engine::retain`).
 pub(crate) type Partials = Rc<RefCell<FastMap<PartialKey, Delta>>>;
 
-/// The name of `dim`'s key `id`.
-pub(crate) fn key_name(names: &[Interner; 3], dim: Dim, id: u32) -> &str {
-    match dim {
-        Dim::Total => TOTAL_KEY,
-        d => names[d.index() - 1].name(id),
-    }
+/// Takes every partial sum, with its key's name, in key order (by id: the
+/// records made of them come out the same every run).
+pub(crate) fn take_named(partials: &Partials, names: &Names) -> Vec<state::PartialEntry> {
+    let mut keyed: Vec<_> = partials.borrow_mut().drain().collect();
+    keyed.sort_unstable_by_key(|&(k, _)| k);
+    let names = names.borrow();
+    keyed
+        .into_iter()
+        .map(|((dim, id, bucket_ms), delta)| state::PartialEntry {
+            dim,
+            key: match dim {
+                Dim::Total => TOTAL_KEY,
+                d => names[d.index() - 1].name(id),
+            }
+            .into(),
+            bucket_ms,
+            delta,
+        })
+        .collect()
 }
 
 /// Stage one for one input partition number (the same partition of all three input topics).
@@ -391,22 +404,11 @@ impl AttributionTask {
         }
     }
 
-    /// Partial sums since they were last taken, with names, in key order
-    /// (tests; the engine takes them with `Engine::take_work`).
+    /// Partial sums since they were last taken (tests; the engine takes its
+    /// tasks' with [`take_named`]).
     #[cfg(test)]
     pub fn take_partials(&mut self) -> Vec<state::PartialEntry> {
-        let mut keyed: Vec<_> = self.partials.borrow_mut().drain().collect();
-        keyed.sort_unstable_by_key(|&(k, _)| k);
-        let names = self.names.borrow();
-        keyed
-            .into_iter()
-            .map(|((dim, id, bucket_ms), delta)| state::PartialEntry {
-                dim,
-                key: key_name(&names, dim, id).into(),
-                bucket_ms,
-                delta,
-            })
-            .collect()
+        take_named(&self.partials, &self.names)
     }
 
     #[allow(clippy::too_many_arguments)] // the record's parts, as they come

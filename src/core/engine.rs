@@ -15,7 +15,7 @@ use super::commit::{Stage, Sums, Work};
 use super::fx::Rate;
 use super::milestone::ThresholdRule;
 use super::output::{Dim, Output};
-use super::state::{self, PartialBatch, PartialEntry};
+use super::state::{self, PartialBatch};
 use super::watermark::PartitionId;
 use crate::model::{InputTopic, Source};
 
@@ -407,20 +407,10 @@ impl Engine {
             work.read.push((task, t.next_offsets().to_vec()));
         }
         // One entry per key and bucket for the instance (`Partials`).
-        let mut keyed: Vec<_> = self.partials.borrow_mut().drain().collect();
-        // In key order (by id): the records come out the same every run.
-        keyed.sort_unstable_by_key(|&(k, _)| k);
         let r_count = aggregation_partitions.max(1);
         let mut split = vec![Vec::new(); r_count as usize];
-        let names = self.names.borrow();
-        for ((dim, id, bucket_ms), delta) in keyed {
-            let key = attribution::key_name(&names, dim, id);
-            split[state::aggregation_partition(dim, key, r_count) as usize].push(PartialEntry {
-                dim,
-                key: key.into(),
-                bucket_ms,
-                delta,
-            });
+        for e in attribution::take_named(&self.partials, &self.names) {
+            split[state::aggregation_partition(e.dim, &e.key, r_count) as usize].push(e);
         }
         work.sums = Sums {
             split,

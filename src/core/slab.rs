@@ -306,8 +306,13 @@ impl<T: Default> IdSlab<T> {
     /// should be in cache already: this look-up is then short).
     pub fn prefetch_entry(&self, id: &str) {
         if let Some(i) = self.find(id) {
-            prefetch((&raw const self.entries[i as usize]).cast());
+            self.prefetch_slot(i);
         }
+    }
+
+    /// Asks the CPU for slot `i`'s entry.
+    fn prefetch_slot(&self, i: u32) {
+        prefetch((&raw const self.entries[i as usize]).cast());
     }
 
     /// Asks the CPU for where `id` would be looked up, a few records before it is.
@@ -406,25 +411,24 @@ impl<T: Default> IdSlab<T> {
         // hours old) and long out of cache by the commit: each asks for the
         // one `DRAIN_AHEAD` on, so the misses overlap (docs/performance.md).
         const DRAIN_AHEAD: usize = 8;
-        for k in 0..c.slots.len().min(DRAIN_AHEAD) {
-            prefetch((&raw const self.entries[c.slots[k].0 as usize]).cast());
+        let Changes { slots, listed, .. } = &mut c;
+        for &(j, _, _) in slots.iter().take(DRAIN_AHEAD) {
+            self.prefetch_slot(j);
         }
-        for k in 0..c.slots.len() {
-            if let Some(&(j, _, _)) = c.slots.get(k + DRAIN_AHEAD) {
-                prefetch((&raw const self.entries[j as usize]).cast());
+        for (k, (i, fp, id)) in slots.iter().enumerate() {
+            if let Some(&(j, _, _)) = slots.get(k + DRAIN_AHEAD) {
+                self.prefetch_slot(j);
             }
-            let (i, fp, id) = &c.slots[k];
-            let (i, fp) = (*i, *fp);
             // Listed slots have their bit's word: marking made it.
-            let (word, bit) = (&mut c.listed[i as usize / 64], 1 << (i % 64));
-            let e = &self.entries[i as usize];
+            let (word, bit) = (&mut listed[*i as usize / 64], 1 << (i % 64));
+            let e = &self.entries[*i as usize];
             // The slot may since hold another id, listed after this one.
-            if *word & bit != 0 && e.id == fp {
+            if *word & bit != 0 && e.id == *fp {
                 *word &= !bit;
-                f(id, Some((i, &e.value)));
+                f(id, Some((*i, &e.value)));
             }
         }
-        c.slots.clear();
+        slots.clear();
         self.changes = Some(c);
     }
 }
