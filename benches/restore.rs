@@ -17,7 +17,9 @@ use rdkafka::ClientConfig;
 
 #[path = "../tests/support/mod.rs"]
 mod support;
-use support::broker::{bench_config, create_topics, http_get, metric_sum, wait_for_port, Kafka};
+use support::broker::{
+    bench_broker_root, bench_config, create_topics, http_get, metric_sum, wait_for_port, Kafka,
+};
 
 const PARTITIONS: i32 = 4;
 
@@ -26,7 +28,7 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1_000_000);
-    let broker = Kafka::start();
+    let broker = Kafka::start_in(&bench_broker_root());
     let brokers = broker.bootstrap();
     let dir = std::env::temp_dir().join(format!("gmv-restore-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
