@@ -457,12 +457,11 @@ pub(crate) fn prefetch(p: *const u8) {
 /// Asks the kernel to back the whole 2 MiB pages of `v`'s room with huge
 /// pages as they are first written (when transparent huge pages are
 /// `madvise`, Debian's default). For the state's tables only, read at
-/// random by the million: a
-/// huge page spares a TLB miss per look-up (at 50 million orders the engine
-/// was 17–22% slower without). mimalloc itself asks for none (its `no_thp`
-/// feature): on these VMs a fresh huge page costs milliseconds to fault in,
-/// and librdkafka's short-lived buffers faulted them in all through a
-/// catch-up (docs/performance.md).
+/// random by the million: a huge page spares a TLB miss per look-up (at 50
+/// million orders the engine was 17–22% slower without). mimalloc itself
+/// asks for none (its `no_thp` feature): on these VMs a fresh huge page
+/// costs milliseconds to fault in, and librdkafka's short-lived buffers
+/// faulted them in all through a catch-up (docs/performance.md).
 fn huge_pages<T>(v: &Vec<T>) {
     #[cfg(target_os = "linux")]
     {
