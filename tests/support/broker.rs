@@ -397,7 +397,7 @@ pub fn bench_setup(name: &str, partitions: i32) -> (Kafka, String, PathBuf, Path
 /// Where a benchmark's broker keeps its data: in memory (`/dev/shm`) where
 /// the machine has it. On disk the kernel wrote a bench's gigabytes back in
 /// bursts, 30 s after they came, and the job measured meanwhile saw its
-/// commits take 400–700 ms instead of about 80 (docs/performance.md): a
+/// commits take 400–900 ms instead of about 80 (docs/performance.md): a
 /// measure of this VM's disk, not of the job, and not of the do-nothing
 /// consumer it is compared with, which writes nothing.
 pub fn bench_broker_root() -> PathBuf {
