@@ -138,9 +138,7 @@ fn main() {
             name: "warm-up".into(),
             expected_orders: n,
         };
-        let (config, metrics_port) = run.config();
-        let job = start_job(&config, &run.name, env_or("SCREEN", 1) == 1, None);
-        let rate = throughput(&job, metrics_port, n);
+        let (_job, _, rate) = catch_up(&run, env_or("SCREEN", 1) == 1, None, n);
         println!("warm-up job (not in the table): {rate:>10.0} records/s");
     }
 
@@ -166,9 +164,7 @@ fn main() {
             name: format!("{index}-{interval}"),
             expected_orders: n,
         };
-        let (config, metrics_port) = run.config();
-        let job = start_job(&config, &run.name, env_or("SCREEN", 1) == 1, bin);
-        let rate = throughput(&job, metrics_port, in_topics);
+        let (job, metrics_port, rate) = catch_up(&run, env_or("SCREEN", 1) == 1, bin, in_topics);
         println!(
             "commit_interval {label}: gmv run {rate:>10.0} records/s, ratio {:.2}",
             rate / baseline
@@ -217,9 +213,7 @@ fn main() {
             name: format!("no-screen-{first_interval}"),
             expected_orders: n,
         };
-        let (config, metrics_port) = run.config();
-        let job = start_job(&config, &run.name, false, None);
-        let rate = throughput(&job, metrics_port, in_topics);
+        let (_job, _, rate) = catch_up(&run, false, None, in_topics);
         println!(
             "commit_interval {first_interval} ms, no screen: gmv run {rate:>10.0} records/s, ratio {:.2}",
             rate / baseline
@@ -237,6 +231,16 @@ fn main() {
         println!("{row}");
     }
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Starts `run`'s job (see [`start_job`]) and measures its catch-up on the
+/// `in_topics` records there are; the job, still running, its metrics port
+/// and its rate.
+fn catch_up(run: &Run, screen: bool, bin: Option<&str>, in_topics: usize) -> (Proc, u16, f64) {
+    let (config, metrics_port) = run.config();
+    let job = start_job(&config, &run.name, screen, bin);
+    let rate = throughput(&job, metrics_port, in_topics);
+    (job, metrics_port, rate)
 }
 
 /// Starts `gmv run` with `config`; `screen`: whether it serves the big screen
