@@ -5,6 +5,11 @@
 //! made the loop wait on an arena lock whenever it freed a message that the
 //! broker thread had allocated (docs/performance.md); mimalloc frees from
 //! another thread without a lock. It is told to keep freed memory for reuse.
+//! Built with its `no_thp` feature, it asks for no transparent huge pages:
+//! on these VMs a fresh huge page took milliseconds to fault in, and the
+//! short-lived memory of a catch-up (librdkafka's fetch buffers and messages)
+//! kept faulting in fresh ones. The state's big tables ask for huge pages
+//! themselves (`core::slab`).
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -160,10 +160,21 @@ impl Loop<'_> {
     pub(super) fn rebalanced(&mut self, event: Assignment) -> anyhow::Result<()> {
         let t = &self.cfg.topics;
         let wanted = match event {
-            Assignment::Revoke => {
+            Assignment::Revoke { lost } => {
                 // (Already parked: nothing was assigned since, so nothing new to commit.)
                 let owned = self.commits.owned().next().is_some() && self.parked.is_none();
-                let committed = owned.then(|| self.commit_before_revoke()).flatten();
+                // A lost assignment is not committed: the broker would refuse it
+                // (unknown member), and with the broker just back the offsets'
+                // request can wait forever in librdkafka 2.12 for a coordinator
+                // connection (librdkafka#5456), the loop with it, never giving the
+                // partitions up, so never rejoining. Kafka Streams closes such
+                // tasks without a commit too.
+                if lost && owned {
+                    tracing::info!("the group moved on without this instance (its session ended): every task restores from its last commit");
+                }
+                let committed = (owned && !lost)
+                    .then(|| self.commit_before_revoke())
+                    .flatten();
                 self.consumer
                     .unassign()
                     .context("giving the revoked partitions up")?;

@@ -41,8 +41,10 @@ pub struct LagContext {
 pub enum Assignment {
     /// These (topic, partition)s are ours: restore, then `assign` them.
     Assign(Vec<(String, i32)>),
-    /// Everything is taken away: commit, then `unassign`.
-    Revoke,
+    /// Everything is taken away: commit, then `unassign`. `lost`: the group
+    /// moved on without this member (its session ended), so there is no
+    /// generation left to commit in.
+    Revoke { lost: bool },
 }
 
 impl ClientContext for LagContext {
@@ -103,12 +105,14 @@ impl ConsumerContext for LagContext {
                 if !revoke {
                     tracing::error!("rebalance error: {other:?}");
                 }
+                // Read now: librdkafka answers it only until the partitions are given up.
+                let lost = consumer.assignment_lost();
                 if !revoke || !self.loop_handles_revokes.load(Ordering::SeqCst) {
                     if let Err(e) = consumer.unassign() {
                         tracing::warn!("unassigning: {e}");
                     }
                 }
-                Assignment::Revoke
+                Assignment::Revoke { lost }
             }
         };
         *self.pending.lock().expect("pending lock") = Some(event);

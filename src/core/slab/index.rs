@@ -215,6 +215,8 @@ impl Index {
         let lines = (total * 8).div_ceil(7 * WIDTH);
         let mut fresh: Vec<Line> = Vec::new();
         fresh.try_reserve_exact(lines)?;
+        // Before `resize` first writes it: a page is huge only if faulted in so.
+        super::huge_pages(&fresh);
         fresh.resize(lines, Line::default());
         self.move_into(fresh, &hasher);
         Ok(())
