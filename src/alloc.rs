@@ -6,9 +6,9 @@
 //! broker thread had allocated (docs/performance.md); mimalloc frees from
 //! another thread without a lock. It is told to keep freed memory for reuse.
 //! Built with its `no_thp` feature, it asks for no transparent huge pages:
-//! on these VMs a fresh huge page took milliseconds to fault in, and the
-//! short-lived memory of a catch-up (librdkafka's fetch buffers and messages)
-//! kept faulting in fresh ones. The state's big tables ask for huge pages
+//! on these VMs fresh huge pages are slow to fault in, and the short-lived
+//! memory of a catch-up (librdkafka's fetch buffers and messages) kept
+//! faulting in fresh ones (up to 45% of the rate, docs/performance.md). The state's big tables ask for huge pages
 //! themselves (`core::slab`).
 
 #[global_allocator]

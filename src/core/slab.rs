@@ -459,9 +459,9 @@ pub(crate) fn prefetch(p: *const u8) {
 /// `madvise`, Debian's default). For the state's tables only, read at
 /// random by the million: a huge page spares a TLB miss per look-up (at 50
 /// million orders the engine was 17–22% slower without). mimalloc itself
-/// asks for none (its `no_thp` feature): on these VMs a fresh huge page
-/// costs milliseconds to fault in, and librdkafka's short-lived buffers
-/// faulted them in all through a catch-up (docs/performance.md).
+/// asks for none (its `no_thp` feature): on these VMs fresh huge pages are
+/// slow to fault in, and librdkafka's short-lived buffers faulted them in
+/// all through a catch-up (docs/performance.md).
 fn huge_pages<T>(v: &Vec<T>) {
     #[cfg(target_os = "linux")]
     {
