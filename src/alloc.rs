@@ -8,8 +8,8 @@
 //! Built with its `no_thp` feature, it asks for no transparent huge pages:
 //! on these VMs fresh huge pages are slow to fault in, and the short-lived
 //! memory of a catch-up (librdkafka's fetch buffers and messages) kept
-//! faulting in fresh ones (up to 45% of the rate, docs/performance.md). The state's big tables ask for huge pages
-//! themselves (`core::slab`).
+//! faulting in fresh ones (up to 45% of the rate, docs/performance.md). The
+//! state's big tables ask for huge pages themselves (`core::slab`).
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;

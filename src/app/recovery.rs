@@ -163,18 +163,7 @@ impl Loop<'_> {
             Assignment::Revoke { lost } => {
                 // (Already parked: nothing was assigned since, so nothing new to commit.)
                 let owned = self.commits.owned().next().is_some() && self.parked.is_none();
-                // A lost assignment is not committed: the broker would refuse it
-                // (unknown member), and with the broker just back the offsets'
-                // request can wait forever in librdkafka 2.12 for a coordinator
-                // connection (librdkafka#5456), the loop with it, never giving the
-                // partitions up, so never rejoining. Kafka Streams closes such
-                // tasks without a commit too.
-                if lost && owned {
-                    tracing::info!("the group moved on without this instance (its session ended): every task restores from its last commit");
-                }
-                let committed = (owned && !lost)
-                    .then(|| self.commit_before_revoke())
-                    .flatten();
+                let committed = owned.then(|| self.commit_before_revoke(lost)).flatten();
                 self.consumer
                     .unassign()
                     .context("giving the revoked partitions up")?;
@@ -209,8 +198,17 @@ impl Loop<'_> {
     }
 
     /// Commits what the owned tasks did, before their partitions are given up;
-    /// the group generation it committed in, if it did.
-    fn commit_before_revoke(&mut self) -> Option<i32> {
+    /// the group generation it committed in, if it did. A `lost` assignment
+    /// has no generation to commit in: the broker would refuse the offsets
+    /// (unknown member), and with the broker just back librdkafka 2.12 can wait
+    /// forever for that answer (librdkafka#5456), the loop with it, never
+    /// giving the partitions up, so never rejoining. Kafka Streams closes lost
+    /// tasks without a commit too.
+    fn commit_before_revoke(&mut self, lost: bool) -> Option<i32> {
+        if lost {
+            tracing::info!("the group moved on without this instance (its session ended): every task restores from its last commit");
+            return None;
+        }
         let generation = consumer::generation(&self.consumer)?;
         match self.commit().and_then(|()| self.finish_commit()) {
             Ok(()) => Some(generation),
