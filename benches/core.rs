@@ -72,11 +72,18 @@ fn main() {
         let mut out = Vec::with_capacity(1 << 16);
         let mut offsets = [0i64; 3];
         for (i, r) in records.iter().enumerate() {
-            // As the loop does (`io::lanes`): a hint for the record PREFETCH_AHEAD on.
-            if let Some(next) = records.get(i + gmv::io::lanes::PREFETCH_AHEAD) {
-                engine
-                    .engine()
-                    .prefetch(partition_of(next), next.key.as_deref().map(str::as_bytes));
+            // As the loop does (`io::lanes`): hints for the records PREFETCH_AHEAD
+            // and ENTRY_AHEAD on (here of any partition).
+            let ahead = |n: usize| {
+                records
+                    .get(i + n)
+                    .map(|r| (partition_of(r), r.key.as_deref().map(str::as_bytes)))
+            };
+            if let Some((p, key)) = ahead(gmv::io::lanes::PREFETCH_AHEAD) {
+                engine.engine().prefetch(p, key, None);
+            }
+            if let Some((p, key)) = ahead(gmv::io::lanes::ENTRY_AHEAD) {
+                engine.engine().prefetch(p, None, key);
             }
             let partition = partition_of(r);
             let o = &mut offsets[r.topic.index()];

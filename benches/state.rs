@@ -101,10 +101,18 @@ fn child(orders: usize) {
         let tail = held >= orders - orders / 10;
         let t = Instant::now();
         for (i, r) in chunk.iter().enumerate() {
-            // As the loop does (`io::lanes`): a hint for the record PREFETCH_AHEAD on.
-            if let Some(next) = chunk.get(i + gmv::io::lanes::PREFETCH_AHEAD) {
-                let key = next.key.as_deref().map(str::as_bytes);
-                job.engine().prefetch(partition_of(key), key);
+            // As the loop does (`io::lanes`): hints for the records PREFETCH_AHEAD
+            // and ENTRY_AHEAD on (here of any partition).
+            let ahead = |n: usize| {
+                chunk
+                    .get(i + n)
+                    .map(|r| r.key.as_deref().map(str::as_bytes))
+            };
+            if let Some(key) = ahead(gmv::io::lanes::PREFETCH_AHEAD) {
+                job.engine().prefetch(partition_of(key), key, None);
+            }
+            if let Some(key) = ahead(gmv::io::lanes::ENTRY_AHEAD) {
+                job.engine().prefetch(partition_of(key), None, key);
             }
             let key = r.key.as_deref().map(str::as_bytes);
             let partition = partition_of(key);

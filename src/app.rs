@@ -285,8 +285,8 @@ impl Loop<'_> {
                 }
                 own_run = 0;
                 let read = self.lanes.read(LANE_BATCH, |topic, m, ahead| {
-                    if ahead.is_some() {
-                        engine.prefetch(m.partition, ahead);
+                    if ahead.line.is_some() || ahead.entry.is_some() {
+                        engine.prefetch(m.partition, ahead.line, ahead.entry);
                     }
                     dispatch_input(engine, out, newest, topic, m)
                 });

@@ -316,13 +316,17 @@ impl AttributionTask {
         self.on_event(source, key, value, ev, stats, out);
     }
 
-    /// Asks the CPU for the order state a record keyed `key` will look up,
-    /// a few records before it is processed: every input record's key is its
+    /// Asks the CPU for the order state records keyed `line` and `entry`
+    /// will look up, a few records before each is processed (see
+    /// [`crate::core::Engine::prefetch`]): every input record's key is its
     /// `order_id` (a record keyed otherwise is dead-lettered, and the hint is
     /// then wasted, not wrong).
-    pub fn prefetch(&self, key: Option<&[u8]>) {
-        if let Some(id) = key {
+    pub fn prefetch(&self, line: Option<&[u8]>, entry: Option<&[u8]>) {
+        if let Some(id) = line {
             self.joins.prefetch(id);
+        }
+        if let Some(id) = entry {
+            self.joins.prefetch_entry(id);
         }
     }
 
@@ -504,8 +508,6 @@ impl AttributionTask {
     }
 
     fn on_payment(&mut self, p: Payment<'_>, stats: &mut Stats, out: &mut Vec<Output>) {
-        // The order's entry arrives while the payment id is looked up.
-        self.joins.prefetch_entry(&p.order_id);
         if !self
             .payment_ids
             .first_copy(&p.payment_id, p.ts_ms, self.cfg.time.dedup_ttl_ms)
@@ -534,8 +536,6 @@ impl AttributionTask {
     }
 
     fn on_delivery(&mut self, d: Delivery<'_>, stats: &mut Stats, out: &mut Vec<Output>) {
-        // The order's entry arrives while the delivery id is looked up.
-        self.joins.prefetch_entry(&d.order_id);
         if !self
             .delivery_ids
             .first_copy(&d.delivery_id, d.ts_ms, self.cfg.time.dedup_ttl_ms)

@@ -321,12 +321,14 @@ impl Engine {
             .retain(|p, _| owned(Stage::Aggregation, *p));
     }
 
-    /// A hint, a few records before [`Engine::on_record`] gets the record of
-    /// `partition` keyed `key`: its order's line of the index is fetched
-    /// meanwhile, so that look-up does not wait on memory (docs/performance.md).
-    pub fn prefetch(&self, partition: i32, key: Option<&[u8]>) {
+    /// Hints, in two steps, for records of `partition` that
+    /// [`Engine::on_record`] gets soon: for the one keyed `line`, a few
+    /// records on, its order's line of the index is fetched; for the one
+    /// keyed `entry`, nearer, whose line came with an earlier hint, the
+    /// order's entry. So neither look-up waits on memory (docs/performance.md).
+    pub fn prefetch(&self, partition: i32, line: Option<&[u8]>, entry: Option<&[u8]>) {
         if let Some(t) = self.attribution.get(&partition) {
-            t.prefetch(key);
+            t.prefetch(line, entry);
         }
     }
 

@@ -206,9 +206,8 @@ impl JoinState {
         self.slots.prefetch(order_id);
     }
 
-    /// Asks the CPU for `order_id`'s entry, before other work that waits on
-    /// memory, so that both waits overlap.
-    pub fn prefetch_entry(&self, order_id: &str) {
+    /// Asks the CPU for `order_id`'s entry, a record or two before it is looked up.
+    pub fn prefetch_entry(&self, order_id: &[u8]) {
         self.slots.prefetch_entry(order_id);
     }
 

@@ -314,12 +314,14 @@ impl<T: Default> IdSlab<T> {
         (i, true)
     }
 
-    /// Asks the CPU for `id`'s entry, if it has one (its line of the index
-    /// should be in cache already: this look-up is then short).
-    pub fn prefetch_entry(&self, id: &str) {
-        if let Some(i) = self.find(id) {
-            self.prefetch_slot(i);
-        }
+    /// Asks the CPU for `id`'s entry, if it has one, a record or two before
+    /// it is looked up ([`IdSlab::prefetch`] asked for its line of the index
+    /// earlier still). Every entry its tag matches, without comparing
+    /// fingerprints: comparing waited for the entry, a cache miss that was a
+    /// tenth of the job's loop (docs/performance.md).
+    pub fn prefetch_entry(&self, id: &[u8]) {
+        self.index
+            .prefetch_matches(self.keys.table_of(id), |i| self.prefetch_slot(i));
     }
 
     /// Asks the CPU for slot `i`'s entry.

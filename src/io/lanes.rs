@@ -20,10 +20,24 @@ use crate::model::InputTopic;
 pub const LANE_BATCH: usize = 500;
 
 /// How many records ahead the reader hints the engine of a record's key
-/// (`Engine::prefetch`): far enough that the memory arrives before the record
-/// is processed (about a microsecond each), near enough that it is still in
-/// cache then. Measured with the core bench (docs/performance.md).
+/// for its order's line of the index (`Engine::prefetch`): far enough that
+/// the memory arrives before the record is processed (about a microsecond
+/// each), near enough that it is still in cache then. Measured with the core
+/// bench (docs/performance.md).
 pub const PREFETCH_AHEAD: usize = 4;
+
+/// How many records ahead the reader hints the engine of a record's key for
+/// its order's entry: after the line's hint has arrived (it is needed to find
+/// the entry), and still a record before the look-up.
+pub const ENTRY_AHEAD: usize = 2;
+
+/// The keys of the records [`PREFETCH_AHEAD`] and [`ENTRY_AHEAD`] on in the
+/// batch, of the same partition, for the engine's two hints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ahead<'a> {
+    pub line: Option<&'a [u8]>,
+    pub entry: Option<&'a [u8]>,
+}
 
 struct Lane {
     /// A second handle on the same queue, read in batches and asked how many
@@ -99,16 +113,15 @@ impl Lanes {
     }
 
     /// Reads up to `max` records from the oldest lane that has any, handing
-    /// each to `f` with its topic and the key of the record [`PREFETCH_AHEAD`]
-    /// on in the batch, of the same partition (for a hint); 0 when every lane
-    /// is empty. Never blocks.
+    /// each to `f` with its topic and the keys of records further on (for
+    /// hints, [`Ahead`]); 0 when every lane is empty. Never blocks.
     ///
     /// Takes the records out of librdkafka's queue in one call (one lock, one
     /// clock read), not one `poll` each: those were a tenth of the loop.
     pub fn read(
         &mut self,
         max: usize,
-        mut f: impl FnMut(InputTopic, &LaneRecord<'_>, Option<&[u8]>),
+        mut f: impl FnMut(InputTopic, &LaneRecord<'_>, Ahead<'_>),
     ) -> usize {
         let lanes = &mut self.lanes;
         self.order.sort_unstable_by_key(|&i| lanes[i].last_ms);
@@ -137,9 +150,11 @@ impl Lanes {
                 // SAFETY: each pointer is a message this call handed over, destroyed
                 // once below after its last use; its fields are valid until then.
                 unsafe {
-                    let ahead = batch
-                        .get(i + PREFETCH_AHEAD)
-                        .and_then(|&a| LaneRecord::key_of(&*a));
+                    let key = |n: usize| batch.get(i + n).and_then(|&a| LaneRecord::key_of(&*a));
+                    let ahead = Ahead {
+                        line: key(PREFETCH_AHEAD),
+                        entry: key(ENTRY_AHEAD),
+                    };
                     let err = (*m).err;
                     if err != rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
                         let text = std::ffi::CStr::from_ptr(rdsys::rd_kafka_err2str(err));
@@ -385,10 +400,11 @@ mod tests {
         drop(lanes);
     }
 
-    /// Each record comes with the key of the record [`PREFETCH_AHEAD`] on in
-    /// the same batch (the engine's hint), and with none for the last ones.
+    /// Each record comes with the keys of the records [`PREFETCH_AHEAD`] and
+    /// [`ENTRY_AHEAD`] on in the same batch (the engine's hints), and with
+    /// none past the batch's end.
     #[test]
-    fn each_record_comes_with_the_key_of_the_one_prefetch_ahead_on() {
+    fn each_record_comes_with_the_keys_of_the_ones_ahead() {
         let cluster = MockCluster::new(1).unwrap();
         cluster.create_topic("orders", 1, 1).unwrap();
         let producer = producer(&cluster);
@@ -412,19 +428,22 @@ mod tests {
             );
             assert!(consumer.poll(Duration::from_millis(10)).is_none());
         }
-        let mut batch: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+        type Keys = (Vec<u8>, Option<Vec<u8>>, Option<Vec<u8>>);
+        let mut batch: Vec<Keys> = Vec::new();
         let n = lanes.read(LANE_BATCH, |_, m, ahead| {
-            batch.push((m.key.unwrap().to_vec(), ahead.map(<[u8]>::to_vec)));
+            let owned = |k: Option<&[u8]>| k.map(<[u8]>::to_vec);
+            batch.push((
+                m.key.unwrap().to_vec(),
+                owned(ahead.line),
+                owned(ahead.entry),
+            ));
         });
         assert_eq!(n, N, "one batch holds every record");
-        for (i, (key, ahead)) in batch.iter().enumerate() {
+        for (i, (key, line, entry)) in batch.iter().enumerate() {
             assert_eq!(key, format!("o{i}").as_bytes());
-            let want = (i + PREFETCH_AHEAD < N).then(|| format!("o{}", i + PREFETCH_AHEAD));
-            assert_eq!(
-                ahead.as_deref(),
-                want.as_ref().map(|w| w.as_bytes()),
-                "record {i}"
-            );
+            let want = |n: usize| (i + n < N).then(|| format!("o{}", i + n).into_bytes());
+            assert_eq!(line, &want(PREFETCH_AHEAD), "record {i}'s line hint");
+            assert_eq!(entry, &want(ENTRY_AHEAD), "record {i}'s entry hint");
         }
         drop(lanes);
     }

@@ -108,6 +108,23 @@ impl Index {
         super::prefetch((&raw const self.lines[self.home(hash)]).cast());
     }
 
+    /// Asks the CPU for what each slot whose tag matches `hash`'s, in its
+    /// home line, points to (`prefetch_slot`). The line should be in cache
+    /// already ([`Index::prefetch`]); nothing here waits for an entry, as
+    /// telling the right one apart would.
+    #[inline]
+    pub fn prefetch_matches(&self, hash: u64, prefetch_slot: impl Fn(u32)) {
+        if self.lines.is_empty() {
+            return;
+        }
+        let line = &self.lines[self.home(hash)];
+        let mut m = line.matches(tag(hash));
+        while m != 0 {
+            prefetch_slot(line.slots[m.trailing_zeros() as usize]);
+            m &= m - 1;
+        }
+    }
+
     /// The slot under `hash` for which `eq` holds.
     pub fn find(&self, hash: u64, mut eq: impl FnMut(u32) -> bool) -> Option<u32> {
         if self.lines.is_empty() {
