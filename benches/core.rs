@@ -72,8 +72,13 @@ fn main() {
         let mut out = Vec::with_capacity(1 << 16);
         let mut offsets = [0i64; 3];
         for (i, r) in records.iter().enumerate() {
-            // As the loop does (`io::lanes`): hints for the records PREFETCH_AHEAD
+            // As the loop does (`io::lanes`): the key and value of the record
+            // BYTES_AHEAD on asked for, then hints for the records PREFETCH_AHEAD
             // and ENTRY_AHEAD on (here of any partition).
+            if let Some(r) = records.get(i + gmv::io::lanes::BYTES_AHEAD) {
+                let key = r.key.as_deref().map(str::as_bytes);
+                gmv::io::lanes::prefetch_record(key, Some(&r.value));
+            }
             let ahead = |n: usize| {
                 records
                     .get(i + n)

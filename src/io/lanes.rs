@@ -19,6 +19,19 @@ use crate::model::InputTopic;
 /// Records read from one lane before the lanes are compared again.
 pub const LANE_BATCH: usize = 500;
 
+/// How many records ahead the reader asks the CPU for a record's message
+/// (librdkafka's struct, which says where its key and value are), and then,
+/// [`BYTES_AHEAD`] on, for its key and value: all written by librdkafka's
+/// fetch thread, on another core, and so each a cache miss for the loop
+/// (the key's was most of the hint's cost, the value's the decoder's first
+/// wait; docs/performance.md).
+pub const MESSAGE_AHEAD: usize = 8;
+pub const BYTES_AHEAD: usize = 6;
+
+/// How many bytes of a record's value are asked for ahead: its first cache
+/// lines, where a record of the contract's size is whole.
+const PREFETCHED_VALUE_BYTES: usize = 256;
+
 /// How many records ahead the reader hints the engine of a record's key
 /// for its order's line of the index (`Engine::prefetch`): far enough that
 /// the memory arrives before the record is processed (about a microsecond
@@ -150,6 +163,12 @@ impl Lanes {
                 // SAFETY: each pointer is a message this call handed over, destroyed
                 // once below after its last use; its fields are valid until then.
                 unsafe {
+                    if let Some(&a) = batch.get(i + MESSAGE_AHEAD) {
+                        crate::core::slab::prefetch(a.cast());
+                    }
+                    if let Some(&a) = batch.get(i + BYTES_AHEAD) {
+                        prefetch_record(LaneRecord::key_of(&*a), LaneRecord::value_of(&*a));
+                    }
                     let key = |n: usize| batch.get(i + n).and_then(|&a| LaneRecord::key_of(&*a));
                     let ahead = Ahead {
                         line: key(PREFETCH_AHEAD),
@@ -206,8 +225,7 @@ impl LaneRecord<'_> {
                 && kind != rdsys::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE)
                 .then_some(ts),
             key: Self::key_of(msg),
-            // SAFETY: librdkafka's pointer and length of the message's payload.
-            payload: unsafe { bytes(msg.payload, msg.len) },
+            payload: Self::value_of(msg),
         }
     }
 
@@ -215,6 +233,24 @@ impl LaneRecord<'_> {
     unsafe fn key_of<'a>(msg: &rdsys::rd_kafka_message_t) -> Option<&'a [u8]> {
         // SAFETY: librdkafka's pointer and length of the message's key.
         unsafe { bytes(msg.key, msg.key_len) }
+    }
+
+    /// SAFETY: `msg` is a live message; the value must not outlive it.
+    unsafe fn value_of<'a>(msg: &rdsys::rd_kafka_message_t) -> Option<&'a [u8]> {
+        // SAFETY: librdkafka's pointer and length of the message's payload.
+        unsafe { bytes(msg.payload, msg.len) }
+    }
+}
+
+/// Asks the CPU for a record's key and the first lines of its value
+/// ([`BYTES_AHEAD`]).
+pub fn prefetch_record(key: Option<&[u8]>, value: Option<&[u8]>) {
+    for (bytes, max) in [(key, 64), (value, PREFETCHED_VALUE_BYTES)] {
+        if let Some(b) = bytes {
+            for at in (0..b.len().min(max)).step_by(64) {
+                crate::core::slab::prefetch(b[at..].as_ptr());
+            }
+        }
     }
 }
 
