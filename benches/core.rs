@@ -13,7 +13,7 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use gmv::core::fx::{default_rates, FxTable};
-use gmv::core::{EngineConfig, LocalJob};
+use gmv::core::{Ahead, EngineConfig, LocalJob};
 use gmv::gen::traffic::{Traffic, TrafficConfig};
 use gmv::model::Source;
 
@@ -79,16 +79,21 @@ fn main() {
                 let key = r.key.as_deref().map(str::as_bytes);
                 gmv::io::lanes::prefetch_record(key, Some(&r.value));
             }
-            let ahead = |n: usize| {
-                records
-                    .get(i + n)
-                    .map(|r| (partition_of(r), r.key.as_deref().map(str::as_bytes)))
-            };
-            if let Some((p, key)) = ahead(gmv::io::lanes::PREFETCH_AHEAD) {
-                engine.engine().prefetch(p, key, None);
+            if let Some(r) = records.get(i + gmv::io::lanes::PREFETCH_AHEAD) {
+                let line = r.key.as_deref().map(str::as_bytes);
+                let ahead = Ahead {
+                    line,
+                    ..Ahead::default()
+                };
+                engine.engine().prefetch(partition_of(r), r.topic, ahead);
             }
-            if let Some((p, key)) = ahead(gmv::io::lanes::ENTRY_AHEAD) {
-                engine.engine().prefetch(p, None, key);
+            if let Some(r) = records.get(i + gmv::io::lanes::ENTRY_AHEAD) {
+                let ahead = Ahead {
+                    entry: r.key.as_deref().map(str::as_bytes),
+                    entry_value: Some(&r.value),
+                    ..Ahead::default()
+                };
+                engine.engine().prefetch(partition_of(r), r.topic, ahead);
             }
             let partition = partition_of(r);
             let o = &mut offsets[r.topic.index()];

@@ -21,7 +21,7 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use gmv::core::{EngineConfig, LocalJob};
+use gmv::core::{Ahead, EngineConfig, LocalJob};
 use gmv::gen::traffic::{Traffic, TrafficConfig};
 use gmv::model::Source;
 
@@ -102,17 +102,23 @@ fn child(orders: usize) {
         let t = Instant::now();
         for (i, r) in chunk.iter().enumerate() {
             // As the loop does (`io::lanes`): hints for the records PREFETCH_AHEAD
-            // and ENTRY_AHEAD on (here of any partition).
-            let ahead = |n: usize| {
-                chunk
-                    .get(i + n)
-                    .map(|r| r.key.as_deref().map(str::as_bytes))
-            };
-            if let Some(key) = ahead(gmv::io::lanes::PREFETCH_AHEAD) {
-                job.engine().prefetch(partition_of(key), key, None);
+            // and ENTRY_AHEAD on (here of any partition and topic, so one each).
+            if let Some(r) = chunk.get(i + gmv::io::lanes::PREFETCH_AHEAD) {
+                let line = r.key.as_deref().map(str::as_bytes);
+                let ahead = Ahead {
+                    line,
+                    ..Ahead::default()
+                };
+                job.engine().prefetch(partition_of(line), r.topic, ahead);
             }
-            if let Some(key) = ahead(gmv::io::lanes::ENTRY_AHEAD) {
-                job.engine().prefetch(partition_of(key), None, key);
+            if let Some(r) = chunk.get(i + gmv::io::lanes::ENTRY_AHEAD) {
+                let entry = r.key.as_deref().map(str::as_bytes);
+                let ahead = Ahead {
+                    entry,
+                    entry_value: Some(&r.value),
+                    ..Ahead::default()
+                };
+                job.engine().prefetch(partition_of(entry), r.topic, ahead);
             }
             let key = r.key.as_deref().map(str::as_bytes);
             let partition = partition_of(key);

@@ -285,9 +285,7 @@ impl Loop<'_> {
                 }
                 own_run = 0;
                 let read = self.lanes.read(LANE_BATCH, |topic, m, ahead| {
-                    if ahead.line.is_some() || ahead.entry.is_some() {
-                        engine.prefetch(m.partition, ahead.line, ahead.entry);
-                    }
+                    engine.prefetch(m.partition, topic, ahead);
                     dispatch_input(engine, out, newest, topic, m)
                 });
                 if read > 0 {

@@ -118,6 +118,30 @@ pub fn decode<'a>(
     decode_with::<JsonReader>(topic, value, fx)
 }
 
+/// A field's name with its quotes (`"payment_id"`), as [`peek_str`] looks for
+/// it: its searcher made once, not at each look.
+pub struct FieldName(memchr::memmem::Finder<'static>);
+
+impl FieldName {
+    pub fn new(quoted: &'static str) -> Self {
+        FieldName(memchr::memmem::Finder::new(quoted))
+    }
+}
+
+/// The bytes of the string field `name` in a record's value, found by a
+/// scan, not read as JSON: for a hint of the id the record will be looked up
+/// by, a record or two before it is decoded (`core::Engine::prefetch`). Wrong
+/// or absent on odd input (the name inside another string, an escape in the
+/// id), which costs the hint, never a result: [`decode`] alone decides what a
+/// record holds.
+pub fn peek_str<'a>(value: &'a [u8], name: &FieldName) -> Option<&'a [u8]> {
+    let at = name.0.find(value)? + name.0.needle().len();
+    let rest = value[at..].trim_ascii_start().strip_prefix(b":")?;
+    let rest = rest.trim_ascii_start().strip_prefix(b"\"")?;
+    let end = memchr::memchr2(b'"', b'\\', rest)?;
+    (rest[end] == b'"').then(|| &rest[..end])
+}
+
 /// Reads the raw fields of each topic from a record's text.
 trait Fields {
     fn order(text: &str) -> Result<RawOrder<'_>, Rejection>;
@@ -490,6 +514,28 @@ mod tests {
     }
 
     /// The word-at-a-time ASCII check finds a high byte wherever it is.
+    #[test]
+    fn peek_finds_a_plain_string_field_and_nothing_else() {
+        let name = FieldName::new("\"payment_id\"");
+        let peek = |v: &str| peek_str(v.as_bytes(), &name).map(<[u8]>::to_vec);
+        let some = |s: &str| Some(s.as_bytes().to_vec());
+        assert_eq!(
+            peek(r#"{"payment_id":"p-1","order_id":"o-1"}"#),
+            some("p-1")
+        );
+        assert_eq!(
+            peek(r#"{"order_id":"o-1", "payment_id" :  "p-2" }"#),
+            some("p-2")
+        );
+        assert_eq!(peek(r#"{"payment_id":""}"#), some(""));
+        // Escaped, the id's bytes are not the id: no hint.
+        assert_eq!(peek(r#"{"payment_id":"p\u002d3"}"#), None);
+        assert_eq!(peek(r#"{"payment_id":null}"#), None);
+        assert_eq!(peek(r#"{"payment_id":7}"#), None);
+        assert_eq!(peek(r#"{"order_id":"o-1"}"#), None);
+        assert_eq!(peek(r#"{"payment_id":"p-4"#), None, "unterminated");
+    }
+
     #[test]
     fn ascii_check_finds_a_high_byte_anywhere() {
         for len in 0..100 {

@@ -5,10 +5,10 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use super::batch_log::{self, BatchLog, Horizon, Marks};
-use super::engine::{EngineConfig, Stats};
+use super::engine::{Ahead, EngineConfig, Stats};
 use super::fx::FxTable;
 use super::join::{
     Attach, Attribution, Dedup, JoinState, Joinable, OrderInfo, Waiting, NO_CHANNEL,
@@ -18,7 +18,7 @@ use super::output::{DeadLetter, Dim, Output, DEAD_LETTER_KEY_BYTES, DEAD_LETTER_
 use super::state::{self, Delta, Progress};
 use super::watermark::{PartitionId, Watermarks};
 use super::{FastMap, FastSet};
-use crate::decode::{decode, Rejection, MIN_EVENT_MS};
+use crate::decode::{decode, peek_str, FieldName, Rejection, MIN_EVENT_MS};
 
 mod changelog;
 use crate::model::{
@@ -316,17 +316,38 @@ impl AttributionTask {
         self.on_event(source, key, value, ev, stats, out);
     }
 
-    /// Asks the CPU for the order state records keyed `line` and `entry`
-    /// will look up, a few records before each is processed (see
-    /// [`crate::core::Engine::prefetch`]): every input record's key is its
-    /// `order_id` (a record keyed otherwise is dead-lettered, and the hint is
-    /// then wasted, not wrong).
-    pub fn prefetch(&self, line: Option<&[u8]>, entry: Option<&[u8]>) {
-        if let Some(id) = line {
+    /// Asks the CPU for the state records of `topic` will look up, a few
+    /// records before each is processed ([`Ahead`]): every input record's key
+    /// is its `order_id` (a record keyed otherwise is dead-lettered, and the
+    /// hint is then wasted, not wrong).
+    pub fn prefetch(&self, topic: InputTopic, ahead: Ahead<'_>) {
+        if let Some(id) = ahead.line {
             self.joins.prefetch(id);
         }
-        if let Some(id) = entry {
+        if let Some(id) = ahead.entry {
             self.joins.prefetch_entry(id);
+        }
+        let Some(value) = ahead.entry_value else {
+            return;
+        };
+        // The id a payment or delivery is de-duplicated by, found by a scan
+        // (`peek_str`): its line of the index was the loop's costliest wait
+        // once the order's were hinted (docs/performance.md).
+        static PAYMENT_ID: LazyLock<FieldName> = LazyLock::new(|| FieldName::new("\"payment_id\""));
+        static DELIVERY_ID: LazyLock<FieldName> =
+            LazyLock::new(|| FieldName::new("\"delivery_id\""));
+        match topic {
+            InputTopic::Orders => {}
+            InputTopic::Payments => {
+                if let Some(id) = peek_str(value, &PAYMENT_ID) {
+                    self.payment_ids.prefetch(id);
+                }
+            }
+            InputTopic::Deliveries => {
+                if let Some(id) = peek_str(value, &DELIVERY_ID) {
+                    self.delivery_ids.prefetch(id);
+                }
+            }
         }
     }
 

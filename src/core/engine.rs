@@ -233,6 +233,22 @@ impl<T> Tasks<T> {
     }
 }
 
+/// What the reader knows of the records a few places on in its batch (of one
+/// topic and partition), for [`Engine::prefetch`]. Two distances, as a hint
+/// can only ask for what the hints before it have brought: an entry's
+/// address is in its line of the index.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Ahead<'a> {
+    /// The key of the record `io::lanes::PREFETCH_AHEAD` on: its order's line
+    /// of the index is asked for.
+    pub line: Option<&'a [u8]>,
+    /// The key of the record `io::lanes::ENTRY_AHEAD` on: its order's entry
+    /// is asked for.
+    pub entry: Option<&'a [u8]>,
+    /// That record's value: the line of its payment or delivery id.
+    pub entry_value: Option<&'a [u8]>,
+}
+
 /// The tasks one instance runs, and the counters they share.
 #[derive(Debug)]
 pub struct Engine {
@@ -321,14 +337,12 @@ impl Engine {
             .retain(|p, _| owned(Stage::Aggregation, *p));
     }
 
-    /// Hints, in two steps, for records of `partition` that
-    /// [`Engine::on_record`] gets soon: for the one keyed `line`, a few
-    /// records on, its order's line of the index is fetched; for the one
-    /// keyed `entry`, nearer, whose line came with an earlier hint, the
-    /// order's entry. So neither look-up waits on memory (docs/performance.md).
-    pub fn prefetch(&self, partition: i32, line: Option<&[u8]>, entry: Option<&[u8]>) {
+    /// Hints for records of `topic` and `partition` that [`Engine::on_record`]
+    /// gets soon ([`Ahead`]), so that their look-ups do not wait on memory
+    /// (docs/performance.md).
+    pub fn prefetch(&self, partition: i32, topic: InputTopic, ahead: Ahead<'_>) {
         if let Some(t) = self.attribution.get(&partition) {
-            t.prefetch(line, entry);
+            t.prefetch(topic, ahead);
         }
     }
 

@@ -502,6 +502,11 @@ impl Dedup {
         self.seen.touch(id);
     }
 
+    /// Asks the CPU for where `id` is looked up, a few records ahead.
+    pub fn prefetch(&self, id: &[u8]) {
+        self.seen.prefetch(id);
+    }
+
     /// True for the first copy of `id`; a copy more than `ttl_ms` of event time apart counts again.
     pub fn first_copy(&mut self, id: &str, ts_ms: i64, ttl_ms: i64) -> bool {
         let (i, made) = self.seen.slot_of(id);

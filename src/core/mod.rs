@@ -22,6 +22,6 @@ pub type FastMap<K, V> = hashbrown::HashMap<K, V, ahash::RandomState>;
 /// Hash set counterpart of [`FastMap`].
 pub type FastSet<K> = hashbrown::HashSet<K, ahash::RandomState>;
 
-pub use engine::{Engine, EngineConfig};
+pub use engine::{Ahead, Engine, EngineConfig};
 pub use local::LocalJob;
 pub use output::Output;

@@ -14,6 +14,7 @@ use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::Consumer;
 
 use super::consumer::{InputConsumer, LagContext};
+use crate::core::engine::Ahead;
 use crate::model::InputTopic;
 
 /// Records read from one lane before the lanes are compared again.
@@ -43,14 +44,6 @@ pub const PREFETCH_AHEAD: usize = 4;
 /// its order's entry: after the line's hint has arrived (it is needed to find
 /// the entry), and still a record before the look-up.
 pub const ENTRY_AHEAD: usize = 2;
-
-/// The keys of the records [`PREFETCH_AHEAD`] and [`ENTRY_AHEAD`] on in the
-/// batch, of the same partition, for the engine's two hints.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Ahead<'a> {
-    pub line: Option<&'a [u8]>,
-    pub entry: Option<&'a [u8]>,
-}
 
 struct Lane {
     /// A second handle on the same queue, read in batches and asked how many
@@ -173,6 +166,9 @@ impl Lanes {
                     let ahead = Ahead {
                         line: key(PREFETCH_AHEAD),
                         entry: key(ENTRY_AHEAD),
+                        entry_value: batch
+                            .get(i + ENTRY_AHEAD)
+                            .and_then(|&a| LaneRecord::value_of(&*a)),
                     };
                     let err = (*m).err;
                     if err != rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
