@@ -80,19 +80,11 @@ fn main() {
                 gmv::io::lanes::prefetch_record(key, Some(&r.value));
             }
             if let Some(r) = records.get(i + gmv::io::lanes::PREFETCH_AHEAD) {
-                let line = r.key.as_deref().map(str::as_bytes);
-                let ahead = Ahead {
-                    line,
-                    ..Ahead::default()
-                };
+                let ahead = Ahead::line(r.key.as_deref().map(str::as_bytes));
                 engine.engine().prefetch(partition_of(r), r.topic, ahead);
             }
             if let Some(r) = records.get(i + gmv::io::lanes::ENTRY_AHEAD) {
-                let ahead = Ahead {
-                    entry: r.key.as_deref().map(str::as_bytes),
-                    entry_value: Some(&r.value),
-                    ..Ahead::default()
-                };
+                let ahead = Ahead::entry(r.key.as_deref().map(str::as_bytes), &r.value);
                 engine.engine().prefetch(partition_of(r), r.topic, ahead);
             }
             let partition = partition_of(r);

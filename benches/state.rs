@@ -101,24 +101,22 @@ fn child(orders: usize) {
         let tail = held >= orders - orders / 10;
         let t = Instant::now();
         for (i, r) in chunk.iter().enumerate() {
-            // As the loop does (`io::lanes`): hints for the records PREFETCH_AHEAD
+            // As the loop does (`io::lanes`): the key and value of the record
+            // BYTES_AHEAD on asked for, then hints for the records PREFETCH_AHEAD
             // and ENTRY_AHEAD on (here of any partition and topic, so one each).
+            if let Some(r) = chunk.get(i + gmv::io::lanes::BYTES_AHEAD) {
+                let key = r.key.as_deref().map(str::as_bytes);
+                gmv::io::lanes::prefetch_record(key, Some(&r.value));
+            }
             if let Some(r) = chunk.get(i + gmv::io::lanes::PREFETCH_AHEAD) {
-                let line = r.key.as_deref().map(str::as_bytes);
-                let ahead = Ahead {
-                    line,
-                    ..Ahead::default()
-                };
-                job.engine().prefetch(partition_of(line), r.topic, ahead);
+                let key = r.key.as_deref().map(str::as_bytes);
+                job.engine()
+                    .prefetch(partition_of(key), r.topic, Ahead::line(key));
             }
             if let Some(r) = chunk.get(i + gmv::io::lanes::ENTRY_AHEAD) {
-                let entry = r.key.as_deref().map(str::as_bytes);
-                let ahead = Ahead {
-                    entry,
-                    entry_value: Some(&r.value),
-                    ..Ahead::default()
-                };
-                job.engine().prefetch(partition_of(entry), r.topic, ahead);
+                let key = r.key.as_deref().map(str::as_bytes);
+                let ahead = Ahead::entry(key, &r.value);
+                job.engine().prefetch(partition_of(key), r.topic, ahead);
             }
             let key = r.key.as_deref().map(str::as_bytes);
             let partition = partition_of(key);

@@ -249,6 +249,26 @@ pub struct Ahead<'a> {
     pub entry_value: Option<&'a [u8]>,
 }
 
+impl<'a> Ahead<'a> {
+    /// The line's hint alone, for a reader that hints one record at a time
+    /// (the benches: their records are of any partition and topic).
+    pub fn line(key: Option<&'a [u8]>) -> Self {
+        Ahead {
+            line: key,
+            ..Ahead::default()
+        }
+    }
+
+    /// The entry's hint alone (see [`Ahead::line`]).
+    pub fn entry(key: Option<&'a [u8]>, value: &'a [u8]) -> Self {
+        Ahead {
+            entry: key,
+            entry_value: Some(value),
+            ..Ahead::default()
+        }
+    }
+}
+
 /// The tasks one instance runs, and the counters they share.
 #[derive(Debug)]
 pub struct Engine {
