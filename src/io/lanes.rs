@@ -433,8 +433,8 @@ mod tests {
     }
 
     /// Each record comes with the keys of the records [`PREFETCH_AHEAD`] and
-    /// [`ENTRY_AHEAD`] on in the same batch (the engine's hints), and with
-    /// none past the batch's end.
+    /// [`ENTRY_AHEAD`] on in the same batch, and the value of the latter (the
+    /// engine's hints), and with none past the batch's end.
     #[test]
     fn each_record_comes_with_the_keys_of_the_ones_ahead() {
         let cluster = MockCluster::new(1).unwrap();
@@ -460,22 +460,21 @@ mod tests {
             );
             assert!(consumer.poll(Duration::from_millis(10)).is_none());
         }
-        type Keys = (Vec<u8>, Option<Vec<u8>>, Option<Vec<u8>>);
+        type Keys = (Vec<u8>, [Option<Vec<u8>>; 3]);
         let mut batch: Vec<Keys> = Vec::new();
         let n = lanes.read(LANE_BATCH, |_, m, ahead| {
             let owned = |k: Option<&[u8]>| k.map(<[u8]>::to_vec);
-            batch.push((
-                m.key.unwrap().to_vec(),
-                owned(ahead.line),
-                owned(ahead.entry),
-            ));
+            let hints = [ahead.line, ahead.entry, ahead.entry_value].map(owned);
+            batch.push((m.key.unwrap().to_vec(), hints));
         });
         assert_eq!(n, N, "one batch holds every record");
-        for (i, (key, line, entry)) in batch.iter().enumerate() {
+        for (i, (key, [line, entry, value])) in batch.iter().enumerate() {
             assert_eq!(key, format!("o{i}").as_bytes());
             let want = |n: usize| (i + n < N).then(|| format!("o{}", i + n).into_bytes());
             assert_eq!(line, &want(PREFETCH_AHEAD), "record {i}'s line hint");
             assert_eq!(entry, &want(ENTRY_AHEAD), "record {i}'s entry hint");
+            // Each record's value is its key here.
+            assert_eq!(value, &want(ENTRY_AHEAD), "record {i}'s value hint");
         }
         drop(lanes);
     }
