@@ -513,7 +513,8 @@ mod tests {
         FxTable::new(&default_rates())
     }
 
-    /// The word-at-a-time ASCII check finds a high byte wherever it is.
+    /// The hint's scan finds a plain string field wherever it sits, and
+    /// nothing where the value is not such a string.
     #[test]
     fn peek_finds_a_plain_string_field_and_nothing_else() {
         let name = FieldName::new("\"payment_id\"");
@@ -536,6 +537,7 @@ mod tests {
         assert_eq!(peek(r#"{"payment_id":"p-4"#), None, "unterminated");
     }
 
+    /// The word-at-a-time ASCII check finds a high byte wherever it is.
     #[test]
     fn ascii_check_finds_a_high_byte_anywhere() {
         for len in 0..100 {
