@@ -162,13 +162,13 @@ impl Lanes {
                     if let Some(&a) = batch.get(i + BYTES_AHEAD) {
                         prefetch_record(LaneRecord::key_of(&*a), LaneRecord::value_of(&*a));
                     }
-                    let key = |n: usize| batch.get(i + n).and_then(|&a| LaneRecord::key_of(&*a));
+                    let near = batch.get(i + ENTRY_AHEAD).map(|&a| &*a);
                     let ahead = Ahead {
-                        line: key(PREFETCH_AHEAD),
-                        entry: key(ENTRY_AHEAD),
-                        entry_value: batch
-                            .get(i + ENTRY_AHEAD)
-                            .and_then(|&a| LaneRecord::value_of(&*a)),
+                        line: batch
+                            .get(i + PREFETCH_AHEAD)
+                            .and_then(|&a| LaneRecord::key_of(&*a)),
+                        entry: near.and_then(|a| LaneRecord::key_of(a)),
+                        entry_value: near.and_then(|a| LaneRecord::value_of(a)),
                     };
                     let err = (*m).err;
                     if err != rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
