@@ -12,11 +12,13 @@
 //! `100,250,1000`), LATENCY_RATE (events/s, default 100,000; 0 skips the
 //! latency part), LATENCY_SECONDS (default 60), SCREEN (default 1; 0 runs the
 //! jobs of every interval without the screen's reader), SCREEN_OFF_RUN
-//! (default 1; 0 skips the run without the screen), WARMUP (default 1: a first
-//! job, not counted, warms the broker's JIT; 0 skips it), JOB_LOG (a path: the jobs' logs go to
+//! (default 1; 0 skips the run without the screen), WARMUP (default 3: at most
+//! this many jobs, not counted, warm the broker's JIT, until it is quiet; 0
+//! skips them), JOB_LOG (a path: the jobs' logs go to
 //! `{path}.{index}-{interval}`), BASELINE_BIN (another build's `gmv`: each
-//! interval then runs twice in a row, that build first, then this one, so the
-//! two compare in one run on the same broker and backlog).
+//! interval then runs twice in a row, that build first in the 1st, 3rd, ...
+//! pair and second in the others, so the two compare in one run on the same
+//! broker and backlog).
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -66,6 +68,30 @@ fn cpu_ns(pid: u32) -> Option<(u64, u64)> {
     ))
 }
 
+/// CPU time, in ns, used so far by a JVM's JIT compiler threads and by all
+/// its threads, from their `schedstat` (Linux); `None` elsewhere.
+fn broker_threads_ns(pid: u32) -> Option<(u64, u64)> {
+    let (mut compiler, mut all) = (0, 0);
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        let Some(ns) = std::fs::read_to_string(task.path().join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        all += ns;
+        // HotSpot names them "C1 CompilerThread0", "C2 CompilerThread0", ...
+        if comm.contains("CompilerThre") {
+            compiler += ns;
+        }
+    }
+    Some((compiler, all))
+}
+
 fn main() {
     let n = env_or("RECORDS", 1_000_000) as usize;
     let latency_rate = env_or("LATENCY_RATE", 100_000);
@@ -80,7 +106,8 @@ fn main() {
         })
         .collect();
     let first_interval = intervals[0];
-    let (_broker, brokers, dir, config) = bench_setup("bench", PARTITIONS);
+    let (broker, brokers, dir, config) = bench_setup("bench", PARTITIONS);
+    let broker_pid = broker.pid();
 
     let mut cfg = Config::default();
     cfg.kafka.brokers = brokers.clone();
@@ -98,7 +125,39 @@ fn main() {
     producer.flush(Duration::from_secs(120)).unwrap();
     println!("produced {n} records in {:.1} s", t.elapsed().as_secs_f64());
 
-    // Baseline: a consumer with the job's own settings that reads the same topics and does nothing.
+    // The broker's JIT compiles its transactional produce and read_committed
+    // fetch paths while it serves the jobs: its compiler threads took half of
+    // the broker's CPU over the first 4 M-record job, and still a third over
+    // the sixth (2026-12-05), each job running on a faster broker than the one
+    // before (its CPU per event read 1,812 ns in the first, 788 in the sixth).
+    // Warm-up jobs, not counted, run until the compiler took under 5% of the
+    // broker's CPU over one, at most WARMUP of them; the do-nothing consumer
+    // reads after them, on the same warmer broker.
+    for round in 0..env_or("WARMUP", 3) {
+        let run = Run {
+            dir: &dir,
+            brokers: &brokers,
+            broker_pid,
+            interval: first_interval,
+            name: format!("warm-up-{round}"),
+            expected_orders: n,
+        };
+        let before = broker_threads_ns(broker_pid);
+        let (_job, _, rate) = catch_up(&run, env_or("SCREEN", 1) == 1, None, n);
+        let compiling = before
+            .zip(broker_threads_ns(broker_pid))
+            .map(|(a, b)| (b.0 - a.0) as f64 / (b.1 - a.1).max(1) as f64);
+        println!(
+            "warm-up job {round} (not in the table): {rate:>10.0} records/s; the broker's JIT compiler took {:.0}% of its CPU",
+            100.0 * compiling.unwrap_or(f64::NAN)
+        );
+        if compiling.is_some_and(|c| c < 0.05) {
+            break;
+        }
+    }
+
+    // Baseline: a consumer with the job's own settings that reads the same
+    // topics and does nothing, on the broker the warm-up left.
     let mut job_cfg = Config::load(Some(&config), &Default::default()).unwrap();
     // One queue for all partitions here, where the job's 8 MB limit (per partition in
     // its lanes) would apply to everything and starve it: give it the deep single
@@ -112,34 +171,26 @@ fn main() {
     ]);
     let c = gmv::io::consumer::create(&job_cfg, None).unwrap();
     gmv::io::consumer::assign_from_beginning(&c, &job_cfg.topics.inputs(), PARTITIONS).unwrap();
-    let (mut read, mut started) = (0usize, None);
+    let (mut read, mut started, mut broker_first) = (0usize, None, None);
     while read < n {
         if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
-            started.get_or_insert_with(Instant::now);
+            if started.is_none() {
+                started = Some(Instant::now());
+                broker_first = cpu_ns(broker_pid);
+            }
             std::hint::black_box(m.payload());
             read += 1;
         }
     }
     let baseline = n as f64 / started.unwrap().elapsed().as_secs_f64();
+    let broker_cpu = broker_first.zip(cpu_ns(broker_pid));
     drop(c);
     println!("do-nothing consumer: {baseline:>10.0} records/s");
-
-    // The broker's JIT compiles its transactional produce and read_committed
-    // fetch paths while it serves the first job (over 4 s of one, its compiler
-    // threads took 2.3 s of CPU, half of the broker's, on these 2 cores): the
-    // first of four jobs ran at 592,000 records/s, the next three at 633,000 –
-    // 651,000. A first job, not counted, spares the measured ones (with
-    // BASELINE_BIN, the baseline build's, always run first) from paying it.
-    if env_or("WARMUP", 1) == 1 {
-        let run = Run {
-            dir: &dir,
-            brokers: &brokers,
-            interval: first_interval,
-            name: "warm-up".into(),
-            expected_orders: n,
-        };
-        let (_job, _, rate) = catch_up(&run, env_or("SCREEN", 1) == 1, None, n);
-        println!("warm-up job (not in the table): {rate:>10.0} records/s");
+    if let Some((a, b)) = broker_cpu {
+        println!(
+            "broker CPU per event read: {:>4.0} ns (serving the do-nothing consumer)",
+            (b.1 - a.1) as f64 / n as f64
+        );
     }
 
     let mut table = Vec::new();
@@ -147,8 +198,13 @@ fn main() {
     let baseline_bin = std::env::var("BASELINE_BIN").ok();
     let runs: Vec<(i64, Option<&str>)> = intervals
         .into_iter()
-        .flat_map(|i| match &baseline_bin {
-            Some(b) => vec![(i, Some(b.as_str())), (i, None)],
+        .enumerate()
+        .flat_map(|(k, i)| match &baseline_bin {
+            // Each job runs on a broker faster than the one before (its JIT
+            // still compiles, see the warm-up): pairs alternate which build
+            // goes first, so neither gains by its place.
+            Some(b) if k % 2 == 0 => vec![(i, Some(b.as_str())), (i, None)],
+            Some(b) => vec![(i, None), (i, Some(b.as_str()))],
             None => vec![(i, None)],
         })
         .collect();
@@ -160,6 +216,7 @@ fn main() {
         let run = Run {
             dir: &dir,
             brokers: &brokers,
+            broker_pid,
             interval,
             name: format!("{index}-{interval}"),
             expected_orders: n,
@@ -209,6 +266,7 @@ fn main() {
         let run = Run {
             dir: &dir,
             brokers: &brokers,
+            broker_pid,
             interval: first_interval,
             name: format!("no-screen-{first_interval}"),
             expected_orders: n,
@@ -239,7 +297,7 @@ fn main() {
 fn catch_up(run: &Run, screen: bool, bin: Option<&str>, in_topics: usize) -> (Proc, u16, f64) {
     let (config, metrics_port) = run.config();
     let job = start_job(&config, &run.name, screen, bin);
-    let rate = throughput(&job, metrics_port, in_topics);
+    let rate = throughput(&job, run.broker_pid, metrics_port, in_topics);
     (job, metrics_port, rate)
 }
 
@@ -265,6 +323,8 @@ fn start_job(config: &std::path::Path, name: &str, screen: bool, bin: Option<&st
 struct Run<'a> {
     dir: &'a std::path::Path,
     brokers: &'a str,
+    /// The broker's CPU per event is printed beside the job's.
+    broker_pid: u32,
     interval: i64,
     /// Names its group and topics: the run's index and interval (an interval may repeat).
     name: String,
@@ -298,7 +358,7 @@ impl Run<'_> {
 
 /// The job's rate over the `n` records in the input topics, from its first
 /// record read to its last, by its own metrics.
-fn throughput(job: &Proc, metrics_port: u16, n: usize) -> f64 {
+fn throughput(job: &Proc, broker_pid: u32, metrics_port: u16, n: usize) -> f64 {
     let events_read = || metric_sum(&http_get(metrics_port, "/metrics"), "gmv_events_read_total");
     let deadline = Instant::now() + Duration::from_secs(600);
     wait_for_port(
@@ -309,6 +369,7 @@ fn throughput(job: &Proc, metrics_port: u16, n: usize) -> f64 {
     let pid = job.0.id();
     let mut first = None;
     let mut cpu_first = None;
+    let mut broker_first = None;
     let mut screen_first = None;
     loop {
         assert!(
@@ -320,6 +381,7 @@ fn throughput(job: &Proc, metrics_port: u16, n: usize) -> f64 {
         if count > 0.0 && first.is_none() {
             first = Some((Instant::now(), count));
             cpu_first = cpu_ns(pid);
+            broker_first = cpu_ns(broker_pid);
             screen_first = thread_cpu_ns(pid, "screen");
         }
         if count as usize >= n {
@@ -327,6 +389,7 @@ fn throughput(job: &Proc, metrics_port: u16, n: usize) -> f64 {
         }
     }
     let cpu_last = cpu_ns(pid);
+    let broker_last = cpu_ns(broker_pid);
     let screen_last = thread_cpu_ns(pid, "screen");
     let (t0, c0) = first.unwrap();
     let run_secs = t0.elapsed().as_secs_f64();
@@ -350,6 +413,10 @@ fn throughput(job: &Proc, metrics_port: u16, n: usize) -> f64 {
             per(a.0, b.0),
             per(a.1, b.1)
         );
+        // The broker shares the 2 cores: what serving the job costs it.
+        if let (Some(x), Some(y)) = (broker_first, broker_last) {
+            println!("broker CPU per event read: {:>4.0} ns", per(x.1, y.1));
+        }
         // The big screen's reader runs on its own thread: what it costs, beside the loop.
         if let (Some(x), Some(y)) = (screen_first, screen_last) {
             println!(

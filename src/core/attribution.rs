@@ -104,6 +104,10 @@ impl Interner {
     pub(crate) fn name(&self, id: u32) -> &str {
         &self.names[id as usize]
     }
+
+    pub(crate) fn len(&self) -> usize {
+        self.names.len()
+    }
 }
 
 /// Brand, channel and country names to ids, one table for all the attribution

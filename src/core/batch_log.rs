@@ -26,17 +26,22 @@ use serde::Serialize;
 
 /// Key prefix of a batch record (state keys of other kinds never start with it).
 pub const BATCH_PREFIX: u8 = b's';
-/// Format version, the first byte of every batch value.
-const VERSION: u8 = 1;
+/// Format version, the first byte of every batch value. Version 2 follows it
+/// with the chunk's base time, from which its entries' times are written as
+/// differences (a few bytes, not six); version 1, written before, had none
+/// and is still read ([`Body`]).
+const VERSION: u8 = 2;
+const VERSION_1: u8 = 1;
 /// A chunk is sent once it holds this many bytes (or a quarter of
 /// `kafka.max_record_bytes` if less, see [`chunk_bytes`]): large enough that
 /// per-record costs vanish.
 pub const CHUNK_BYTES: usize = 256 * 1024;
 
 /// The chunk size for records of at most `max_record_bytes`: a chunk goes once
-/// it is full, so a record is one chunk plus its last entry, and an entry is
-/// bounded (one order id with at most `MAX_WAITING_PER_ORDER` events, about
-/// 25 KB) far below three quarters of the smallest `max_record_bytes` allowed.
+/// it is full, so a record is one chunk plus its last entry (and the names it
+/// put before it), and an entry is bounded (one order id with at most
+/// `MAX_WAITING_PER_ORDER` events, about 25 KB) far below three quarters of
+/// the smallest `max_record_bytes` allowed.
 pub fn chunk_bytes(max_record_bytes: usize) -> usize {
     CHUNK_BYTES.min(max_record_bytes / 4)
 }
@@ -166,10 +171,12 @@ impl BatchLog {
         }
     }
 
-    /// Starts the next batch; its chunks go to `f` as they fill.
+    /// Starts the next batch; its chunks go to `f` as they fill. `base_ms`:
+    /// a time near those its entries hold (see [`VERSION`]).
     pub fn writer<'a, F: FnMut(&[u8], &[u8])>(
         &'a mut self,
         h: &Horizon,
+        base_ms: i64,
         f: F,
     ) -> BatchWriter<'a, F> {
         self.buf.clear();
@@ -177,6 +184,7 @@ impl BatchLog {
         BatchWriter {
             n: self.next,
             log: self,
+            base_ms,
             chunk: 0,
             marks: Marks::default(),
             sweeps: h.sweeps,
@@ -202,6 +210,7 @@ impl BatchLog {
 pub struct BatchWriter<'a, F: FnMut(&[u8], &[u8])> {
     log: &'a mut BatchLog,
     n: u64,
+    base_ms: i64,
     chunk: u32,
     marks: Marks,
     sweeps: u64,
@@ -210,19 +219,36 @@ pub struct BatchWriter<'a, F: FnMut(&[u8], &[u8])> {
 }
 
 impl<F: FnMut(&[u8], &[u8])> BatchWriter<'_, F> {
-    /// Appends one id's new value (`None`: forgotten) of kind `kind`.
+    /// The time the entries' times are written from.
+    pub fn base_ms(&self) -> i64 {
+        self.base_ms
+    }
+
+    /// The number of the chunk the next entry lands in: it changes when one is sent.
+    pub fn chunk(&self) -> u32 {
+        self.chunk
+    }
+
+    /// Appends one id's new value (`None`: forgotten) of kind `kind`; the
+    /// chunk is sent if this filled it.
     pub fn entry<V: Serialize>(&mut self, kind: u8, id: &str, value: Option<&V>, marks: Marks) {
+        self.put(kind, &(id, value));
+        self.marks.merge(&marks);
+        if self.log.buf.len() >= self.log.chunk_bytes {
+            self.flush();
+        }
+    }
+
+    /// Appends an entry of kind `kind` that is no id's value, and never sends
+    /// the chunk: what the next [`BatchWriter::entry`] refers to lands in its chunk.
+    pub fn put<V: Serialize>(&mut self, kind: u8, value: &V) {
         let buf = &mut self.log.buf;
         if buf.is_empty() {
             buf.push(VERSION);
+            postcard::serialize_with_flavor(&self.base_ms, Append(buf)).expect("an i64 encodes");
         }
         buf.push(kind);
-        postcard::serialize_with_flavor(&(id, value), Append(buf))
-            .expect("state values always encode");
-        self.marks.merge(&marks);
-        if buf.len() >= self.log.chunk_bytes {
-            self.flush();
-        }
+        postcard::serialize_with_flavor(value, Append(buf)).expect("state values always encode");
     }
 
     fn flush(&mut self) {
@@ -291,13 +317,35 @@ fn batch_number(key: &[u8]) -> Option<u64> {
     std::str::from_utf8(key.get(1..21)?).ok()?.parse().ok()
 }
 
-/// The entries of a batch value, after its version byte: each is a kind byte,
-/// then what [`take_entry`] decodes for that kind.
-pub fn body(value: &[u8]) -> Result<&[u8], String> {
+/// A batch value, read.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Body<'a> {
+    pub version: u8,
+    /// Version 2's base time; 0 in version 1, whose times are whole.
+    pub base_ms: i64,
+    /// The entries: each is a kind byte, then what [`take_entry`] (or [`take`]
+    /// for what [`BatchWriter::put`] wrote) decodes for that kind.
+    pub entries: &'a [u8],
+}
+
+pub fn body(value: &[u8]) -> Result<Body<'_>, String> {
     match value.split_first() {
-        Some((&VERSION, rest)) => Ok(rest),
+        Some((&VERSION, rest)) => {
+            let (base_ms, entries) =
+                postcard::take_from_bytes(rest).map_err(|e| format!("batch base time: {e}"))?;
+            Ok(Body {
+                version: VERSION,
+                base_ms,
+                entries,
+            })
+        }
+        Some((&VERSION_1, entries)) => Ok(Body {
+            version: VERSION_1,
+            base_ms: 0,
+            entries,
+        }),
         Some((v, _)) => Err(format!(
-            "batch format version {v} (this build reads {VERSION})"
+            "batch format version {v} (this build reads {VERSION_1} and {VERSION})"
         )),
         None => Err("empty batch value".into()),
     }
@@ -311,6 +359,14 @@ pub type Entry<'a, V> = (&'a str, Option<V>);
 pub fn take_entry<'a, V: serde::Deserialize<'a>>(
     rest: &'a [u8],
 ) -> Result<(Entry<'a, V>, &'a [u8]), postcard::Error> {
+    take(rest)
+}
+
+/// Decodes what [`BatchWriter::put`] wrote at the start of `rest` (after
+/// its kind byte); returns it and what follows it.
+pub fn take<'a, V: serde::Deserialize<'a>>(
+    rest: &'a [u8],
+) -> Result<(V, &'a [u8]), postcard::Error> {
     postcard::take_from_bytes(rest)
 }
 
@@ -332,7 +388,7 @@ mod tests {
     fn log_of(h: &Horizon, entries: &[(u8, &str, Option<i64>, Marks)]) -> BatchLog {
         let mut log = BatchLog::default();
         for (kind, id, v, m) in entries {
-            let mut w = log.writer(h, |_, _| {});
+            let mut w = log.writer(h, 0, |_, _| {});
             w.entry(*kind, id, v.as_ref(), *m);
             w.finish();
         }
@@ -389,10 +445,11 @@ mod tests {
         let mut log = BatchLog::default();
         let mut out = Vec::new();
         log.restored(&batch_key(8, 0), Marks::default(), &Horizon::default());
-        let mut w = log.writer(&Horizon::default(), |k, v| {
+        let mut w = log.writer(&Horizon::default(), -1_733, |k, v| {
             out.push((k.to_vec(), v.to_vec()))
         });
         w.entry(b'p', "p1", Some(&5i64), Marks::default());
+        w.put(b'n', &(1u8, "brand-1"));
         w.entry::<i64>(b'd', "d1", None, Marks::default());
         w.finish();
         assert_eq!(out.len(), 1);
@@ -401,23 +458,33 @@ mod tests {
             key, b"s00000000000000000009.000000",
             "after the restored batch 8"
         );
-        let rest = body(value).unwrap();
+        let b = body(value).unwrap();
+        assert_eq!((b.version, b.base_ms), (VERSION, -1_733));
+        let rest = b.entries;
         assert_eq!(rest[0], b'p');
         let ((id, v), rest) = take_entry::<i64>(&rest[1..]).unwrap();
         assert_eq!((id, v), ("p1", Some(5)));
+        assert_eq!(rest[0], b'n');
+        let ((dim, name), rest) = take::<(u8, &str)>(&rest[1..]).unwrap();
+        assert_eq!((dim, name), (1, "brand-1"));
         assert_eq!(rest[0], b'd');
         let ((id, v), rest) = take_entry::<i64>(&rest[1..]).unwrap();
         assert_eq!((id, v, rest.len()), ("d1", None, 0));
         assert!(batch_key(9, 1) < batch_key(10, 0));
         assert_eq!(batch_number(&batch_key(12, 3)), Some(12));
-        assert!(body(&[2, 0]).unwrap_err().contains("version 2"));
+        assert!(body(&[3, 0]).unwrap_err().contains("version 3"));
+        // Version 1 had no base time: what follows its version byte is entries.
+        let v1 = body(&[VERSION_1, b'p']).unwrap();
+        assert_eq!((v1.base_ms, v1.entries), (0, &b"p"[..]));
     }
 
     #[test]
     fn large_batches_split_into_chunks() {
         let mut log = BatchLog::default();
         let mut out = Vec::new();
-        let mut w = log.writer(&Horizon::default(), |k, v| out.push((k.to_vec(), v.len())));
+        let mut w = log.writer(&Horizon::default(), 0, |k, v| {
+            out.push((k.to_vec(), v.len()))
+        });
         let id = "x".repeat(1_000);
         for i in 0..600 {
             w.entry(b'p', &format!("{id}{i}"), Some(&1i64), Marks::default());

@@ -204,6 +204,11 @@ group.initial.rebalance.delay.ms=0
         self.wait_ready(Duration::from_secs(90));
     }
 
+    /// The node's process id (benchmarks read its CPU time).
+    pub fn pid(&self) -> u32 {
+        self.child().as_ref().expect("the broker runs").id()
+    }
+
     fn child(&self) -> std::sync::MutexGuard<'_, Option<Child>> {
         self.child.lock().unwrap()
     }
@@ -238,7 +243,7 @@ group.initial.rebalance.delay.ms=0
     }
 
     fn signal(&self, sig: &str) {
-        let pid = self.child().as_ref().expect("the broker runs").id();
+        let pid = self.pid();
         let ok = Command::new("kill")
             .args([sig, &pid.to_string()])
             .status()

@@ -3,12 +3,30 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::batch_log::BatchWriter;
+
 use super::*;
 
-/// An order as saved in the changelog: names, not ids, since ids are per process.
-/// Borrowed both ways: written from the interned names, read from the record.
+/// An order as saved in the changelog. Its names are numbers given in its
+/// chunk (a [`NAME`] entry before the first order that uses one), not the
+/// process's ids, and its times are differences: from the chunk's base time
+/// (`batch_log::Body`), and from the order's time for its first payment.
+/// Spelling the names out and the times whole made an order's entry about 53
+/// bytes, most of the changelog (docs/performance.md).
 #[derive(Debug, Serialize, Deserialize)]
-struct SavedOrder<'a> {
+struct SavedOrder {
+    brand: u32,
+    channel: Option<u32>,
+    country: u32,
+    ts: i64,
+    /// `None`: not paid yet.
+    paid_after: Option<i64>,
+}
+
+/// An order as version 1 of the format saved it (still read): names spelled
+/// out, times whole, `i64::MAX` while not paid.
+#[derive(Debug, Deserialize)]
+struct SavedOrderV1<'a> {
     brand: &'a str,
     channel: Option<&'a str>,
     country: &'a str,
@@ -16,21 +34,61 @@ struct SavedOrder<'a> {
     first_paid_ms: i64,
 }
 
-/// The changelog value of one order id (`W`: a slice written, a `Vec` read).
+/// The changelog value of one order id (`O`: the order's format; `W`: a
+/// slice written, a `Vec` read). Waiting events keep their times whole: few
+/// orders have any.
 #[derive(Debug, Serialize, Deserialize)]
-struct SavedSlot<'a, W> {
-    #[serde(borrow)]
-    order: Option<SavedOrder<'a>>,
+struct SavedSlot<O, W> {
+    order: Option<O>,
     waiting: W,
 }
 
-impl<W: AsRef<[Waiting]>> SavedSlot<'_, W> {
-    /// What keeps it in the state: its order's time and its events' deadlines.
-    fn marks(&self) -> Marks {
-        Marks::of_slot(
-            self.order.as_ref().map(|o| o.ts_ms),
-            self.waiting.as_ref().iter().map(|x| x.deadline_ms),
-        )
+/// What keeps an order id's value in the state: its order's time and its events' deadlines.
+fn slot_marks(order: Option<&OrderInfo>, waiting: &[Waiting]) -> Marks {
+    Marks::of_slot(
+        order.map(|o| o.ts_ms),
+        waiting.iter().map(|x| x.deadline_ms),
+    )
+}
+
+/// The numbers the names of one chunk have been given, as it is written: by
+/// dimension, by the process's name id (0: not given yet, else the number + 1).
+struct ChunkNames {
+    chunk: u32,
+    given: [Vec<u32>; 3],
+    count: [u32; 3],
+}
+
+impl ChunkNames {
+    fn new(names: &[Interner; 3]) -> Self {
+        ChunkNames {
+            chunk: 0,
+            given: std::array::from_fn(|d| vec![0; names[d].len()]),
+            count: [0; 3],
+        }
+    }
+
+    /// The number of name `id` of dimension `dim` in the writer's chunk,
+    /// given it (with a [`NAME`] entry) if it has none there yet.
+    fn number<F: FnMut(&[u8], &[u8])>(
+        &mut self,
+        w: &mut BatchWriter<'_, F>,
+        names: &[Interner; 3],
+        dim: usize,
+        id: u32,
+    ) -> u32 {
+        if w.chunk() != self.chunk {
+            self.chunk = w.chunk();
+            self.given.iter_mut().for_each(|g| g.fill(0));
+            self.count = [0; 3];
+        }
+        let given = &mut self.given[dim][id as usize];
+        if *given == 0 {
+            w.put(NAME, &(dim as u8, names[dim].name(id)));
+            self.count[dim] += 1;
+            *given = self.count[dim];
+        }
+        *given - 1
     }
 }
 
@@ -56,6 +114,8 @@ const MAX_PINNED: usize = 100_000;
 const ORDER: u8 = b'o';
 const PAYMENT_ID: u8 = b'p';
 const DELIVERY_ID: u8 = b'd';
+/// The next number of a dimension's names in its chunk: (dimension, name).
+const NAME: u8 = b'n';
 const CLOCK_KEY: &[u8] = b"~clock";
 
 impl AttributionTask {
@@ -77,23 +137,35 @@ impl AttributionTask {
         let (names, pinned) = (&*self.names.borrow(), &mut self.pinned);
         let mut counted =
             |kind, id: &str, marks: Marks| unless_pinned(pinned, pin_after, kind, id, marks);
-        let mut w = self.log.writer(&self.horizon, |k, v| f(k, Some(v)));
+        // Entries' times are written from the latest event time: most are near it.
+        let base_ms = match self.wm.max_event_ms() {
+            i64::MIN => self.now_ms,
+            t => t,
+        };
+        let mut w = self
+            .log
+            .writer(&self.horizon, base_ms, |k, v| f(k, Some(v)));
+        let mut numbers = ChunkNames::new(names);
         self.joins.drain_changes(|id, slot| {
-            let value = slot.map(|(order, waiting)| {
-                let order = order.map(|o| {
-                    let a = o.attribution;
-                    SavedOrder {
-                        brand: names[0].name(a.brand),
-                        channel: (a.channel != NO_CHANNEL).then(|| names[1].name(a.channel)),
-                        country: names[2].name(a.country),
-                        ts_ms: o.ts_ms,
-                        first_paid_ms: o.first_paid_ms,
-                    }
-                });
-                SavedSlot { order, waiting }
+            let Some((order, waiting)) = slot else {
+                w.entry::<()>(ORDER, id, None, counted(ORDER, id, Marks::default()));
+                return;
+            };
+            let marks = slot_marks(order.as_ref(), waiting);
+            let order = order.map(|o| {
+                let a = o.attribution;
+                SavedOrder {
+                    brand: numbers.number(&mut w, names, 0, a.brand),
+                    channel: (a.channel != NO_CHANNEL)
+                        .then(|| numbers.number(&mut w, names, 1, a.channel)),
+                    country: numbers.number(&mut w, names, 2, a.country),
+                    ts: o.ts_ms.wrapping_sub(base_ms),
+                    paid_after: (o.first_paid_ms != i64::MAX)
+                        .then(|| o.first_paid_ms.wrapping_sub(o.ts_ms)),
+                }
             });
-            let marks = value.as_ref().map_or(Marks::default(), SavedSlot::marks);
-            w.entry(ORDER, id, value.as_ref(), counted(ORDER, id, marks));
+            let value = SavedSlot { order, waiting };
+            w.entry(ORDER, id, Some(&value), counted(ORDER, id, marks));
         });
         for (kind, ids) in [
             (PAYMENT_ID, &mut self.payment_ids),
@@ -101,7 +173,8 @@ impl AttributionTask {
         ] {
             ids.drain_changes(|id, seen_ms| {
                 let marks = counted(kind, id, Marks::of_id(seen_ms));
-                w.entry(kind, id, seen_ms.as_ref(), marks);
+                let since_base = seen_ms.map(|t| t.wrapping_sub(base_ms));
+                w.entry(kind, id, since_base.as_ref(), marks);
             });
         }
         w.finish();
@@ -171,32 +244,89 @@ impl AttributionTask {
     fn restore_batch(&mut self, value: &[u8]) -> Result<Marks, String> {
         let mut marks = Marks::default();
         let pin_after = self.now_ms.saturating_add(PIN_AHEAD_MS);
-        let mut rest = batch_log::body(value)?;
+        let body = batch_log::body(value)?;
+        let base_ms = body.base_ms;
+        // The process's id of each name the chunk numbered, by dimension.
+        let mut numbered: [Vec<u32>; 3] = Default::default();
+        let mut rest = body.entries;
         while let Some((&kind, entry)) = rest.split_first() {
             let e = |e: postcard::Error| format!("entry of kind {:?}: {e}", kind as char);
             let (id, entry_marks, after) = match kind {
-                ORDER => {
-                    let ((id, slot), rest) =
-                        batch_log::take_entry::<SavedSlot<Vec<Waiting>>>(entry).map_err(e)?;
-                    let entry_marks = slot.as_ref().map_or(Marks::default(), SavedSlot::marks);
+                NAME => {
+                    let ((dim, name), after) = batch_log::take::<(u8, &str)>(entry).map_err(e)?;
                     let names = &mut *self.names.borrow_mut();
-                    let slot = slot.map(|s| {
-                        let order = s.order.map(|o| OrderInfo {
-                            attribution: Attribution {
-                                brand: names[0].intern(o.brand),
-                                channel: o.channel.map_or(NO_CHANNEL, |c| names[1].intern(c)),
-                                country: names[2].intern(o.country),
-                            },
-                            ts_ms: o.ts_ms,
-                            first_paid_ms: o.first_paid_ms,
+                    let Some(interner) = names.get_mut(dim as usize) else {
+                        return Err(format!("name {name:?} of unknown dimension {dim}"));
+                    };
+                    numbered[dim as usize].push(interner.intern(name));
+                    rest = after;
+                    continue;
+                }
+                ORDER => {
+                    let ((id, slot), rest) = if body.version == 1 {
+                        let ((id, slot), rest) =
+                            batch_log::take_entry::<SavedSlot<SavedOrderV1, Vec<Waiting>>>(entry)
+                                .map_err(e)?;
+                        let names = &mut *self.names.borrow_mut();
+                        let slot = slot.map(|s| {
+                            let order = s.order.map(|o| OrderInfo {
+                                attribution: Attribution {
+                                    brand: names[0].intern(o.brand),
+                                    channel: o.channel.map_or(NO_CHANNEL, |c| names[1].intern(c)),
+                                    country: names[2].intern(o.country),
+                                },
+                                ts_ms: o.ts_ms,
+                                first_paid_ms: o.first_paid_ms,
+                            });
+                            (order, s.waiting)
                         });
-                        (order, s.waiting)
-                    });
+                        ((id, slot), rest)
+                    } else {
+                        let ((id, slot), rest) =
+                            batch_log::take_entry::<SavedSlot<SavedOrder, Vec<Waiting>>>(entry)
+                                .map_err(e)?;
+                        let name = |dim: usize, n: u32| {
+                            numbered[dim].get(n as usize).copied().ok_or_else(|| {
+                                format!("order {id:?}: name number {n} of dimension {dim} not given in its chunk")
+                            })
+                        };
+                        let slot = match slot {
+                            None => None,
+                            Some(s) => {
+                                let order = match s.order {
+                                    None => None,
+                                    Some(o) => {
+                                        let ts_ms = base_ms.wrapping_add(o.ts);
+                                        Some(OrderInfo {
+                                            attribution: Attribution {
+                                                brand: name(0, o.brand)?,
+                                                channel: match o.channel {
+                                                    Some(c) => name(1, c)?,
+                                                    None => NO_CHANNEL,
+                                                },
+                                                country: name(2, o.country)?,
+                                            },
+                                            ts_ms,
+                                            first_paid_ms: o
+                                                .paid_after
+                                                .map_or(i64::MAX, |d| ts_ms.wrapping_add(d)),
+                                        })
+                                    }
+                                };
+                                Some((order, s.waiting))
+                            }
+                        };
+                        ((id, slot), rest)
+                    };
+                    let entry_marks = slot
+                        .as_ref()
+                        .map_or(Marks::default(), |(o, w)| slot_marks(o.as_ref(), w));
                     self.joins.restore(id, slot);
                     (id, entry_marks, rest)
                 }
                 PAYMENT_ID | DELIVERY_ID => {
                     let ((id, ts), rest) = batch_log::take_entry::<i64>(entry).map_err(e)?;
+                    let ts = ts.map(|t| base_ms.wrapping_add(t));
                     match kind {
                         PAYMENT_ID => self.payment_ids.restore(id, ts),
                         _ => self.delivery_ids.restore(id, ts),

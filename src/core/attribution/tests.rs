@@ -383,3 +383,135 @@ fn no_changelog_record_exceeds_the_record_limit() {
         );
     }
 }
+
+/// Each order's names and times, by name, as a task holds them.
+fn orders_by_name(t: &AttributionTask, ids: &[String]) -> Vec<(String, String, String, i64, i64)> {
+    let names = t.names.borrow();
+    ids.iter()
+        .map(|id| {
+            let o = t.joins.order(id).unwrap_or_else(|| panic!("{id} restored"));
+            let a = o.attribution;
+            let channel = match a.channel {
+                NO_CHANNEL => "-".to_string(),
+                c => names[1].name(c).to_string(),
+            };
+            (
+                names[0].name(a.brand).to_string(),
+                channel,
+                names[2].name(a.country).to_string(),
+                o.ts_ms,
+                o.first_paid_ms,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn names_numbered_in_each_chunk_restore_across_chunks_and_keep_entries_small() {
+    // The smallest chunks allowed: 3,000 orders span several, each chunk
+    // numbering the names it uses anew. Paid and unpaid, with and without a channel.
+    let cfg = Arc::new(EngineConfig {
+        max_record_bytes: crate::config::MIN_MAX_RECORD_BYTES as usize,
+        ..EngineConfig::default()
+    });
+    let mut a = AttributionTask::new(2, cfg.clone(), NOW);
+    a.track_changes();
+    let (mut stats, mut out) = (Stats::default(), vec![]);
+    let n = 3_000;
+    let ids: Vec<String> = (0..n).map(|i| format!("o-{i}-abcd")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        let channel = match i % 3 {
+            0 => "null".to_string(),
+            c => format!(r#""live-{c}""#),
+        };
+        let v = format!(
+            r#"{{"order_id":"{id}","user_id":"u","brand_id":"brand-{}","channel_id":{channel},"country":"{}","device":"pc","currency":"CNY","amount_minor":5,"ts_ms":{}}}"#,
+            i % 7,
+            ["CN", "FR", "BR"][i % 2],
+            10_000 + i as i64
+        );
+        feed(
+            &mut a,
+            InputTopic::Orders,
+            i as i64,
+            v.as_bytes(),
+            &mut stats,
+            &mut out,
+        );
+        if i % 2 == 0 {
+            let p = format!(
+                r#"{{"payment_id":"p-{i}","order_id":"{id}","kind":"paid","currency":"CNY","amount_minor":5,"ts_ms":{}}}"#,
+                10_500 + i as i64
+            );
+            feed(
+                &mut a,
+                InputTopic::Payments,
+                i as i64,
+                p.as_bytes(),
+                &mut stats,
+                &mut out,
+            );
+        }
+    }
+    let changes = a.take_changes();
+    let chunks: Vec<&Vec<u8>> = changes
+        .iter()
+        .filter(|(k, _)| k.first() == Some(&batch_log::BATCH_PREFIX))
+        .map(|(_, v)| v.as_ref().unwrap())
+        .collect();
+    assert!(chunks.len() >= 3, "{} chunks", chunks.len());
+    let bytes: usize = chunks.iter().map(|v| v.len()).sum();
+    // An order's entry: its kind, its id (12 bytes), a name number per
+    // dimension, two times as short differences and its waiting list; a
+    // payment id's (9 bytes) with its time. Names spelled out in each entry
+    // and whole times made an order's entry about 50 bytes.
+    let entries = n + n / 2;
+    assert!(bytes < entries * 24, "{bytes} bytes for {entries} entries");
+    let mut b = AttributionTask::new(2, cfg, NOW);
+    for (k, v) in &changes {
+        b.restore(k, v.as_deref().unwrap()).unwrap();
+    }
+    assert_eq!(b.sizes(), a.sizes());
+    assert_eq!(orders_by_name(&b, &ids), orders_by_name(&a, &ids));
+    let paid = orders_by_name(&b, &ids[..2]);
+    assert_eq!(paid[0].4, T0 + 10_500, "paid");
+    assert_eq!(paid[1].4, i64::MAX, "not paid");
+    assert_eq!(paid[0].1, "-");
+}
+
+#[test]
+fn a_changelog_of_the_first_batch_format_still_restores() {
+    // Version 1: names spelled out, times whole, `i64::MAX` while not paid.
+    let mut v1 = vec![1u8, b'o'];
+    let waiting: Vec<Waiting> = vec![];
+    let order = ("b1", Some("c1"), "FR", T0 + 10_000, T0 + 11_000);
+    v1.extend(postcard::to_stdvec(&("o1", Some((Some(order), &waiting)))).unwrap());
+    v1.push(b'o');
+    let unpaid = ("b2", None::<&str>, "CN", T0 + 12_000, i64::MAX);
+    v1.extend(postcard::to_stdvec(&("o2", Some((Some(unpaid), &waiting)))).unwrap());
+    v1.push(b'p');
+    v1.extend(postcard::to_stdvec(&("p1", Some(T0 + 11_000))).unwrap());
+    let mut t = AttributionTask::new(2, Arc::new(EngineConfig::default()), NOW);
+    t.restore(b"s00000000000000000001.000000", &v1).unwrap();
+    let ids = ["o1".to_string(), "o2".to_string()];
+    assert_eq!(
+        orders_by_name(&t, &ids),
+        [
+            (
+                "b1".into(),
+                "c1".into(),
+                "FR".into(),
+                T0 + 10_000,
+                T0 + 11_000
+            ),
+            ("b2".into(), "-".into(), "CN".into(), T0 + 12_000, i64::MAX)
+        ]
+    );
+    assert_eq!(t.sizes(), (2, 0, 1));
+    // A name number its chunk never gave is an error, not a wrong name.
+    let mut v2 = vec![2u8, 0, b'o'];
+    let bad = (0u32, None::<u32>, 0u32, 0i64, None::<i64>);
+    v2.extend(postcard::to_stdvec(&("o3", Some((Some(bad), &waiting)))).unwrap());
+    let err = t.restore(b"s00000000000000000002.000000", &v2).unwrap_err();
+    assert!(err.contains("not given in its chunk"), "{err}");
+}
