@@ -68,6 +68,16 @@ impl ChunkNames {
         }
     }
 
+    /// Forgets the numbers given if the writer is in another chunk now: call
+    /// before [`ChunkNames::number`] for each entry.
+    fn follow<F: FnMut(&[u8], &[u8])>(&mut self, w: &BatchWriter<'_, F>) {
+        if w.chunk() != self.chunk {
+            self.chunk = w.chunk();
+            self.given.iter_mut().for_each(|g| g.fill(0));
+            self.count = [0; 3];
+        }
+    }
+
     /// The number of name `id` of dimension `dim` in the writer's chunk,
     /// given it (with a [`NAME`] entry) if it has none there yet.
     fn number<F: FnMut(&[u8], &[u8])>(
@@ -77,11 +87,6 @@ impl ChunkNames {
         dim: usize,
         id: u32,
     ) -> u32 {
-        if w.chunk() != self.chunk {
-            self.chunk = w.chunk();
-            self.given.iter_mut().for_each(|g| g.fill(0));
-            self.count = [0; 3];
-        }
         let given = &mut self.given[dim][id as usize];
         if *given == 0 {
             w.put(NAME, &(dim as u8, names[dim].name(id)));
@@ -152,6 +157,7 @@ impl AttributionTask {
                 return;
             };
             let marks = slot_marks(order.as_ref(), waiting);
+            numbers.follow(&w);
             let order = order.map(|o| {
                 let a = o.attribution;
                 SavedOrder {
@@ -350,6 +356,7 @@ impl AttributionTask {
 
 /// The marks an entry adds to its batch: none when its times lie beyond
 /// `pin_after` and it is pinned instead (see `PIN_AHEAD_MS`).
+#[inline]
 fn unless_pinned(
     pinned: &mut FastSet<(u8, compact_str::CompactString)>,
     pin_after: i64,
