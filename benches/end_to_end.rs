@@ -125,6 +125,14 @@ fn main() {
     producer.flush(Duration::from_secs(120)).unwrap();
     println!("produced {n} records in {:.1} s", t.elapsed().as_secs_f64());
 
+    let run_named = |interval, name| Run {
+        dir: &dir,
+        brokers: &brokers,
+        broker_pid,
+        interval,
+        name,
+        expected_orders: n,
+    };
     // The broker's JIT compiles its transactional produce and read_committed
     // fetch paths while it serves the jobs: its compiler threads took half of
     // the broker's CPU over the first 4 M-record job, and still a third over
@@ -134,14 +142,7 @@ fn main() {
     // broker's CPU over one, at most WARMUP of them; the do-nothing consumer
     // reads after them, on the same warmer broker.
     for round in 0..env_or("WARMUP", 3) {
-        let run = Run {
-            dir: &dir,
-            brokers: &brokers,
-            broker_pid,
-            interval: first_interval,
-            name: format!("warm-up-{round}"),
-            expected_orders: n,
-        };
+        let run = run_named(first_interval, format!("warm-up-{round}"));
         let before = broker_threads_ns(broker_pid);
         let (_job, _, rate) = catch_up(&run, env_or("SCREEN", 1) == 1, None, n);
         let compiling = before
@@ -213,14 +214,7 @@ fn main() {
             Some(_) => format!("{interval} ms, baseline build"),
             None => format!("{interval} ms"),
         };
-        let run = Run {
-            dir: &dir,
-            brokers: &brokers,
-            broker_pid,
-            interval,
-            name: format!("{index}-{interval}"),
-            expected_orders: n,
-        };
+        let run = run_named(interval, format!("{index}-{interval}"));
         let (job, metrics_port, rate) = catch_up(&run, env_or("SCREEN", 1) == 1, bin, in_topics);
         println!(
             "commit_interval {label}: gmv run {rate:>10.0} records/s, ratio {:.2}",
@@ -263,14 +257,7 @@ fn main() {
     // The same job without the big screen's reader (metrics.screen = false),
     // on the same input: what the reader costs the job.
     if env_or("SCREEN_OFF_RUN", 1) == 1 {
-        let run = Run {
-            dir: &dir,
-            brokers: &brokers,
-            broker_pid,
-            interval: first_interval,
-            name: format!("no-screen-{first_interval}"),
-            expected_orders: n,
-        };
+        let run = run_named(first_interval, format!("no-screen-{first_interval}"));
         let (_job, _, rate) = catch_up(&run, false, None, in_topics);
         println!(
             "commit_interval {first_interval} ms, no screen: gmv run {rate:>10.0} records/s, ratio {:.2}",
