@@ -11,8 +11,8 @@ use super::*;
 /// chunk (a [`NAME`] entry before the first order that uses one), not the
 /// process's ids, and its times are differences: from the chunk's base time
 /// (`batch_log::Body`), and from the order's time for its first payment.
-/// Spelling the names out and the times whole made an order's entry about 53
-/// bytes, most of the changelog (docs/performance.md).
+/// Spelling the names out and the times whole made an order's entry about 50
+/// bytes, and the changelog 53 bytes an event read (docs/performance.md).
 #[derive(Debug, Serialize, Deserialize)]
 struct SavedOrder {
     brand: u32,
