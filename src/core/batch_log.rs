@@ -31,7 +31,7 @@ pub const BATCH_PREFIX: u8 = b's';
 /// differences (a few bytes, not six); version 1, written before, had none
 /// and is still read ([`Body`]).
 const VERSION: u8 = 2;
-const VERSION_1: u8 = 1;
+pub const VERSION_1: u8 = 1;
 /// A chunk is sent once it holds this many bytes (or a quarter of
 /// `kafka.max_record_bytes` if less, see [`chunk_bytes`]): large enough that
 /// per-record costs vanish.
@@ -219,11 +219,6 @@ pub struct BatchWriter<'a, F: FnMut(&[u8], &[u8])> {
 }
 
 impl<F: FnMut(&[u8], &[u8])> BatchWriter<'_, F> {
-    /// The time the entries' times are written from.
-    pub fn base_ms(&self) -> i64 {
-        self.base_ms
-    }
-
     /// The number of the chunk the next entry lands in: it changes when one is sent.
     pub fn chunk(&self) -> u32 {
         self.chunk

@@ -34,6 +34,44 @@ struct SavedOrderV1<'a> {
     first_paid_ms: i64,
 }
 
+impl SavedOrder {
+    /// The order, its times from `base_ms` and its names from the numbers
+    /// its chunk gave them (`numbered`: the process's id of each, by dimension).
+    fn info(&self, base_ms: i64, numbered: &[Vec<u32>; 3]) -> Result<OrderInfo, String> {
+        let name = |dim: usize, n: u32| {
+            numbered[dim]
+                .get(n as usize)
+                .copied()
+                .ok_or_else(|| format!("name number {n} of dimension {dim} not given in its chunk"))
+        };
+        let ts_ms = base_ms.wrapping_add(self.ts);
+        Ok(OrderInfo {
+            attribution: Attribution {
+                brand: name(0, self.brand)?,
+                channel: self.channel.map_or(Ok(NO_CHANNEL), |c| name(1, c))?,
+                country: name(2, self.country)?,
+            },
+            ts_ms,
+            first_paid_ms: self.paid_after.map_or(i64::MAX, |d| ts_ms.wrapping_add(d)),
+        })
+    }
+}
+
+impl SavedOrderV1<'_> {
+    /// The order, its names interned.
+    fn info(&self, names: &mut [Interner; 3]) -> OrderInfo {
+        OrderInfo {
+            attribution: Attribution {
+                brand: names[0].intern(self.brand),
+                channel: self.channel.map_or(NO_CHANNEL, |c| names[1].intern(c)),
+                country: names[2].intern(self.country),
+            },
+            ts_ms: self.ts_ms,
+            first_paid_ms: self.first_paid_ms,
+        }
+    }
+}
+
 /// The changelog value of one order id (`O`: the order's format; `W`: a
 /// slice written, a `Vec` read). Waiting events keep their times whole: few
 /// orders have any.
@@ -269,59 +307,24 @@ impl AttributionTask {
                     continue;
                 }
                 ORDER => {
-                    let ((id, slot), rest) = if body.version == 1 {
+                    let ((id, slot), rest) = if body.version == batch_log::VERSION_1 {
                         let ((id, slot), rest) =
                             batch_log::take_entry::<SavedSlot<SavedOrderV1, Vec<Waiting>>>(entry)
                                 .map_err(e)?;
                         let names = &mut *self.names.borrow_mut();
-                        let slot = slot.map(|s| {
-                            let order = s.order.map(|o| OrderInfo {
-                                attribution: Attribution {
-                                    brand: names[0].intern(o.brand),
-                                    channel: o.channel.map_or(NO_CHANNEL, |c| names[1].intern(c)),
-                                    country: names[2].intern(o.country),
-                                },
-                                ts_ms: o.ts_ms,
-                                first_paid_ms: o.first_paid_ms,
-                            });
-                            (order, s.waiting)
-                        });
+                        let slot = slot.map(|s| (s.order.map(|o| o.info(names)), s.waiting));
                         ((id, slot), rest)
                     } else {
                         let ((id, slot), rest) =
                             batch_log::take_entry::<SavedSlot<SavedOrder, Vec<Waiting>>>(entry)
                                 .map_err(e)?;
-                        let name = |dim: usize, n: u32| {
-                            numbered[dim].get(n as usize).copied().ok_or_else(|| {
-                                format!("order {id:?}: name number {n} of dimension {dim} not given in its chunk")
-                            })
+                        let info = |o: SavedOrder| {
+                            o.info(base_ms, &numbered)
+                                .map_err(|e| format!("order {id:?}: {e}"))
                         };
-                        let slot = match slot {
-                            None => None,
-                            Some(s) => {
-                                let order = match s.order {
-                                    None => None,
-                                    Some(o) => {
-                                        let ts_ms = base_ms.wrapping_add(o.ts);
-                                        Some(OrderInfo {
-                                            attribution: Attribution {
-                                                brand: name(0, o.brand)?,
-                                                channel: match o.channel {
-                                                    Some(c) => name(1, c)?,
-                                                    None => NO_CHANNEL,
-                                                },
-                                                country: name(2, o.country)?,
-                                            },
-                                            ts_ms,
-                                            first_paid_ms: o
-                                                .paid_after
-                                                .map_or(i64::MAX, |d| ts_ms.wrapping_add(d)),
-                                        })
-                                    }
-                                };
-                                Some((order, s.waiting))
-                            }
-                        };
+                        let slot = slot
+                            .map(|s| Ok::<_, String>((s.order.map(info).transpose()?, s.waiting)))
+                            .transpose()?;
                         ((id, slot), rest)
                     };
                     let entry_marks = slot
