@@ -187,10 +187,22 @@ group.initial.rebalance.delay.ms=0
             .open(self.dir.join("stdout.log"))
             .unwrap();
         let mut cmd = Self::jvm(&self.dir);
-        cmd.args(["-Xms256m", "-Xmx1g", "-XX:+UseG1GC", "kafka.Kafka"])
-            .arg(self.dir.join("server.properties"))
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log));
+        // C1 only: a broker started for a test or a bench spent about half of
+        // its CPU in C2, the JIT's optimizing compiler, through six 4 M-record
+        // jobs on 2 cores (about 1,700 methods queued for one compiler thread),
+        // each job on a faster broker than the one before. Compiled by C1 alone,
+        // it costs the end-to-end bench's job less than half as much CPU from
+        // the first job on, and the same in every job (docs/performance.md).
+        cmd.args([
+            "-Xms256m",
+            "-Xmx1g",
+            "-XX:+UseG1GC",
+            "-XX:TieredStopAtLevel=1",
+            "kafka.Kafka",
+        ])
+        .arg(self.dir.join("server.properties"))
+        .stdout(Stdio::from(log.try_clone().unwrap()))
+        .stderr(Stdio::from(log));
         // The broker must not outlive the test process, even one that is killed.
         // SAFETY: prctl is async-signal-safe.
         unsafe {
