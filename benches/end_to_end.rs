@@ -134,13 +134,11 @@ fn main() {
         expected_orders: n,
     };
     // The broker's JIT compiles its transactional produce and read_committed
-    // fetch paths while it serves the jobs: its compiler threads took half of
-    // the broker's CPU over the first 4 M-record job, and still a third over
-    // the sixth (2026-12-05), each job running on a faster broker than the one
-    // before (its CPU per event read 1,812 ns in the first, 788 in the sixth).
-    // Warm-up jobs, not counted, run until the compiler took under 5% of the
-    // broker's CPU over one, at most WARMUP of them; the do-nothing consumer
-    // reads after them, on the same warmer broker.
+    // fetch paths while it serves the first jobs (with C1 alone, see
+    // `tests/support/broker.rs`: 17% of its CPU over the first 4 M-record job,
+    // 7% over the second, 2026-12-06). Warm-up jobs, not counted, run until
+    // the compiler took under 5% of the broker's CPU over one, at most WARMUP
+    // of them; the do-nothing consumer reads after them, on the same broker.
     for round in 0..env_or("WARMUP", 3) {
         let run = run_named(first_interval, format!("warm-up-{round}"));
         let before = broker_threads_ns(broker_pid);
