@@ -184,6 +184,15 @@ fn edge_cases_of_json_decode_as_with_serde_json() {
         r#"{"delivery_id":"d","order_id":"o","status":"shipped","ts_ms":1,"ts_m"#.into(),
         r#"{"delivery_id":"d","order_id":"o","status":"shipped","ts_ms":1,"ts_ms":"#.into(),
         r#"{"ts_ms":1,"status":"shipped","order_id":"o","delivery_id":"d"}"#.into(),
+        // The next field's `,"name":` read in one comparison, or not: with
+        // whitespace in it, a field repeated right after itself, its value
+        // missing, a field read out of order then repeated where expected.
+        r#"{"payment_id":"p1","order_id":"o1","currency":"CNY","kind":"paid","currency":"CNY","amount_minor":5,"ts_ms":1}"#.into(),
+        r#"{"delivery_id":"d", "order_id":"o","status":"shipped","ts_ms":1}"#.into(),
+        r#"{"delivery_id":"d","order_id" :"o","status":"shipped","ts_ms":1}"#.into(),
+        r#"{"delivery_id":"d","order_id":"o","status":"shipped","status":"x","ts_ms":1}"#.into(),
+        r#"{"delivery_id":"d","order_id":,"status":"shipped","ts_ms":1}"#.into(),
+        r#"{"delivery_id":"d","order_id":"#.into(),
     ];
     for c in &cases {
         agree(c.as_bytes(), &fx);

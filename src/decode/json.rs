@@ -12,8 +12,8 @@
 //! reader's own.
 //!
 //! Why its own reader: decoding with serde_json was about a third of the
-//! engine's time; this reader alone runs at 1.2 – 1.3 times its rate
-//! (docs/performance.md, section 000).
+//! engine's time; this reader alone runs at 1.7 – 1.8 times its rate
+//! (docs/performance.md, section 0000000000000000).
 
 use std::borrow::Cow;
 
@@ -57,41 +57,62 @@ pub(super) enum Kind {
 /// long for it), so the key a producer writes where it is expected is
 /// recognized with one comparison instead of being read as a string and
 /// compared (the reader is 12–19% faster for it, docs/performance.md).
+///
+/// `lead` is the same for what comes between a value and the next one when
+/// a producer writes no whitespace, `,"name":` (`lead_mask` 0 for a name
+/// over 12 bytes): the field after the last one read is recognized with one
+/// comparison, its separators with it.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Field {
     pub name: &'static str,
     pub kind: Kind,
     word: u128,
     mask: u128,
+    lead: u128,
+    lead_mask: u128,
+}
+
+/// `bytes` as the low bytes of a little-endian word, and the mask of them.
+const fn word_of(bytes: &[&[u8]]) -> (u128, u128) {
+    let (mut word, mut n) = (0u128, 0);
+    let mut k = 0;
+    while k < bytes.len() {
+        let mut i = 0;
+        while i < bytes[k].len() {
+            word |= (bytes[k][i] as u128) << (8 * n);
+            n += 1;
+            i += 1;
+        }
+        k += 1;
+    }
+    let mask = if n == 16 {
+        u128::MAX
+    } else {
+        (1u128 << (8 * n)) - 1
+    };
+    (word, mask)
 }
 
 /// A [`Field`] named `name`.
 pub(super) const fn field(name: &'static str, kind: Kind) -> Field {
     let b = name.as_bytes();
-    if b.len() > 15 {
-        return Field {
-            name,
-            kind,
-            word: 0,
-            mask: 0,
-        };
-    }
-    let mut word = (b'"' as u128) << (8 * b.len());
-    let mut i = 0;
-    while i < b.len() {
-        word |= (b[i] as u128) << (8 * i);
-        i += 1;
-    }
-    let mask = if b.len() == 15 {
-        u128::MAX
+    let (word, mask) = if b.len() > 15 {
+        (0, 0)
     } else {
-        (1u128 << (8 * (b.len() + 1))) - 1
+        word_of(&[b, b"\""])
+    };
+    let (lead, lead_mask) = if b.len() > 12 {
+        (0, 0)
+    } else {
+        word_of(&[b",\"", b, b"\":"])
     };
     Field {
         name,
         kind,
         word,
         mask,
+        lead,
+        lead_mask,
     }
 }
 
@@ -125,6 +146,24 @@ pub(super) fn read_object<'a>(
     let mut first = true;
     let mut next = 0;
     loop {
+        // The field after the last one read, written as producers write it:
+        // its key and separators in one comparison.
+        if let Some(known) = fields.get(next).filter(|fd| !first && r.at_lead(fd)) {
+            r.i += known.name.len() + 4;
+            let k = next;
+            if seen & (1 << k) != 0 {
+                return data(format!("duplicate field `{}`", known.name));
+            }
+            seen |= 1 << k;
+            next += 1;
+            r.skip_ws();
+            let value = match known.kind {
+                Kind::Str => Value::Str(r.str_or_null(known.name)?),
+                Kind::Num => Value::Num(r.num_or_null(known.name)?),
+            };
+            f(k, value);
+            continue;
+        }
         // The next key, or the end of the object.
         match r.skip_ws() {
             None => return syntax("end of input inside the object"),
@@ -216,6 +255,14 @@ impl<'a> Reader<'a> {
         f.mask != 0
             && self.b.get(self.i..self.i + 16).is_some_and(|w| {
                 u128::from_le_bytes(w.try_into().expect("16 bytes")) & f.mask == f.word
+            })
+    }
+
+    /// Whether `,"name":` of `f` starts here, as [`Field::lead`] says.
+    fn at_lead(&self, f: &Field) -> bool {
+        f.lead_mask != 0
+            && self.b.get(self.i..self.i + 16).is_some_and(|w| {
+                u128::from_le_bytes(w.try_into().expect("16 bytes")) & f.lead_mask == f.lead
             })
     }
 
