@@ -227,7 +227,7 @@ fn ascii(b: &[u8]) -> bool {
 
 /// A JSON fault as a rejection: a known field of the wrong type is
 /// `invalid_field`, anything else `malformed_json`.
-fn fault(f: json::Fault) -> Rejection {
+fn fault(f: Box<json::Fault>) -> Rejection {
     let reason = match f.data {
         true => DeadReason::InvalidField,
         false => DeadReason::MalformedJson,

@@ -27,20 +27,24 @@ pub(super) struct Fault {
     pub detail: String,
 }
 
-type R<T> = Result<T, Fault>;
+/// Boxed: every value read is returned in an `R`, and a fault as wide as
+/// its message made each of them wider, moved through memory at each `?`.
+type R<T> = Result<T, Box<Fault>>;
 
+#[cold]
 fn syntax<T>(detail: impl Into<String>) -> R<T> {
-    Err(Fault {
+    Err(Box::new(Fault {
         data: false,
         detail: detail.into(),
-    })
+    }))
 }
 
+#[cold]
 fn data<T>(detail: impl Into<String>) -> R<T> {
-    Err(Fault {
+    Err(Box::new(Fault {
         data: true,
         detail: detail.into(),
-    })
+    }))
 }
 
 /// What a known field holds.
