@@ -64,10 +64,10 @@ impl<'de> Deserialize<'de> for Num {
                 f.write_str("an integer")
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Num, E> {
-                Ok(Num::Int(v as i128))
+                Ok(Num::Int(v))
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Num, E> {
-                Ok(Num::Int(v as i128))
+                Ok(i64::try_from(v).map_or(Num::Huge(v), Num::Int))
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Num, E> {
                 Ok(Num::Float(v))

@@ -582,7 +582,9 @@ impl<'a> Reader<'a> {
             && !matches!(self.b.get(i), Some(b'0'..=b'9' | b'.' | b'e' | b'E'));
         if plain && !(negative && n == 0) {
             self.i = i;
-            return Ok(Num::Int(if negative { -(n as i128) } else { n as i128 }));
+            // At most 18 digits: within `i64`.
+            let n = n as i64;
+            return Ok(Num::Int(if negative { -n } else { n }));
         }
         self.number_rest(start)
     }
@@ -599,8 +601,11 @@ impl<'a> Reader<'a> {
             };
             if let Ok(n) = digits.parse::<u64>() {
                 match negative {
-                    false => return Ok(Num::Int(n as i128)),
-                    true if n != 0 && n <= 1 << 63 => return Ok(Num::Int(-(n as i128))),
+                    false => return Ok(i64::try_from(n).map_or(Num::Huge(n), Num::Int)),
+                    // -2^63 is `i64::MIN`, which `wrapping_neg` keeps.
+                    true if n != 0 && n <= 1 << 63 => {
+                        return Ok(Num::Int((n as i64).wrapping_neg()))
+                    }
                     true => {}
                 }
             }
