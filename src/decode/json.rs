@@ -151,54 +151,44 @@ pub(super) fn read_object<'a>(
     let mut next = 0;
     loop {
         // The field after the last one read, written as producers write it:
-        // its key and separators in one comparison.
-        if let Some(known) = fields.get(next).filter(|fd| !first && r.at_lead(fd)) {
-            r.i += known.name.len() + 4;
-            let k = next;
-            if seen & (1 << k) != 0 {
-                return data(format!("duplicate field `{}`", known.name));
-            }
-            seen |= 1 << k;
-            next += 1;
-            r.skip_ws();
-            let value = match known.kind {
-                Kind::Str => Value::Str(r.str_or_null(known.name)?),
-                Kind::Num => Value::Num(r.num_or_null(known.name)?),
-            };
-            f(k, value);
-            continue;
-        }
-        // The next key, or the end of the object.
-        match r.skip_ws() {
-            None => return syntax("end of input inside the object"),
-            Some(b'}') => {
-                r.i += 1;
-                break;
-            }
-            Some(b'"') if first => {}
-            Some(_) if first => return syntax(r.at("expected a key")),
-            Some(b',') => {
-                r.i += 1;
-                match r.skip_ws() {
-                    Some(b'"') => {}
-                    Some(b'}') => return syntax(r.at("trailing comma")),
-                    Some(_) => return syntax(r.at("expected a key")),
-                    None => return syntax("end of input after a comma"),
+        // its key and separators, the colon too, in one comparison.
+        let lead = !first && fields.get(next).is_some_and(|fd| r.at_lead(fd));
+        let field = if lead {
+            r.i += fields[next].name.len() + 4;
+            Some(next)
+        } else {
+            // The next key, or the end of the object.
+            match r.skip_ws() {
+                None => return syntax("end of input inside the object"),
+                Some(b'}') => {
+                    r.i += 1;
+                    break;
                 }
+                Some(b'"') if first => {}
+                Some(_) if first => return syntax(r.at("expected a key")),
+                Some(b',') => {
+                    r.i += 1;
+                    match r.skip_ws() {
+                        Some(b'"') => {}
+                        Some(b'}') => return syntax(r.at("trailing comma")),
+                        Some(_) => return syntax(r.at("expected a key")),
+                        None => return syntax("end of input after a comma"),
+                    }
+                }
+                Some(_) => return syntax(r.at("expected `,` or `}`")),
             }
-            Some(_) => return syntax(r.at("expected `,` or `}`")),
-        }
-        first = false;
-        r.i += 1;
-        // Producers write the fields in one order: try the one after the last first.
-        let field = match fields.get(next) {
-            Some(f) if r.at_key(f) => {
-                r.i += f.name.len() + 1;
-                Some(next)
-            }
-            _ => {
-                let key = r.string(true)?;
-                fields.iter().position(|f| f.name == &*key)
+            first = false;
+            r.i += 1;
+            // Producers write the fields in one order: try the one after the last first.
+            match fields.get(next) {
+                Some(f) if r.at_key(f) => {
+                    r.i += f.name.len() + 1;
+                    Some(next)
+                }
+                _ => {
+                    let key = r.string(true)?;
+                    fields.iter().position(|f| f.name == &*key)
+                }
             }
         };
         next = field.map_or(next, |k| k + 1);
@@ -208,10 +198,12 @@ pub(super) fn read_object<'a>(
             }
             seen |= 1 << k;
         }
-        match r.skip_ws() {
-            Some(b':') => r.i += 1,
-            Some(_) => return syntax(r.at("expected `:`")),
-            None => return syntax("end of input after a key"),
+        if !lead {
+            match r.skip_ws() {
+                Some(b':') => r.i += 1,
+                Some(_) => return syntax(r.at("expected `:`")),
+                None => return syntax("end of input after a key"),
+            }
         }
         r.skip_ws();
         match field {
