@@ -230,7 +230,7 @@ fn ascii(b: &[u8]) -> bool {
 
 /// A JSON fault as a rejection: a known field of the wrong type is
 /// `invalid_field`, anything else `malformed_json`.
-fn fault(f: Box<json::Fault>) -> Rejection {
+fn fault(f: json::Fault) -> Rejection {
     let reason = match f.data {
         true => DeadReason::InvalidField,
         false => DeadReason::MalformedJson,
@@ -278,7 +278,7 @@ fn read_order(text: &str) -> Result<RawOrder<'_>, Rejection> {
         7 => r.amount_minor = num_of(v),
         _ => r.ts_ms = num_of(v),
     })
-    .map_err(fault)?;
+    .map_err(|f| fault(*f))?;
     Ok(r)
 }
 
@@ -301,7 +301,7 @@ fn read_payment(text: &str) -> Result<RawPayment<'_>, Rejection> {
         4 => r.amount_minor = num_of(v),
         _ => r.ts_ms = num_of(v),
     })
-    .map_err(fault)?;
+    .map_err(|f| fault(*f))?;
     Ok(r)
 }
 
@@ -320,7 +320,7 @@ fn read_delivery(text: &str) -> Result<RawDelivery<'_>, Rejection> {
         2 => r.status = str_of(v),
         _ => r.ts_ms = num_of(v),
     })
-    .map_err(fault)?;
+    .map_err(|f| fault(*f))?;
     Ok(r)
 }
 
