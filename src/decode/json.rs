@@ -12,7 +12,7 @@
 //! reader's own.
 //!
 //! Why its own reader: decoding with serde_json was about a third of the
-//! engine's time; this reader alone runs at 1.7 – 1.8 times its rate
+//! engine's time; this reader alone runs at 1.8 – 1.9 times its rate
 //! (docs/performance.md, section 0000000000000000).
 
 use std::borrow::Cow;
