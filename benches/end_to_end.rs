@@ -10,7 +10,9 @@
 //! `cargo bench --bench end_to_end`. Environment: RECORDS (backlog read for
 //! throughput, default 1,000,000), COMMIT_INTERVALS (ms, default
 //! `100,250,1000`), LATENCY_RATE (events/s, default 100,000; 0 skips the
-//! latency part), LATENCY_SECONDS (default 60), SCREEN (default 1; 0 runs the
+//! latency part, and the catch-ups then count an input partition idle after
+//! 1 s instead of 10, so their watermark moves and windows close: see
+//! `Run::config`), LATENCY_SECONDS (default 60), SCREEN (default 1; 0 runs the
 //! jobs of every interval without the screen's reader), SCREEN_OFF_RUN
 //! (default 1; 0 skips the run without the screen), WARMUP (default 3: at most
 //! this many jobs, not counted, warm the broker's JIT, until it is quiet; 0
