@@ -189,6 +189,17 @@ impl<T> Chunks<T> {
     fn iter(&self) -> impl Iterator<Item = &Entry<T>> {
         self.chunks.iter().flatten()
     }
+
+    /// The table hash and slot of every entry held (not free), in slot
+    /// order: what the index is filled from when it grows.
+    fn held(&self) -> impl Iterator<Item = (u64, u32)> + '_ {
+        self.chunks
+            .iter()
+            .flatten()
+            .enumerate()
+            .filter(|(_, e)| e.id != Fingerprint::FREE)
+            .map(|(i, e)| (e.id.table(), i as u32))
+    }
 }
 
 impl<T> std::ops::Index<usize> for Chunks<T> {
@@ -257,11 +268,7 @@ impl<T: Default> IdSlab<T> {
     /// fresh pages (slow on virtual machines) leaves the loop.
     pub fn reserve(&mut self, n: usize) -> bool {
         let entries = &self.entries;
-        if self
-            .index
-            .try_reserve(n, |i| entries[i as usize].id.table())
-            .is_err()
-        {
+        if self.index.try_reserve(n, || entries.held()).is_err() {
             return false;
         }
         match self.entries.try_reserve(n) {
@@ -307,10 +314,11 @@ impl<T: Default> IdSlab<T> {
             self.entries.push(Entry::default());
             u32::try_from(self.entries.len() - 1).expect("fewer than 2^32 slots")
         });
-        self.entries[i as usize].id = fp;
+        // Into the index before the entry holds its id: were the index to
+        // grow, it would be filled from the entries held, and then hold `i` twice.
         let entries = &self.entries;
-        self.index
-            .insert(fp.table(), i, |j| entries[j as usize].id.table());
+        self.index.insert(fp.table(), i, || entries.held());
+        self.entries[i as usize].id = fp;
         (i, true)
     }
 
@@ -651,6 +659,42 @@ mod tests {
         );
         let (i, made) = s.slot_of("new");
         assert!(made && i < 1_000, "a freed slot is taken again");
+    }
+
+    /// The index grows from the slab's entries, not from its old lines: ids
+    /// made through many growths, with free slots among them (some taken
+    /// again, one taken by the very id whose insert grows the index), and a
+    /// reserve past the index's room, are all found with their values, and
+    /// the removed ones are not. (A growth that put an entry twice, or missed
+    /// one, fails the index's count of what it held.)
+    #[test]
+    fn the_index_grows_from_the_slab_with_its_free_slots() {
+        let mut s = IdSlab::<i64>::default();
+        let mut live = std::collections::BTreeMap::new();
+        for n in 0..60_000i64 {
+            let id = format!("o-{n}");
+            let (i, made) = s.slot_of(&id);
+            assert!(made, "{id}");
+            *s.get_mut(i) = n;
+            live.insert(id, n);
+            if n % 5 == 4 {
+                let gone = format!("o-{}", n - 3);
+                s.remove(s.find(&gone).unwrap(), &gone);
+                live.remove(&gone);
+            }
+            if n == 30_000 {
+                assert!(s.reserve(100_000));
+            }
+        }
+        assert_eq!(s.len(), live.len());
+        for n in 0..60_000i64 {
+            let id = format!("o-{n}");
+            assert_eq!(
+                s.find(&id).map(|i| *s.get(i)),
+                live.get(&id).copied(),
+                "{id}"
+            );
+        }
     }
 
     /// Entries keep their slot as chunks are added, and no chunk grows past

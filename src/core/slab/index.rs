@@ -14,7 +14,8 @@
 //! counts it (`overflow`, as folly's F14 does): a look-up goes on past a line
 //! only while that count is not zero, and a removal takes its count back, so
 //! nothing is left behind as a tombstone. The index is full at 7/8 and then grows
-//! by half, which moves every entry once: between about 58% and 87.5% full.
+//! by half, filled anew from the slab's entries (`try_reserve`): between about
+//! 58% and 87.5% full.
 
 /// Slots in a line.
 const WIDTH: usize = 12;
@@ -151,12 +152,17 @@ impl Index {
     }
 
     /// Adds `slot` under `hash`; it must not be there. A full index grows by
-    /// half first (`hasher`: the hash of a slot held).
-    pub fn insert(&mut self, hash: u64, slot: u32, hasher: impl Fn(u32) -> u64) {
+    /// half first, from `held`: every (hash, slot) it holds, `slot` not among them.
+    pub fn insert<I: Iterator<Item = (u64, u32)>>(
+        &mut self,
+        hash: u64,
+        slot: u32,
+        held: impl FnOnce() -> I,
+    ) {
         if self.len >= self.capacity() {
             let more = (self.len / 2).max(WIDTH * 4);
             // Refused, it stops the process as a `Vec` that cannot grow does.
-            if let Err(e) = self.try_reserve(more, &hasher) {
+            if let Err(e) = self.try_reserve(more, held) {
                 panic!("the index of {} ids cannot grow: {e}", self.len);
             }
         }
@@ -218,11 +224,15 @@ impl Index {
     }
 
     /// Room for `additional` more entries without growing; refused memory
-    /// leaves the index as it was.
-    pub fn try_reserve(
+    /// leaves the index as it was. Grown, it is filled anew from `held`: every
+    /// (hash, slot) it holds. From the slab, in slot order, not from the old
+    /// lines: reaching each slot's entry for its hash from the lines was a
+    /// cache miss a slot, a third of the inserts' time (docs/performance.md);
+    /// the slab is read in order.
+    pub fn try_reserve<I: Iterator<Item = (u64, u32)>>(
         &mut self,
         additional: usize,
-        hasher: impl Fn(u32) -> u64,
+        held: impl FnOnce() -> I,
     ) -> Result<(), std::collections::TryReserveError> {
         let total = self.len.saturating_add(additional);
         if total <= self.capacity() {
@@ -235,21 +245,16 @@ impl Index {
         // Before `resize` first writes it: a page is huge only if faulted in so.
         super::huge_pages(&fresh);
         fresh.resize(lines, Line::default());
-        self.move_into(fresh, &hasher);
-        Ok(())
-    }
-
-    fn move_into(&mut self, fresh: Vec<Line>, hasher: &impl Fn(u32) -> u64) {
-        let old = std::mem::replace(&mut self.lines, fresh);
-        self.len = 0;
-        for line in &old {
-            let mut m = line.matches(0) ^ ((1 << WIDTH) - 1);
-            while m != 0 {
-                let slot = line.slots[m.trailing_zeros() as usize];
-                self.put(hasher(slot), slot);
-                m &= m - 1;
-            }
+        let len = std::mem::replace(&mut self.len, 0);
+        self.lines = fresh;
+        for (hash, slot) in held() {
+            self.put(hash, slot);
         }
+        assert_eq!(
+            self.len, len,
+            "the index grew from other entries than it held"
+        );
+        Ok(())
     }
 }
 
@@ -265,6 +270,11 @@ mod tests {
             .rotate_left(29)
     }
 
+    /// What the index holds when it holds `slots`, for its growth.
+    fn held(slots: std::ops::Range<u32>) -> impl Iterator<Item = (u64, u32)> {
+        slots.map(|s| (hash(s), s))
+    }
+
     /// Sized for n, the index takes the lines n needs at 7/8 full and no
     /// more, keeps every entry through the resize, and filling it to n grows
     /// nothing.
@@ -274,15 +284,16 @@ mod tests {
             let mut ix = Index::default();
             // Some entries before the sizing: they move to the new lines.
             for s in 0..(n / 10) as u32 {
-                ix.insert(hash(s), s, hash);
+                ix.insert(hash(s), s, || held(0..s));
             }
-            ix.try_reserve(n - n / 10, hash).unwrap();
+            ix.try_reserve(n - n / 10, || held(0..(n / 10) as u32))
+                .unwrap();
             let sized = ix.allocation_size();
             let ideal = n * 8 / 7 * 64 / WIDTH;
             assert!(sized <= ideal + 64, "{n}: {sized} bytes, ideal {ideal}");
             for s in (n / 10) as u32..n as u32 {
                 assert_eq!(ix.find(hash(s), |t| t == s), None, "{s} before it was put");
-                ix.insert(hash(s), s, hash);
+                ix.insert(hash(s), s, || held(0..s));
             }
             assert_eq!(ix.allocation_size(), sized, "{n}: it grew");
             assert_eq!(ix.len(), n);
@@ -304,7 +315,7 @@ mod tests {
         let mut ix = Index::default();
         let mut emptiest = 1.0f64;
         for s in 0..1_000_000u32 {
-            ix.insert(hash(s), s, hash);
+            ix.insert(hash(s), s, || held(0..s));
             if s > 100_000 {
                 let slots = ix.lines.len() * WIDTH;
                 emptiest = emptiest.min(f64::from(s + 1) / slots as f64);
@@ -315,7 +326,7 @@ mod tests {
             assert_eq!(ix.find(hash(s), |t| t == s), Some(s));
         }
         let before = ix.allocation_size();
-        ix.try_reserve(0, hash).unwrap();
+        ix.try_reserve(0, || held(0..1_000_000)).unwrap();
         assert_eq!(ix.allocation_size(), before);
     }
 
@@ -335,7 +346,8 @@ mod tests {
                 }
             };
             let mut ix = Index::default();
-            ix.try_reserve(64 * WIDTH * 7 / 8, h).unwrap();
+            ix.try_reserve(64 * WIDTH * 7 / 8, std::iter::empty)
+                .unwrap();
             let mut model: HashMap<u32, ()> = HashMap::new();
             let mut state = 0x2545_F491_4F6C_DD1Du64;
             for _ in 0..200_000 {
@@ -344,8 +356,9 @@ mod tests {
                 state ^= state << 17;
                 let s = (state % 1_500) as u32;
                 if state >> 63 == 0 && model.len() < 600 {
-                    if model.insert(s, ()).is_none() {
-                        ix.insert(h(s), s, h);
+                    if !model.contains_key(&s) {
+                        ix.insert(h(s), s, || model.keys().map(|&t| (h(t), t)));
+                        model.insert(s, ());
                     }
                 } else {
                     assert_eq!(ix.remove(h(s), s), model.remove(&s).is_some(), "{s}");
