@@ -41,7 +41,7 @@ fn main() {
     // A tick is a commit (the partial sums handed to the aggregation stage)
     // and maybe an emission. The loop commits every `commit_interval` (100 ms
     // by default) and so ticks the engine then, not per poll batch: at the
-    // 0.9 – 1.7 M events/s measured end to end and here, 90,000 – 170,000
+    // 0.9 – 1.9 M events/s measured end to end and here, 90,000 – 190,000
     // records a commit. Counted in records, so that every run does the same
     // work. (Until the eighth session: 10,000, docs/performance.md.)
     let commit_records: usize = std::env::var("COMMIT_RECORDS")
