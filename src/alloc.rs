@@ -9,7 +9,7 @@
 //! on these VMs fresh huge pages are slow to fault in, and the short-lived
 //! memory of a catch-up (librdkafka's fetch buffers and messages) kept
 //! faulting in fresh ones (up to 45% of the rate, docs/performance.md). The
-//! state's big tables ask for huge pages themselves (`core::slab`).
+//! state's big tables ask for huge pages themselves (`core::slab::chunks`).
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -243,7 +243,7 @@ impl Index {
         let mut fresh: Vec<Line> = Vec::new();
         fresh.try_reserve_exact(lines)?;
         // Before `resize` first writes it: a page is huge only if faulted in so.
-        super::huge_pages(&fresh);
+        super::chunks::huge_pages(&fresh);
         fresh.resize(lines, Line::default());
         let len = std::mem::replace(&mut self.len, 0);
         self.lines = fresh;
