@@ -4,12 +4,13 @@
 # Firefox ESR and Node.js for the browser tests, a JDK 17 and Maven for Apache
 # Kafka, whose jars Maven then resolves from Maven Central (tests/kafka/pom.xml;
 # kept in ~/.m2 after the first time), and puppeteer-core from the npm registry
-# (tests/browser/package-lock.json).
+# (tests/browser/package-lock.json). gdb: a failed end-to-end test prints the
+# stacks of the job's threads with it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
-for pkg in build-essential pkg-config libssl-dev zlib1g-dev prometheus python3-yaml maven chromium firefox-esr; do
+for pkg in build-essential pkg-config libssl-dev zlib1g-dev prometheus python3-yaml maven chromium firefox-esr gdb; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 # Node.js and npm, for the browser test: any already on PATH will do.

@@ -44,6 +44,29 @@ pub(crate) fn start_instance(
 
 /// The last `n` lines of a log, without the milestone lines (one per milestone
 /// after every restore) that would crowd out what went wrong.
+/// Every thread's stack of a running process, from gdb: a job that stopped
+/// making progress shows there what it waits for (its log stops at the wait).
+fn thread_stacks(pid: u32) -> String {
+    let out = Command::new("timeout")
+        .args(["60", "gdb", "-p", &pid.to_string(), "-batch", "-nx"])
+        .args(["-ex", "set print frame-arguments none", "-ex", "thread apply all bt 25"])
+        .stdin(Stdio::null())
+        .output();
+    match out {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter(|l| l.starts_with('#') || l.starts_with("Thread "))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        Ok(o) => format!(
+            "gdb could not read them ({}): {}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr)
+        ),
+        Err(e) => format!("no gdb to read them ({e}): install gdb for the stacks of a job that stopped"),
+    }
+}
+
 pub(crate) fn log_tail(path: &std::path::Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text
@@ -107,8 +130,16 @@ impl<'a> Instances<'a> {
     pub(crate) fn logs(&self) -> String {
         (0..self.ids.len())
             .map(|i| {
+                let stacks = match &self.jobs[i] {
+                    Some(job) => format!(
+                        "--- where the threads of instance {} are ---\n{}\n",
+                        self.ids[i],
+                        thread_stacks(job.0.id())
+                    ),
+                    None => String::new(),
+                };
                 format!(
-                    "--- log of instance {} (end) ---\n{}",
+                    "{stacks}--- log of instance {} (end) ---\n{}",
                     self.ids[i],
                     log_tail(&self.log(i), 60)
                 )
