@@ -19,6 +19,7 @@ use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 mod recovery;
+pub mod watchdog;
 
 use crate::config::{Config, TopicNames};
 use crate::core::batch_log;

@@ -104,6 +104,10 @@ pub struct MetricsConfig {
     /// instance: a reader of the output topics on its own thread. With many
     /// instances, a few screens (or `gmv screen`) spare the brokers a reader each.
     pub screen: bool,
+    /// The process exits (status 70) when the processing loop has not turned
+    /// for this long, so that a supervisor starts it again (`app/watchdog.rs`:
+    /// librdkafka calls that never return). 0: never.
+    pub exit_after_silent_ms: i64,
 }
 
 /// Sizing of the in-memory state.
@@ -245,6 +249,7 @@ impl Default for MetricsConfig {
             listen: "127.0.0.1:9100".into(),
             top_n: 10,
             screen: true,
+            exit_after_silent_ms: crate::app::watchdog::EXIT_AFTER_SILENT_MS,
         }
     }
 }
@@ -428,6 +433,12 @@ impl Config {
             p.push(format!(
                 "metrics.top_n must be at most 100 (one series each), got {}",
                 self.metrics.top_n
+            ));
+        }
+        if self.metrics.exit_after_silent_ms < 0 {
+            p.push(format!(
+                "metrics.exit_after_silent_ms must be 0 (never) or positive, got {}",
+                self.metrics.exit_after_silent_ms
             ));
         }
         if p.is_empty() {

@@ -247,6 +247,14 @@ fn small_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// `gmv run`: metrics server and signal handling on a small runtime, the loop on this thread.
 fn run_job(cfg: &Config) -> anyhow::Result<()> {
     let handles = Handles::new();
+    // From the start: the first calls to the broker are made before the loop.
+    if cfg.metrics.exit_after_silent_ms > 0 {
+        gmv::app::watchdog::start(
+            handles.heartbeat_ms.clone(),
+            handles.shutdown.clone(),
+            cfg.metrics.exit_after_silent_ms,
+        );
+    }
     let runtime = small_runtime()?;
     let addr = cfg.metrics.listen.parse().context("metrics.listen")?;
     let screen = cfg

@@ -620,6 +620,43 @@ fn the_broker_paused_for_30_s_changes_no_result_and_the_job_keeps_running() {
     });
 }
 
+/// A loop that stops turning for longer than `metrics.exit_after_silent_ms`
+/// ends the process with status 70, saying why, for a supervisor to start it
+/// again (`app/watchdog.rs`: librdkafka calls that never return). Here the
+/// broker is paused before the job starts, so the job's first call to it
+/// waits past the limit (3 s).
+#[test]
+fn a_loop_silent_past_its_limit_ends_the_process_for_a_restart() {
+    let stage = Stage::own_broker("watchdog");
+    let broker = stage.own.as_ref().expect("a broker of its own");
+    let config = stage.dir.join("watchdog.toml");
+    let settings = std::fs::read_to_string(&stage.config).unwrap();
+    // [metrics] is the last table of the test's config.
+    std::fs::write(&config, format!("{settings}exit_after_silent_ms = 3000\n")).unwrap();
+    let log = stage.dir.join("w.log");
+    broker.pause();
+    let mut job = start_instance(&config, "w", None, Some(&log));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = job.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the job still runs a minute after its loop went silent:\n{}",
+            log_tail(&log, 30)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    broker.resume();
+    let said = log_tail(&log, 30);
+    assert_eq!(status.code(), Some(70), "exit status\n{said}");
+    assert!(
+        said.contains("the processing loop has not turned for"),
+        "the job did not say why it exited:\n{said}"
+    );
+}
+
 /// The group session lost: the job itself paused (SIGSTOP) for longer than
 /// its session timeout, with traffic flowing, so the group moves on without
 /// it and the broker ends its open transaction. Resumed, it rejoins, restores

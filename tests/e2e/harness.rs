@@ -369,7 +369,7 @@ pub(crate) type InputWriter =
 /// temporary folder goes when it is dropped.
 pub(crate) struct Stage {
     /// The test's own broker, when it stops or restarts it.
-    own: Option<Kafka>,
+    pub(crate) own: Option<Kafka>,
     pub(crate) brokers: String,
     /// The topic names and group the job's config holds.
     pub(crate) cfg: Config,

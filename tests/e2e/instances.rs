@@ -49,7 +49,12 @@ pub(crate) fn start_instance(
 fn thread_stacks(pid: u32) -> String {
     let out = Command::new("timeout")
         .args(["60", "gdb", "-p", &pid.to_string(), "-batch", "-nx"])
-        .args(["-ex", "set print frame-arguments none", "-ex", "thread apply all bt 25"])
+        .args([
+            "-ex",
+            "set print frame-arguments none",
+            "-ex",
+            "thread apply all bt 25",
+        ])
         .stdin(Stdio::null())
         .output();
     match out {
@@ -63,7 +68,9 @@ fn thread_stacks(pid: u32) -> String {
             o.status,
             String::from_utf8_lossy(&o.stderr)
         ),
-        Err(e) => format!("no gdb to read them ({e}): install gdb for the stacks of a job that stopped"),
+        Err(e) => {
+            format!("no gdb to read them ({e}): install gdb for the stacks of a job that stopped")
+        }
     }
 }
 
