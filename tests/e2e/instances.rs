@@ -42,8 +42,6 @@ pub(crate) fn start_instance(
     Proc(cmd.stderr(stderr).spawn().expect("starting gmv run"))
 }
 
-/// The last `n` lines of a log, without the milestone lines (one per milestone
-/// after every restore) that would crowd out what went wrong.
 /// Every thread's stack of a running process, from gdb: a job that stopped
 /// making progress shows there what it waits for (its log stops at the wait).
 fn thread_stacks(pid: u32) -> String {
@@ -74,6 +72,8 @@ fn thread_stacks(pid: u32) -> String {
     }
 }
 
+/// The last `n` lines of a log, without the milestone lines (one per milestone
+/// after every restore) that would crowd out what went wrong.
 pub(crate) fn log_tail(path: &std::path::Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text
