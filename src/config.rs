@@ -106,7 +106,7 @@ pub struct MetricsConfig {
     pub screen: bool,
     /// The process exits (status 70) when the processing loop has not turned
     /// for this long, so that a supervisor starts it again (`app/watchdog.rs`:
-    /// librdkafka calls that never return). 0: never.
+    /// librdkafka calls that never return). 0: never; otherwise at least 1,000.
     pub exit_after_silent_ms: i64,
 }
 
@@ -435,10 +435,11 @@ impl Config {
                 self.metrics.top_n
             ));
         }
-        if self.metrics.exit_after_silent_ms < 0 {
+        // Below a second, a commit or the start itself would end the process.
+        let silent = self.metrics.exit_after_silent_ms;
+        if silent != 0 && silent < 1_000 {
             p.push(format!(
-                "metrics.exit_after_silent_ms must be 0 (never) or positive, got {}",
-                self.metrics.exit_after_silent_ms
+                "metrics.exit_after_silent_ms must be 0 (never) or at least 1000, got {silent}"
             ));
         }
         if p.is_empty() {
@@ -572,8 +573,10 @@ mod tests {
         c.metrics.listen = "nowhere".into();
         c.kafka.commit_interval_ms = 5;
         c.state.expected_orders = MAX_EXPECTED_ORDERS + 1;
+        c.metrics.exit_after_silent_ms = 999;
         let p = c.validate().unwrap_err();
-        assert_eq!(p.len(), 6, "{p:#?}");
+        assert_eq!(p.len(), 7, "{p:#?}");
+        assert!(p.iter().any(|m| m.contains("metrics.exit_after_silent_ms")));
         assert!(p.iter().any(|m| m.contains("state.expected_orders")));
         assert!(p.iter().any(|m| m.contains("kafka.commit_interval_ms")));
         assert!(p.iter().any(|m| m.contains("time.join_timeout_ms")));
