@@ -83,6 +83,22 @@ pub(crate) fn log_tail(path: &std::path::Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// Waits up to `within` for `job` to exit; panics with `still_runs()` if it has not.
+pub(crate) fn wait_for_exit(
+    job: &mut Proc,
+    within: Duration,
+    still_runs: impl Fn() -> String,
+) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = job.0.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "{}", still_runs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// SIGTERM: the instance commits, leaves the group and exits 0.
 pub(crate) fn stop_cleanly(mut job: Proc, id: &str) {
     Command::new("kill")

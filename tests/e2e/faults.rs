@@ -1,0 +1,226 @@
+//! End-to-end tests of faults: the broker stopped, paused, the job's loop
+//! stuck, its group session lost, an input partition quiet, a restore that
+//! cannot finish. The job rides each out by itself, with exact results, or
+//! ends as a supervisor needs it to.
+
+use super::*;
+
+/// The broker stopped (cleanly) while the job runs with traffic flowing, and
+/// started again some seconds later: the job rides it out, and the results
+/// are exact for a read_committed reader.
+#[test]
+fn the_broker_stopped_and_restarted_between_commits_changes_no_result() {
+    broker_fault("brokerrestart", "the broker restarted", |broker| {
+        println!("stopping the broker");
+        broker.stop();
+        std::thread::sleep(Duration::from_secs(5));
+        println!("starting the broker again");
+        broker.restart();
+    });
+}
+
+/// The broker paused (SIGSTOP) for 30 s with traffic flowing: longer than the
+/// job's group session (6 s here) and its transaction timeout (10 s). The job
+/// rides it out by itself, without a restart, and the results are exact.
+#[test]
+fn the_broker_paused_for_30_s_changes_no_result_and_the_job_keeps_running() {
+    broker_fault("brokerpause", "the broker paused for 30 s", |broker| {
+        println!("pausing the broker for 30 s");
+        broker.pause();
+        std::thread::sleep(Duration::from_secs(30));
+        broker.resume();
+        println!("broker resumed");
+    });
+}
+
+/// A loop that stops turning for longer than `metrics.exit_after_silent_ms`
+/// ends the process with status 70, saying why, for a supervisor to start it
+/// again (`app/watchdog.rs`: librdkafka calls that never return). Here the
+/// broker is paused before the job starts, so the job's first call to it
+/// waits past the limit (3 s).
+#[test]
+fn a_loop_silent_past_its_limit_ends_the_process_for_a_restart() {
+    let stage = Stage::own_broker("watchdog");
+    let broker = stage.own.as_ref().expect("a broker of its own");
+    let config = stage.dir.join("watchdog.toml");
+    let settings = std::fs::read_to_string(&stage.config).unwrap();
+    // [metrics] is the last table of the test's config.
+    std::fs::write(&config, format!("{settings}exit_after_silent_ms = 3000\n")).unwrap();
+    let log = stage.dir.join("w.log");
+    broker.pause();
+    let mut job = start_instance(&config, "w", None, Some(&log));
+    let status = wait_for_exit(&mut job, Duration::from_secs(60), || {
+        format!(
+            "the job still runs a minute after its loop went silent:\n{}",
+            log_tail(&log, 30)
+        )
+    });
+    broker.resume();
+    let said = log_tail(&log, 30);
+    assert_eq!(status.code(), Some(70), "exit status\n{said}");
+    assert!(
+        said.contains("the processing loop has not turned for"),
+        "the job did not say why it exited:\n{said}"
+    );
+}
+
+/// The group session lost: the job itself paused (SIGSTOP) for longer than
+/// its session timeout, with traffic flowing, so the group moves on without
+/// it and the broker ends its open transaction. Resumed, it rejoins, restores
+/// its tasks and goes on, as Kafka Streams does with a migrated task, instead
+/// of exiting; the results are exact.
+#[test]
+fn an_instance_that_lost_its_session_rejoins_and_the_results_stay_exact() {
+    let (seed, _) = chaos_rng("session lost");
+    let stage = Stage::new("sessionlost");
+    let (want, writer) = traffic_in_background(&stage, seed, 150_000, 5_000);
+    let mut cluster = Instances::new(&stage, &["a"]);
+    cluster.start(0);
+    cluster.wait_until_every_task_is_owned();
+    std::thread::sleep(Duration::from_secs(3));
+    let pid = cluster.pid(0);
+    println!("pausing the instance for 15 s (session timeout 6 s, transaction timeout 10 s)");
+    signal(&pid, "-STOP");
+    std::thread::sleep(Duration::from_secs(15));
+    signal(&pid, "-CONT");
+    writer.join().unwrap();
+    assert_exact(
+        &stage,
+        &cluster,
+        &want,
+        "after the instance lost its session",
+    );
+    cluster.assert_alive(0, "after it lost its session");
+}
+
+/// Input partition 0 quiet for far longer than idle_timeout (3 s here) while
+/// the others flow, then back: the others' windows close without it, it holds
+/// nothing back while quiet, nothing it brings when back is late, and the
+/// results are exact. (Records are written to partitions 1 to 3 by a hash of
+/// their key, the same in every topic, so co-partitioning holds; partition 0
+/// gets the records of the last third of the traffic only.)
+#[test]
+fn a_quiet_partition_neither_holds_back_nor_closes_the_windows_of_the_others() {
+    let stage = Stage::new("quiet");
+    let records: Vec<_> = Traffic::new(test_traffic(21)).take(90_000).collect();
+    let back_at = records.len() * 2 / 3;
+    let partition_of = |key: &str, i: usize| -> Option<i32> {
+        let h = key.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x100000001b3)
+        });
+        let p = (h % PARTITIONS as u64) as i32;
+        (p != 0 || i >= back_at).then_some(p)
+    };
+    let sent: Vec<(i32, &gmv::gen::traffic::GeneratedRecord)> = records
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| Some((partition_of(r.key.as_deref()?, i)?, r)))
+        .collect();
+    let good: Vec<(String, Value)> = sent
+        .iter()
+        .filter(|(_, r)| !matches!(r.kind, RecordKind::Bad(_)))
+        .map(|(_, r)| {
+            (
+                r.topic.label().to_string(),
+                serde_json::from_slice(&r.value).unwrap(),
+            )
+        })
+        .collect();
+    let want = reference(&good);
+    let mut cluster = Instances::new(&stage, &["a"]);
+    cluster.start(0);
+    cluster.wait_until_every_task_is_owned();
+    let p = stage.producer();
+    let started = Instant::now();
+    for (i, (partition, r)) in sent.iter().enumerate() {
+        let mut record = rdkafka::producer::BaseRecord::to(stage.input(r.topic))
+            .key(r.key.as_deref().unwrap())
+            .payload(&r.value[..])
+            .partition(*partition);
+        while let Err((e, back)) = p.send(record) {
+            assert!(
+                matches!(
+                    e,
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::error::RDKafkaErrorCode::QueueFull
+                    )
+                ),
+                "{e}"
+            );
+            record = back;
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        // 6,000 records/s: the quiet stretch lasts about 10 s of wall time.
+        if let Some(ahead) =
+            Duration::from_micros(i as u64 * 1_000_000 / 6_000).checked_sub(started.elapsed())
+        {
+            std::thread::sleep(ahead);
+        }
+    }
+    p.flush(Duration::from_secs(60)).unwrap();
+    assert_exact(&stage, &cluster, &want, "with a quiet partition");
+    let metrics = http_get(cluster.ports[0], "/metrics");
+    assert_eq!(
+        metric_sum(&metrics, "gmv_late_partials_total"),
+        0.0,
+        "no partial sum reached a closed bucket"
+    );
+    cluster.assert_alive(0, "with a quiet partition");
+}
+
+/// A restore that cannot finish: a transaction left open on a changelog
+/// partition holds its last stable offset back (for that producer's 15-minute
+/// transaction timeout), and the restore waits for it. `/healthz` stays
+/// healthy past its 30 s stall limit while the restore waits, and SIGTERM
+/// stops the process promptly, exit 0.
+#[test]
+fn a_long_restore_stays_healthy_and_sigterm_stops_it_promptly() {
+    use rdkafka::producer::{BaseRecord, ThreadedProducer};
+    let stage = Stage::new("longrestore");
+    let open: ThreadedProducer<rdkafka::producer::DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", &stage.brokers)
+        .set("transactional.id", "e2e-longrestore-open")
+        .set("transaction.timeout.ms", "900000")
+        .create()
+        .unwrap();
+    open.init_transactions(Duration::from_secs(30)).unwrap();
+    open.begin_transaction().unwrap();
+    open.send(
+        BaseRecord::to(&stage.cfg.topics.attribution_changelog)
+            .partition(0)
+            .key("left-open")
+            .payload("x"),
+    )
+    .map_err(|(e, _)| e)
+    .unwrap();
+    open.flush(Duration::from_secs(30)).unwrap();
+
+    let job = start_job(&stage.config);
+    wait_for_port(
+        stage.metrics_port,
+        Duration::from_secs(30),
+        "the job's metrics server",
+    );
+    let until = Instant::now() + Duration::from_secs(40);
+    while Instant::now() < until {
+        let health = http_get(stage.metrics_port, "/healthz");
+        assert!(
+            health.starts_with("ok"),
+            "/healthz during the restore: {health}"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let metrics = http_get(stage.metrics_port, "/metrics");
+    assert!(
+        metric_sum(&metrics, "gmv_rebalances_total") >= 1.0,
+        "the restore began"
+    );
+    assert_eq!(metric_sum(&metrics, "gmv_tasks"), 0.0, "and has not ended");
+    let mut job = job;
+    signal(&job.0.id().to_string(), "-TERM");
+    let status = wait_for_exit(&mut job, Duration::from_secs(10), || {
+        "SIGTERM during a restore did not stop the process within 10 s".into()
+    });
+    assert!(status.success(), "stopped during a restore: {status}");
+    open.abort_transaction(Duration::from_secs(30)).unwrap();
+}
