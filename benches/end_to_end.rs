@@ -28,7 +28,6 @@ use std::time::{Duration, Instant};
 use gmv::config::Config;
 use gmv::gen::traffic::{RecordKind, Traffic, TrafficConfig};
 use rdkafka::message::Message;
-use rdkafka::producer::Producer;
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -124,7 +123,7 @@ fn main() {
     for r in stream.as_mut().unwrap().by_ref().take(n) {
         gmv::gen::writer::send(&producer, r.topic.label(), r.key.as_deref(), &r.value).unwrap();
     }
-    producer.flush(Duration::from_secs(120)).unwrap();
+    gmv::gen::writer::finish(&producer).unwrap();
     println!("produced {n} records in {:.1} s", t.elapsed().as_secs_f64());
 
     let run_named = |interval, name| Run {
@@ -441,7 +440,7 @@ fn latency(
     brokers: &str,
     totals_topic: &str,
     metrics_port: u16,
-    producer: &rdkafka::producer::ThreadedProducer<rdkafka::producer::DefaultProducerContext>,
+    producer: &gmv::gen::writer::InputProducer,
     stream: Traffic,
     rate: u64,
     records: usize,
@@ -472,7 +471,7 @@ fn latency(
                     }
                 }
             }
-            producer.flush(Duration::from_secs(30)).unwrap();
+            gmv::gen::writer::finish(producer).unwrap();
             (order_sent, stream)
         });
         let mut updates: Vec<(Instant, u64)> = Vec::new();

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use gmv::config::Config;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::Producer;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientConfig;
 
@@ -50,7 +49,7 @@ fn main() {
         gmv::gen::writer::send(&producer, "orders", Some(&format!("o{i:09}")), v.as_bytes())
             .unwrap();
     }
-    producer.flush(Duration::from_secs(120)).unwrap();
+    gmv::gen::writer::finish(&producer).unwrap();
     println!("wrote {keys} orders");
 
     let gmv = env!("CARGO_BIN_EXE_gmv");

@@ -80,7 +80,7 @@ fn job_output_matches_independent_totals_and_survives_a_restart() {
         .unwrap();
         *bad_by_reason.entry(reason.to_string()).or_default() += 1;
     }
-    producer.flush(Duration::from_secs(30)).unwrap();
+    gmv::gen::writer::finish(&producer).unwrap();
     let want = reference(&good);
     assert!(
         !want.milestones.is_empty(),
@@ -184,7 +184,7 @@ fn job_output_matches_independent_totals_and_survives_a_restart() {
         &serde_json::to_vec(&late).unwrap(),
     )
     .unwrap();
-    producer.flush(Duration::from_secs(30)).unwrap();
+    gmv::gen::writer::finish(&producer).unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     while !again.dead_letters.iter().any(|d| d["reason"] == "late") {
         assert!(
@@ -316,7 +316,7 @@ fn hostile_input_is_dead_lettered_or_bounded_and_every_valid_record_counts() {
         valid(Orders, order(&id, &id, None));
         valid(Payments, pay(&id, &id, json!(t)));
     }
-    producer.flush(Duration::from_secs(60)).unwrap();
+    gmv::gen::writer::finish(&producer).unwrap();
     let want = reference(&good);
 
     let mut job = start_job(&stage.config);

@@ -1,12 +1,15 @@
 //! Writes generated traffic to the input topics at a target rate, keyed by
 //! `order_id` and partitioned with murmur2 as the Java client does.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::message::DeliveryResult;
+use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientContext, Message};
 
 use super::traffic::{RecordKind, Traffic, TrafficConfig};
 use crate::config::Config;
@@ -32,8 +35,38 @@ pub struct WriteReport {
     pub bytes: u64,
 }
 
+/// The generator's producer.
+pub type InputProducer = ThreadedProducer<Deliveries>;
+
+/// Counts the records the brokers never took, so that a write which lost some
+/// says so (`finish`) instead of ending as if every record arrived.
+pub struct Deliveries {
+    failed: AtomicU64,
+    first_failure: Mutex<Option<String>>,
+    /// The producer's `message.timeout.ms`: by then every record is delivered or failed.
+    delivery_timeout: Duration,
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, msg)) = result {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+            if let Ok(mut f) = self.first_failure.lock() {
+                f.get_or_insert_with(|| format!("to {}: {e}", msg.topic()));
+            }
+        }
+    }
+}
+
+/// librdkafka's default `message.timeout.ms`.
+const DEFAULT_DELIVERY_TIMEOUT_MS: u64 = 300_000;
+
 /// The producer settings upstream producers are expected to use (contract: murmur2 of the key).
-pub fn producer(cfg: &Config) -> anyhow::Result<ThreadedProducer<DefaultProducerContext>> {
+pub fn producer(cfg: &Config) -> anyhow::Result<InputProducer> {
     let ours = [
         ("partitioner", "murmur2_random"),
         ("linger.ms", "10"),
@@ -41,15 +74,50 @@ pub fn producer(cfg: &Config) -> anyhow::Result<ThreadedProducer<DefaultProducer
         ("queue.buffering.max.messages", "1000000"),
         ("enable.idempotence", "true"),
     ];
-    crate::io::client_config(&cfg.kafka, &ours, &cfg.kafka.producer_properties)
-        .create()
+    let config = crate::io::client_config(&cfg.kafka, &ours, &cfg.kafka.producer_properties);
+    let timeout_ms = match config.get("message.timeout.ms") {
+        Some(ms) => ms
+            .parse()
+            .with_context(|| format!("message.timeout.ms {ms:?} is not a number of ms"))?,
+        None => DEFAULT_DELIVERY_TIMEOUT_MS,
+    };
+    config
+        .create_with_context(Deliveries {
+            failed: AtomicU64::new(0),
+            first_failure: Mutex::new(None),
+            delivery_timeout: Duration::from_millis(timeout_ms),
+        })
         .context("creating the generator's Kafka producer")
+}
+
+/// Waits until every record sent is delivered or has failed, and fails if any
+/// failed. The wait is the producer's own delivery timeout (plus a margin for
+/// the last callbacks), not a shorter guess: after a broker outage the queued
+/// records may take minutes and still arrive.
+pub fn finish(p: &InputProducer) -> anyhow::Result<()> {
+    let deliveries = p.context();
+    p.flush(deliveries.delivery_timeout + Duration::from_secs(10))
+        .context("waiting for the generated records' deliveries")?;
+    let failed = deliveries.failed.load(Ordering::Relaxed);
+    if failed > 0 {
+        let first = deliveries
+            .first_failure
+            .lock()
+            .map(|f| f.clone())
+            .ok()
+            .flatten();
+        anyhow::bail!(
+            "{failed} generated records were not delivered; the first {}",
+            first.unwrap_or_default()
+        );
+    }
+    Ok(())
 }
 
 /// Sends one record, waiting while the local queue is full. (A key is bytes:
 /// tests send keys that are not UTF-8.)
 pub fn send<K: AsRef<[u8]> + ?Sized>(
-    p: &ThreadedProducer<DefaultProducerContext>,
+    p: &InputProducer,
     topic: &str,
     key: Option<&K>,
     value: &[u8],
@@ -123,8 +191,44 @@ pub fn write(
         }
     }
     bar.set_position(report.records);
-    p.flush(Duration::from_secs(60))
-        .context("flushing generated traffic")?;
+    finish(&p)?;
     bar.finish_with_message("done");
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::mocking::MockCluster;
+
+    use super::*;
+
+    fn config(cluster_brokers: String, timeout_ms: &str) -> Config {
+        let mut cfg = Config::default();
+        cfg.kafka.brokers = cluster_brokers;
+        cfg.kafka
+            .producer_properties
+            .insert("message.timeout.ms".into(), timeout_ms.into());
+        cfg
+    }
+
+    #[test]
+    fn finish_fails_when_records_were_not_delivered_and_passes_when_they_were() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("orders", 1, 1).unwrap();
+        let p = producer(&config(cluster.bootstrap_servers(), "1000")).unwrap();
+        send(&p, "orders", Some("o-1"), b"{}").unwrap();
+        finish(&p).unwrap();
+
+        cluster.broker_down(1).unwrap();
+        send(&p, "orders", Some("o-2"), b"{}").unwrap();
+        send(&p, "orders", Some("o-3"), b"{}").unwrap();
+        let err = format!("{:#}", finish(&p).unwrap_err());
+        assert!(err.starts_with("2 generated records were not delivered"), "{err}");
+    }
+
+    #[test]
+    fn a_delivery_timeout_that_is_not_a_number_is_refused() {
+        let err = producer(&config("localhost:1".into(), "5s")).err().unwrap();
+        assert!(format!("{err:#}").contains("message.timeout.ms \"5s\""), "{err:#}");
+    }
 }

@@ -157,7 +157,7 @@ fn a_quiet_partition_neither_holds_back_nor_closes_the_windows_of_the_others() {
             std::thread::sleep(ahead);
         }
     }
-    p.flush(Duration::from_secs(60)).unwrap();
+    gmv::gen::writer::finish(&p).unwrap();
     assert_exact(&stage, &cluster, &want, "with a quiet partition");
     let metrics = http_get(cluster.ports[0], "/metrics");
     assert_eq!(

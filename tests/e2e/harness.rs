@@ -13,7 +13,6 @@ use gmv::config::{Config, TopicNames};
 use gmv::gen::traffic::{RecordKind, Traffic, TrafficConfig};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::Producer;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientConfig;
 use serde_json::Value;
@@ -361,9 +360,6 @@ pub(crate) fn committed_offsets(stage: &Stage) -> PartitionCounts {
     out
 }
 
-pub(crate) type InputWriter =
-    rdkafka::producer::ThreadedProducer<rdkafka::producer::DefaultProducerContext>;
-
 /// A test's topics (named `{name}.orders`, …) and group on the suite's
 /// broker, or on a broker of its own, and the job's config for them; the
 /// temporary folder goes when it is dropped.
@@ -434,11 +430,15 @@ impl Stage {
     }
 
     /// Sends a generated record to this test's input topic.
-    pub(crate) fn send(&self, p: &InputWriter, r: &gmv::gen::traffic::GeneratedRecord) {
+    pub(crate) fn send(
+        &self,
+        p: &gmv::gen::writer::InputProducer,
+        r: &gmv::gen::traffic::GeneratedRecord,
+    ) {
         gmv::gen::writer::send(p, self.input(r.topic), r.key.as_deref(), &r.value).unwrap();
     }
 
-    pub(crate) fn producer(&self) -> InputWriter {
+    pub(crate) fn producer(&self) -> gmv::gen::writer::InputProducer {
         gmv::gen::writer::producer(&self.cfg).unwrap()
     }
 }
@@ -512,7 +512,7 @@ pub(crate) fn traffic_in_background(
                 std::thread::sleep(ahead);
             }
         }
-        p.flush(Duration::from_secs(60)).unwrap();
+        gmv::gen::writer::finish(&p).unwrap();
     });
     (want, writer)
 }
