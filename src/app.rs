@@ -91,7 +91,10 @@ impl Default for Handles {
     }
 }
 
-/// Sets `flag` on SIGINT or SIGTERM, so loops stop consuming, flush and commit.
+/// Sets `flag` on SIGINT or SIGTERM, so loops stop consuming, flush and
+/// commit. A second signal ends the process at once (status 130), for an
+/// operator who will not wait for a broker that is gone: the job then
+/// restarts from its last commit, as after a crash.
 pub fn stop_on_signal(flag: Arc<AtomicBool>) -> anyhow::Result<()> {
     std::thread::Builder::new()
         .name("signals".into())
@@ -104,13 +107,19 @@ pub fn stop_on_signal(flag: Arc<AtomicBool>) -> anyhow::Result<()> {
                 let mut term =
                     tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
                         .expect("SIGTERM handler");
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+                for signals in 1.. {
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = term.recv() => {}
+                    }
+                    if signals > 1 {
+                        tracing::warn!("second signal: exiting now, without finishing");
+                        std::process::exit(130);
+                    }
+                    tracing::info!("signal received: stopping (a second one exits at once)");
+                    flag.store(true, Ordering::Relaxed);
                 }
             });
-            tracing::info!("signal received: stopping");
-            flag.store(true, Ordering::Relaxed);
         })
         .context("starting the signal thread")?;
     Ok(())

@@ -223,12 +223,18 @@ mod tests {
         send(&p, "orders", Some("o-2"), b"{}").unwrap();
         send(&p, "orders", Some("o-3"), b"{}").unwrap();
         let err = format!("{:#}", finish(&p).unwrap_err());
-        assert!(err.starts_with("2 generated records were not delivered"), "{err}");
+        assert!(
+            err.starts_with("2 generated records were not delivered"),
+            "{err}"
+        );
     }
 
     #[test]
     fn a_delivery_timeout_that_is_not_a_number_is_refused() {
         let err = producer(&config("localhost:1".into(), "5s")).err().unwrap();
-        assert!(format!("{err:#}").contains("message.timeout.ms \"5s\""), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("message.timeout.ms \"5s\""),
+            "{err:#}"
+        );
     }
 }

@@ -1,7 +1,8 @@
 //! End-to-end tests of faults: the broker stopped, paused, the job's loop
 //! stuck, its group session lost, an input partition quiet, a restore that
-//! cannot finish. The job rides each out by itself, with exact results, or
-//! ends as a supervisor needs it to.
+//! cannot finish, a stop that waits for a broker gone. The job rides each out
+//! by itself, with exact results, or ends as a supervisor or an operator
+//! needs it to.
 
 use super::*;
 
@@ -61,6 +62,60 @@ fn a_loop_silent_past_its_limit_ends_the_process_for_a_restart() {
     assert!(
         said.contains("the processing loop has not turned for"),
         "the job did not say why it exited:\n{said}"
+    );
+}
+
+/// A signal asks a process to finish its work: `gmv generate` then waits for
+/// the records it sent to be delivered, which a paused broker holds back. A
+/// second signal ends it at once, status 130, for an operator who will not
+/// wait (`app::stop_on_signal`; the job takes the same path).
+#[test]
+fn a_second_signal_ends_a_process_that_waits_for_the_broker() {
+    let stage = Stage::own_broker("twosignals");
+    let broker = stage.own.as_ref().expect("a broker of its own");
+    let log = stage.dir.join("g.log");
+    let mut generator = Proc(
+        gmv()
+            .args(["generate", "--quiet", "--rate", "2000", "--config"])
+            .arg(&stage.config)
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("starting gmv generate"),
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    // Records sent from now on wait for the broker.
+    broker.pause();
+    std::thread::sleep(Duration::from_secs(1));
+    let pid = generator.0.id().to_string();
+    signal(&pid, "-INT");
+    std::thread::sleep(Duration::from_secs(3));
+    let first = generator.0.try_wait().unwrap();
+    if first.is_some() {
+        broker.resume();
+    }
+    assert!(
+        first.is_none(),
+        "the generator ended ({first:?}) at the first signal, its records not delivered:\n{}",
+        log_tail(&log, 20)
+    );
+    signal(&pid, "-INT");
+    let status = wait_for_exit(&mut generator, Duration::from_secs(10), || {
+        format!(
+            "the generator still runs 10 s after the second signal:\n{}",
+            log_tail(&log, 20)
+        )
+    });
+    broker.resume();
+    assert_eq!(
+        status.code(),
+        Some(130),
+        "exit status\n{}",
+        log_tail(&log, 20)
+    );
+    assert!(
+        log_tail(&log, 20).contains("second signal"),
+        "it did not say why it exited:\n{}",
+        log_tail(&log, 20)
     );
 }
 
