@@ -9,6 +9,7 @@ use anyhow::Context;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::DeliveryResult;
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::util::Timeout;
 use rdkafka::{ClientContext, Message};
 
 use super::traffic::{RecordKind, Traffic, TrafficConfig};
@@ -43,8 +44,9 @@ pub type InputProducer = ThreadedProducer<Deliveries>;
 pub struct Deliveries {
     failed: AtomicU64,
     first_failure: Mutex<Option<String>>,
-    /// The producer's `message.timeout.ms`: by then every record is delivered or failed.
-    delivery_timeout: Duration,
+    /// The producer's `message.timeout.ms`: by then every record is delivered
+    /// or failed (`None`: 0, librdkafka's "no limit").
+    delivery_timeout: Option<Duration>,
 }
 
 impl ClientContext for Deliveries {}
@@ -85,18 +87,23 @@ pub fn producer(cfg: &Config) -> anyhow::Result<InputProducer> {
         .create_with_context(Deliveries {
             failed: AtomicU64::new(0),
             first_failure: Mutex::new(None),
-            delivery_timeout: Duration::from_millis(timeout_ms),
+            delivery_timeout: (timeout_ms > 0).then(|| Duration::from_millis(timeout_ms)),
         })
         .context("creating the generator's Kafka producer")
 }
 
 /// Waits until every record sent is delivered or has failed, and fails if any
-/// failed. The wait is the producer's own delivery timeout (plus a margin for
-/// the last callbacks), not a shorter guess: after a broker outage the queued
-/// records may take minutes and still arrive.
+/// record this producer sent was not delivered. The wait is the producer's
+/// own delivery timeout (plus a margin for the last callbacks), not a shorter
+/// guess: after a broker outage the queued records may take minutes and still
+/// arrive.
 pub fn finish(p: &InputProducer) -> anyhow::Result<()> {
     let deliveries = p.context();
-    p.flush(deliveries.delivery_timeout + Duration::from_secs(10))
+    let limit = match deliveries.delivery_timeout {
+        Some(t) => Timeout::After(t + Duration::from_secs(10)),
+        None => Timeout::Never,
+    };
+    p.flush(limit)
         .context("waiting for the generated records' deliveries")?;
     let failed = deliveries.failed.load(Ordering::Relaxed);
     if failed > 0 {
