@@ -668,9 +668,7 @@ fn a_record_limit_lowered_at_runtime_makes_the_job_cut_its_records_smaller() {
     let (seed, _) = chaos_rng("record limit");
     let stage = Stage::new("recordlimit");
     let (want, writer) = traffic_in_background(&stage, seed, 200_000, 20_000);
-    let mut cluster = Instances::new(&stage, &["a"]);
-    cluster.start(0);
-    cluster.wait_until_every_task_is_owned();
+    let mut cluster = Instances::one_running(&stage);
     std::thread::sleep(Duration::from_secs(2));
     let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
         ClientConfig::new()

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::telemetry::http::now_ms;
+use crate::telemetry::http::{now_ms, silent_past};
 
 /// Longer than the longest the loop may rightly go without a turn: a failed
 /// commit waits up to two of the producer's 60 s timeouts, then its recovery
@@ -28,13 +28,7 @@ pub const EXIT_AFTER_SILENT_MS: i64 = 15 * 60 * 1000;
 const EVERY: Duration = Duration::from_secs(5);
 
 /// The exit status of a process the watchdog ended (`EX_SOFTWARE`).
-pub const EXIT_STATUS: i32 = 70;
-
-/// How long the loop has been silent, if longer than `limit_ms`.
-pub fn too_silent(now_ms: i64, heartbeat_ms: i64, limit_ms: i64) -> Option<i64> {
-    let silent = now_ms.saturating_sub(heartbeat_ms);
-    (silent > limit_ms).then_some(silent)
-}
+const EXIT_STATUS: i32 = 70;
 
 /// Starts the watchdog's thread: it ends the process with [`EXIT_STATUS`]
 /// once the loop's heartbeat is older than `limit_ms`, and stops looking once
@@ -47,7 +41,7 @@ pub fn start(heartbeat_ms: Arc<AtomicI64>, shutdown: Arc<AtomicBool>, limit_ms: 
             return;
         }
         let heartbeat = heartbeat_ms.load(Ordering::Relaxed);
-        if let Some(silent) = too_silent(now_ms(), heartbeat, limit_ms) {
+        if let Some(silent) = silent_past(now_ms(), heartbeat, limit_ms) {
             tracing::error!(
                 silent_s = silent / 1000,
                 "the processing loop has not turned for {} s: it waits on a call that has not returned. Exiting so that a supervisor starts the job again; it resumes from its last commit",
@@ -64,23 +58,5 @@ pub fn start(heartbeat_ms: Arc<AtomicI64>, shutdown: Arc<AtomicBool>, limit_ms: 
         tracing::warn!(
             "starting the watchdog: {e}; a loop stuck in librdkafka would not end the process"
         );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_a_silence_past_the_limit_ends_the_process() {
-        let limit = EXIT_AFTER_SILENT_MS;
-        assert_eq!(too_silent(1_000_000, 1_000_000, limit), None);
-        assert_eq!(too_silent(1_000_000 + limit, 1_000_000, limit), None);
-        assert_eq!(
-            too_silent(1_000_001 + limit, 1_000_000, limit),
-            Some(limit + 1)
-        );
-        // A heartbeat newer than the clock (another thread stored it after the read).
-        assert_eq!(too_silent(1_000_000, 1_000_005, limit), None);
     }
 }

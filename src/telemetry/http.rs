@@ -33,6 +33,13 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// How long the loop has been silent (its last heartbeat at `heartbeat_ms`),
+/// if longer than `limit_ms`: for `/healthz` and the watchdog.
+pub fn silent_past(now_ms: i64, heartbeat_ms: i64, limit_ms: i64) -> Option<i64> {
+    let silent = now_ms.saturating_sub(heartbeat_ms);
+    (silent > limit_ms).then_some(silent)
+}
+
 /// Binds now (so a taken port fails at start), serves until the runtime stops, and returns the bound address.
 pub async fn serve(addr: SocketAddr, shared: Shared) -> anyhow::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr)
@@ -95,14 +102,12 @@ pub async fn serve(addr: SocketAddr, shared: Shared) -> anyhow::Result<SocketAdd
             get(move || {
                 let hb = shared.heartbeat_ms.clone();
                 async move {
-                    let age = now_ms() - hb.load(Ordering::Relaxed);
-                    if age <= STUCK_AFTER_MS {
-                        (StatusCode::OK, "ok\n".to_string())
-                    } else {
-                        (
+                    match silent_past(now_ms(), hb.load(Ordering::Relaxed), STUCK_AFTER_MS) {
+                        None => (StatusCode::OK, "ok\n".to_string()),
+                        Some(age) => (
                             StatusCode::SERVICE_UNAVAILABLE,
                             format!("processing loop silent for {age} ms\n"),
-                        )
+                        ),
                     }
                 }
             }),
@@ -122,6 +127,19 @@ pub async fn serve(addr: SocketAddr, shared: Shared) -> anyhow::Result<SocketAdd
 mod tests {
     use super::*;
     use std::io::{Read, Write};
+
+    #[test]
+    fn only_a_silence_past_the_limit_counts() {
+        let limit = crate::app::watchdog::EXIT_AFTER_SILENT_MS;
+        assert_eq!(silent_past(1_000_000, 1_000_000, limit), None);
+        assert_eq!(silent_past(1_000_000 + limit, 1_000_000, limit), None);
+        assert_eq!(
+            silent_past(1_000_001 + limit, 1_000_000, limit),
+            Some(limit + 1)
+        );
+        // A heartbeat newer than the clock (another thread stored it after the read).
+        assert_eq!(silent_past(1_000_000, 1_000_005, limit), None);
+    }
 
     fn get(addr: SocketAddr, path: &str) -> String {
         let mut s = std::net::TcpStream::connect(addr).unwrap();

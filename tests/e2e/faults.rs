@@ -126,9 +126,7 @@ fn an_instance_that_lost_its_session_rejoins_and_the_results_stay_exact() {
     let (seed, _) = chaos_rng("session lost");
     let stage = Stage::new("sessionlost");
     let (want, writer) = traffic_in_background(&stage, seed, 150_000, 5_000);
-    let mut cluster = Instances::new(&stage, &["a"]);
-    cluster.start(0);
-    cluster.wait_until_every_task_is_owned();
+    let mut cluster = Instances::one_running(&stage);
     std::thread::sleep(Duration::from_secs(3));
     let pid = cluster.pid(0);
     println!("pausing the instance for 15 s (session timeout 6 s, transaction timeout 10 s)");
@@ -179,9 +177,7 @@ fn a_quiet_partition_neither_holds_back_nor_closes_the_windows_of_the_others() {
         })
         .collect();
     let want = reference(&good);
-    let mut cluster = Instances::new(&stage, &["a"]);
-    cluster.start(0);
-    cluster.wait_until_every_task_is_owned();
+    let mut cluster = Instances::one_running(&stage);
     let p = stage.producer();
     let started = Instant::now();
     for (i, (partition, r)) in sent.iter().enumerate() {

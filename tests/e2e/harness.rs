@@ -593,9 +593,7 @@ pub(crate) fn broker_fault(name: &str, what: &str, fault: impl FnOnce(&Kafka)) {
     let (seed, _) = chaos_rng(what);
     let stage = Stage::own_broker(name);
     let (want, writer) = traffic_in_background(&stage, seed, 150_000, 5_000);
-    let mut cluster = Instances::new(&stage, &["a"]);
-    cluster.start(0);
-    cluster.wait_until_every_task_is_owned();
+    let mut cluster = Instances::one_running(&stage);
     std::thread::sleep(Duration::from_secs(3));
     fault(stage.own.as_ref().expect("a broker of its own"));
     writer.join().unwrap();

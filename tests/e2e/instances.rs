@@ -129,6 +129,15 @@ impl<'a> Instances<'a> {
         }
     }
 
+    /// One instance, `a`, started and owning every task: where most fault
+    /// tests begin.
+    pub(crate) fn one_running(stage: &'a Stage) -> Self {
+        let mut one = Instances::new(stage, &["a"]);
+        one.start(0);
+        one.wait_until_every_task_is_owned();
+        one
+    }
+
     pub(crate) fn start(&mut self, i: usize) {
         assert!(
             self.jobs[i].is_none(),
