@@ -55,6 +55,8 @@ pub struct Handles {
     /// The loop's; the HTTP server reads only what `http_view` hands it.
     pub metrics: Arc<Mutex<Metrics>>,
     pub heartbeat_ms: Arc<AtomicI64>,
+    /// The librdkafka call the loop waits in that the watchdog limits tighter.
+    pub local_calls: Arc<watchdog::LocalCalls>,
     pub shutdown: Arc<AtomicBool>,
 }
 
@@ -63,6 +65,7 @@ impl Handles {
         Handles {
             metrics: Arc::new(Mutex::new(Metrics::new())),
             heartbeat_ms: Arc::new(AtomicI64::new(now_ms())),
+            local_calls: Arc::default(),
             shutdown: Arc::new(AtomicBool::new(false)),
         }
     }
@@ -228,6 +231,14 @@ struct Loop<'a> {
 }
 
 impl Loop<'_> {
+    /// Runs `call` on the consumer as a call only librdkafka's own thread
+    /// answers, which the watchdog limits tighter ([`watchdog::LocalCalls`]).
+    fn local<T>(&self, what: &'static str, call: impl FnOnce(&InputConsumer) -> T) -> T {
+        self.handles
+            .local_calls
+            .within(what, || call(&self.consumer))
+    }
+
     fn process(&mut self) -> anyhow::Result<()> {
         let (mut last_metrics, mut last_latency_log) = (Instant::now(), Instant::now());
         let mut last_commit = Instant::now();
@@ -406,8 +417,7 @@ impl Loop<'_> {
             offsets.add_partition_offset(task_topic(cfg, *stage, *i), *p, Offset::Offset(*o))?;
         }
         let group = self
-            .consumer
-            .group_metadata()
+            .local("consumer_group_metadata", |c| c.group_metadata())
             .context("no consumer group metadata")?;
         let pending = self.producer.commit_in_background(offsets, group)?;
         self.in_flight = Some((pending, std::mem::take(&mut self.newest_input_ms)));

@@ -251,6 +251,7 @@ fn run_job(cfg: &Config) -> anyhow::Result<()> {
     if cfg.metrics.exit_after_silent_ms > 0 {
         gmv::app::watchdog::start(
             handles.heartbeat_ms.clone(),
+            handles.local_calls.clone(),
             handles.shutdown.clone(),
             cfg.metrics.exit_after_silent_ms,
         );

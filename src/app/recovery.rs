@@ -164,8 +164,7 @@ impl Loop<'_> {
                 // (Already parked: nothing was assigned since, so nothing new to commit.)
                 let owned = self.commits.owned().next().is_some() && self.parked.is_none();
                 let committed = owned.then(|| self.commit_before_revoke(lost)).flatten();
-                self.consumer
-                    .unassign()
+                self.local("unassign", |c| c.unassign())
                     .context("giving the revoked partitions up")?;
                 self.lanes = Lanes::default();
                 self.parked = committed;
@@ -187,7 +186,9 @@ impl Loop<'_> {
                 // Kept only in the generation right after the commit: in a later
                 // one, another member may have owned a task in between.
                 let next = self.parked.take().and_then(|g| g.checked_add(1));
-                if next.is_some() && next == consumer::generation(&self.consumer) {
+                if next.is_some()
+                    && next == self.local("consumer_group_metadata", consumer::generation)
+                {
                     self.commits.keep(tasks)
                 } else {
                     self.commits.assign(tasks)
@@ -209,7 +210,7 @@ impl Loop<'_> {
             tracing::info!("the group moved on without this instance (its session ended): every task restores from its last commit");
             return None;
         }
-        let generation = consumer::generation(&self.consumer)?;
+        let generation = self.local("consumer_group_metadata", consumer::generation)?;
         match self.commit().and_then(|()| self.finish_commit()) {
             Ok(()) => Some(generation),
             Err(e) => {
@@ -252,8 +253,7 @@ impl Loop<'_> {
         if wanted.is_empty() && kept == 0 {
             tracing::info!(instance = %self.cfg.kafka.instance_id, "no partitions assigned");
             return self
-                .consumer
-                .unassign()
+                .local("unassign", |c| c.unassign())
                 .context("taking an empty assignment");
         }
         let cfg = self.cfg;
@@ -345,8 +345,7 @@ impl Loop<'_> {
                 })
                 .collect();
             self.lanes = Lanes::split(&self.consumer, &lanes)?;
-            self.consumer
-                .assign(&tpl)
+            self.local("assign", |c| c.assign(&tpl))
                 .context("positioning the consumer at the committed offsets")?;
         }
         tracing::info!(

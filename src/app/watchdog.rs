@@ -11,9 +11,15 @@
 //! restarts only exited processes (docker-compose's `restart:
 //! unless-stopped`) would leave the job stuck through the sale. A restart
 //! resumes from the last commit: nothing is lost or counted twice.
+//!
+//! The calls that wait for librdkafka's own thread alone, no broker
+//! (`assign`, `unassign`, the group's metadata: [`LocalCalls`]), answer within
+//! milliseconds or never; one that has not returned in [`EXIT_AFTER_STUCK_CALL_MS`]
+//! ends the process then, not after the loop's whole limit, so the screens go
+//! dark for about a minute instead of fifteen.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::telemetry::http::{now_ms, silent_past};
@@ -24,6 +30,39 @@ use crate::telemetry::http::{now_ms, silent_past};
 /// timeouts before it gives up. A restore, however long, counts as turns.
 pub const EXIT_AFTER_SILENT_MS: i64 = 15 * 60 * 1000;
 
+/// How long a local call ([`LocalCalls`]) may take: far more than the
+/// milliseconds it takes, less than the loop's own limit.
+pub const EXIT_AFTER_STUCK_CALL_MS: i64 = 60 * 1000;
+
+/// The librdkafka call the loop is in that only librdkafka's own thread
+/// answers (no broker), if any, with when it began.
+#[derive(Debug, Default)]
+pub struct LocalCalls(Mutex<Option<(&'static str, i64)>>);
+
+impl LocalCalls {
+    /// Runs `call`, named `what`, as the call the loop is in.
+    pub fn within<T>(&self, what: &'static str, call: impl FnOnce() -> T) -> T {
+        *self.0.lock().expect("local calls lock") = Some((what, now_ms()));
+        let out = call();
+        *self.0.lock().expect("local calls lock") = None;
+        out
+    }
+
+    fn current(&self) -> Option<(&'static str, i64)> {
+        *self.0.lock().expect("local calls lock")
+    }
+}
+
+/// The call in `current` and how long it has run, if longer than `limit_ms`.
+fn stuck_past(
+    current: Option<(&'static str, i64)>,
+    now_ms: i64,
+    limit_ms: i64,
+) -> Option<(&'static str, i64)> {
+    let (what, since) = current?;
+    silent_past(now_ms, since, limit_ms).map(|running| (what, running))
+}
+
 /// How often the watchdog looks, at most.
 const EVERY: Duration = Duration::from_secs(5);
 
@@ -31,14 +70,30 @@ const EVERY: Duration = Duration::from_secs(5);
 const EXIT_STATUS: i32 = 70;
 
 /// Starts the watchdog's thread: it ends the process with [`EXIT_STATUS`]
-/// once the loop's heartbeat is older than `limit_ms`, and stops looking once
-/// the job is shutting down.
-pub fn start(heartbeat_ms: Arc<AtomicI64>, shutdown: Arc<AtomicBool>, limit_ms: i64) {
+/// once the loop's heartbeat is older than `limit_ms`, or a local call has
+/// run for [`EXIT_AFTER_STUCK_CALL_MS`] (the lesser of the two), and stops
+/// looking once the job is shutting down.
+pub fn start(
+    heartbeat_ms: Arc<AtomicI64>,
+    calls: Arc<LocalCalls>,
+    shutdown: Arc<AtomicBool>,
+    limit_ms: i64,
+) {
     let every = EVERY.min(Duration::from_millis(limit_ms as u64 / 2));
+    let call_limit_ms = EXIT_AFTER_STUCK_CALL_MS.min(limit_ms);
     let watch = move || loop {
         std::thread::sleep(every);
         if shutdown.load(Ordering::Relaxed) {
             return;
+        }
+        if let Some((what, running)) = stuck_past(calls.current(), now_ms(), call_limit_ms) {
+            tracing::error!(
+                call = what,
+                running_s = running / 1000,
+                "librdkafka's `{what}` has not returned in {} s; it waits for the client's own thread alone, which answers within milliseconds or never. Exiting so that a supervisor starts the job again; it resumes from its last commit",
+                running / 1000
+            );
+            std::process::exit(EXIT_STATUS);
         }
         let heartbeat = heartbeat_ms.load(Ordering::Relaxed);
         if let Some(silent) = silent_past(now_ms(), heartbeat, limit_ms) {
@@ -58,5 +113,37 @@ pub fn start(heartbeat_ms: Arc<AtomicI64>, shutdown: Arc<AtomicBool>, limit_ms: 
         tracing::warn!(
             "starting the watchdog: {e}; a loop stuck in librdkafka would not end the process"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_local_call_is_stuck_only_past_its_limit() {
+        let limit = EXIT_AFTER_STUCK_CALL_MS;
+        assert_eq!(stuck_past(None, 1_000_000, limit), None, "no call");
+        let call = Some(("unassign", 1_000_000));
+        assert_eq!(
+            stuck_past(call, 1_000_000 + limit, limit),
+            None,
+            "at the limit"
+        );
+        assert_eq!(
+            stuck_past(call, 1_000_001 + limit, limit),
+            Some(("unassign", limit + 1))
+        );
+    }
+
+    #[test]
+    fn within_marks_the_call_while_it_runs_and_clears_it_after() {
+        let calls = LocalCalls::default();
+        let before = now_ms();
+        let seen = calls.within("assign", || calls.current());
+        let (what, since) = seen.expect("marked during the call");
+        assert_eq!(what, "assign");
+        assert!(since >= before && since <= now_ms());
+        assert_eq!(calls.current(), None, "cleared after it");
     }
 }
