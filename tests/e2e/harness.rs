@@ -592,6 +592,15 @@ pub(crate) fn open_transaction(stage: &Stage) -> Option<(String, i32, i64)> {
 pub(crate) fn broker_fault(name: &str, what: &str, fault: impl FnOnce(&Kafka)) {
     let (seed, _) = chaos_rng(what);
     let stage = Stage::own_broker(name);
+    // The job closes every window of a task once its input has been silent
+    // for `idle_timeout` (contract, "After the sale ends"): 3 s in these
+    // tests. After the broker comes back, this writer delivers what it queued
+    // meanwhile with gaps longer than that on a busy machine (one CI run: 2,267
+    // records came after such a gap, rightly late), so here the job waits 20 s.
+    let settings = std::fs::read_to_string(&stage.config).unwrap();
+    let longer = settings.replace("idle_timeout_ms = 3000", "idle_timeout_ms = 20000");
+    assert_ne!(settings, longer, "the test config's idle_timeout_ms");
+    std::fs::write(&stage.config, longer).unwrap();
     let (want, writer) = traffic_in_background(&stage, seed, 150_000, 5_000);
     let mut cluster = Instances::one_running(&stage);
     std::thread::sleep(Duration::from_secs(3));
