@@ -53,14 +53,30 @@ impl LocalCalls {
     }
 }
 
-/// The call in `current` and how long it has run, if longer than `limit_ms`.
-fn stuck_past(
-    current: Option<(&'static str, i64)>,
+/// Why the process is to end now, if it is: the local call in `call` has
+/// run past `call_limit_ms`, or the loop's last heartbeat is older than
+/// `limit_ms`.
+fn overdue(
     now_ms: i64,
+    heartbeat_ms: i64,
+    call: Option<(&'static str, i64)>,
     limit_ms: i64,
-) -> Option<(&'static str, i64)> {
-    let (what, since) = current?;
-    silent_past(now_ms, since, limit_ms).map(|running| (what, running))
+    call_limit_ms: i64,
+) -> Option<String> {
+    if let Some((what, since)) = call {
+        if let Some(running) = silent_past(now_ms, since, call_limit_ms) {
+            return Some(format!(
+                "librdkafka's `{what}` has not returned in {} s; it waits for the client's own thread alone, which answers within milliseconds or never",
+                running / 1000
+            ));
+        }
+    }
+    silent_past(now_ms, heartbeat_ms, limit_ms).map(|silent| {
+        format!(
+            "the processing loop has not turned for {} s: it waits on a call that has not returned",
+            silent / 1000
+        )
+    })
 }
 
 /// How often the watchdog looks, at most.
@@ -86,21 +102,16 @@ pub fn start(
         if shutdown.load(Ordering::Relaxed) {
             return;
         }
-        if let Some((what, running)) = stuck_past(calls.current(), now_ms(), call_limit_ms) {
-            tracing::error!(
-                call = what,
-                running_s = running / 1000,
-                "librdkafka's `{what}` has not returned in {} s; it waits for the client's own thread alone, which answers within milliseconds or never. Exiting so that a supervisor starts the job again; it resumes from its last commit",
-                running / 1000
-            );
-            std::process::exit(EXIT_STATUS);
-        }
         let heartbeat = heartbeat_ms.load(Ordering::Relaxed);
-        if let Some(silent) = silent_past(now_ms(), heartbeat, limit_ms) {
+        if let Some(why) = overdue(
+            now_ms(),
+            heartbeat,
+            calls.current(),
+            limit_ms,
+            call_limit_ms,
+        ) {
             tracing::error!(
-                silent_s = silent / 1000,
-                "the processing loop has not turned for {} s: it waits on a call that has not returned. Exiting so that a supervisor starts the job again; it resumes from its last commit",
-                silent / 1000
+                "{why}. Exiting so that a supervisor starts the job again; it resumes from its last commit"
             );
             std::process::exit(EXIT_STATUS);
         }
@@ -121,19 +132,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_local_call_is_stuck_only_past_its_limit() {
-        let limit = EXIT_AFTER_STUCK_CALL_MS;
-        assert_eq!(stuck_past(None, 1_000_000, limit), None, "no call");
-        let call = Some(("unassign", 1_000_000));
-        assert_eq!(
-            stuck_past(call, 1_000_000 + limit, limit),
-            None,
-            "at the limit"
-        );
-        assert_eq!(
-            stuck_past(call, 1_000_001 + limit, limit),
-            Some(("unassign", limit + 1))
-        );
+    fn a_local_call_past_its_limit_or_a_silence_past_the_loops_ends_the_process() {
+        let (limit, call_limit) = (EXIT_AFTER_SILENT_MS, EXIT_AFTER_STUCK_CALL_MS);
+        let t = 10_000_000;
+        let at = |now, heartbeat, call| overdue(now, heartbeat, call, limit, call_limit);
+        assert_eq!(at(t, t, None), None, "no call, a fresh heartbeat");
+        let call = Some(("unassign", t));
+        assert_eq!(at(t + call_limit, t, call), None, "the call at its limit");
+        let why = at(t + call_limit + 1, t, call).expect("the call past its limit");
+        assert!(why.contains("`unassign` has not returned in 60 s"), "{why}");
+        assert_eq!(at(t + limit, t, None), None, "the loop at its limit");
+        let why = at(t + limit + 1, t, None).expect("the loop past its limit");
+        assert!(why.contains("has not turned for 900 s"), "{why}");
     }
 
     #[test]
