@@ -12,8 +12,8 @@
 //! - the engine's rate over the whole run, and over its last tenth (the state
 //!   at its largest), with the generation of the records not timed;
 //! - the longest time one chunk of 10,000 records took: an index table that
-//!   doubles rehashes every entry at once, and a sweep visits every entry;
-//!   either stalls the loop that long.
+//!   grows puts every entry in anew at once, which stalls the loop that
+//!   long (a sweep walks the entries a step per tick instead).
 //!
 //! `cargo bench --bench state`; `RESERVE=0` leaves the state unsized, as a job
 //! without `state.expected_orders` runs.
@@ -62,7 +62,7 @@ fn main() {
 fn child(orders: usize) {
     // 50,000 orders a second of event time: the largest size spans 1,000 s,
     // inside `order_ttl` and `dedup_ttl`, so a sweep (every 15 min of event
-    // time) visits every entry but removes none, and far more than the
+    // time) walks every entry but removes none, and far more than the
     // payments' delays, so most orders held have their payment.
     let traffic = TrafficConfig {
         seed: 11,

@@ -97,8 +97,12 @@ impl Marks {
 /// each numbered so a batch can tell whether it ran after the batch was written.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Horizon {
+    /// Sweeps done. A sweep walks the state in steps, so one may be under
+    /// way when a batch is written, and have passed the slots of some of
+    /// its entries already: only a sweep begun after it counts for it.
     pub sweeps: u64,
-    /// The last sweep forgot orders placed before this, and ids seen before `ids_before_ms`.
+    pub sweeps_begun: u64,
+    /// The last sweep done forgot orders placed before this, and ids seen before `ids_before_ms`.
     pub orders_before_ms: i64,
     pub ids_before_ms: i64,
     pub expiries: u64,
@@ -110,7 +114,7 @@ pub struct Horizon {
 struct Batch {
     key: Vec<u8>,
     marks: Marks,
-    /// The horizon's counters when it was written.
+    /// The horizon's counters when it was written (sweeps begun).
     sweeps: u64,
     expiries: u64,
 }
@@ -187,7 +191,7 @@ impl BatchLog {
             base_ms,
             chunk: 0,
             marks: Marks::default(),
-            sweeps: h.sweeps,
+            sweeps: h.sweeps_begun,
             expiries: h.expiries,
             f,
         }
@@ -200,7 +204,7 @@ impl BatchLog {
         self.batches.push_back(Batch {
             key: key.to_vec(),
             marks,
-            sweeps: h.sweeps,
+            sweeps: h.sweeps_begun,
             expiries: h.expiries,
         });
     }
@@ -372,6 +376,7 @@ mod tests {
     fn horizon() -> Horizon {
         Horizon {
             sweeps: 1,
+            sweeps_begun: 1,
             orders_before_ms: 1_000,
             ids_before_ms: 2_000,
             expiries: 1,
@@ -511,6 +516,7 @@ mod tests {
         // A sweep: the order and id batches go; the waiting event's deadline is not passed yet.
         let h2 = Horizon {
             sweeps: 2,
+            sweeps_begun: 2,
             expiries: 2,
             expired_to_ms: 2_000,
             ..h0
@@ -538,6 +544,7 @@ mod tests {
         );
         let h1 = Horizon {
             sweeps: 2,
+            sweeps_begun: 2,
             expiries: 2,
             ..h0
         };
@@ -547,7 +554,37 @@ mod tests {
         let mut restored = BatchLog::default();
         restored.restored(b"s1", marks(None, Some(0), None), &h1);
         assert!(dropped(&mut restored, &h1).is_empty());
-        let h2 = Horizon { sweeps: 3, ..h1 };
+        let h2 = Horizon {
+            sweeps: 3,
+            sweeps_begun: 3,
+            ..h1
+        };
         assert_eq!(dropped(&mut restored, &h2), ["s1"]);
+    }
+
+    /// A sweep under way when a batch is written may have passed its
+    /// entries' slots already: its end frees nothing of the batch; the end of
+    /// the next one does.
+    #[test]
+    fn a_sweep_under_way_at_the_write_does_not_count() {
+        let under_way = Horizon {
+            sweeps_begun: 2,
+            ..horizon()
+        };
+        let mut log = log_of(
+            &under_way,
+            &[(b'p', "p1", Some(1), marks(None, Some(0), None))],
+        );
+        let done = Horizon {
+            sweeps: 2,
+            ..under_way
+        };
+        assert!(dropped(&mut log, &done).is_empty());
+        let next_done = Horizon {
+            sweeps: 3,
+            sweeps_begun: 3,
+            ..done
+        };
+        assert_eq!(dropped(&mut log, &next_done).len(), 1);
     }
 }

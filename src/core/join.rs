@@ -188,6 +188,8 @@ pub struct JoinState {
     order_count: usize,
     waiting_count: usize,
     deadlines: BinaryHeap<Reverse<(i64, CompactString)>>,
+    /// A sweep under way: its limit, and the first slot it has not passed.
+    sweep: Option<(i64, u32)>,
 }
 
 impl JoinState {
@@ -291,7 +293,29 @@ impl JoinState {
     pub fn order(&self, order_id: &str) -> Option<OrderInfo> {
         self.slots
             .find(order_id)
+            .filter(|&i| !self.swept(i))
             .and_then(|i| self.slots.get(i).order(&self.clocks, i))
+    }
+
+    /// Whether slot `i` holds an order the sweep under way forgets but has
+    /// not reached yet. Every event sees the state as if the sweep had
+    /// walked it all at once when it began, so the joins do not depend on
+    /// how far the ticks have walked it (nor on a restore, which sweeps at once).
+    fn swept(&self, i: u32) -> bool {
+        self.sweep.is_some_and(|(limit_ms, from)| {
+            let s = self.slots.get(i);
+            i >= from && s.has_order() && self.clocks.placed.time(i, s.placed) < limit_ms
+        })
+    }
+
+    /// Forgets slot `i`'s order now if the sweep under way forgets it
+    /// ([`JoinState::swept`]), before an event changes the slot. Its slot stays:
+    /// the event is about to fill it, or the walk frees it.
+    fn sweep_slot(&mut self, i: u32) {
+        if self.swept(i) {
+            self.slots.get_mut(i).set_order(&mut self.clocks, i, None);
+            self.order_count -= 1;
+        }
     }
 
     /// A payment or delivery meets its order: the order as it is now (a `paid`
@@ -301,6 +325,7 @@ impl JoinState {
     /// look-up either way.
     pub fn attach(&mut self, order_id: &str, w: Waiting) -> Attach {
         let (i, _) = self.slots.slot_of(order_id);
+        self.sweep_slot(i);
         let slot = self.slots.get_mut(i);
         if slot.has_order() {
             let first = slot.note_paid(&mut self.clocks, i, &w);
@@ -341,6 +366,7 @@ impl JoinState {
         dedup_ttl_ms: i64,
     ) -> Result<(OrderInfo, Vec<Waiting>), DuplicateOrder> {
         let (i, _) = self.slots.slot_of(order_id);
+        self.sweep_slot(i);
         let (slot, clocks) = (self.slots.get_mut(i), &mut self.clocks);
         match slot.order(clocks, i) {
             Some(existing) if (info.ts_ms - existing.ts_ms).abs() <= dedup_ttl_ms => {
@@ -380,6 +406,7 @@ impl JoinState {
             let Some(i) = self.slots.find(&order_id) else {
                 continue;
             };
+            self.sweep_slot(i);
             let has_order = self.slots.get(i).has_order();
             let Some(list) = self.waiting.get_mut(&i) else {
                 continue;
@@ -407,25 +434,30 @@ impl JoinState {
         }
     }
 
-    /// Forgets orders placed before `limit_ms` (their `order_ttl` has passed).
-    /// An order dropped whole is not written to the changelog as removed: the
-    /// id is not kept, and a restore sweeps again ([`JoinState::restore`]'s
-    /// caller). One with events still waiting is written, its id kept with them.
-    /// Every slot kept is recoded from the limit ([`Times`]).
+    /// Starts forgetting orders placed before `limit_ms` (their `order_ttl`
+    /// has passed), slot by slot in [`JoinState::sweep_step`]s; a sweep still
+    /// under way is finished first. An order dropped whole is not written to
+    /// the changelog as removed: the id is not kept, and a restore sweeps
+    /// again ([`JoinState::restore`]'s caller). One with events still waiting
+    /// is written, its id kept with them. Every slot kept is recoded from the
+    /// limit ([`Times`]).
     pub fn sweep_orders(&mut self, limit_ms: i64) {
+        self.sweep_step(usize::MAX);
+        self.clocks.placed.rebase(limit_ms);
+        self.clocks.first_paid.rebase(limit_ms);
+        self.sweep = Some((limit_ms, 0));
+    }
+
+    /// Walks up to `count` more slots of the sweep under way; true once none is.
+    pub fn sweep_step(&mut self, count: usize) -> bool {
+        let Some((limit_ms, from)) = self.sweep else {
+            return true;
+        };
         let mut forgotten = 0;
         let mut changed = Vec::new();
-        let waiting = &self.waiting;
-        let old = std::mem::replace(
-            &mut self.clocks,
-            Clocks {
-                placed: Times::rebased(limit_ms),
-                first_paid: Times::rebased(limit_ms),
-            },
-        );
-        let c = &mut self.clocks;
-        self.slots.retain(|i, s| {
-            if s.has_order() && old.placed.time(i, s.placed) < limit_ms {
+        let (waiting, c) = (&self.waiting, &mut self.clocks);
+        let next = self.slots.retain(from, count, |i, s| {
+            if s.has_order() && c.placed.time(i, s.placed) < limit_ms {
                 s.set_order(c, i, None);
                 forgotten += 1;
                 return match waiting.get(&i) {
@@ -436,14 +468,27 @@ impl JoinState {
                     }
                 };
             }
-            s.placed = c.placed.recode(&old.placed, i, s.placed);
-            s.first_paid = c.first_paid.recode(&old.first_paid, i, s.first_paid);
+            s.placed = c.placed.recode(i, s.placed, i + 1);
+            s.first_paid = c.first_paid.recode(i, s.first_paid, i + 1);
             true
         });
         for (i, id) in changed {
             self.slots.mark(i, &id);
         }
         self.order_count -= forgotten;
+        let c = &mut self.clocks;
+        match next {
+            Some(n) => {
+                c.placed.passed(n);
+                c.first_paid.passed(n);
+            }
+            None => {
+                c.placed.rebased();
+                c.first_paid.rebased();
+            }
+        }
+        self.sweep = next.map(|n| (limit_ms, n));
+        next.is_none()
     }
 
     pub fn order_count(&self) -> usize {
@@ -460,6 +505,8 @@ impl JoinState {
 pub struct Dedup {
     seen: IdSlab<Code>,
     times: Times,
+    /// A sweep under way: its limit, and the first slot it has not passed.
+    sweep: Option<(i64, u32)>,
 }
 
 impl Dedup {
@@ -519,19 +566,37 @@ impl Dedup {
         true
     }
 
-    /// Forgets ids seen before `limit_ms`: any copy close enough to match them
-    /// would be late. Not written to the changelog (the ids are not kept): a
-    /// restore sweeps again. Every id kept is recoded from the limit ([`Times`]).
+    /// Starts forgetting ids seen before `limit_ms` (any copy close enough to
+    /// match them would be late), slot by slot in [`Dedup::sweep_step`]s; a
+    /// sweep still under way is finished first. Not written to the changelog
+    /// (the ids are not kept): a restore sweeps again. Every id kept is
+    /// recoded from the limit ([`Times`]). An id not forgotten yet still
+    /// matches only copies within `ttl_ms` ([`Dedup::first_copy`]).
     pub fn sweep(&mut self, limit_ms: i64) {
-        let old = std::mem::replace(&mut self.times, Times::rebased(limit_ms));
-        let new = &mut self.times;
-        self.seen.retain(|i, c| {
-            if old.time(i, *c) < limit_ms {
+        self.sweep_step(usize::MAX);
+        self.times.rebase(limit_ms);
+        self.sweep = Some((limit_ms, 0));
+    }
+
+    /// Walks up to `count` more slots of the sweep under way; true once none is.
+    pub fn sweep_step(&mut self, count: usize) -> bool {
+        let Some((limit_ms, from)) = self.sweep else {
+            return true;
+        };
+        let t = &mut self.times;
+        let next = self.seen.retain(from, count, |i, c| {
+            if t.time(i, *c) < limit_ms {
                 return false;
             }
-            *c = new.recode(&old, i, *c);
+            *c = t.recode(i, *c, i + 1);
             true
         });
+        match next {
+            Some(n) => t.passed(n),
+            None => t.rebased(),
+        }
+        self.sweep = next.map(|n| (limit_ms, n));
+        next.is_none()
     }
 
     /// Bytes held (see [`IdSlab::heap_bytes`]).

@@ -280,17 +280,28 @@ impl<T: Default> IdSlab<T> {
         self.free.push(i);
     }
 
-    /// Visits every entry with its slot: `f` says whether it stays. An entry
-    /// dropped here is not handed out as removed: its id is not kept. (The
-    /// attribution task's sweeps drop this way, and a restore sweeps again.)
+    /// Visits the entries of up to `count` slots from slot `from` on, with
+    /// their slots: `f` says whether each stays. Returns the first slot not
+    /// visited, or `None` if that is the end of the slab. An entry dropped here
+    /// is not handed out as removed: its id is not kept. (The attribution
+    /// task's sweeps drop this way, and a restore sweeps again.)
     ///
     /// In slot order, through the slab, not through the index: the index
     /// holds slots in no order, and reaching each entry from it cost a cache
     /// miss an entry (a sweep of 28 million entries stalled the loop for
     /// seconds, docs/performance.md). Only a dropped entry is looked up in the
     /// index, to take it out.
-    pub fn retain(&mut self, mut f: impl FnMut(u32, &mut T) -> bool) {
-        for i in 0..self.entries.len() {
+    pub fn retain(
+        &mut self,
+        from: u32,
+        count: usize,
+        mut f: impl FnMut(u32, &mut T) -> bool,
+    ) -> Option<u32> {
+        let end = self
+            .entries
+            .len()
+            .min((from as usize).saturating_add(count));
+        for i in from as usize..end {
             let e = &mut self.entries[i];
             if e.id == Fingerprint::FREE {
                 continue;
@@ -300,6 +311,7 @@ impl<T: Default> IdSlab<T> {
                 self.free_slot(i);
             }
         }
+        (end < self.entries.len()).then_some(end as u32)
     }
 
     /// Each id changed since the last call, once, with its slot and value now
@@ -428,7 +440,7 @@ mod tests {
         drained(&mut s);
         s.mark(s.find("z").unwrap(), "z");
         let mut changed = vec![];
-        s.retain(|i, v| match *v {
+        let end = s.retain(0, usize::MAX, |i, v| match *v {
             1 => true,
             2 => {
                 *v = 20;
@@ -437,6 +449,7 @@ mod tests {
             }
             _ => false,
         });
+        assert_eq!(end, None, "the whole slab in one walk");
         assert_eq!(
             changed,
             vec![s.find("y").unwrap()],
@@ -452,9 +465,9 @@ mod tests {
         assert_eq!(*s.get(s.find("x").unwrap()), 1);
     }
 
-    /// `retain` walks the slab in slot order: it visits each live entry once,
-    /// never a free slot, and an entry it drops is gone from the index and
-    /// its slot taken again.
+    /// `retain` walks the slab in slot order, in steps that resume where the
+    /// last stopped: it visits each live entry once, never a free slot, and
+    /// an entry it drops is gone from the index and its slot taken again.
     #[test]
     fn retain_visits_live_entries_once_and_skips_free_slots() {
         let mut s = IdSlab::<i64>::default();
@@ -466,11 +479,15 @@ mod tests {
             let id = format!("o-{n}");
             s.remove(s.find(&id).unwrap(), &id);
         }
-        let mut seen = Vec::new();
-        s.retain(|i, v| {
-            seen.push(i);
-            *v % 2 == 0
-        });
+        let (mut seen, mut steps, mut from) = (Vec::new(), 0, Some(0));
+        while let Some(f) = from {
+            from = s.retain(f, 7, |i, v| {
+                seen.push(i);
+                *v % 2 == 0
+            });
+            steps += 1;
+        }
+        assert_eq!(steps, 1_000usize.div_ceil(7));
         let live: Vec<u32> = (0..1_000).filter(|n| n % 3 != 0).collect();
         assert_eq!(seen, live, "each live slot once, in order");
         for n in 0..1_000i64 {

@@ -39,15 +39,39 @@ impl Code {
 /// The base and the far times of one field of a slab's entries.
 #[derive(Debug, Default)]
 pub(super) struct Times {
-    /// Set by the first time coded; moved by [`Times::rebased`].
+    /// Set by the first time coded; moved by [`Times::rebase`].
     base: Option<i64>,
     far: FastMap<u32, i64>,
+    /// A rebase under way: the slots from the first number on are still
+    /// coded in these times (a sweep walks the slab a step per tick, in slot
+    /// order, and recodes each slot it passes).
+    before: Option<(u32, Box<Times>)>,
 }
 
 impl Times {
+    /// The times slot `slot` is coded in: these, or those before the rebase
+    /// under way, if the sweep has not passed it yet.
+    fn of(&self, slot: u32) -> &Times {
+        match &self.before {
+            Some((from, old)) if slot >= *from => old,
+            _ => self,
+        }
+    }
+
+    fn of_mut(&mut self, slot: u32) -> &mut Times {
+        if self.before.as_ref().is_some_and(|(from, _)| slot >= *from) {
+            return &mut self.before.as_mut().expect("checked").1;
+        }
+        self
+    }
+
     /// Codes `ts` for slot `slot`, replacing what the slot had.
     pub fn code(&mut self, slot: u32, ts: i64) -> Code {
-        self.forget(slot);
+        self.of_mut(slot).code_here(slot, ts)
+    }
+
+    fn code_here(&mut self, slot: u32, ts: i64) -> Code {
+        self.forget_here(slot);
         if ts == i64::MAX {
             return Code::of(NONE);
         }
@@ -64,39 +88,64 @@ impl Times {
 
     /// The time slot `slot`'s code stands for.
     pub fn time(&self, slot: u32, code: Code) -> i64 {
+        let t = self.of(slot);
         match code.get() {
             NONE => i64::MAX,
-            FAR => self.far[&slot],
-            r => self.base.expect("a time was coded") + i64::from(r),
+            FAR => t.far[&slot],
+            r => t.base.expect("a time was coded") + i64::from(r),
         }
     }
 
     /// Slot `slot` is freed (or recoded).
     pub fn forget(&mut self, slot: u32) {
+        self.of_mut(slot).forget_here(slot);
+    }
+
+    fn forget_here(&mut self, slot: u32) {
         if !self.far.is_empty() {
             self.far.remove(&slot);
         }
     }
 
-    /// New, empty times based at `base`: a sweep at its limit recodes every
-    /// entry it keeps (none below the limit) into them (`time` from the old,
-    /// `code` into the new). With TTLs over 49 days the newest times would be
-    /// kept whole: exact, but in the side map.
-    pub fn rebased(base: i64) -> Self {
-        Times {
+    /// Starts coding at `base`: a sweep at its limit, which then recodes
+    /// every slot it keeps (none below the limit) as it passes it
+    /// ([`Times::recode`]), and ends with [`Times::rebased`]. Until then a
+    /// slot not passed yet is coded at the old base. With TTLs over 49 days
+    /// the newest times would be kept whole: exact, but in the side map.
+    pub fn rebase(&mut self, base: i64) {
+        assert!(self.before.is_none(), "one rebase at a time");
+        let old = std::mem::take(self);
+        *self = Times {
             base: Some(base),
             far: FastMap::default(),
+            before: Some((0, Box::new(old))),
+        };
+    }
+
+    /// Slot `slot`'s `code`, from the old base to the new (the sweep passes
+    /// it); `next`, the first slot the sweep has not passed, comes after it.
+    pub fn recode(&mut self, slot: u32, code: Code, next: u32) -> Code {
+        let ts = self.time(slot, code);
+        self.forget(slot);
+        self.passed(next);
+        self.code_here(slot, ts)
+    }
+
+    /// The sweep has passed every slot before `next`.
+    pub fn passed(&mut self, next: u32) {
+        if let Some((from, _)) = &mut self.before {
+            *from = next;
         }
     }
 
-    /// Slot `slot`'s `code` in `old`, coded again here (a sweep's recoding).
-    pub fn recode(&mut self, old: &Times, slot: u32, code: Code) -> Code {
-        self.code(slot, old.time(slot, code))
+    /// The sweep has passed every slot: the old base is gone.
+    pub fn rebased(&mut self) {
+        self.before = None;
     }
 
-    /// Bytes of the side map.
+    /// Bytes of the side maps.
     pub fn heap_bytes(&self) -> usize {
-        self.far.allocation_size()
+        self.far.allocation_size() + self.before.as_ref().map_or(0, |(_, t)| t.heap_bytes())
     }
 
     /// Times kept whole.
@@ -145,14 +194,33 @@ mod tests {
         // Recoding a slot in range drops its far time.
         let c = t.code(6, first);
         assert_eq!((t.time(6, c), t.far_len()), (first, 3));
-        // A sweep at `first`: kept times recoded from the old into the new.
-        let mut new = Times::rebased(first);
-        for (s, &ts) in cases.iter().enumerate().skip(1) {
-            let s = s as u32;
-            let old = t.code(s, ts);
-            let c = new.recode(&t, s, old);
-            assert_eq!(new.time(s, c), ts);
+        // A sweep at `first`: kept times recoded from the old into the new,
+        // slot by slot; a slot not passed yet is still read (and written) at
+        // the old base.
+        let mut codes: Vec<Code> = cases
+            .iter()
+            .enumerate()
+            .map(|(s, &ts)| t.code(s as u32, ts))
+            .collect();
+        t.rebase(first);
+        for s in 1..cases.len() {
+            let slot = s as u32;
+            codes[s] = t.recode(slot, codes[s], slot + 1);
+            for (k, (&ts, &c)) in cases.iter().zip(&codes).enumerate().skip(1) {
+                assert_eq!(t.time(k as u32, c), ts, "slot {k} with {s} recoded");
+            }
         }
-        assert_eq!(new.far_len(), 4, "below the new base: 3; 2255: 1");
+        let c = t.code(cases.len() as u32, first + 5);
+        assert_eq!(
+            t.time(cases.len() as u32, c),
+            first + 5,
+            "a slot not passed"
+        );
+        t.passed(cases.len() as u32 + 1);
+        t.rebased();
+        for (s, (&ts, &c)) in cases.iter().zip(&codes).enumerate().skip(1) {
+            assert_eq!(t.time(s as u32, c), ts);
+        }
+        assert_eq!(t.far_len(), 4, "below the new base: 3; 2255: 1");
     }
 }
