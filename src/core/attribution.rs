@@ -127,7 +127,16 @@ pub(crate) fn new_names() -> Names {
 }
 
 /// A partial sum's key: (dimension, name id in [`Names`], bucket start).
-pub(crate) type PartialKey = (Dim, u32, i64);
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct PartialKey(Dim, u32, i64);
+
+/// Hashed as one 128-bit word: one step of the hasher, where the fields
+/// one by one took three.
+impl std::hash::Hash for PartialKey {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        h.write_u128((self.0 as u128) << 96 | u128::from(self.1) << 64 | self.2 as u64 as u128);
+    }
+}
 
 /// Partial sums since they were last taken, one table for all the attribution
 /// tasks of an engine: a commit's keys repeat across tasks, and one table
@@ -145,7 +154,7 @@ pub(crate) fn take_named(partials: &Partials, names: &Names) -> Vec<state::Parti
     let names = names.borrow();
     keyed
         .into_iter()
-        .map(|((dim, id, bucket_ms), delta)| state::PartialEntry {
+        .map(|(PartialKey(dim, id, bucket_ms), delta)| state::PartialEntry {
             dim,
             key: match dim {
                 Dim::Total => TOTAL_KEY,
@@ -654,7 +663,7 @@ impl AttributionTask {
         c.add_to(
             self.partials
                 .borrow_mut()
-                .entry((dim, key, bucket))
+                .entry(PartialKey(dim, key, bucket))
                 .or_default(),
         );
     }
