@@ -154,16 +154,18 @@ pub(crate) fn take_named(partials: &Partials, names: &Names) -> Vec<state::Parti
     let names = names.borrow();
     keyed
         .into_iter()
-        .map(|(PartialKey(dim, id, bucket_ms), delta)| state::PartialEntry {
-            dim,
-            key: match dim {
-                Dim::Total => TOTAL_KEY,
-                d => names[d.index() - 1].name(id),
-            }
-            .into(),
-            bucket_ms,
-            delta,
-        })
+        .map(
+            |(PartialKey(dim, id, bucket_ms), delta)| state::PartialEntry {
+                dim,
+                key: match dim {
+                    Dim::Total => TOTAL_KEY,
+                    d => names[d.index() - 1].name(id),
+                }
+                .into(),
+                bucket_ms,
+                delta,
+            },
+        )
         .collect()
 }
 
