@@ -193,8 +193,9 @@ pub struct AttributionTask {
     /// The changelog's live batches, and what the state has forgotten since.
     log: BatchLog,
     horizon: Horizon,
-    /// The sweep under way, if one is.
-    sweep: Option<Sweep>,
+    /// The sweep under way, if one is (at `last_sweep_watermark_ms`): whether
+    /// it counts for the changelog's batches.
+    sweep_counted: Option<bool>,
     /// Entries written at every commit rather than left to hold their batch
     /// (see `changelog::PIN_AHEAD_MS`), by kind and id.
     pinned: FastSet<(u8, compact_str::CompactString)>,
@@ -235,7 +236,7 @@ impl AttributionTask {
             clock_changed: false,
             log,
             horizon: Horizon::default(),
-            sweep: None,
+            sweep_counted: None,
             pinned: FastSet::default(),
         }
     }
@@ -246,7 +247,7 @@ impl AttributionTask {
     /// write: `slab`), so a restore may bring some of it back: the same sweep
     /// runs again here, with the restored clock.
     pub fn track_changes(&mut self) {
-        self.sweep(false);
+        self.sweep(self.last_sweep_watermark_ms, false);
         self.sweep_step(usize::MAX);
         self.joins.track_changes();
         self.payment_ids.track_changes();
@@ -688,37 +689,31 @@ impl AttributionTask {
         {
             return;
         }
-        self.last_sweep_watermark_ms = limit;
-        self.sweep(true);
+        self.sweep(limit, true);
     }
 
-    /// Starts forgetting what no event can match any more, as of the last
-    /// sweep's limit (a sweep still under way is finished first), and walks
+    /// Starts forgetting what no event can match any more, as of `limit`
+    /// (a sweep still under way is finished first, at its own), and walks
     /// its first step. `counted`: it counts for the changelog's batches
     /// (a restore's does not: its batches wait for the next).
-    fn sweep(&mut self, counted: bool) {
+    fn sweep(&mut self, limit: i64, counted: bool) {
         self.sweep_step(usize::MAX);
-        let limit = self.last_sweep_watermark_ms;
-        if limit == i64::MIN {
+        self.last_sweep_watermark_ms = limit;
+        let Some((orders_before, ids_before)) = self.forget_before() else {
             return;
-        }
-        let sweep = Sweep {
-            ids_before_ms: limit.saturating_sub(self.cfg.time.dedup_ttl_ms),
-            orders_before_ms: limit.saturating_sub(self.cfg.time.order_ttl_ms),
-            counted,
         };
-        self.payment_ids.sweep(sweep.ids_before_ms);
-        self.delivery_ids.sweep(sweep.ids_before_ms);
-        self.joins.sweep_orders(sweep.orders_before_ms);
+        self.payment_ids.sweep(ids_before);
+        self.delivery_ids.sweep(ids_before);
+        self.joins.sweep_orders(orders_before);
         self.horizon.sweeps_begun += counted as u64;
-        self.sweep = Some(sweep);
+        self.sweep_counted = Some(counted);
         self.sweep_step(SWEEP_STEP);
     }
 
     /// Walks up to `count` more slots of each store in the sweep under way;
     /// once it has walked them all, the changelog's horizon moves.
     fn sweep_step(&mut self, count: usize) {
-        let Some(sweep) = self.sweep else {
+        let Some(counted) = self.sweep_counted else {
             return;
         };
         // Each walks its own steps (no short-circuit).
@@ -726,11 +721,26 @@ impl AttributionTask {
             & self.delivery_ids.sweep_step(count)
             & self.joins.sweep_step(count);
         if done {
-            self.sweep = None;
-            self.horizon.orders_before_ms = sweep.orders_before_ms;
-            self.horizon.ids_before_ms = sweep.ids_before_ms;
-            self.horizon.sweeps += sweep.counted as u64;
+            self.sweep_counted = None;
+            let (orders_before, ids_before) = self.forget_before().expect("a sweep ran");
+            self.horizon.orders_before_ms = orders_before;
+            self.horizon.ids_before_ms = ids_before;
+            self.horizon.sweeps += counted as u64;
         }
+    }
+
+    /// What the last sweep begun (at `last_sweep_watermark_ms`) forgets:
+    /// orders placed before the first time, ids seen before the second
+    /// (`None` before the first sweep).
+    fn forget_before(&self) -> Option<(i64, i64)> {
+        let limit = self.last_sweep_watermark_ms;
+        let t = &self.cfg.time;
+        (limit != i64::MIN).then(|| {
+            (
+                limit.saturating_sub(t.order_ttl_ms),
+                limit.saturating_sub(t.dedup_ttl_ms),
+            )
+        })
     }
 }
 
@@ -742,14 +752,6 @@ impl AttributionTask {
 /// (10 s), far within the 15 minutes before the next.
 /// (In unit tests, a few slots: their sweeps take ticks too.)
 const SWEEP_STEP: usize = if cfg!(test) { 16 } else { 1 << 17 };
-
-/// A sweep under way: what it forgets (the horizon's, once it is done).
-#[derive(Debug, Clone, Copy)]
-struct Sweep {
-    orders_before_ms: i64,
-    ids_before_ms: i64,
-    counted: bool,
-}
 
 /// End of the last window or bucket holding `max_ts`: where the after-the-sale flush starts.
 pub(crate) fn flush_target(max_ts: i64, window_sizes_ms: &[Vec<i64>; 4]) -> i64 {

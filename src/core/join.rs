@@ -188,8 +188,6 @@ pub struct JoinState {
     order_count: usize,
     waiting_count: usize,
     deadlines: BinaryHeap<Reverse<(i64, CompactString)>>,
-    /// A sweep under way: its limit, and the first slot it has not passed.
-    sweep: Option<(i64, u32)>,
 }
 
 impl JoinState {
@@ -302,10 +300,13 @@ impl JoinState {
     /// walked it all at once when it began, so the joins do not depend on
     /// how far the ticks have walked it (nor on a restore, which sweeps at once).
     fn swept(&self, i: u32) -> bool {
-        self.sweep.is_some_and(|(limit_ms, from)| {
-            let s = self.slots.get(i);
-            i >= from && s.has_order() && self.clocks.placed.time(i, s.placed) < limit_ms
-        })
+        self.clocks
+            .placed
+            .under_way()
+            .is_some_and(|(limit_ms, from)| {
+                let s = self.slots.get(i);
+                i >= from && s.has_order() && self.clocks.placed.time(i, s.placed) < limit_ms
+            })
     }
 
     /// Forgets slot `i`'s order now if the sweep under way forgets it
@@ -445,12 +446,11 @@ impl JoinState {
         self.sweep_step(usize::MAX);
         self.clocks.placed.rebase(limit_ms);
         self.clocks.first_paid.rebase(limit_ms);
-        self.sweep = Some((limit_ms, 0));
     }
 
     /// Walks up to `count` more slots of the sweep under way; true once none is.
     pub fn sweep_step(&mut self, count: usize) -> bool {
-        let Some((limit_ms, from)) = self.sweep else {
+        let Some((limit_ms, from)) = self.clocks.placed.under_way() else {
             return true;
         };
         let mut forgotten = 0;
@@ -468,8 +468,8 @@ impl JoinState {
                     }
                 };
             }
-            s.placed = c.placed.recode(i, s.placed, i + 1);
-            s.first_paid = c.first_paid.recode(i, s.first_paid, i + 1);
+            s.placed = c.placed.recode(i, s.placed);
+            s.first_paid = c.first_paid.recode(i, s.first_paid);
             true
         });
         for (i, id) in changed {
@@ -487,7 +487,6 @@ impl JoinState {
                 c.first_paid.rebased();
             }
         }
-        self.sweep = next.map(|n| (limit_ms, n));
         next.is_none()
     }
 
@@ -505,8 +504,6 @@ impl JoinState {
 pub struct Dedup {
     seen: IdSlab<Code>,
     times: Times,
-    /// A sweep under way: its limit, and the first slot it has not passed.
-    sweep: Option<(i64, u32)>,
 }
 
 impl Dedup {
@@ -575,12 +572,11 @@ impl Dedup {
     pub fn sweep(&mut self, limit_ms: i64) {
         self.sweep_step(usize::MAX);
         self.times.rebase(limit_ms);
-        self.sweep = Some((limit_ms, 0));
     }
 
     /// Walks up to `count` more slots of the sweep under way; true once none is.
     pub fn sweep_step(&mut self, count: usize) -> bool {
-        let Some((limit_ms, from)) = self.sweep else {
+        let Some((limit_ms, from)) = self.times.under_way() else {
             return true;
         };
         let t = &mut self.times;
@@ -588,14 +584,13 @@ impl Dedup {
             if t.time(i, *c) < limit_ms {
                 return false;
             }
-            *c = t.recode(i, *c, i + 1);
+            *c = t.recode(i, *c);
             true
         });
         match next {
             Some(n) => t.passed(n),
             None => t.rebased(),
         }
-        self.sweep = next.map(|n| (limit_ms, n));
         next.is_none()
     }
 

@@ -122,12 +122,19 @@ impl Times {
         };
     }
 
-    /// Slot `slot`'s `code`, from the old base to the new (the sweep passes
-    /// it); `next`, the first slot the sweep has not passed, comes after it.
-    pub fn recode(&mut self, slot: u32, code: Code, next: u32) -> Code {
+    /// The rebase under way, if one is: its base (the sweep's limit) and
+    /// the first slot not passed yet. The sweep's own state: nothing else
+    /// keeps it.
+    pub fn under_way(&self) -> Option<(i64, u32)> {
+        let (from, _) = self.before.as_ref()?;
+        Some((self.base.expect("set by the rebase"), *from))
+    }
+
+    /// Slot `slot`'s `code`, from the old base to the new: the sweep passes it.
+    pub fn recode(&mut self, slot: u32, code: Code) -> Code {
         let ts = self.time(slot, code);
         self.forget(slot);
-        self.passed(next);
+        self.passed(slot + 1);
         self.code_here(slot, ts)
     }
 
@@ -205,7 +212,8 @@ mod tests {
         t.rebase(first);
         for s in 1..cases.len() {
             let slot = s as u32;
-            codes[s] = t.recode(slot, codes[s], slot + 1);
+            codes[s] = t.recode(slot, codes[s]);
+            assert_eq!(t.under_way(), Some((first, slot + 1)));
             for (k, (&ts, &c)) in cases.iter().zip(&codes).enumerate().skip(1) {
                 assert_eq!(t.time(k as u32, c), ts, "slot {k} with {s} recoded");
             }
@@ -218,6 +226,7 @@ mod tests {
         );
         t.passed(cases.len() as u32 + 1);
         t.rebased();
+        assert_eq!(t.under_way(), None);
         for (s, (&ts, &c)) in cases.iter().zip(&codes).enumerate().skip(1) {
             assert_eq!(t.time(s as u32, c), ts);
         }
