@@ -200,6 +200,11 @@ impl<T: Default> IdSlab<T> {
             self.entries.push(Entry::default());
             u32::try_from(self.entries.len() - 1).expect("fewer than 2^32 slots")
         });
+        // The next new id's slot, asked for now: a free one lies anywhere in
+        // the slab (the end's lines are asked for by `Chunks::push`).
+        if let Some(&next) = self.free.last() {
+            self.prefetch_slot(next);
+        }
         // Into the index before the entry holds its id: were the index to
         // grow, it would be filled from the entries held, and then hold `i` twice.
         let entries = &self.entries;

@@ -24,6 +24,10 @@ impl<T> Default for Chunks<T> {
     }
 }
 
+/// How far past the last entry [`Chunks::push`] asks for memory (a few
+/// lines: 16 or 48 entries of an order measured the same).
+const TAIL_AHEAD_BYTES: usize = 512;
+
 impl<T> Chunks<T> {
     /// Entries per chunk past the first: a power of two, and at least 4 MiB
     /// of them, so that most of a chunk lies in whole huge pages
@@ -57,6 +61,14 @@ impl<T> Chunks<T> {
         }
         chunk.push(e);
         self.len += 1;
+        // The entries to come lie in lines not read since the memory was
+        // faulted in or moved: asked for a few lines ahead, a push does not
+        // wait for its line (in the core bench, 3 – 6% more events/s:
+        // docs/performance.md).
+        let ahead = TAIL_AHEAD_BYTES / std::mem::size_of::<Entry<T>>();
+        if let Some(ahead) = chunk.spare_capacity_mut().get(ahead) {
+            super::prefetch(ahead.as_ptr().cast());
+        }
     }
 
     /// Room for `n` more entries; the new room's address ranges (to fault
