@@ -63,7 +63,7 @@ impl<T> Chunks<T> {
         self.len += 1;
         // The entries to come lie in lines not read since the memory was
         // faulted in or moved: asked for a few lines ahead, a push does not
-        // wait for its line (in the core bench, 3 – 6% more events/s:
+        // wait for its line (in the core bench, 2 – 6% more events/s:
         // docs/performance.md).
         let ahead = TAIL_AHEAD_BYTES / std::mem::size_of::<Entry<T>>();
         if let Some(ahead) = chunk.spare_capacity_mut().get(ahead) {
