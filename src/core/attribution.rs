@@ -15,15 +15,17 @@ use super::join::{
 };
 use super::milestone::BUCKET_MS;
 use super::output::{DeadLetter, Dim, Output, DEAD_LETTER_KEY_BYTES, DEAD_LETTER_PAYLOAD_BYTES};
-use super::state::{self, Delta, Progress};
+use super::state::{self, Progress};
 use super::watermark::{PartitionId, Watermarks};
 use super::{FastMap, FastSet};
 use crate::decode::{decode, peek_str, FieldName, Rejection, MIN_EVENT_MS};
 
 mod changelog;
+mod partials;
 use crate::model::{
     DeadReason, Delivery, DeliveryStatus, Event, InputTopic, Order, Payment, PaymentKind, Source,
 };
+use partials::{Contribution, PartialKey, PartialSums};
 
 /// Key of the `total` dimension, and of orphans in `brand` and `country`.
 pub const TOTAL_KEY: &str = "all";
@@ -34,16 +36,6 @@ const UNKNOWN: Attribution = Attribution {
     country: 0,
 };
 pub const UNKNOWN_KEY: &str = "unknown";
-
-/// What a payment or delivery adds once attributed.
-#[derive(Debug, Clone, Copy)]
-enum Contribution {
-    Paid(i64),
-    Refund(i64),
-    Placed,
-    Shipped,
-    Delivered,
-}
 
 impl Contribution {
     fn of(what: Joinable) -> Self {
@@ -62,19 +54,6 @@ impl Contribution {
             Joinable::Delivery {
                 status: DeliveryStatus::Delivered,
             } => Contribution::Delivered,
-        }
-    }
-
-    fn add_to(self, d: &mut Delta) {
-        match self {
-            Contribution::Paid(fen) => {
-                d.gmv_fen += fen as i128;
-                d.paid_orders += 1;
-            }
-            Contribution::Refund(fen) => d.refund_fen += fen as i128,
-            Contribution::Placed => d.placed_orders += 1,
-            Contribution::Shipped => d.shipped_orders += 1,
-            Contribution::Delivered => d.delivered_orders += 1,
         }
     }
 }
@@ -126,31 +105,18 @@ pub(crate) fn new_names() -> Names {
     Rc::new(RefCell::new(names))
 }
 
-/// A partial sum's key: (dimension, name id in [`Names`], bucket start).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) struct PartialKey(Dim, u32, i64);
-
-/// Hashed as one 128-bit word: one step of the hasher, where the fields
-/// one by one took three.
-impl std::hash::Hash for PartialKey {
-    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
-        h.write_u128((self.0 as u128) << 96 | u128::from(self.1) << 64 | self.2 as u64 as u128);
-    }
-}
-
-/// Partial sums since they were last taken, one table for all the attribution
-/// tasks of an engine: a commit's keys repeat across tasks, and one table
+/// Partial sums since they were last taken, one set for all the attribution
+/// tasks of an engine: a commit's keys repeat across tasks, and one set
 /// holds each once, so it stays in cache and hands on half the entries that
-/// one table a task did (docs/performance.md). Shared by handle, as [`Names`].
+/// one a task did (docs/performance.md). Shared by handle, as [`Names`].
 /// A task is dropped only with all the others (they restore from the last
 /// commit) or right after a commit, so no task's sums outlive it (`Engine::retain`).
-pub(crate) type Partials = Rc<RefCell<FastMap<PartialKey, Delta>>>;
+pub(crate) type Partials = Rc<RefCell<PartialSums>>;
 
 /// Takes every partial sum, with its key's name, in key order (by id: the
 /// records made of them come out the same every run).
 pub(crate) fn take_named(partials: &Partials, names: &Names) -> Vec<state::PartialEntry> {
-    let mut keyed: Vec<_> = partials.borrow_mut().drain().collect();
-    keyed.sort_unstable_by_key(|&(k, _)| k);
+    let keyed = partials.borrow_mut().take();
     let names = names.borrow();
     keyed
         .into_iter()
@@ -664,13 +630,7 @@ impl AttributionTask {
     }
 
     fn add(&mut self, dim: Dim, key: u32, ts_ms: i64, c: Contribution) {
-        let bucket = ts_ms.div_euclid(BUCKET_MS) * BUCKET_MS;
-        c.add_to(
-            self.partials
-                .borrow_mut()
-                .entry(PartialKey(dim, key, bucket))
-                .or_default(),
-        );
+        self.partials.borrow_mut().add(dim, key, ts_ms, c);
     }
 
     /// The watermark moved: time out joins, and forget what no event can match any more.

@@ -1,5 +1,5 @@
 use super::*;
-use crate::core::state::PartialEntry;
+use crate::core::state::{Delta, PartialEntry};
 
 fn src(topic: InputTopic, offset: i64) -> Source {
     Source {

@@ -1,0 +1,330 @@
+//! Partial sums per dimension key and 1-second bucket, between two commits.
+//!
+//! Most events fall in the latest few seconds, so the sums of a recent bucket
+//! sit in a dense array indexed by the key's id: an add is an index, not a
+//! hash and a probe. A hash map held them all until the fourteenth session:
+//! `perf` put 40% of its adds' time on the first read of the entry, a miss in
+//! a table of every bucket of the commit spread over a megabyte
+//! (docs/performance.md). The map stays for what the arrays do not hold: a
+//! bucket older than the one in its place in the ring, and ids past
+//! [`DENSE_IDS`] (so memory stays bounded with any number of names).
+
+use super::super::milestone::BUCKET_MS;
+use super::super::output::Dim;
+use super::super::state::Delta;
+use super::super::FastMap;
+
+/// Buckets held densely: a ring of this many seconds, each in the place of
+/// its second modulo the ring. Wider than the spread of event times in a
+/// commit (`max_out_of_orderness`), so that an older bucket rarely finds its
+/// place taken by a newer one.
+const RING: usize = 32;
+/// Ids per dimension held densely (the first names seen, the most popular
+/// under a skewed popularity). Bounds the arrays at `RING` × 3 × this many
+/// cells of 40 bytes (16 MB) whatever the input.
+const DENSE_IDS: usize = 4_096;
+
+/// What a payment or delivery adds once attributed.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Contribution {
+    Paid(i64),
+    Refund(i64),
+    Placed,
+    Shipped,
+    Delivered,
+}
+
+impl Contribution {
+    fn add_to(self, d: &mut Delta) {
+        match self {
+            Contribution::Paid(fen) => {
+                d.gmv_fen += fen as i128;
+                d.paid_orders += 1;
+            }
+            Contribution::Refund(fen) => d.refund_fen += fen as i128,
+            Contribution::Placed => d.placed_orders += 1,
+            Contribution::Shipped => d.shipped_orders += 1,
+            Contribution::Delivered => d.delivered_orders += 1,
+        }
+    }
+}
+
+/// A partial sum's key: (dimension, name id in `Names`, bucket start).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct PartialKey(pub(crate) Dim, pub(crate) u32, pub(crate) i64);
+
+/// Hashed as one 128-bit word: one step of the hasher, where the fields
+/// one by one took three.
+impl std::hash::Hash for PartialKey {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        h.write_u128((self.0 as u128) << 96 | u128::from(self.1) << 64 | self.2 as u64 as u128);
+    }
+}
+
+/// A [`Delta`] in 40 bytes rather than 64: within one bucket and one commit
+/// the sums fit in 64 bits and the counts in 32 ([`Cell::add`] says when
+/// they would not).
+#[derive(Debug, Clone, Copy, Default)]
+struct Cell {
+    gmv_fen: i64,
+    refund_fen: i64,
+    /// Contributions added: 0 for a cell not in its bucket's `touched` list;
+    /// bounds every count below.
+    adds: u32,
+    paid_orders: u32,
+    placed_orders: u32,
+    shipped_orders: u32,
+    delivered_orders: u32,
+}
+
+impl Cell {
+    /// Adds `c`, or returns false, unchanged, if a sum or count would overflow.
+    fn add(&mut self, c: Contribution) -> bool {
+        if self.adds == u32::MAX {
+            return false;
+        }
+        match c {
+            Contribution::Paid(fen) => match self.gmv_fen.checked_add(fen) {
+                Some(sum) => {
+                    self.gmv_fen = sum;
+                    self.paid_orders += 1;
+                }
+                None => return false,
+            },
+            Contribution::Refund(fen) => match self.refund_fen.checked_add(fen) {
+                Some(sum) => self.refund_fen = sum,
+                None => return false,
+            },
+            Contribution::Placed => self.placed_orders += 1,
+            Contribution::Shipped => self.shipped_orders += 1,
+            Contribution::Delivered => self.delivered_orders += 1,
+        }
+        self.adds += 1;
+        true
+    }
+
+    fn delta(&self) -> Delta {
+        Delta {
+            gmv_fen: self.gmv_fen.into(),
+            refund_fen: self.refund_fen.into(),
+            paid_orders: self.paid_orders.into(),
+            placed_orders: self.placed_orders.into(),
+            shipped_orders: self.shipped_orders.into(),
+            delivered_orders: self.delivered_orders.into(),
+        }
+    }
+}
+
+/// One place of the ring: the sums of one bucket, by dimension and key id.
+#[derive(Debug)]
+struct Bucket {
+    /// Start of the bucket held (`i64::MIN`: none yet).
+    start_ms: i64,
+    cells: [Vec<Cell>; 4],
+    /// Cells with an add since they were last taken, each once.
+    touched: Vec<(Dim, u32)>,
+}
+
+impl Default for Bucket {
+    fn default() -> Self {
+        Bucket {
+            start_ms: i64::MIN,
+            cells: Default::default(),
+            touched: Vec::new(),
+        }
+    }
+}
+
+impl Bucket {
+    /// Empties every touched cell into `f`, with its key.
+    fn drain(&mut self, mut f: impl FnMut(PartialKey, Delta)) {
+        for (dim, id) in self.touched.drain(..) {
+            let cell = std::mem::take(&mut self.cells[dim.index()][id as usize]);
+            f(PartialKey(dim, id, self.start_ms), cell.delta());
+        }
+    }
+}
+
+/// The partial sums since they were last taken.
+#[derive(Debug)]
+pub(crate) struct PartialSums {
+    ring: Box<[Bucket]>,
+    /// What the ring does not hold: a bucket whose place holds a later one
+    /// (places only move on, so it never goes back), far ids, and the sums
+    /// of a full cell.
+    spilled: FastMap<PartialKey, Delta>,
+}
+
+impl Default for PartialSums {
+    fn default() -> Self {
+        PartialSums {
+            ring: (0..RING).map(|_| Bucket::default()).collect(),
+            spilled: FastMap::default(),
+        }
+    }
+}
+
+impl PartialSums {
+    /// Adds `c` to key `id` of `dim` in the bucket of `ts_ms`.
+    pub(super) fn add(&mut self, dim: Dim, id: u32, ts_ms: i64, c: Contribution) {
+        let second = ts_ms.div_euclid(BUCKET_MS);
+        let start_ms = second * BUCKET_MS;
+        let b = &mut self.ring[second.rem_euclid(RING as i64) as usize];
+        if b.start_ms != start_ms {
+            if start_ms < b.start_ms {
+                return spill(&mut self.spilled, PartialKey(dim, id, start_ms), c);
+            }
+            // A later bucket takes the place: the earlier one's sums move to the map.
+            b.drain(|k, d| self.spilled.entry(k).or_default().add(&d));
+            b.start_ms = start_ms;
+        }
+        let cells = &mut b.cells[dim.index()];
+        let i = id as usize;
+        if i >= cells.len() {
+            if i >= DENSE_IDS {
+                return spill(&mut self.spilled, PartialKey(dim, id, start_ms), c);
+            }
+            // Ids are given in order from 0: grow in steps, not one by one.
+            cells.resize((i + 1).next_power_of_two().min(DENSE_IDS), Cell::default());
+        }
+        let cell = &mut cells[i];
+        if cell.adds == 0 {
+            b.touched.push((dim, id));
+        }
+        if !cell.add(c) {
+            // Full: its sums go to the map, and it starts again (still touched).
+            let full = std::mem::take(cell);
+            let sum = self
+                .spilled
+                .entry(PartialKey(dim, id, start_ms))
+                .or_default();
+            sum.add(&full.delta());
+            let added = cell.add(c);
+            debug_assert!(added, "an empty cell takes any contribution");
+        }
+    }
+
+    /// Takes every partial sum, in key order.
+    pub(crate) fn take(&mut self) -> Vec<(PartialKey, Delta)> {
+        let mut sums: Vec<_> = self.spilled.drain().collect();
+        for b in self.ring.iter_mut() {
+            b.drain(|k, d| sums.push((k, d)));
+        }
+        sums.sort_unstable_by_key(|&(k, _)| k);
+        // A full cell's key is in both (`PartialSums::add`): one entry a key.
+        sums.dedup_by(|later, kept| {
+            let same = later.0 == kept.0;
+            if same {
+                kept.1.add(&later.1);
+            }
+            same
+        });
+        sums
+    }
+
+    /// Partial sums held (a key may count twice, in a cell and in the map).
+    pub(crate) fn len(&self) -> usize {
+        self.spilled.len() + self.ring.iter().map(|b| b.touched.len()).sum::<usize>()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Drops every partial sum.
+    pub(crate) fn clear(&mut self) {
+        self.spilled.clear();
+        for b in self.ring.iter_mut() {
+            b.drain(|_, _| {});
+        }
+    }
+}
+
+fn spill(spilled: &mut FastMap<PartialKey, Delta>, k: PartialKey, c: Contribution) {
+    c.add_to(spilled.entry(k).or_default());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: i64 = 1_731_283_200_000;
+
+    /// The sums the old map made: every contribution in a map by key.
+    fn by_map(adds: &[(Dim, u32, i64, Contribution)]) -> Vec<(PartialKey, Delta)> {
+        let mut m: std::collections::BTreeMap<PartialKey, Delta> = Default::default();
+        for &(dim, id, ts, c) in adds {
+            c.add_to(
+                m.entry(PartialKey(dim, id, ts.div_euclid(1000) * 1000))
+                    .or_default(),
+            );
+        }
+        m.into_iter().collect()
+    }
+
+    fn by_sums(
+        p: &mut PartialSums,
+        adds: &[(Dim, u32, i64, Contribution)],
+    ) -> Vec<(PartialKey, Delta)> {
+        for &(dim, id, ts, c) in adds {
+            p.add(dim, id, ts, c);
+        }
+        p.take()
+    }
+
+    #[test]
+    fn same_sums_as_a_map_in_and_out_of_the_ring() {
+        let mut adds = Vec::new();
+        // In order, out of order within the ring, older than the ring holds
+        // (a bucket 40 s back whose place holds a later one), far ids, and
+        // negative times.
+        for i in 0..5_000i64 {
+            let ts = T + i * 37 - (i % 7) * 900;
+            let c = match i % 5 {
+                0 => Contribution::Paid(i * 101),
+                1 => Contribution::Refund(i),
+                2 => Contribution::Placed,
+                3 => Contribution::Shipped,
+                _ => Contribution::Delivered,
+            };
+            adds.push((Dim::Brand, (i % 13) as u32, ts, c));
+            adds.push((Dim::Total, 0, ts, c));
+            if i % 10 == 0 {
+                adds.push((Dim::Country, 3, ts - 40_000, c));
+                adds.push((Dim::Channel, 100_000 + (i % 3) as u32, ts, c));
+                adds.push((Dim::Channel, 1, -ts, c));
+            }
+        }
+        let mut p = PartialSums::default();
+        assert_eq!(by_sums(&mut p, &adds), by_map(&adds));
+        assert!(p.is_empty());
+        // Taken: the next commit's sums start from zero, in the same places.
+        assert_eq!(by_sums(&mut p, &adds[..100]), by_map(&adds[..100]));
+    }
+
+    #[test]
+    fn a_full_cell_moves_to_the_map_and_nothing_is_lost() {
+        let mut p = PartialSums::default();
+        let big = i64::MAX / 2 + 1;
+        let adds: Vec<_> = (0..3)
+            .map(|_| (Dim::Brand, 5, T, Contribution::Paid(big)))
+            .collect();
+        let sums = by_sums(&mut p, &adds);
+        assert_eq!(sums.len(), 1);
+        assert_eq!(sums[0].1.gmv_fen, 3 * big as i128);
+        assert_eq!(sums[0].1.paid_orders, 3);
+    }
+
+    #[test]
+    fn len_and_clear() {
+        let mut p = PartialSums::default();
+        p.add(Dim::Total, 0, T, Contribution::Placed);
+        p.add(Dim::Total, 0, T, Contribution::Placed);
+        p.add(Dim::Brand, 9_999, T, Contribution::Placed);
+        p.add(Dim::Brand, 1, T - 60_000, Contribution::Placed);
+        assert_eq!(p.len(), 3);
+        p.clear();
+        assert!(p.is_empty());
+        assert!(p.take().is_empty());
+    }
+}
