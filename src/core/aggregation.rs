@@ -12,8 +12,9 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::attribution::{flush_target, Interner, TOTAL_KEY, UNKNOWN_KEY};
+use super::attribution::{flush_target, TOTAL_KEY, UNKNOWN_KEY};
 use super::engine::{EngineConfig, Stats, Totals};
+use super::interner::Interner;
 use super::milestone::{Milestones, ThresholdRule, BUCKET_MS};
 use super::output::{Dim, MilestoneRecord, Output, TotalRecord, WindowRecord};
 use super::state::{self, Delta, PartialBatch, PartialEntry, Progress};

@@ -10,6 +10,7 @@ use std::sync::{Arc, LazyLock};
 use super::batch_log::{self, BatchLog, Horizon, Marks};
 use super::engine::{Ahead, EngineConfig, Stats};
 use super::fx::FxTable;
+use super::interner::Interner;
 use super::join::{
     Attach, Attribution, Dedup, JoinState, Joinable, OrderInfo, Waiting, NO_CHANNEL,
 };
@@ -17,7 +18,7 @@ use super::milestone::BUCKET_MS;
 use super::output::{DeadLetter, Dim, Output, DEAD_LETTER_KEY_BYTES, DEAD_LETTER_PAYLOAD_BYTES};
 use super::state::{self, Progress};
 use super::watermark::{PartitionId, Watermarks};
-use super::{FastMap, FastSet};
+use super::FastSet;
 use crate::decode::{decode, peek_str, FieldName, Rejection, MIN_EVENT_MS};
 
 mod changelog;
@@ -55,37 +56,6 @@ impl Contribution {
                 status: DeliveryStatus::Delivered,
             } => Contribution::Delivered,
         }
-    }
-}
-
-/// Dimension key names to small ids, so hot maps hash integers.
-#[derive(Debug, Default)]
-pub(crate) struct Interner {
-    ids: FastMap<Box<str>, u32>,
-    names: Vec<Box<str>>,
-}
-
-impl Interner {
-    pub(crate) fn intern(&mut self, s: &str) -> u32 {
-        if let Some(&id) = self.ids.get(s) {
-            return id;
-        }
-        let id = self.names.len() as u32;
-        self.names.push(s.into());
-        self.ids.insert(s.into(), id);
-        id
-    }
-
-    pub(crate) fn id(&self, s: &str) -> Option<u32> {
-        self.ids.get(s).copied()
-    }
-
-    pub(crate) fn name(&self, id: u32) -> &str {
-        &self.names[id as usize]
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.names.len()
     }
 }
 

@@ -7,6 +7,7 @@ pub mod batch_log;
 pub mod commit;
 pub mod engine;
 pub mod fx;
+mod interner;
 pub mod join;
 pub mod local;
 pub mod milestone;
