@@ -478,8 +478,7 @@ impl AttributionTask {
             return;
         };
         stats.placed_orders += 1;
-        self.add(Dim::Total, 0, o.ts_ms, Contribution::Placed);
-        self.apply_attributed(attribution, o.ts_ms, Contribution::Placed);
+        self.add(o.ts_ms, Contribution::Placed, true, Some(attribution));
         // `order` carries the released payments' first paid time: a delivery that
         // waited too measures pay-to-delivery from it.
         for w in released {
@@ -507,7 +506,7 @@ impl AttributionTask {
             }
         };
         // The total never waits for the join.
-        self.add(Dim::Total, 0, p.ts_ms, c);
+        self.add(p.ts_ms, c, true, None);
         let what = Joinable::Payment {
             kind: p.kind,
             amount_fen: p.amount_fen,
@@ -533,7 +532,7 @@ impl AttributionTask {
                 Contribution::Delivered
             }
         };
-        self.add(Dim::Total, 0, d.ts_ms, c);
+        self.add(d.ts_ms, c, true, None);
         let what = Joinable::Delivery { status: d.status };
         self.attribute_or_wait(&d.order_id, d.ts_ms, what, stats, out);
     }
@@ -569,7 +568,7 @@ impl AttributionTask {
             Attach::Parked => {}
             Attach::Full => {
                 stats.join_overflows[w.what.topic().index()] += 1;
-                self.apply_attributed(UNKNOWN, ts_ms, Contribution::of(w.what));
+                self.add(ts_ms, Contribution::of(w.what), false, Some(UNKNOWN));
             }
         }
     }
@@ -588,19 +587,28 @@ impl AttributionTask {
                 millis: w.ts_ms - order.first_paid_ms,
             });
         }
-        self.apply_attributed(order.attribution, w.ts_ms, Contribution::of(w.what));
+        self.add(
+            w.ts_ms,
+            Contribution::of(w.what),
+            false,
+            Some(order.attribution),
+        );
     }
 
-    fn apply_attributed(&mut self, a: Attribution, ts_ms: i64, c: Contribution) {
-        self.add(Dim::Brand, a.brand, ts_ms, c);
-        self.add(Dim::Country, a.country, ts_ms, c);
-        if a.channel != NO_CHANNEL {
-            self.add(Dim::Channel, a.channel, ts_ms, c);
+    /// Adds `c` at `ts_ms` to the total if `total`, and to the keys of `a` if any.
+    fn add(&mut self, ts_ms: i64, c: Contribution, total: bool, a: Option<Attribution>) {
+        let mut keys = [(Dim::Total, 0); 4];
+        let mut n = total as usize;
+        if let Some(a) = a {
+            keys[n] = (Dim::Brand, a.brand);
+            keys[n + 1] = (Dim::Country, a.country);
+            n += 2;
+            if a.channel != NO_CHANNEL {
+                keys[n] = (Dim::Channel, a.channel);
+                n += 1;
+            }
         }
-    }
-
-    fn add(&mut self, dim: Dim, key: u32, ts_ms: i64, c: Contribution) {
-        self.partials.borrow_mut().add(dim, key, ts_ms, c);
+        self.partials.borrow_mut().add(ts_ms, c, &keys[..n]);
     }
 
     /// The watermark moved: time out joins, and forget what no event can match any more.
@@ -613,7 +621,7 @@ impl AttributionTask {
         self.horizon.expired_to_ms = w;
         for x in expired {
             stats.join_timeouts[x.what.topic().index()] += 1;
-            self.apply_attributed(UNKNOWN, x.ts_ms, Contribution::of(x.what));
+            self.add(x.ts_ms, Contribution::of(x.what), false, Some(UNKNOWN));
         }
         let limit = w.saturating_sub(self.cfg.time.allowed_lateness_ms);
         let every = (self.cfg.time.dedup_ttl_ms / 4).max(1_000);

@@ -136,6 +136,33 @@ impl Default for Bucket {
 }
 
 impl Bucket {
+    /// Adds `c` to key `id` of `dim` in this bucket.
+    fn add(&mut self, spilled: &mut Spilled, dim: Dim, id: u32, c: Contribution) {
+        let cells = &mut self.cells[dim.index()];
+        let i = id as usize;
+        if i >= cells.len() {
+            if i >= DENSE_IDS {
+                return spill(spilled, PartialKey(dim, id, self.start_ms), c);
+            }
+            // Ids are given in order from 0: grow in steps, not one by one.
+            cells.resize((i + 1).next_power_of_two().min(DENSE_IDS), Cell::default());
+        }
+        let cell = &mut cells[i];
+        if cell.adds == 0 {
+            self.touched.push((dim, id));
+        }
+        if !cell.add(c) {
+            // Full: its sums go to the map, and it starts again (still touched).
+            let full = std::mem::take(cell);
+            let sum = spilled
+                .entry(PartialKey(dim, id, self.start_ms))
+                .or_default();
+            sum.add(&full.delta());
+            let added = cell.add(c);
+            debug_assert!(added, "an empty cell takes any contribution");
+        }
+    }
+
     /// Empties every touched cell into `f`, with its key.
     fn drain(&mut self, mut f: impl FnMut(PartialKey, Delta)) {
         for (dim, id) in self.touched.drain(..) {
@@ -152,8 +179,10 @@ pub(crate) struct PartialSums {
     /// What the ring does not hold: a bucket whose place holds a later one
     /// (places only move on, so it never goes back), far ids, and the sums
     /// of a full cell.
-    spilled: FastMap<PartialKey, Delta>,
+    spilled: Spilled,
 }
+
+type Spilled = FastMap<PartialKey, Delta>;
 
 impl Default for PartialSums {
     fn default() -> Self {
@@ -165,42 +194,24 @@ impl Default for PartialSums {
 }
 
 impl PartialSums {
-    /// Adds `c` to key `id` of `dim` in the bucket of `ts_ms`.
-    pub(super) fn add(&mut self, dim: Dim, id: u32, ts_ms: i64, c: Contribution) {
+    /// Adds `c` to each of `keys` (dimension, name id) in the bucket of `ts_ms`.
+    pub(super) fn add(&mut self, ts_ms: i64, c: Contribution, keys: &[(Dim, u32)]) {
         let second = ts_ms.div_euclid(BUCKET_MS);
         let start_ms = second * BUCKET_MS;
         let b = &mut self.ring[second.rem_euclid(RING as i64) as usize];
         if b.start_ms != start_ms {
             if start_ms < b.start_ms {
-                return spill(&mut self.spilled, PartialKey(dim, id, start_ms), c);
+                for &(dim, id) in keys {
+                    spill(&mut self.spilled, PartialKey(dim, id, start_ms), c);
+                }
+                return;
             }
             // A later bucket takes the place: the earlier one's sums move to the map.
             b.drain(|k, d| self.spilled.entry(k).or_default().add(&d));
             b.start_ms = start_ms;
         }
-        let cells = &mut b.cells[dim.index()];
-        let i = id as usize;
-        if i >= cells.len() {
-            if i >= DENSE_IDS {
-                return spill(&mut self.spilled, PartialKey(dim, id, start_ms), c);
-            }
-            // Ids are given in order from 0: grow in steps, not one by one.
-            cells.resize((i + 1).next_power_of_two().min(DENSE_IDS), Cell::default());
-        }
-        let cell = &mut cells[i];
-        if cell.adds == 0 {
-            b.touched.push((dim, id));
-        }
-        if !cell.add(c) {
-            // Full: its sums go to the map, and it starts again (still touched).
-            let full = std::mem::take(cell);
-            let sum = self
-                .spilled
-                .entry(PartialKey(dim, id, start_ms))
-                .or_default();
-            sum.add(&full.delta());
-            let added = cell.add(c);
-            debug_assert!(added, "an empty cell takes any contribution");
+        for &(dim, id) in keys {
+            b.add(&mut self.spilled, dim, id, c);
         }
     }
 
@@ -240,7 +251,7 @@ impl PartialSums {
     }
 }
 
-fn spill(spilled: &mut FastMap<PartialKey, Delta>, k: PartialKey, c: Contribution) {
+fn spill(spilled: &mut Spilled, k: PartialKey, c: Contribution) {
     c.add_to(spilled.entry(k).or_default());
 }
 
@@ -250,24 +261,24 @@ mod tests {
 
     const T: i64 = 1_731_283_200_000;
 
+    /// Contributions, each to some keys at a time.
+    type Adds = [(i64, Contribution, Vec<(Dim, u32)>)];
+
     /// The sums the old map made: every contribution in a map by key.
-    fn by_map(adds: &[(Dim, u32, i64, Contribution)]) -> Vec<(PartialKey, Delta)> {
+    fn by_map(adds: &Adds) -> Vec<(PartialKey, Delta)> {
         let mut m: std::collections::BTreeMap<PartialKey, Delta> = Default::default();
-        for &(dim, id, ts, c) in adds {
-            c.add_to(
-                m.entry(PartialKey(dim, id, ts.div_euclid(1000) * 1000))
-                    .or_default(),
-            );
+        for (ts, c, keys) in adds {
+            for &(dim, id) in keys {
+                let bucket = ts.div_euclid(1000) * 1000;
+                c.add_to(m.entry(PartialKey(dim, id, bucket)).or_default());
+            }
         }
         m.into_iter().collect()
     }
 
-    fn by_sums(
-        p: &mut PartialSums,
-        adds: &[(Dim, u32, i64, Contribution)],
-    ) -> Vec<(PartialKey, Delta)> {
-        for &(dim, id, ts, c) in adds {
-            p.add(dim, id, ts, c);
+    fn by_sums(p: &mut PartialSums, adds: &Adds) -> Vec<(PartialKey, Delta)> {
+        for (ts, c, keys) in adds {
+            p.add(*ts, *c, keys);
         }
         p.take()
     }
@@ -276,8 +287,8 @@ mod tests {
     fn same_sums_as_a_map_in_and_out_of_the_ring() {
         let mut adds = Vec::new();
         // In order, out of order within the ring, older than the ring holds
-        // (a bucket 40 s back whose place holds a later one), far ids, and
-        // negative times.
+        // (a bucket 40 s back whose place holds a later one), far ids beside
+        // near ones, and negative times.
         for i in 0..5_000i64 {
             let ts = T + i * 37 - (i % 7) * 900;
             let c = match i % 5 {
@@ -287,12 +298,12 @@ mod tests {
                 3 => Contribution::Shipped,
                 _ => Contribution::Delivered,
             };
-            adds.push((Dim::Brand, (i % 13) as u32, ts, c));
-            adds.push((Dim::Total, 0, ts, c));
+            adds.push((ts, c, vec![(Dim::Total, 0), (Dim::Brand, (i % 13) as u32)]));
             if i % 10 == 0 {
-                adds.push((Dim::Country, 3, ts - 40_000, c));
-                adds.push((Dim::Channel, 100_000 + (i % 3) as u32, ts, c));
-                adds.push((Dim::Channel, 1, -ts, c));
+                adds.push((ts - 40_000, c, vec![(Dim::Country, 3), (Dim::Brand, 7)]));
+                let far = 100_000 + (i % 3) as u32;
+                adds.push((ts, c, vec![(Dim::Channel, far), (Dim::Channel, 1)]));
+                adds.push((-ts, c, vec![(Dim::Channel, 1)]));
             }
         }
         let mut p = PartialSums::default();
@@ -307,7 +318,7 @@ mod tests {
         let mut p = PartialSums::default();
         let big = i64::MAX / 2 + 1;
         let adds: Vec<_> = (0..3)
-            .map(|_| (Dim::Brand, 5, T, Contribution::Paid(big)))
+            .map(|_| (T, Contribution::Paid(big), vec![(Dim::Brand, 5)]))
             .collect();
         let sums = by_sums(&mut p, &adds);
         assert_eq!(sums.len(), 1);
@@ -318,10 +329,10 @@ mod tests {
     #[test]
     fn len_and_clear() {
         let mut p = PartialSums::default();
-        p.add(Dim::Total, 0, T, Contribution::Placed);
-        p.add(Dim::Total, 0, T, Contribution::Placed);
-        p.add(Dim::Brand, 9_999, T, Contribution::Placed);
-        p.add(Dim::Brand, 1, T - 60_000, Contribution::Placed);
+        p.add(T, Contribution::Placed, &[(Dim::Total, 0)]);
+        p.add(T, Contribution::Placed, &[(Dim::Total, 0)]);
+        p.add(T, Contribution::Placed, &[(Dim::Brand, 9_999)]);
+        p.add(T - 60_000, Contribution::Placed, &[(Dim::Brand, 1)]);
         assert_eq!(p.len(), 3);
         p.clear();
         assert!(p.is_empty());
