@@ -6,8 +6,9 @@
 //! `perf` put 40% of its adds' time on the first read of the entry, a miss in
 //! a table of every bucket of the commit spread over a megabyte
 //! (docs/performance.md). The map stays for what the arrays do not hold: a
-//! bucket older than the one in its place in the ring, and ids past
-//! [`DENSE_IDS`] (so memory stays bounded with any number of names).
+//! bucket older than the one in its place in the ring, ids past
+//! [`DENSE_IDS`] (so memory stays bounded with any number of names), and the
+//! sums of a cell that would overflow.
 
 use super::super::milestone::BUCKET_MS;
 use super::super::output::Dim;
