@@ -58,10 +58,7 @@ impl Interner {
         let next = self.names.len() as u32;
         let id = match Short::of(s) {
             Some(k) => *self.short.entry(k).or_insert(next),
-            None => match self.long.get(s) {
-                Some(&id) => id,
-                None => *self.long.entry(s.into()).or_insert(next),
-            },
+            None => *self.long.entry_ref(s).or_insert(next),
         };
         if id == next {
             self.names.push(s.into());

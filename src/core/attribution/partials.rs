@@ -36,6 +36,9 @@ pub(super) enum Contribution {
 }
 
 impl Contribution {
+    /// Adds to a sum of the map, which cannot overflow ([`Cell::add`] is the
+    /// cell's, which can). Routing the map's adds through a one-contribution
+    /// cell instead, one path for both, measured 1 – 2% slower (13 pairs).
     fn add_to(self, d: &mut Delta) {
         match self {
             Contribution::Paid(fen) => {
