@@ -38,20 +38,44 @@ use support::broker::{
 
 const PARTITIONS: i32 = 4;
 
-/// CPU time, in ns, a thread of the process has used so far (its
-/// `schedstat`), found by name: the big screen's reader is "screen".
-fn thread_cpu_ns(pid: u32, name: &str) -> Option<u64> {
-    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
-        .ok()?
-        .flatten()
-    {
+/// CPU time, in ns, each thread of the process has used so far (its
+/// `schedstat`), by thread id, with its name: the big screen's reader is
+/// "screen".
+fn threads_cpu_ns(pid: u32) -> std::collections::BTreeMap<u32, (String, u64)> {
+    let mut by_tid = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return by_tid;
+    };
+    for task in tasks.flatten() {
+        let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) else {
+            continue;
+        };
         let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-        if comm.trim() == name {
-            let stat = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
-            return stat.split_whitespace().next()?.parse().ok();
+        if let Some(ns) = std::fs::read_to_string(task.path().join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        {
+            by_tid.insert(tid, (comm.trim().to_string(), ns));
         }
     }
-    None
+    by_tid
+}
+
+/// CPU time used between two [`threads_cpu_ns`] readings, by kind of thread:
+/// the name with any trailing number dropped, so librdkafka's "rdk:broker1",
+/// "rdk:broker2", ... add up as "rdk:broker". A thread started in between
+/// counts from 0; one that ended in between is not counted.
+fn cpu_by_thread_kind(
+    first: &std::collections::BTreeMap<u32, (String, u64)>,
+    last: &std::collections::BTreeMap<u32, (String, u64)>,
+) -> std::collections::BTreeMap<String, u64> {
+    let mut by_kind = std::collections::BTreeMap::new();
+    for (tid, (name, ns)) in last {
+        let before = first.get(tid).map_or(0, |(_, ns)| *ns);
+        let kind = name.trim_end_matches(|c: char| c.is_ascii_digit());
+        *by_kind.entry(kind.to_string()).or_insert(0) += ns.saturating_sub(before);
+    }
+    by_kind
 }
 
 /// CPU time used so far by a process's main thread (the job's loop) and by
@@ -369,7 +393,7 @@ fn throughput(job: &Proc, broker_pid: u32, metrics_port: u16, n: usize) -> f64 {
     let mut first = None;
     let mut cpu_first = None;
     let mut broker_first = None;
-    let mut screen_first = None;
+    let mut threads_first = Default::default();
     loop {
         assert!(
             Instant::now() < deadline,
@@ -381,7 +405,7 @@ fn throughput(job: &Proc, broker_pid: u32, metrics_port: u16, n: usize) -> f64 {
             first = Some((Instant::now(), count));
             cpu_first = cpu_ns(pid);
             broker_first = cpu_ns(broker_pid);
-            screen_first = thread_cpu_ns(pid, "screen");
+            threads_first = threads_cpu_ns(pid);
         }
         if count as usize >= n {
             break;
@@ -389,7 +413,7 @@ fn throughput(job: &Proc, broker_pid: u32, metrics_port: u16, n: usize) -> f64 {
     }
     let cpu_last = cpu_ns(pid);
     let broker_last = cpu_ns(broker_pid);
-    let screen_last = thread_cpu_ns(pid, "screen");
+    let threads_last = threads_cpu_ns(pid);
     let (t0, c0) = first.unwrap();
     let run_secs = t0.elapsed().as_secs_f64();
     let job_rate = (n as f64 - c0) / run_secs;
@@ -416,14 +440,30 @@ fn throughput(job: &Proc, broker_pid: u32, metrics_port: u16, n: usize) -> f64 {
         if let (Some(x), Some(y)) = (broker_first, broker_last) {
             println!("broker CPU per event read: {:>4.0} ns", per(x.1, y.1));
         }
+        let by_kind = cpu_by_thread_kind(&threads_first, &threads_last);
         // The big screen's reader runs on its own thread: what it costs, beside the loop.
-        if let (Some(x), Some(y)) = (screen_first, screen_last) {
+        if let Some(&ns) = by_kind.get("screen") {
             println!(
                 "screen reader:       {:>10.1} ns per event read, {:.2}% of the process's CPU",
-                per(x, y),
-                100.0 * (y - x) as f64 / (b.1 - a.1) as f64
+                per(0, ns),
+                100.0 * ns as f64 / (b.1 - a.1) as f64
             );
         }
+        // Where the process's CPU goes beside the loop (librdkafka's threads, the
+        // commits'); threads that ended during the run (each commit's) are the rest.
+        let mut kinds: Vec<(u64, &str)> = by_kind.iter().map(|(k, ns)| (*ns, k.as_str())).collect();
+        kinds.sort_unstable_by(|x, y| y.cmp(x));
+        let listed: u64 = kinds.iter().map(|(ns, _)| ns).sum();
+        let mut shown: Vec<String> = kinds
+            .iter()
+            .filter(|(ns, _)| *ns > 0)
+            .map(|&(ns, kind)| format!("{kind} {:.0}", per(0, ns)))
+            .collect();
+        shown.push(format!(
+            "threads that ended {:.0}",
+            per(0, (b.1 - a.1).saturating_sub(listed))
+        ));
+        println!("CPU per event read by thread (ns): {}", shown.join(", "));
         // Below 100%: the loop waited (for input, or for a commit) the rest of the time.
         println!(
             "loop thread busy:    {:>10.0}% of the run",
