@@ -93,28 +93,45 @@ fn cpu_ns(pid: u32) -> Option<(u64, u64)> {
     ))
 }
 
-/// CPU time, in ns, used so far by a JVM's JIT compiler threads and by all
-/// its threads, from their `schedstat` (Linux); `None` elsewhere.
-fn broker_threads_ns(pid: u32) -> Option<(u64, u64)> {
-    let (mut compiler, mut all) = (0, 0);
-    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
-        .ok()?
-        .flatten()
-    {
-        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-        let Some(ns) = std::fs::read_to_string(task.path().join("schedstat"))
-            .ok()
-            .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        else {
-            continue;
-        };
-        all += ns;
-        // HotSpot names them "C1 CompilerThread0", "C2 CompilerThread0", ...
-        if comm.contains("CompilerThre") {
-            compiler += ns;
-        }
-    }
-    Some((compiler, all))
+/// `by_kind`'s CPU times divided by `events`, largest first: "rdk:broker 574, ...".
+fn by_kind_line(by_kind: &std::collections::BTreeMap<String, u64>, events: f64) -> String {
+    let mut kinds: Vec<(u64, &str)> = by_kind
+        .iter()
+        .filter(|(_, ns)| **ns > 0)
+        .map(|(k, ns)| (*ns, k.as_str()))
+        .collect();
+    kinds.sort_unstable_by(|x, y| y.cmp(x));
+    let shown: Vec<String> = kinds
+        .iter()
+        .map(|&(ns, kind)| format!("{kind} {:.0}", ns as f64 / events))
+        .collect();
+    shown.join(", ")
+}
+
+/// Time, in ns, a process's main thread (the job's loop) has spent runnable
+/// but waiting for a core (the second field of its `schedstat`).
+fn run_delay_ns(pid: u32) -> Option<u64> {
+    let thread = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/schedstat")).ok()?;
+    thread.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The share of a JVM's CPU its JIT compiler threads took between two
+/// [`threads_cpu_ns`] readings. Per thread, not totals: HotSpot starts and
+/// stops compiler threads as its queue grows and shrinks, and a total taken
+/// after one stopped was smaller than the one before.
+fn compiler_share(
+    first: &std::collections::BTreeMap<u32, (String, u64)>,
+    last: &std::collections::BTreeMap<u32, (String, u64)>,
+) -> f64 {
+    let by_kind = cpu_by_thread_kind(first, last);
+    let all: u64 = by_kind.values().sum();
+    // HotSpot names them "C1 CompilerThread0", "C2 CompilerThread0", ...
+    let compiler: u64 = by_kind
+        .iter()
+        .filter(|(kind, _)| kind.contains("CompilerThre"))
+        .map(|(_, ns)| ns)
+        .sum();
+    compiler as f64 / all.max(1) as f64
 }
 
 fn main() {
@@ -167,16 +184,14 @@ fn main() {
     // of them; the do-nothing consumer reads after them, on the same broker.
     for round in 0..env_or("WARMUP", 3) {
         let run = run_named(first_interval, format!("warm-up-{round}"));
-        let before = broker_threads_ns(broker_pid);
+        let before = threads_cpu_ns(broker_pid);
         let (_job, _, rate) = catch_up(&run, env_or("SCREEN", 1) == 1, None, n);
-        let compiling = before
-            .zip(broker_threads_ns(broker_pid))
-            .map(|(a, b)| (b.0 - a.0) as f64 / (b.1 - a.1).max(1) as f64);
+        let compiling = compiler_share(&before, &threads_cpu_ns(broker_pid));
         println!(
             "warm-up job {round} (not in the table): {rate:>10.0} records/s; the broker's JIT compiler took {:.0}% of its CPU",
-            100.0 * compiling.unwrap_or(f64::NAN)
+            100.0 * compiling
         );
-        if compiling.is_some_and(|c| c < 0.05) {
+        if compiling < 0.05 {
             break;
         }
     }
@@ -197,11 +212,14 @@ fn main() {
     let c = gmv::io::consumer::create(&job_cfg, None).unwrap();
     gmv::io::consumer::assign_from_beginning(&c, &job_cfg.topics.inputs(), PARTITIONS).unwrap();
     let (mut read, mut started, mut broker_first) = (0usize, None, None);
+    let me = std::process::id();
+    let mut threads_first = Default::default();
     while read < n {
         if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
             if started.is_none() {
                 started = Some(Instant::now());
                 broker_first = cpu_ns(broker_pid);
+                threads_first = threads_cpu_ns(me);
             }
             std::hint::black_box(m.payload());
             read += 1;
@@ -209,6 +227,7 @@ fn main() {
     }
     let baseline = n as f64 / started.unwrap().elapsed().as_secs_f64();
     let broker_cpu = broker_first.zip(cpu_ns(broker_pid));
+    let by_kind = cpu_by_thread_kind(&threads_first, &threads_cpu_ns(me));
     drop(c);
     println!("do-nothing consumer: {baseline:>10.0} records/s");
     if let Some((a, b)) = broker_cpu {
@@ -217,6 +236,12 @@ fn main() {
             (b.1 - a.1) as f64 / n as f64
         );
     }
+    // The client's own cost of reading, to set beside the job's threads: the
+    // polling thread (this one) and librdkafka's.
+    println!(
+        "do-nothing consumer's CPU per event read by thread (ns): {}",
+        by_kind_line(&by_kind, n as f64)
+    );
 
     let mut table = Vec::new();
     let mut in_topics = n;
@@ -392,6 +417,7 @@ fn throughput(job: &Proc, broker_pid: u32, metrics_port: u16, n: usize) -> f64 {
     let pid = job.0.id();
     let mut first = None;
     let mut cpu_first = None;
+    let mut delay_first = None;
     let mut broker_first = None;
     let mut threads_first = Default::default();
     loop {
@@ -399,11 +425,14 @@ fn throughput(job: &Proc, broker_pid: u32, metrics_port: u16, n: usize) -> f64 {
             Instant::now() < deadline,
             "the job did not read the input within 10 minutes"
         );
-        std::thread::sleep(Duration::from_millis(20));
+        // The counter moves every 250 ms (`METRICS_EVERY`); reading it more often
+        // costs the job a render of every metric each time, on the shared cores.
+        std::thread::sleep(Duration::from_millis(50));
         let count = events_read();
         if count > 0.0 && first.is_none() {
             first = Some((Instant::now(), count));
             cpu_first = cpu_ns(pid);
+            delay_first = run_delay_ns(pid);
             broker_first = cpu_ns(broker_pid);
             threads_first = threads_cpu_ns(pid);
         }
@@ -412,6 +441,7 @@ fn throughput(job: &Proc, broker_pid: u32, metrics_port: u16, n: usize) -> f64 {
         }
     }
     let cpu_last = cpu_ns(pid);
+    let delay_last = run_delay_ns(pid);
     let broker_last = cpu_ns(broker_pid);
     let threads_last = threads_cpu_ns(pid);
     let (t0, c0) = first.unwrap();
@@ -451,22 +481,23 @@ fn throughput(job: &Proc, broker_pid: u32, metrics_port: u16, n: usize) -> f64 {
         }
         // Where the process's CPU goes beside the loop (librdkafka's threads, the
         // commits'); threads that ended during the run (each commit's) are the rest.
-        let mut kinds: Vec<(u64, &str)> = by_kind.iter().map(|(k, ns)| (*ns, k.as_str())).collect();
-        kinds.sort_unstable_by(|x, y| y.cmp(x));
-        let listed: u64 = kinds.iter().map(|(ns, _)| ns).sum();
-        let mut shown: Vec<String> = kinds
-            .iter()
-            .filter(|(ns, _)| *ns > 0)
-            .map(|&(ns, kind)| format!("{kind} {:.0}", per(0, ns)))
-            .collect();
-        shown.push(format!(
-            "threads that ended {:.0}",
-            per(0, (b.1 - a.1).saturating_sub(listed))
-        ));
-        println!("CPU per event read by thread (ns): {}", shown.join(", "));
-        // Below 100%: the loop waited (for input, or for a commit) the rest of the time.
+        let listed: u64 = by_kind.values().sum();
         println!(
-            "loop thread busy:    {:>10.0}% of the run",
+            "CPU per event read by thread (ns): {}, threads that ended {:.0}",
+            by_kind_line(&by_kind, n as f64 - c0),
+            per(0, (b.1 - a.1).saturating_sub(listed))
+        );
+        // Below 100%: the loop waited the rest of the time, for a core (the broker
+        // and librdkafka's threads share the two) or for input.
+        let waited_for_core = match (delay_first, delay_last) {
+            (Some(x), Some(y)) => format!(
+                ", runnable but waiting for a core {:.0}%",
+                (y - x) as f64 / 1e7 / run_secs
+            ),
+            _ => String::new(),
+        };
+        println!(
+            "loop thread busy:    {:>10.0}% of the run{waited_for_core}",
             (b.0 - a.0) as f64 / 1e7 / run_secs
         );
     }
