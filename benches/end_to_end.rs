@@ -116,13 +116,14 @@ fn run_delay_ns(pid: u32) -> Option<u64> {
 }
 
 /// The share of a JVM's CPU its JIT compiler threads took between two
-/// [`threads_cpu_ns`] readings. Per thread, not totals: HotSpot starts and
-/// stops compiler threads as its queue grows and shrinks, and a total taken
-/// after one stopped was smaller than the one before.
+/// [`threads_cpu_ns`] readings; `None` if none was read (no `/proc`). Per
+/// thread, not totals: HotSpot starts and stops compiler threads as its
+/// queue grows and shrinks, and a total taken after one stopped was smaller
+/// than the one before.
 fn compiler_share(
     first: &std::collections::BTreeMap<u32, (String, u64)>,
     last: &std::collections::BTreeMap<u32, (String, u64)>,
-) -> f64 {
+) -> Option<f64> {
     let by_kind = cpu_by_thread_kind(first, last);
     let all: u64 = by_kind.values().sum();
     // HotSpot names them "C1 CompilerThread0", "C2 CompilerThread0", ...
@@ -131,7 +132,7 @@ fn compiler_share(
         .filter(|(kind, _)| kind.contains("CompilerThre"))
         .map(|(_, ns)| ns)
         .sum();
-    compiler as f64 / all.max(1) as f64
+    (all > 0).then(|| compiler as f64 / all as f64)
 }
 
 fn main() {
@@ -189,9 +190,9 @@ fn main() {
         let compiling = compiler_share(&before, &threads_cpu_ns(broker_pid));
         println!(
             "warm-up job {round} (not in the table): {rate:>10.0} records/s; the broker's JIT compiler took {:.0}% of its CPU",
-            100.0 * compiling
+            100.0 * compiling.unwrap_or(f64::NAN)
         );
-        if compiling < 0.05 {
+        if compiling.is_some_and(|c| c < 0.05) {
             break;
         }
     }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds `gmv` with profile-guided optimization, for production:
 # target/pgo/gmv. Measured against the plain `cargo build --release` on the
-# same machine, in one run (docs/performance.md, section
+# same machine, alternated in the same runs (docs/performance.md, section
 # 000000000000000000000000): the job's loop spent 15 – 46% less CPU per
 # event end to end, and the job read 12 – 88% more records a second.
 #
