@@ -38,8 +38,16 @@ use support::broker::{
 
 const PARTITIONS: i32 = 4;
 
+/// A thread's `schedstat`: its time on a core and its time runnable but
+/// waiting for one, in ns.
+fn schedstat(path: &std::path::Path) -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let mut fields = text.split_whitespace().map(|f| f.parse::<u64>().ok());
+    Some((fields.next()??, fields.next()??))
+}
+
 /// CPU time, in ns, each thread of the process has used so far (its
-/// `schedstat`), by thread id, with its name: the big screen's reader is
+/// [`schedstat`]), by thread id, with its name: the big screen's reader is
 /// "screen".
 fn threads_cpu_ns(pid: u32) -> std::collections::BTreeMap<u32, (String, u64)> {
     let mut by_tid = std::collections::BTreeMap::new();
@@ -51,10 +59,7 @@ fn threads_cpu_ns(pid: u32) -> std::collections::BTreeMap<u32, (String, u64)> {
             continue;
         };
         let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-        if let Some(ns) = std::fs::read_to_string(task.path().join("schedstat"))
-            .ok()
-            .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        {
+        if let Some((ns, _)) = schedstat(&task.path().join("schedstat")) {
             by_tid.insert(tid, (comm.trim().to_string(), ns));
         }
     }
@@ -78,19 +83,30 @@ fn cpu_by_thread_kind(
     by_kind
 }
 
-/// CPU time used so far by a process's main thread (the job's loop) and by
-/// the whole process, in ns, from /proc (Linux); `None` elsewhere.
-fn cpu_ns(pid: u32) -> Option<(u64, u64)> {
-    let thread = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/schedstat")).ok()?;
+/// What a process has used so far, in ns, from /proc (Linux).
+#[derive(Clone, Copy)]
+struct Cpu {
+    /// Its main thread's (the job's loop) time on a core.
+    thread: u64,
+    /// Its main thread's time runnable but waiting for a core.
+    thread_waited: u64,
+    /// The whole process's, every thread that ever ran.
+    process: u64,
+}
+
+/// `None` where there is no /proc.
+fn cpu_ns(pid: u32) -> Option<Cpu> {
+    let (thread, thread_waited) = schedstat(format!("/proc/{pid}/task/{pid}/schedstat").as_ref())?;
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // utime and stime, in clock ticks, follow the parenthesised command name.
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
     // Ticks of USER_HZ, which Linux fixes at 100 for /proc.
-    Some((
-        thread.split_whitespace().next()?.parse().ok()?,
-        ticks * 10_000_000,
-    ))
+    Some(Cpu {
+        thread,
+        thread_waited,
+        process: ticks * 10_000_000,
+    })
 }
 
 /// `by_kind`'s CPU times divided by `events`, largest first: "rdk:broker 574, ...".
@@ -106,13 +122,6 @@ fn by_kind_line(by_kind: &std::collections::BTreeMap<String, u64>, events: f64) 
         .map(|&(ns, kind)| format!("{kind} {:.0}", ns as f64 / events))
         .collect();
     shown.join(", ")
-}
-
-/// Time, in ns, a process's main thread (the job's loop) has spent runnable
-/// but waiting for a core (the second field of its `schedstat`).
-fn run_delay_ns(pid: u32) -> Option<u64> {
-    let thread = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/schedstat")).ok()?;
-    thread.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// The share of a JVM's CPU its JIT compiler threads took between two
@@ -234,7 +243,7 @@ fn main() {
     if let Some((a, b)) = broker_cpu {
         println!(
             "broker CPU per event read: {:>4.0} ns (serving the do-nothing consumer)",
-            (b.1 - a.1) as f64 / n as f64
+            (b.process - a.process) as f64 / n as f64
         );
     }
     // The client's own cost of reading, to set beside the job's threads: the
@@ -418,7 +427,6 @@ fn throughput(job: &Proc, broker_pid: u32, metrics_port: u16, n: usize) -> f64 {
     let pid = job.0.id();
     let mut first = None;
     let mut cpu_first = None;
-    let mut delay_first = None;
     let mut broker_first = None;
     let mut threads_first = Default::default();
     loop {
@@ -433,7 +441,6 @@ fn throughput(job: &Proc, broker_pid: u32, metrics_port: u16, n: usize) -> f64 {
         if count > 0.0 && first.is_none() {
             first = Some((Instant::now(), count));
             cpu_first = cpu_ns(pid);
-            delay_first = run_delay_ns(pid);
             broker_first = cpu_ns(broker_pid);
             threads_first = threads_cpu_ns(pid);
         }
@@ -442,7 +449,6 @@ fn throughput(job: &Proc, broker_pid: u32, metrics_port: u16, n: usize) -> f64 {
         }
     }
     let cpu_last = cpu_ns(pid);
-    let delay_last = run_delay_ns(pid);
     let broker_last = cpu_ns(broker_pid);
     let threads_last = threads_cpu_ns(pid);
     let (t0, c0) = first.unwrap();
@@ -464,12 +470,15 @@ fn throughput(job: &Proc, broker_pid: u32, metrics_port: u16, n: usize) -> f64 {
         let per = |x: u64, y: u64| (y - x) as f64 / (n as f64 - c0);
         println!(
             "CPU per event read:  {:>10.0} ns in the loop thread, {:.0} ns in the whole process",
-            per(a.0, b.0),
-            per(a.1, b.1)
+            per(a.thread, b.thread),
+            per(a.process, b.process)
         );
         // The broker shares the 2 cores: what serving the job costs it.
         if let (Some(x), Some(y)) = (broker_first, broker_last) {
-            println!("broker CPU per event read: {:>4.0} ns", per(x.1, y.1));
+            println!(
+                "broker CPU per event read: {:>4.0} ns",
+                per(x.process, y.process)
+            );
         }
         let by_kind = cpu_by_thread_kind(&threads_first, &threads_last);
         // The big screen's reader runs on its own thread: what it costs, beside the loop.
@@ -477,7 +486,7 @@ fn throughput(job: &Proc, broker_pid: u32, metrics_port: u16, n: usize) -> f64 {
             println!(
                 "screen reader:       {:>10.1} ns per event read, {:.2}% of the process's CPU",
                 per(0, ns),
-                100.0 * ns as f64 / (b.1 - a.1) as f64
+                100.0 * ns as f64 / (b.process - a.process) as f64
             );
         }
         // Where the process's CPU goes beside the loop (librdkafka's threads, the
@@ -486,20 +495,15 @@ fn throughput(job: &Proc, broker_pid: u32, metrics_port: u16, n: usize) -> f64 {
         println!(
             "CPU per event read by thread (ns): {}, threads that ended {:.0}",
             by_kind_line(&by_kind, n as f64 - c0),
-            per(0, (b.1 - a.1).saturating_sub(listed))
+            per(0, (b.process - a.process).saturating_sub(listed))
         );
         // Below 100%: the loop waited the rest of the time, for a core (the broker
         // and librdkafka's threads share the two) or for input.
-        let waited_for_core = match (delay_first, delay_last) {
-            (Some(x), Some(y)) => format!(
-                ", runnable but waiting for a core {:.0}%",
-                (y - x) as f64 / 1e7 / run_secs
-            ),
-            _ => String::new(),
-        };
+        let share = |x: u64, y: u64| (y - x) as f64 / 1e7 / run_secs;
         println!(
-            "loop thread busy:    {:>10.0}% of the run{waited_for_core}",
-            (b.0 - a.0) as f64 / 1e7 / run_secs
+            "loop thread busy:    {:>10.0}% of the run, runnable but waiting for a core {:.0}%",
+            share(a.thread, b.thread),
+            share(a.thread_waited, b.thread_waited)
         );
     }
     job_rate
