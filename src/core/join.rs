@@ -366,7 +366,7 @@ impl JoinState {
         info: OrderInfo,
         dedup_ttl_ms: i64,
     ) -> Result<(OrderInfo, Vec<Waiting>), DuplicateOrder> {
-        let (i, _) = self.slots.slot_of(order_id);
+        let (i, made) = self.slots.slot_of(order_id);
         self.sweep_slot(i);
         let (slot, clocks) = (self.slots.get_mut(i), &mut self.clocks);
         match slot.order(clocks, i) {
@@ -386,7 +386,14 @@ impl JoinState {
                 slot.set_order(clocks, i, Some(info));
             }
         }
-        let released = self.take_waiting(i);
+        // A slot just made has no list (none outlives its slot): most orders
+        // come before their payments, and the look-up in `waiting` cost 2% of
+        // the engine's time (docs/performance.md).
+        let released = if made {
+            Vec::new()
+        } else {
+            self.take_waiting(i)
+        };
         let (slot, clocks) = (self.slots.get_mut(i), &mut self.clocks);
         for w in &released {
             slot.note_paid(clocks, i, w);

@@ -2,7 +2,6 @@
 //! out-of-orderness bound; the job's watermark is the minimum over partitions
 //! that are not idle, and never goes back.
 
-use super::FastMap;
 use crate::model::InputTopic;
 
 /// An input partition: watermarks are kept per topic and partition.
@@ -22,7 +21,10 @@ struct PartitionClock {
 pub struct Watermarks {
     max_out_of_orderness_ms: i64,
     idle_timeout_ms: i64,
-    parts: FastMap<PartitionId, PartitionClock>,
+    /// A list, not a map: a task has one partition of each input topic, and
+    /// hashing the partition for every event cost 2.5% of the engine's time
+    /// (docs/performance.md).
+    parts: Vec<(PartitionId, PartitionClock)>,
     /// The job's watermark; `i64::MIN` before any partition has data.
     current_ms: i64,
 }
@@ -32,7 +34,7 @@ impl Watermarks {
         Watermarks {
             max_out_of_orderness_ms,
             idle_timeout_ms,
-            parts: FastMap::default(),
+            parts: Vec::new(),
             current_ms: i64::MIN,
         }
     }
@@ -43,13 +45,9 @@ impl Watermarks {
 
     /// Sets the assigned partitions; new ones start active at `now_ms`, kept ones keep their clocks.
     pub fn assign(&mut self, partitions: &[PartitionId], now_ms: i64) {
-        self.parts.retain(|p, _| partitions.contains(p));
+        self.parts.retain(|(p, _)| partitions.contains(p));
         for p in partitions {
-            self.parts.entry(*p).or_insert(PartitionClock {
-                max_ts_ms: i64::MIN,
-                last_seen_wall_ms: now_ms,
-                idle: false,
-            });
+            self.clock(*p, now_ms);
         }
         self.recompute();
     }
@@ -57,11 +55,7 @@ impl Watermarks {
     /// Records an event; returns true when the job's watermark moved.
     pub fn observe(&mut self, part: PartitionId, ts_ms: i64, now_ms: i64) -> bool {
         let ooo = self.max_out_of_orderness_ms;
-        let clock = self.parts.entry(part).or_insert(PartitionClock {
-            max_ts_ms: i64::MIN,
-            last_seen_wall_ms: now_ms,
-            idle: false,
-        });
+        let clock = self.clock(part, now_ms);
         clock.last_seen_wall_ms = now_ms;
         let was_idle = std::mem::replace(&mut clock.idle, false);
         if ts_ms <= clock.max_ts_ms && !was_idle {
@@ -79,7 +73,7 @@ impl Watermarks {
 
     /// The partition has records waiting to be read: not idle, though none was read lately.
     pub fn touch(&mut self, part: PartitionId, now_ms: i64) {
-        if let Some(c) = self.parts.get_mut(&part) {
+        if let Some((_, c)) = self.parts.iter_mut().find(|(p, _)| *p == part) {
             c.last_seen_wall_ms = c.last_seen_wall_ms.max(now_ms);
         }
     }
@@ -97,7 +91,7 @@ impl Watermarks {
     /// Marks partitions idle after `idle_timeout`; returns true when the watermark moved.
     pub fn on_tick(&mut self, now_ms: i64) -> bool {
         let mut changed = false;
-        for c in self.parts.values_mut() {
+        for (_, c) in &mut self.parts {
             let idle = now_ms - c.last_seen_wall_ms >= self.idle_timeout_ms;
             changed |= idle != c.idle;
             c.idle = idle;
@@ -107,11 +101,11 @@ impl Watermarks {
 
     /// True when every assigned partition is idle (and there is at least one).
     pub fn all_idle(&self) -> bool {
-        !self.parts.is_empty() && self.parts.values().all(|c| c.idle)
+        !self.parts.is_empty() && self.parts.iter().all(|(_, c)| c.idle)
     }
 
     pub fn idle_count(&self) -> usize {
-        self.parts.values().filter(|c| c.idle).count()
+        self.parts.iter().filter(|(_, c)| c.idle).count()
     }
 
     pub fn partition_count(&self) -> usize {
@@ -121,8 +115,8 @@ impl Watermarks {
     /// Largest event time seen on any partition.
     pub fn max_event_ms(&self) -> i64 {
         self.parts
-            .values()
-            .map(|c| c.max_ts_ms)
+            .iter()
+            .map(|(_, c)| c.max_ts_ms)
             .max()
             .unwrap_or(i64::MIN)
     }
@@ -137,14 +131,11 @@ impl Watermarks {
     /// Puts back saved clocks and watermark (restore); idleness starts over from `now_ms`.
     pub fn restore(&mut self, clocks: &[(PartitionId, i64)], current_ms: i64, now_ms: i64) {
         for (p, max_ts_ms) in clocks {
-            self.parts.insert(
-                *p,
-                PartitionClock {
-                    max_ts_ms: *max_ts_ms,
-                    last_seen_wall_ms: now_ms,
-                    idle: false,
-                },
-            );
+            *self.clock(*p, now_ms) = PartitionClock {
+                max_ts_ms: *max_ts_ms,
+                last_seen_wall_ms: now_ms,
+                idle: false,
+            };
         }
         self.current_ms = self.current_ms.max(current_ms);
     }
@@ -159,10 +150,28 @@ impl Watermarks {
         }
     }
 
+    /// `part`'s clock, made (active, as of `now_ms`) if it has none.
+    fn clock(&mut self, part: PartitionId, now_ms: i64) -> &mut PartitionClock {
+        let i = match self.parts.iter().position(|(p, _)| *p == part) {
+            Some(i) => i,
+            None => {
+                let fresh = PartitionClock {
+                    max_ts_ms: i64::MIN,
+                    last_seen_wall_ms: now_ms,
+                    idle: false,
+                };
+                self.parts.push((part, fresh));
+                self.parts.len() - 1
+            }
+        };
+        &mut self.parts[i].1
+    }
+
     fn recompute(&mut self) -> bool {
         let min = self
             .parts
-            .values()
+            .iter()
+            .map(|(_, c)| c)
             .filter(|c| !c.idle)
             .map(|c| c.max_ts_ms.saturating_sub(self.max_out_of_orderness_ms))
             .min();
