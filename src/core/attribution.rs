@@ -16,6 +16,7 @@ use super::join::{
 };
 use super::milestone::BUCKET_MS;
 use super::output::{DeadLetter, Dim, Output, DEAD_LETTER_KEY_BYTES, DEAD_LETTER_PAYLOAD_BYTES};
+use super::slab::{Fingerprint, Seeds};
 use super::state::{self, Progress};
 use super::watermark::{PartitionId, Watermarks};
 use super::FastSet;
@@ -133,8 +134,11 @@ pub struct AttributionTask {
     /// it counts for the changelog's batches.
     sweep_counted: Option<bool>,
     /// Entries written at every commit rather than left to hold their batch
-    /// (see `changelog::PIN_AHEAD_MS`), by kind and id.
-    pinned: FastSet<(u8, compact_str::CompactString)>,
+    /// (see `changelog::PIN_AHEAD_MS`), by kind and id's fingerprint.
+    pinned: FastSet<(u8, Fingerprint)>,
+    /// Whether the changelog holds the keys of the stores' fingerprints
+    /// (written with the first batch, or restored).
+    seeds_saved: bool,
 }
 
 impl AttributionTask {
@@ -174,6 +178,7 @@ impl AttributionTask {
             horizon: Horizon::default(),
             sweep_counted: None,
             pinned: FastSet::default(),
+            seeds_saved: false,
         }
     }
 

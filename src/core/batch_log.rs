@@ -26,11 +26,15 @@ use serde::Serialize;
 
 /// Key prefix of a batch record (state keys of other kinds never start with it).
 pub const BATCH_PREFIX: u8 = b's';
-/// Format version, the first byte of every batch value. Version 2 follows it
-/// with the chunk's base time, from which its entries' times are written as
-/// differences (a few bytes, not six); version 1, written before, had none
-/// and is still read ([`Body`]).
-const VERSION: u8 = 2;
+/// Format version, the first byte of every batch value. Version 3 names each
+/// entry's id by its fingerprint (10 bytes), not by the id itself (11 – 20
+/// bytes for the benches' ids, 36 for a UUID: 60% of the bytes,
+/// docs/performance.md). Versions 2 and 3 follow it with the chunk's base
+/// time, from which its entries' times are written as differences (a few
+/// bytes, not six); version 1 had none. Versions 1 and 2 are still read
+/// ([`Body`]).
+const VERSION: u8 = 3;
+pub const VERSION_2: u8 = 2;
 pub const VERSION_1: u8 = 1;
 /// A chunk is sent once it holds this many bytes (or a quarter of
 /// `kafka.max_record_bytes` if less, see [`chunk_bytes`]): large enough that
@@ -230,7 +234,13 @@ impl<F: FnMut(&[u8], &[u8])> BatchWriter<'_, F> {
 
     /// Appends one id's new value (`None`: forgotten) of kind `kind`; the
     /// chunk is sent if this filled it.
-    pub fn entry<V: Serialize>(&mut self, kind: u8, id: &str, value: Option<&V>, marks: Marks) {
+    pub fn entry<I: Serialize + ?Sized, V: Serialize>(
+        &mut self,
+        kind: u8,
+        id: &I,
+        value: Option<&V>,
+        marks: Marks,
+    ) {
         self.put(kind, &(id, value));
         self.marks.merge(&marks);
         if self.log.buf.len() >= self.log.chunk_bytes {
@@ -320,20 +330,21 @@ fn batch_number(key: &[u8]) -> Option<u64> {
 #[derive(Debug, PartialEq, Eq)]
 pub struct Body<'a> {
     pub version: u8,
-    /// Version 2's base time; 0 in version 1, whose times are whole.
+    /// The base time of versions 2 and 3; 0 in version 1, whose times are whole.
     pub base_ms: i64,
-    /// The entries: each is a kind byte, then what [`take_entry`] (or [`take`]
-    /// for what [`BatchWriter::put`] wrote) decodes for that kind.
+    /// The entries: each is a kind byte, then what [`BatchWriter::entry`] or
+    /// [`BatchWriter::put`] wrote, which [`take`] decodes (an entry's id,
+    /// then its value).
     pub entries: &'a [u8],
 }
 
 pub fn body(value: &[u8]) -> Result<Body<'_>, String> {
     match value.split_first() {
-        Some((&VERSION, rest)) => {
+        Some((&version @ (VERSION | VERSION_2), rest)) => {
             let (base_ms, entries) =
                 postcard::take_from_bytes(rest).map_err(|e| format!("batch base time: {e}"))?;
             Ok(Body {
-                version: VERSION,
+                version,
                 base_ms,
                 entries,
             })
@@ -344,21 +355,10 @@ pub fn body(value: &[u8]) -> Result<Body<'_>, String> {
             entries,
         }),
         Some((v, _)) => Err(format!(
-            "batch format version {v} (this build reads {VERSION_1} and {VERSION})"
+            "batch format version {v} (this build reads {VERSION_1} to {VERSION})"
         )),
         None => Err("empty batch value".into()),
     }
-}
-
-/// One entry: an id and its value (`None`: forgotten).
-pub type Entry<'a, V> = (&'a str, Option<V>);
-
-/// Decodes the entry at the start of `rest` (after its kind byte); returns it
-/// and what follows it.
-pub fn take_entry<'a, V: serde::Deserialize<'a>>(
-    rest: &'a [u8],
-) -> Result<(Entry<'a, V>, &'a [u8]), postcard::Error> {
-    take(rest)
 }
 
 /// Decodes what [`BatchWriter::put`] wrote at the start of `rest` (after
@@ -450,7 +450,7 @@ mod tests {
         });
         w.entry(b'p', "p1", Some(&5i64), Marks::default());
         w.put(b'n', &(1u8, "brand-1"));
-        w.entry::<i64>(b'd', "d1", None, Marks::default());
+        w.entry::<_, i64>(b'd', "d1", None, Marks::default());
         w.finish();
         assert_eq!(out.len(), 1);
         let (key, value) = &out[0];
@@ -462,17 +462,17 @@ mod tests {
         assert_eq!((b.version, b.base_ms), (VERSION, -1_733));
         let rest = b.entries;
         assert_eq!(rest[0], b'p');
-        let ((id, v), rest) = take_entry::<i64>(&rest[1..]).unwrap();
+        let ((id, v), rest) = take::<(&str, Option<i64>)>(&rest[1..]).unwrap();
         assert_eq!((id, v), ("p1", Some(5)));
         assert_eq!(rest[0], b'n');
         let ((dim, name), rest) = take::<(u8, &str)>(&rest[1..]).unwrap();
         assert_eq!((dim, name), (1, "brand-1"));
         assert_eq!(rest[0], b'd');
-        let ((id, v), rest) = take_entry::<i64>(&rest[1..]).unwrap();
+        let ((id, v), rest) = take::<(&str, Option<i64>)>(&rest[1..]).unwrap();
         assert_eq!((id, v, rest.len()), ("d1", None, 0));
         assert!(batch_key(9, 1) < batch_key(10, 0));
         assert_eq!(batch_number(&batch_key(12, 3)), Some(12));
-        assert!(body(&[3, 0]).unwrap_err().contains("version 3"));
+        assert!(body(&[4, 0]).unwrap_err().contains("version 4"));
         // Version 1 had no base time: what follows its version byte is entries.
         let v1 = body(&[VERSION_1, b'p']).unwrap();
         assert_eq!((v1.base_ms, v1.entries), (0, &b"p"[..]));

@@ -4,9 +4,7 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
-use compact_str::CompactString;
-
-use super::slab::IdSlab;
+use super::slab::{Fingerprint, IdSlab, Seeds};
 use super::FastMap;
 use crate::model::{DeliveryStatus, InputTopic, PaymentKind};
 use times::{Code, Times};
@@ -161,12 +159,10 @@ impl Slot {
     }
 }
 
-/// Events waiting for one order, with its id (a sweep that forgets the order
-/// writes the id's new value, and the slab keeps only fingerprints). Never
-/// empty: a list whose last event leaves is removed.
+/// Events waiting for one order. Never empty: a list whose last event
+/// leaves is removed.
 #[derive(Debug, Default)]
 struct WaitList {
-    order_id: CompactString,
     events: Vec<Waiting>,
 }
 
@@ -187,7 +183,7 @@ pub struct JoinState {
     waiting: FastMap<u32, WaitList>,
     order_count: usize,
     waiting_count: usize,
-    deadlines: BinaryHeap<Reverse<(i64, CompactString)>>,
+    deadlines: BinaryHeap<Reverse<(i64, Fingerprint)>>,
 }
 
 impl JoinState {
@@ -224,18 +220,33 @@ impl JoinState {
             .unwrap_or_default()
     }
 
-    /// Frees slot `i`, which holds `order_id` and has no list.
-    fn remove_slot(&mut self, i: u32, order_id: &str) {
+    /// Frees slot `i`, which has no list.
+    fn remove_slot(&mut self, i: u32) {
         debug_assert!(!self.waiting.contains_key(&i), "a list outliving its slot");
-        self.slots.remove(i, order_id);
+        self.slots.remove(i);
         self.clocks.forget(i);
+    }
+
+    /// `order_id`'s fingerprint, as the changelog writes it.
+    pub fn fingerprint(&self, order_id: &str) -> Fingerprint {
+        self.slots.fingerprint(order_id)
+    }
+
+    /// The keys of the fingerprints, for the changelog.
+    pub fn seeds(&self) -> Seeds {
+        self.slots.seeds()
+    }
+
+    /// Takes the keys of a changelog's fingerprints, before any order is restored.
+    pub fn set_seeds(&mut self, seeds: Seeds) -> bool {
+        self.slots.set_seeds(seeds)
     }
 
     /// Each id changed since the last call, once, with what is stored for it
     /// now (its order and the events waiting for it; `None`: forgotten).
     pub fn drain_changes(
         &mut self,
-        mut f: impl FnMut(&str, Option<(Option<OrderInfo>, &[Waiting])>),
+        mut f: impl FnMut(Fingerprint, Option<(Option<OrderInfo>, &[Waiting])>),
     ) {
         let (lists, clocks) = (&self.waiting, &self.clocks);
         self.slots.drain_changes(|id, slot| {
@@ -252,40 +263,36 @@ impl JoinState {
     /// Puts back what [`JoinState::drain_changes`] handed out (restore from the
     /// changelog, oldest first): a later value of an id replaces the one before,
     /// `None` forgets it.
-    pub fn restore(&mut self, order_id: &str, value: Option<(Option<OrderInfo>, Vec<Waiting>)>) {
-        let found = self.slots.find(order_id);
+    pub fn restore(&mut self, fp: Fingerprint, value: Option<(Option<OrderInfo>, Vec<Waiting>)>) {
+        let found = self.slots.find_fp(fp);
         if let Some(i) = found {
             self.order_count -= self.slots.get(i).has_order() as usize;
             self.waiting_count -= self.take_waiting(i).len();
         }
         let Some((order, waiting)) = value.filter(|(o, w)| o.is_some() || !w.is_empty()) else {
             if let Some(i) = found {
-                self.remove_slot(i, order_id);
+                self.remove_slot(i);
             }
             return;
         };
-        let i = found.unwrap_or_else(|| self.slots.slot_of(order_id).0);
+        let i = found.unwrap_or_else(|| self.slots.slot_of_fp(fp).0);
         self.order_count += order.is_some() as usize;
         self.waiting_count += waiting.len();
         // A replaced value may leave its deadline in the heap: `expire` skips it.
         if let Some(d) = waiting.iter().map(|w| w.deadline_ms).min() {
-            self.deadlines.push(Reverse((d, order_id.into())));
+            self.deadlines.push(Reverse((d, fp)));
         }
         if !waiting.is_empty() {
-            let list = WaitList {
-                order_id: order_id.into(),
-                events: waiting,
-            };
-            self.waiting.insert(i, list);
+            self.waiting.insert(i, WaitList { events: waiting });
         }
         let slot = self.slots.get_mut(i);
         *slot = Slot::default();
         slot.set_order(&mut self.clocks, i, order);
     }
 
-    /// Lists `order_id` as changed, so the next drain hands it out again.
-    pub fn touch(&mut self, order_id: &str) {
-        self.slots.touch(order_id);
+    /// Lists the order id of `fp` as changed, so the next drain hands it out again.
+    pub fn touch(&mut self, fp: Fingerprint) {
+        self.slots.touch(fp);
     }
 
     pub fn order(&self, order_id: &str) -> Option<OrderInfo> {
@@ -332,28 +339,21 @@ impl JoinState {
             let first = slot.note_paid(&mut self.clocks, i, &w);
             let order = slot.order(&self.clocks, i).expect("has an order");
             if first {
-                self.slots.mark(i, order_id);
+                self.slots.mark(i);
             }
             return Attach::Joined(order);
         }
-        let list = &mut self
-            .waiting
-            .entry(i)
-            .or_insert_with(|| WaitList {
-                order_id: order_id.into(),
-                events: Vec::new(),
-            })
-            .events;
+        let list = &mut self.waiting.entry(i).or_default().events;
         if list.len() >= MAX_WAITING_PER_ORDER {
             return Attach::Full;
         }
         if list.is_empty() {
-            self.deadlines
-                .push(Reverse((w.deadline_ms, order_id.into())));
+            let fp = self.slots.fingerprint_at(i);
+            self.deadlines.push(Reverse((w.deadline_ms, fp)));
         }
         list.push(w);
         self.waiting_count += 1;
-        self.slots.mark(i, order_id);
+        self.slots.mark(i);
         Attach::Parked
     }
 
@@ -400,7 +400,7 @@ impl JoinState {
         }
         let order = slot.order(clocks, i).expect("set above");
         self.waiting_count -= released.len();
-        self.slots.mark(i, order_id);
+        self.slots.mark(i);
         Ok((order, released))
     }
 
@@ -410,8 +410,8 @@ impl JoinState {
             if *deadline > watermark_ms {
                 break;
             }
-            let Reverse((_, order_id)) = self.deadlines.pop().expect("peeked");
-            let Some(i) = self.slots.find(&order_id) else {
+            let Reverse((_, fp)) = self.deadlines.pop().expect("peeked");
+            let Some(i) = self.slots.find_fp(fp) else {
                 continue;
             };
             self.sweep_slot(i);
@@ -433,10 +433,10 @@ impl JoinState {
             if next.is_none() {
                 self.take_waiting(i);
             }
-            self.slots.mark(i, &order_id);
+            self.slots.mark(i);
             match next {
-                Some(next) => self.deadlines.push(Reverse((next, order_id))),
-                None if !has_order => self.remove_slot(i, &order_id),
+                Some(next) => self.deadlines.push(Reverse((next, fp))),
+                None if !has_order => self.remove_slot(i),
                 None => {}
             }
         }
@@ -469,8 +469,8 @@ impl JoinState {
                 forgotten += 1;
                 return match waiting.get(&i) {
                     None => false,
-                    Some(l) => {
-                        changed.push((i, l.order_id.clone()));
+                    Some(_) => {
+                        changed.push(i);
                         true
                     }
                 };
@@ -479,8 +479,8 @@ impl JoinState {
             s.first_paid = c.first_paid.recode(i, s.first_paid);
             true
         });
-        for (i, id) in changed {
-            self.slots.mark(i, &id);
+        for i in changed {
+            self.slots.mark(i);
         }
         self.order_count -= forgotten;
         let c = &mut self.clocks;
@@ -526,31 +526,46 @@ impl Dedup {
 
     /// Each id changed since the last call, once, with the event time it was
     /// seen at (`None`: forgotten).
-    pub fn drain_changes(&mut self, mut f: impl FnMut(&str, Option<i64>)) {
+    pub fn drain_changes(&mut self, mut f: impl FnMut(Fingerprint, Option<i64>)) {
         let times = &self.times;
         self.seen
-            .drain_changes(|id, ts| f(id, ts.map(|(i, c)| times.time(i, *c))));
+            .drain_changes(|fp, ts| f(fp, ts.map(|(i, c)| times.time(i, *c))));
+    }
+
+    /// `id`'s fingerprint, as the changelog writes it.
+    pub fn fingerprint(&self, id: &str) -> Fingerprint {
+        self.seen.fingerprint(id)
+    }
+
+    /// The keys of the fingerprints, for the changelog.
+    pub fn seeds(&self) -> Seeds {
+        self.seen.seeds()
+    }
+
+    /// Takes the keys of a changelog's fingerprints, before any id is restored.
+    pub fn set_seeds(&mut self, seeds: Seeds) -> bool {
+        self.seen.set_seeds(seeds)
     }
 
     /// Puts back a seen id, or forgets it (`None`; restore, oldest first).
-    pub fn restore(&mut self, id: &str, ts_ms: Option<i64>) {
+    pub fn restore(&mut self, fp: Fingerprint, ts_ms: Option<i64>) {
         match ts_ms {
             Some(ts) => {
-                let (i, _) = self.seen.slot_of(id);
+                let (i, _) = self.seen.slot_of_fp(fp);
                 *self.seen.get_mut(i) = self.times.code(i, ts);
             }
             None => {
-                if let Some(i) = self.seen.find(id) {
-                    self.seen.remove(i, id);
+                if let Some(i) = self.seen.find_fp(fp) {
+                    self.seen.remove(i);
                     self.times.forget(i);
                 }
             }
         }
     }
 
-    /// Lists `id` as changed, so the next drain hands it out again.
-    pub fn touch(&mut self, id: &str) {
-        self.seen.touch(id);
+    /// Lists the id of `fp` as changed, so the next drain hands it out again.
+    pub fn touch(&mut self, fp: Fingerprint) {
+        self.seen.touch(fp);
     }
 
     /// Asks the CPU for where `id` is looked up, a few records ahead.
@@ -566,7 +581,7 @@ impl Dedup {
             return false;
         }
         *seen = self.times.code(i, ts_ms);
-        self.seen.mark(i, id);
+        self.seen.mark(i);
         true
     }
 

@@ -17,21 +17,19 @@
 //! an entry than 96 bits, 4.6 an open order at 50 million). The table's own hash
 //! is 64 bits of it: ids whose table hashes collide are told apart by the
 //! other 16 (tested below).
-//! The ids themselves are kept only as long as the changelog needs them: those
-//! changed since the last drain.
+//! The ids themselves are not kept: the changelog writes fingerprints too,
+//! and a restore takes the keys they were made with from it ([`Seeds`]).
 
 mod chunks;
 mod index;
 
 use chunks::{prefault, Chunks};
-use compact_str::CompactString;
 use index::Index;
 
 /// An id's fingerprint. Five `u16`s: 2-aligned, so an entry whose value is
 /// 2-aligned too takes no padding (an order's entry is 28 bytes, an id's 14).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[cfg_attr(test, derive(Hash))]
-struct Fingerprint([u16; 5]);
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Fingerprint([u16; 5]);
 
 impl Fingerprint {
     /// A free slot's: `Keys::of` never gives it.
@@ -49,11 +47,41 @@ impl Fingerprint {
             .rev()
             .fold(0, |acc, &w| acc << 16 | u64::from(w))
     }
+
+    /// Its 10 bytes, as the changelog writes them.
+    pub fn to_bytes(self) -> [u8; 10] {
+        let mut b = [0; 10];
+        for (k, w) in self.0.iter().enumerate() {
+            b[2 * k..2 * k + 2].copy_from_slice(&w.to_le_bytes());
+        }
+        b
+    }
+
+    /// Back from [`Fingerprint::to_bytes`]; `None` for a free slot's, which no id has.
+    pub fn from_bytes(b: [u8; 10]) -> Option<Self> {
+        let fp = Fingerprint(std::array::from_fn(|k| {
+            u16::from_le_bytes([b[2 * k], b[2 * k + 1]])
+        }));
+        (fp != Fingerprint::FREE).then_some(fp)
+    }
+}
+
+/// The keys of a slab's fingerprints, drawn at random when it is made. Kept
+/// in the changelog, so that the fingerprints it writes mean the same ids
+/// to the process that restores them.
+pub type Seeds = [u64; 8];
+
+fn random_seeds() -> Seeds {
+    use std::hash::BuildHasher;
+    // Std's hasher keys come from the operating system's random source.
+    let s = std::collections::hash_map::RandomState::new();
+    std::array::from_fn(|i| s.hash_one(i))
 }
 
 /// The keyed hash behind fingerprints.
 #[derive(Debug)]
 struct Keys {
+    seeds: Seeds,
     table: ahash::RandomState,
     check: ahash::RandomState,
     /// Tests only: keeps 4 bits of the table's hash, so that ids collide in it.
@@ -63,16 +91,22 @@ struct Keys {
 
 impl Default for Keys {
     fn default() -> Self {
-        Keys {
-            table: ahash::RandomState::new(),
-            check: ahash::RandomState::new(),
-            #[cfg(test)]
-            weak: false,
-        }
+        Keys::new(random_seeds())
     }
 }
 
 impl Keys {
+    fn new(seeds: Seeds) -> Self {
+        let [a, b, c, d, e, f, g, h] = seeds;
+        Keys {
+            seeds,
+            table: ahash::RandomState::with_seeds(a, b, c, d),
+            check: ahash::RandomState::with_seeds(e, f, g, h),
+            #[cfg(test)]
+            weak: false,
+        }
+    }
+
     /// The table's hash of `id`: [`Fingerprint::table`] of [`Keys::of`]. Of
     /// its bytes, so that a hint can hash a record's key as it comes.
     fn table_of(&self, id: &[u8]) -> u64 {
@@ -116,16 +150,15 @@ pub struct IdSlab<T> {
 /// What changed since the last drain.
 #[derive(Debug, Default)]
 struct Changes {
-    /// Slots changed, with the id each was changed for and its fingerprint
-    /// (read from the entry, so the drain need not hash the id again). A slot
-    /// freed and taken again may be listed twice: its bit in `listed` and the
+    /// Slots changed, with the fingerprint each held then. A slot freed and
+    /// taken again may be listed twice: its bit in `listed` and the
     /// fingerprint have it written once, under its id now.
-    slots: Vec<(u32, Fingerprint, CompactString)>,
+    slots: Vec<(u32, Fingerprint)>,
     /// One bit per slot: set while listed in `slots` (a bit, not a flag in the
     /// entry: it keeps an order's entry small).
     listed: Vec<u64>,
     /// Ids forgotten: handed out as removed, unless made anew since.
-    removed: Vec<CompactString>,
+    removed: Vec<Fingerprint>,
 }
 
 impl Changes {
@@ -179,7 +212,32 @@ impl<T: Default> IdSlab<T> {
         self.entries.heap_bytes() + self.free.capacity() * 4 + self.index.allocation_size()
     }
 
-    fn find_fp(&self, fp: Fingerprint) -> Option<u32> {
+    /// `id`'s fingerprint in this slab.
+    pub fn fingerprint(&self, id: &str) -> Fingerprint {
+        self.keys.of(id)
+    }
+
+    /// The fingerprint slot `i` holds.
+    pub fn fingerprint_at(&self, i: u32) -> Fingerprint {
+        self.entries[i as usize].id
+    }
+
+    /// The keys of this slab's fingerprints, for the changelog.
+    pub fn seeds(&self) -> Seeds {
+        self.keys.seeds
+    }
+
+    /// Takes the keys a changelog's fingerprints were made with (restore),
+    /// before it holds any id; false, unchanged, if it holds some.
+    pub fn set_seeds(&mut self, seeds: Seeds) -> bool {
+        if !self.is_empty() {
+            return false;
+        }
+        self.keys = Keys::new(seeds);
+        true
+    }
+
+    pub fn find_fp(&self, fp: Fingerprint) -> Option<u32> {
         let entries = &self.entries;
         self.index
             .find(fp.table(), |i| entries[i as usize].id == fp)
@@ -192,7 +250,11 @@ impl<T: Default> IdSlab<T> {
 
     /// The slot of `id`, made (with the default value) if there is none; true when made.
     pub fn slot_of(&mut self, id: &str) -> (u32, bool) {
-        let fp = self.keys.of(id);
+        self.slot_of_fp(self.keys.of(id))
+    }
+
+    /// [`IdSlab::slot_of`] by fingerprint.
+    pub fn slot_of_fp(&mut self, fp: Fingerprint) -> (u32, bool) {
         if let Some(i) = self.find_fp(fp) {
             return (i, false);
         }
@@ -241,35 +303,35 @@ impl<T: Default> IdSlab<T> {
         &mut self.entries[i as usize].value
     }
 
-    /// Lists slot `i`, which holds `id`, as changed (when tracking), unless it
-    /// is listed already.
-    pub fn mark(&mut self, i: u32, id: &str) {
+    /// Lists slot `i` as changed (when tracking), unless it is listed already.
+    pub fn mark(&mut self, i: u32) {
         if let Some(c) = &mut self.changes {
             let (word, bit) = c.bit(i);
             if *word & bit == 0 {
                 *word |= bit;
-                c.slots.push((i, self.entries[i as usize].id, id.into()));
+                c.slots.push((i, self.entries[i as usize].id));
             }
         }
     }
 
-    /// Lists `id` as changed: its entry, or (absent) its removal.
-    pub fn touch(&mut self, id: &str) {
-        match self.find(id) {
-            Some(i) => self.mark(i, id),
+    /// Lists the id of `fp` as changed: its entry, or (absent) its removal.
+    pub fn touch(&mut self, fp: Fingerprint) {
+        match self.find_fp(fp) {
+            Some(i) => self.mark(i),
             None => {
                 if let Some(c) = &mut self.changes {
-                    c.removed.push(id.into());
+                    c.removed.push(fp);
                 }
             }
         }
     }
 
-    /// Frees slot `i`, which holds `id`: handed out as removed, when tracking.
-    pub fn remove(&mut self, i: u32, id: &str) {
+    /// Frees slot `i`: handed out as removed, when tracking.
+    pub fn remove(&mut self, i: u32) {
+        let fp = self.entries[i as usize].id;
         self.free_slot(i);
         if let Some(c) = &mut self.changes {
-            c.removed.push(id.into());
+            c.removed.push(fp);
         }
     }
 
@@ -322,14 +384,14 @@ impl<T: Default> IdSlab<T> {
     /// Each id changed since the last call, once, with its slot and value now
     /// (`None`: forgotten). The lists keep their capacity: regrowing them every
     /// commit faulted in fresh pages each time.
-    pub fn drain_changes(&mut self, mut f: impl FnMut(&str, Option<(u32, &T)>)) {
+    pub fn drain_changes(&mut self, mut f: impl FnMut(Fingerprint, Option<(u32, &T)>)) {
         let Some(mut c) = self.changes.take() else {
             return;
         };
-        for id in c.removed.drain(..) {
+        for fp in c.removed.drain(..) {
             // Made anew since: listed as changed, and written with its value below.
-            if self.find(&id).is_none() {
-                f(&id, None);
+            if self.find_fp(fp).is_none() {
+                f(fp, None);
             }
         }
         // Entries listed are spread over the slab (a payment's order may be
@@ -337,20 +399,20 @@ impl<T: Default> IdSlab<T> {
         // one `DRAIN_AHEAD` on, so the misses overlap (docs/performance.md).
         const DRAIN_AHEAD: usize = 8;
         let Changes { slots, listed, .. } = &mut c;
-        for &(j, _, _) in slots.iter().take(DRAIN_AHEAD) {
+        for &(j, _) in slots.iter().take(DRAIN_AHEAD) {
             self.prefetch_slot(j);
         }
-        for (k, (i, fp, id)) in slots.iter().enumerate() {
-            if let Some(&(j, _, _)) = slots.get(k + DRAIN_AHEAD) {
+        for (k, &(i, fp)) in slots.iter().enumerate() {
+            if let Some(&(j, _)) = slots.get(k + DRAIN_AHEAD) {
                 self.prefetch_slot(j);
             }
             // Listed slots have their bit's word: marking made it.
-            let (word, bit) = (&mut listed[*i as usize / 64], 1 << (i % 64));
-            let e = &self.entries[*i as usize];
+            let (word, bit) = (&mut listed[i as usize / 64], 1 << (i % 64));
+            let e = &self.entries[i as usize];
             // The slot may since hold another id, listed after this one.
-            if *word & bit != 0 && e.id == *fp {
+            if *word & bit != 0 && e.id == fp {
                 *word &= !bit;
-                f(id, Some((*i, &e.value)));
+                f(fp, Some((i, &e.value)));
             }
         }
         slots.clear();
@@ -371,9 +433,16 @@ pub(crate) fn prefetch(p: *const u8) {
 mod tests {
     use super::*;
 
-    fn drained(s: &mut IdSlab<i64>) -> Vec<(String, Option<i64>)> {
+    fn drained(s: &mut IdSlab<i64>) -> Vec<(Fingerprint, Option<i64>)> {
         let mut out = vec![];
-        s.drain_changes(|id, v| out.push((id.to_string(), v.map(|(_, v)| *v))));
+        s.drain_changes(|fp, v| out.push((fp, v.map(|(_, v)| *v))));
+        out.sort();
+        out
+    }
+
+    /// What [`drained`] hands out for these ids and values, in its order.
+    fn expect(s: &IdSlab<i64>, ids: &[(&str, Option<i64>)]) -> Vec<(Fingerprint, Option<i64>)> {
+        let mut out: Vec<_> = ids.iter().map(|(id, v)| (s.fingerprint(id), *v)).collect();
         out.sort();
         out
     }
@@ -393,7 +462,7 @@ mod tests {
         let mut s = IdSlab::<i64>::default();
         let (a, made) = s.slot_of("a");
         assert!(made);
-        s.mark(a, "a");
+        s.mark(a);
         s.track_changes();
         assert!(
             drained(&mut s).is_empty(),
@@ -401,34 +470,30 @@ mod tests {
         );
         assert_eq!(s.slot_of("a"), (a, false));
         *s.get_mut(a) = 1;
-        s.mark(a, "a");
+        s.mark(a);
         *s.get_mut(a) = 2;
-        s.mark(a, "a");
+        s.mark(a);
         let (b, _) = s.slot_of("b");
-        s.mark(b, "b");
+        s.mark(b);
         assert_eq!(
             drained(&mut s),
-            vec![("a".into(), Some(2)), ("b".into(), Some(0))]
+            expect(&s, &[("a", Some(2)), ("b", Some(0))])
         );
         assert!(drained(&mut s).is_empty(), "each change is drained once");
         // b goes and its slot is taken by c in the same interval; a goes and comes back.
-        s.mark(b, "b");
-        s.remove(b, "b");
+        s.mark(b);
+        s.remove(b);
         let (c, _) = s.slot_of("c");
         assert_eq!(c, b, "a free slot is reused");
         *s.get_mut(c) = 3;
-        s.mark(c, "c");
-        s.remove(a, "a");
+        s.mark(c);
+        s.remove(a);
         let (a2, _) = s.slot_of("a");
         *s.get_mut(a2) = 4;
-        s.mark(a2, "a");
+        s.mark(a2);
         assert_eq!(
             drained(&mut s),
-            vec![
-                ("a".into(), Some(4)),
-                ("b".into(), None),
-                ("c".into(), Some(3))
-            ]
+            expect(&s, &[("a", Some(4)), ("b", None), ("c", Some(3))])
         );
         assert_eq!((s.find("b"), s.len()), (None, 2));
     }
@@ -440,10 +505,10 @@ mod tests {
         for (id, v) in [("x", 1), ("y", 2), ("z", 3)] {
             let (i, _) = s.slot_of(id);
             *s.get_mut(i) = v;
-            s.mark(i, id);
+            s.mark(i);
         }
         drained(&mut s);
-        s.mark(s.find("z").unwrap(), "z");
+        s.mark(s.find("z").unwrap());
         let mut changed = vec![];
         let end = s.retain(0, usize::MAX, |i, v| match *v {
             1 => true,
@@ -460,10 +525,10 @@ mod tests {
             vec![s.find("y").unwrap()],
             "retain hands out each entry's slot"
         );
-        s.mark(changed[0], "y");
+        s.mark(changed[0]);
         assert_eq!(
             drained(&mut s),
-            vec![("y".into(), Some(20))],
+            expect(&s, &[("y", Some(20))]),
             "z was listed, then dropped by retain: not written, and not as removed"
         );
         assert_eq!((s.len(), s.find("z")), (2, None));
@@ -482,7 +547,7 @@ mod tests {
         }
         for n in (0..1_000).step_by(3) {
             let id = format!("o-{n}");
-            s.remove(s.find(&id).unwrap(), &id);
+            s.remove(s.find(&id).unwrap());
         }
         let (mut seen, mut steps, mut from) = (Vec::new(), 0, Some(0));
         while let Some(f) = from {
@@ -528,7 +593,7 @@ mod tests {
             live.insert(id, n);
             if n % 5 == 4 {
                 let gone = format!("o-{}", n - 3);
-                s.remove(s.find(&gone).unwrap(), &gone);
+                s.remove(s.find(&gone).unwrap());
                 live.remove(&gone);
             }
             if n == 30_000 {
@@ -567,6 +632,30 @@ mod tests {
         }
     }
 
+    /// A fingerprint comes back from its bytes; a free slot's names no id.
+    /// A slab given another's keys gives its ids the same fingerprints (a
+    /// restore reads the changelog's so), and takes keys only while empty.
+    #[test]
+    fn fingerprints_travel_as_bytes_under_the_keys_they_were_made_with() {
+        let mut a = IdSlab::<i64>::default();
+        let mut b = IdSlab::<i64>::default();
+        let fp = a.fingerprint("o-1");
+        assert_eq!(Fingerprint::from_bytes(fp.to_bytes()), Some(fp));
+        assert_eq!(Fingerprint::from_bytes([0; 10]), None);
+        assert_ne!(b.fingerprint("o-1"), fp, "keys drawn at random");
+        assert!(b.set_seeds(a.seeds()));
+        assert_eq!(b.fingerprint("o-1"), fp);
+        let (i, _) = b.slot_of_fp(fp);
+        assert_eq!((b.find("o-1"), b.fingerprint_at(i)), (Some(i), fp));
+        assert!(
+            !b.set_seeds(IdSlab::<i64>::default().seeds()),
+            "b holds an id"
+        );
+        assert_eq!(b.find("o-1"), Some(i), "its keys unchanged");
+        a.slot_of("o-2");
+        assert!(!a.set_seeds(b.seeds()));
+    }
+
     /// Ids whose table hashes collide (4 bits of it kept) are told apart by
     /// the rest of their fingerprints: found, changed and removed one by one.
     #[test]
@@ -593,7 +682,7 @@ mod tests {
             let (i, made) = s.slot_of(id);
             assert!(made, "{id} is new");
             *s.get_mut(i) = n as i64;
-            s.mark(i, id);
+            s.mark(i);
         }
         assert_eq!(s.len(), ids.len());
         assert!(s.entries.iter().map(|e| e.id.table()).all(|h| h < 16));
@@ -603,7 +692,7 @@ mod tests {
         assert_eq!(drained(&mut s).len(), ids.len());
         for id in ids.iter().step_by(2) {
             let i = s.find(id).unwrap();
-            s.remove(i, id);
+            s.remove(i);
         }
         for (n, id) in ids.iter().enumerate() {
             assert_eq!(

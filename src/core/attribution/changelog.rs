@@ -160,26 +160,39 @@ const DELIVERY_ID: u8 = b'd';
 /// The next number of a dimension's names in its chunk: (dimension, name).
 const NAME: u8 = b'n';
 const CLOCK_KEY: &[u8] = b"~clock";
+/// The keys of the three stores' fingerprints (orders, payment ids, delivery
+/// ids), which the entries name their ids by. Written once, with the task's
+/// first batch, and never again; it sorts before every batch key, so a
+/// restore, in key order, reads it first.
+const SEEDS_KEY: &[u8] = b"keys";
 
 impl AttributionTask {
     /// Hands every state change since the last call to `f` as changelog
     /// records: tombstones for batches no longer needed, then this transaction's
     /// batch (see [`batch_log`]), then the clocks.
     pub fn drain_changes(&mut self, mut f: impl FnMut(&[u8], Option<&[u8]>)) {
+        if !std::mem::replace(&mut self.seeds_saved, true) {
+            let seeds = (
+                self.joins.seeds(),
+                self.payment_ids.seeds(),
+                self.delivery_ids.seeds(),
+            );
+            f(SEEDS_KEY, Some(&state::encode(&seeds)));
+        }
         self.log.drop_dead(&self.horizon, |key| f(key, None));
         // Pinned entries go into this batch again, as they are now.
         let pinned = std::mem::take(&mut self.pinned);
-        for (kind, id) in &pinned {
-            match *kind {
-                ORDER => self.joins.touch(id),
-                PAYMENT_ID => self.payment_ids.touch(id),
-                _ => self.delivery_ids.touch(id),
+        for &(kind, fp) in &pinned {
+            match kind {
+                ORDER => self.joins.touch(fp),
+                PAYMENT_ID => self.payment_ids.touch(fp),
+                _ => self.delivery_ids.touch(fp),
             }
         }
         let pin_after = self.now_ms.saturating_add(PIN_AHEAD_MS);
         let (names, pinned) = (&*self.names.borrow(), &mut self.pinned);
         let mut counted =
-            |kind, id: &str, marks: Marks| unless_pinned(pinned, pin_after, kind, id, marks);
+            |kind, fp, marks: Marks| unless_pinned(pinned, pin_after, kind, fp, marks);
         // Entries' times are written from the latest event time: most are near it.
         let base_ms = match self.wm.max_event_ms() {
             i64::MIN => self.now_ms,
@@ -189,9 +202,10 @@ impl AttributionTask {
             .log
             .writer(&self.horizon, base_ms, |k, v| f(k, Some(v)));
         let mut numbers = ChunkNames::new(names);
-        self.joins.drain_changes(|id, slot| {
+        self.joins.drain_changes(|fp, slot| {
+            let id = &fp.to_bytes();
             let Some((order, waiting)) = slot else {
-                w.entry::<()>(ORDER, id, None, counted(ORDER, id, Marks::default()));
+                w.entry::<_, ()>(ORDER, id, None, counted(ORDER, fp, Marks::default()));
                 return;
             };
             let marks = slot_marks(order.as_ref(), waiting);
@@ -209,16 +223,16 @@ impl AttributionTask {
                 }
             });
             let value = SavedSlot { order, waiting };
-            w.entry(ORDER, id, Some(&value), counted(ORDER, id, marks));
+            w.entry(ORDER, id, Some(&value), counted(ORDER, fp, marks));
         });
         for (kind, ids) in [
             (PAYMENT_ID, &mut self.payment_ids),
             (DELIVERY_ID, &mut self.delivery_ids),
         ] {
-            ids.drain_changes(|id, seen_ms| {
-                let marks = counted(kind, id, Marks::of_id(seen_ms));
+            ids.drain_changes(|fp, seen_ms| {
+                let marks = counted(kind, fp, Marks::of_id(seen_ms));
                 let since_base = seen_ms.map(|t| t.wrapping_sub(base_ms));
-                w.entry(kind, id, since_base.as_ref(), marks);
+                w.entry(kind, &fp.to_bytes(), since_base.as_ref(), marks);
             });
         }
         w.finish();
@@ -257,6 +271,18 @@ impl AttributionTask {
     /// Puts back one changelog record (the latest committed value of its key);
     /// batches must come in key order, which is the order they were committed in.
     pub fn restore(&mut self, key: &[u8], value: &[u8]) -> Result<(), String> {
+        if key == SEEDS_KEY {
+            let (orders, payments, deliveries): (Seeds, Seeds, Seeds) =
+                state::decode(value).map_err(|e| format!("changelog keys: {e}"))?;
+            let taken = self.joins.set_seeds(orders)
+                & self.payment_ids.set_seeds(payments)
+                & self.delivery_ids.set_seeds(deliveries);
+            if !taken {
+                return Err("changelog keys after ids were restored".into());
+            }
+            self.seeds_saved = true;
+            return Ok(());
+        }
         if key == CLOCK_KEY {
             let c: SavedClock =
                 state::decode(value).map_err(|e| format!("changelog clock: {e}"))?;
@@ -306,41 +332,37 @@ impl AttributionTask {
                     rest = after;
                     continue;
                 }
-                ORDER => {
-                    let ((id, slot), rest) = if body.version == batch_log::VERSION_1 {
-                        let ((id, slot), rest) =
-                            batch_log::take_entry::<SavedSlot<SavedOrderV1, Vec<Waiting>>>(entry)
-                                .map_err(e)?;
-                        let names = &mut *self.names.borrow_mut();
-                        let slot = slot.map(|s| (s.order.map(|o| o.info(names)), s.waiting));
-                        ((id, slot), rest)
-                    } else {
-                        let ((id, slot), rest) =
-                            batch_log::take_entry::<SavedSlot<SavedOrder, Vec<Waiting>>>(entry)
-                                .map_err(e)?;
-                        let info = |o: SavedOrder| {
-                            o.info(base_ms, &numbered)
-                                .map_err(|e| format!("order {id:?}: {e}"))
-                        };
-                        let slot = slot
-                            .map(|s| Ok::<_, String>((s.order.map(info).transpose()?, s.waiting)))
-                            .transpose()?;
-                        ((id, slot), rest)
+                ORDER | PAYMENT_ID | DELIVERY_ID => {
+                    let (fp, entry) = match body.version {
+                        batch_log::VERSION_1 | batch_log::VERSION_2 => {
+                            let (id, entry) = batch_log::take::<&str>(entry).map_err(e)?;
+                            let fp = match kind {
+                                ORDER => self.joins.fingerprint(id),
+                                PAYMENT_ID => self.payment_ids.fingerprint(id),
+                                _ => self.delivery_ids.fingerprint(id),
+                            };
+                            (fp, entry)
+                        }
+                        _ => {
+                            let (b, entry) = batch_log::take::<[u8; 10]>(entry).map_err(e)?;
+                            let fp = Fingerprint::from_bytes(b)
+                                .ok_or("an entry names no id (a free slot's fingerprint)")?;
+                            (fp, entry)
+                        }
                     };
-                    let entry_marks = slot
-                        .as_ref()
-                        .map_or(Marks::default(), |(o, w)| slot_marks(o.as_ref(), w));
-                    self.joins.restore(id, slot);
-                    (id, entry_marks, rest)
-                }
-                PAYMENT_ID | DELIVERY_ID => {
-                    let ((id, ts), rest) = batch_log::take_entry::<i64>(entry).map_err(e)?;
-                    let ts = ts.map(|t| base_ms.wrapping_add(t));
-                    match kind {
-                        PAYMENT_ID => self.payment_ids.restore(id, ts),
-                        _ => self.delivery_ids.restore(id, ts),
-                    }
-                    (id, Marks::of_id(ts), rest)
+                    let (entry_marks, after) = if kind == ORDER {
+                        self.restore_order(body.version, base_ms, &numbered, fp, entry)
+                            .map_err(|m| format!("order {fp:?}: {m}"))?
+                    } else {
+                        let (ts, after) = batch_log::take::<Option<i64>>(entry).map_err(e)?;
+                        let ts = ts.map(|t| base_ms.wrapping_add(t));
+                        match kind {
+                            PAYMENT_ID => self.payment_ids.restore(fp, ts),
+                            _ => self.delivery_ids.restore(fp, ts),
+                        }
+                        (Marks::of_id(ts), after)
+                    };
+                    (fp, entry_marks, after)
                 }
                 other => return Err(format!("unknown entry kind {:?}", other as char)),
             };
@@ -355,20 +377,58 @@ impl AttributionTask {
         }
         Ok(marks)
     }
+
+    /// Puts back the order id of `fp` from the value at the start of `entry`
+    /// (in the format of batch `version`); its marks, and what follows it.
+    fn restore_order<'a>(
+        &mut self,
+        version: u8,
+        base_ms: i64,
+        numbered: &[Vec<u32>; 3],
+        fp: Fingerprint,
+        entry: &'a [u8],
+    ) -> Result<(Marks, &'a [u8]), String> {
+        let e = |e: postcard::Error| e.to_string();
+        let (slot, after) = if version == batch_log::VERSION_1 {
+            let (slot, after) =
+                batch_log::take::<Option<SavedSlot<SavedOrderV1, Vec<Waiting>>>>(entry)
+                    .map_err(e)?;
+            let names = &mut *self.names.borrow_mut();
+            (
+                slot.map(|s| (s.order.map(|o| o.info(names)), s.waiting)),
+                after,
+            )
+        } else {
+            let (slot, after) =
+                batch_log::take::<Option<SavedSlot<SavedOrder, Vec<Waiting>>>>(entry).map_err(e)?;
+            let slot = slot
+                .map(|s| {
+                    let order = s.order.map(|o| o.info(base_ms, numbered)).transpose()?;
+                    Ok::<_, String>((order, s.waiting))
+                })
+                .transpose()?;
+            (slot, after)
+        };
+        let marks = slot
+            .as_ref()
+            .map_or(Marks::default(), |(o, w)| slot_marks(o.as_ref(), w));
+        self.joins.restore(fp, slot);
+        Ok((marks, after))
+    }
 }
 
 /// The marks an entry adds to its batch: none when its times lie beyond
 /// `pin_after` and it is pinned instead (see `PIN_AHEAD_MS`).
 #[inline]
 fn unless_pinned(
-    pinned: &mut FastSet<(u8, compact_str::CompactString)>,
+    pinned: &mut FastSet<(u8, Fingerprint)>,
     pin_after: i64,
     kind: u8,
-    id: &str,
+    fp: Fingerprint,
     marks: Marks,
 ) -> Marks {
     if marks.latest().is_some_and(|t| t > pin_after) && pinned.len() < MAX_PINNED {
-        pinned.insert((kind, id.into()));
+        pinned.insert((kind, fp));
         return Marks::default();
     }
     marks

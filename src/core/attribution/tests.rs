@@ -58,10 +58,11 @@ fn state_round_trips_through_the_changelog() {
         &mut out,
     );
     let changes = a.take_changes();
+    let keys: Vec<&[u8]> = changes.iter().map(|(k, _)| &k[..]).collect();
     assert_eq!(
-        changes.len(),
-        2,
-        "one batch (o1, o2, p1, p2, d1) and the clock"
+        keys,
+        [&b"keys"[..], b"s00000000000000000001.000000", b"~clock"],
+        "the keys of the ids' fingerprints, one batch (o1, o2, p1, p2, d1) and the clock"
     );
 
     let mut b = AttributionTask::new(2, cfg, NOW);
@@ -78,6 +79,18 @@ fn state_round_trips_through_the_changelog() {
         b.names.borrow()[1].name(b.joins.order("o1").unwrap().attribution.channel),
         "c1"
     );
+    // The keys are written once: neither task writes them again. Put back
+    // into a task that holds ids already, they are an error, not a mix.
+    b.track_changes();
+    for t in [&mut a, &mut b] {
+        t.joins.touch(t.joins.fingerprint("o1"));
+        let again = t.take_changes();
+        assert!(!again.is_empty() && again.iter().all(|(k, _)| k != b"keys"));
+    }
+    let err = b
+        .restore(b"keys", changes[0].1.as_deref().unwrap())
+        .unwrap_err();
+    assert!(err.contains("after ids"), "{err}");
     // The restored task knows the duplicates and releases the waiting payment to its order.
     a.take_partials();
     for t in [&mut a, &mut b] {
@@ -461,12 +474,13 @@ fn names_numbered_in_each_chunk_restore_across_chunks_and_keep_entries_small() {
         .collect();
     assert!(chunks.len() >= 3, "{} chunks", chunks.len());
     let bytes: usize = chunks.iter().map(|v| v.len()).sum();
-    // An order's entry: its kind, its id (12 bytes), a name number per
-    // dimension, two times as short differences and its waiting list; a
-    // payment id's (9 bytes) with its time. Names spelled out in each entry
-    // and whole times made an order's entry about 50 bytes.
+    // An order's entry: its kind, its id's fingerprint (10 bytes), a name
+    // number per dimension, two times as short differences and its waiting
+    // list; a payment id's with its time. Names spelled out in each entry
+    // and whole times made an order's entry about 50 bytes, and its id
+    // spelled out (12 bytes here) 24.
     let entries = n + n / 2;
-    assert!(bytes < entries * 24, "{bytes} bytes for {entries} entries");
+    assert!(bytes < entries * 20, "{bytes} bytes for {entries} entries");
     let mut b = AttributionTask::new(2, cfg, NOW);
     for (k, v) in &changes {
         b.restore(k, v.as_deref().unwrap()).unwrap();
@@ -508,10 +522,19 @@ fn a_changelog_of_the_first_batch_format_still_restores() {
         ]
     );
     assert_eq!(t.sizes(), (2, 0, 1));
+    // Version 2: ids spelled out too, times from the chunk's base (here 0).
+    let mut v2 = vec![2u8, 0, b'p'];
+    v2.extend(postcard::to_stdvec(&("p2", Some(T0 + 11_500))).unwrap());
+    t.restore(b"s00000000000000000002.000000", &v2).unwrap();
+    assert_eq!(t.sizes(), (2, 0, 2));
+    let (mut stats, mut out) = (Stats::default(), vec![]);
+    let again = br#"{"payment_id":"p2","order_id":"o1","kind":"paid","currency":"CNY","amount_minor":5,"ts_ms":11500}"#;
+    feed(&mut t, InputTopic::Payments, 0, again, &mut stats, &mut out);
+    assert_eq!(stats.duplicates[1], 1, "p2 was restored: a duplicate");
     // A name number its chunk never gave is an error, not a wrong name.
     let mut v2 = vec![2u8, 0, b'o'];
     let bad = (0u32, None::<u32>, 0u32, 0i64, None::<i64>);
     v2.extend(postcard::to_stdvec(&("o3", Some((Some(bad), &waiting)))).unwrap());
-    let err = t.restore(b"s00000000000000000002.000000", &v2).unwrap_err();
+    let err = t.restore(b"s00000000000000000003.000000", &v2).unwrap_err();
     assert!(err.contains("not given in its chunk"), "{err}");
 }

@@ -49,14 +49,17 @@ fn restored_values_replace_earlier_ones_and_none_forgets() {
         first_paid_ms: i64::MAX,
     };
     // As a replay of batches: a payment waits, its order comes, the id is forgotten.
-    j.restore("a", Some((None, vec![pay(5, 100), pay(6, 100)])));
-    j.restore("b", Some((Some(order), vec![])));
+    j.restore(
+        j.fingerprint("a"),
+        Some((None, vec![pay(5, 100), pay(6, 100)])),
+    );
+    j.restore(j.fingerprint("b"), Some((Some(order), vec![])));
     assert_eq!((j.order_count(), j.waiting_count()), (1, 2));
-    j.restore("a", Some((Some(order), vec![])));
+    j.restore(j.fingerprint("a"), Some((Some(order), vec![])));
     assert_eq!((j.order_count(), j.waiting_count()), (2, 0));
     assert_eq!(j.order("a"), Some(order));
-    j.restore("a", None);
-    j.restore("c", None);
+    j.restore(j.fingerprint("a"), None);
+    j.restore(j.fingerprint("c"), None);
     assert_eq!((j.order_count(), j.waiting_count()), (1, 0));
     assert!(j.order("a").is_none());
     // The replaced value's deadline is still in the heap: it releases nothing.
@@ -64,9 +67,9 @@ fn restored_values_replace_earlier_ones_and_none_forgets() {
     j.expire(1_000, |_| released += 1);
     assert_eq!(released, 0);
     let mut d = Dedup::default();
-    d.restore("p", Some(1));
-    d.restore("q", Some(2));
-    d.restore("p", None);
+    d.restore(d.fingerprint("p"), Some(1));
+    d.restore(d.fingerprint("q"), Some(2));
+    d.restore(d.fingerprint("p"), None);
     assert_eq!(d.len(), 1);
     assert!(d.first_copy("p", 1, 10) && !d.first_copy("q", 2, 10));
 }
@@ -153,12 +156,18 @@ fn dedup_within_ttl_and_again_after() {
     assert!(d.is_empty());
 }
 
-/// What a drain hands out, by id (the order across ids is not kept).
+/// What a drain hands out, by id (the order across ids is not kept): the
+/// fingerprints it names named back, among the ids these tests use.
 fn drained(j: &mut JoinState) -> Vec<(String, Option<Option<OrderInfo>>, usize)> {
+    let ids: Vec<String> = std::iter::once("untracked".to_string())
+        .chain((0..10).map(|n| format!("o{n}")))
+        .collect();
+    let named: std::collections::HashMap<Fingerprint, String> =
+        ids.into_iter().map(|id| (j.fingerprint(&id), id)).collect();
     let mut out = vec![];
-    j.drain_changes(|id, slot| {
+    j.drain_changes(|fp, slot| {
         out.push((
-            id.to_string(),
+            named[&fp].clone(),
             slot.map(|s| s.0),
             slot.map_or(0, |s| s.1.len()),
         ))
@@ -266,12 +275,15 @@ fn id_times_stay_exact_across_sweeps_that_move_the_base() {
         for (id, ts) in held {
             assert!(!d.first_copy(id, ts - ttl, ttl), "{id} at {ts} - ttl");
             assert!(!d.first_copy(id, ts + ttl, ttl), "{id} at {ts} + ttl");
-            d.touch(id);
+            d.touch(d.fingerprint(id));
         }
         let mut out = Vec::new();
-        d.drain_changes(|id, ts| out.push((id.to_string(), ts.expect("held"))));
+        d.drain_changes(|fp, ts| out.push((fp, ts.expect("held"))));
         out.sort();
-        let mut want = held.to_vec();
+        let mut want: Vec<_> = held
+            .iter()
+            .map(|(id, ts)| (d.fingerprint(id), *ts))
+            .collect();
         want.sort();
         assert_eq!(out, want);
     };
@@ -385,7 +397,7 @@ fn dedup_against_a_map(seed: u64, in_steps: bool) {
                 model.retain(|_, ts| *ts >= limit);
             }
             1 => {
-                d.restore(&id, None);
+                d.restore(d.fingerprint(&id), None);
                 model.remove(&id);
             }
             n => {
@@ -420,14 +432,14 @@ fn dedup_against_a_map(seed: u64, in_steps: bool) {
     d.sweep_step(usize::MAX);
     assert_eq!(d.len(), model.len());
     for id in model.keys() {
-        d.touch(id);
+        d.touch(d.fingerprint(id));
     }
     let mut out = std::collections::HashMap::new();
-    d.drain_changes(|id, ts| {
-        out.insert(id.to_string(), ts);
+    d.drain_changes(|fp, ts| {
+        out.insert(fp, ts);
     });
     for (id, ts) in &model {
-        assert_eq!(out.get(id), Some(&Some(*ts)), "{id}");
+        assert_eq!(out.get(&d.fingerprint(id)), Some(&Some(*ts)), "{id}");
     }
 }
 
