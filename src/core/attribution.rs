@@ -184,9 +184,10 @@ impl AttributionTask {
 
     /// Ends a restore, if there was one, and records every state change from
     /// now on, for [`AttributionTask::drain_changes`]. What the last sweep
-    /// dropped is not in the changelog as removed (the state keeps no ids to
-    /// write: `slab`), so a restore may bring some of it back: the same sweep
-    /// runs again here, with the restored clock.
+    /// dropped is not in the changelog as removed (a sweep forgets millions
+    /// of ids at once, and the batches it empties get tombstones instead), so
+    /// a restore may bring some of it back: the same sweep runs again here,
+    /// with the restored clock.
     pub fn track_changes(&mut self) {
         self.sweep(self.last_sweep_watermark_ms, false);
         self.sweep_step(usize::MAX);

@@ -435,9 +435,9 @@ impl JoinState {
     /// Starts forgetting orders placed before `limit_ms` (their `order_ttl`
     /// has passed), slot by slot in [`JoinState::sweep_step`]s; a sweep still
     /// under way is finished first. An order dropped whole is not written to
-    /// the changelog as removed: the id is not kept, and a restore sweeps
-    /// again ([`JoinState::restore`]'s caller). One with events still waiting
-    /// is written, its id kept with them. Every slot kept is recoded from the
+    /// the changelog as removed: a restore sweeps again
+    /// ([`JoinState::restore`]'s caller). One with events still waiting is
+    /// written, its id kept with them. Every slot kept is recoded from the
     /// limit ([`Times`]).
     pub fn sweep_orders(&mut self, limit_ms: i64) {
         self.sweep_step(usize::MAX);
@@ -577,8 +577,8 @@ impl Dedup {
 
     /// Starts forgetting ids seen before `limit_ms` (any copy close enough to
     /// match them would be late), slot by slot in [`Dedup::sweep_step`]s; a
-    /// sweep still under way is finished first. Not written to the changelog
-    /// (the ids are not kept): a restore sweeps again. Every id kept is
+    /// sweep still under way is finished first. Not written to the changelog:
+    /// a restore sweeps again. Every id kept is
     /// recoded from the limit ([`Times`]). An id not forgotten yet still
     /// matches only copies within `ttl_ms` ([`Dedup::first_copy`]).
     pub fn sweep(&mut self, limit_ms: i64) {

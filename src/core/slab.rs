@@ -350,8 +350,8 @@ impl<T: Default> IdSlab<T> {
     /// Visits the entries of up to `count` slots from slot `from` on, with
     /// their slots: `f` says whether each stays. Returns the first slot not
     /// visited, or `None` if that is the end of the slab. An entry dropped here
-    /// is not handed out as removed: its id is not kept. (The attribution
-    /// task's sweeps drop this way, and a restore sweeps again.)
+    /// is not handed out as removed: the attribution task's sweeps drop this
+    /// way, and a restore sweeps again.
     ///
     /// In slot order, through the slab, not through the index: the index
     /// holds slots in no order, and reaching each entry from it cost a cache
