@@ -137,7 +137,7 @@ pub struct AttributionTask {
     /// (see `changelog::PIN_AHEAD_MS`), by kind and id's fingerprint.
     pinned: FastSet<(u8, Fingerprint)>,
     /// Whether the changelog holds the keys of the stores' fingerprints
-    /// (written with the first batch, or restored).
+    /// (written in its first commit, or restored).
     seeds_saved: bool,
 }
 

@@ -161,8 +161,8 @@ const DELIVERY_ID: u8 = b'd';
 const NAME: u8 = b'n';
 const CLOCK_KEY: &[u8] = b"~clock";
 /// The keys of the three stores' fingerprints (orders, payment ids, delivery
-/// ids), which the entries name their ids by. Written once, with the task's
-/// first batch, and never again; it sorts before every batch key, so a
+/// ids), which the entries name their ids by. Written once, in the task's
+/// first commit, and never again; it sorts before every batch key, so a
 /// restore, in key order, reads it first.
 const SEEDS_KEY: &[u8] = b"keys";
 
