@@ -26,14 +26,18 @@ use serde::Serialize;
 
 /// Key prefix of a batch record (state keys of other kinds never start with it).
 pub const BATCH_PREFIX: u8 = b's';
-/// Format version, the first byte of every batch value. Version 3 names each
-/// entry's id by its fingerprint (10 bytes), not by the id itself (11 – 20
-/// bytes for the benches' ids, 36 for a UUID: 60% of the bytes,
-/// docs/performance.md). Versions 2 and 3 follow it with the chunk's base
-/// time, from which its entries' times are written as differences (a few
-/// bytes, not six); version 1 had none. Versions 1 and 2 are still read
-/// ([`Body`]).
-const VERSION: u8 = 3;
+/// Format version, the first byte of every batch value. Version 4 adds two
+/// short kinds of entry (`attribution/changelog.rs`): an order with nothing
+/// waiting, and an order's first payment alone, which had the whole order
+/// written again (a quarter of the bytes, docs/performance.md). Version 3
+/// names each entry's id by its fingerprint (10 bytes), not by the id itself
+/// (11 – 20 bytes for the benches' ids, 36 for a UUID: 60% of the bytes).
+/// Versions 2 to 4 follow it with the chunk's base time, from which its
+/// entries' times are written as differences (a few bytes, not six); version
+/// 1 had none. Versions 1 to 3 are still read ([`Body`]): each is a subset of
+/// the next.
+const VERSION: u8 = 4;
+pub const VERSION_3: u8 = 3;
 pub const VERSION_2: u8 = 2;
 pub const VERSION_1: u8 = 1;
 /// A chunk is sent once it holds this many bytes (or a quarter of
@@ -232,16 +236,10 @@ impl<F: FnMut(&[u8], &[u8])> BatchWriter<'_, F> {
         self.chunk
     }
 
-    /// Appends one id's new value (`None`: forgotten) of kind `kind`; the
-    /// chunk is sent if this filled it.
-    pub fn entry<I: Serialize + ?Sized, V: Serialize>(
-        &mut self,
-        kind: u8,
-        id: &I,
-        value: Option<&V>,
-        marks: Marks,
-    ) {
-        self.put(kind, &(id, value));
+    /// Appends one id's change of kind `kind` (the id, then what its kind
+    /// says); the chunk is sent if this filled it.
+    pub fn entry<E: Serialize + ?Sized>(&mut self, kind: u8, entry: &E, marks: Marks) {
+        self.put(kind, entry);
         self.marks.merge(&marks);
         if self.log.buf.len() >= self.log.chunk_bytes {
             self.flush();
@@ -250,7 +248,7 @@ impl<F: FnMut(&[u8], &[u8])> BatchWriter<'_, F> {
 
     /// Appends an entry of kind `kind` that is no id's value, and never sends
     /// the chunk: what the next [`BatchWriter::entry`] refers to lands in its chunk.
-    pub fn put<V: Serialize>(&mut self, kind: u8, value: &V) {
+    pub fn put<V: Serialize + ?Sized>(&mut self, kind: u8, value: &V) {
         let buf = &mut self.log.buf;
         if buf.is_empty() {
             buf.push(VERSION);
@@ -340,7 +338,7 @@ pub struct Body<'a> {
 
 pub fn body(value: &[u8]) -> Result<Body<'_>, String> {
     match value.split_first() {
-        Some((&version @ (VERSION | VERSION_2), rest)) => {
+        Some((&version @ (VERSION | VERSION_3 | VERSION_2), rest)) => {
             let (base_ms, entries) =
                 postcard::take_from_bytes(rest).map_err(|e| format!("batch base time: {e}"))?;
             Ok(Body {
@@ -389,7 +387,7 @@ mod tests {
         let mut log = BatchLog::default();
         for (kind, id, v, m) in entries {
             let mut w = log.writer(h, 0, |_, _| {});
-            w.entry(*kind, id, v.as_ref(), *m);
+            w.entry(*kind, &(id, v), *m);
             w.finish();
         }
         log
@@ -448,9 +446,9 @@ mod tests {
         let mut w = log.writer(&Horizon::default(), -1_733, |k, v| {
             out.push((k.to_vec(), v.to_vec()))
         });
-        w.entry(b'p', "p1", Some(&5i64), Marks::default());
+        w.entry(b'p', &("p1", Some(5i64)), Marks::default());
         w.put(b'n', &(1u8, "brand-1"));
-        w.entry::<_, i64>(b'd', "d1", None, Marks::default());
+        w.entry(b'd', &("d1", None::<i64>), Marks::default());
         w.finish();
         assert_eq!(out.len(), 1);
         let (key, value) = &out[0];
@@ -472,7 +470,8 @@ mod tests {
         assert_eq!((id, v, rest.len()), ("d1", None, 0));
         assert!(batch_key(9, 1) < batch_key(10, 0));
         assert_eq!(batch_number(&batch_key(12, 3)), Some(12));
-        assert!(body(&[4, 0]).unwrap_err().contains("version 4"));
+        assert!(body(&[5, 0]).unwrap_err().contains("version 5"));
+        assert_eq!(body(&[VERSION_3, 0]).unwrap().version, VERSION_3);
         // Version 1 had no base time: what follows its version byte is entries.
         let v1 = body(&[VERSION_1, b'p']).unwrap();
         assert_eq!((v1.base_ms, v1.entries), (0, &b"p"[..]));
@@ -487,7 +486,7 @@ mod tests {
         });
         let id = "x".repeat(1_000);
         for i in 0..600 {
-            w.entry(b'p', &format!("{id}{i}"), Some(&1i64), Marks::default());
+            w.entry(b'p', &(format!("{id}{i}"), Some(1i64)), Marks::default());
         }
         w.finish();
         assert_eq!(out.len(), 3, "about 600 kB in 256 kB chunks");

@@ -178,6 +178,23 @@ pub struct JoinState {
     order_count: usize,
     waiting_count: usize,
     deadlines: BinaryHeap<Reverse<(i64, Fingerprint)>>,
+    /// Orders whose first payment's time is all that changed since they were
+    /// last handed out (while changes are tracked, and the slot not listed as
+    /// changed): the changelog writes that time alone, not the order again,
+    /// which was a quarter of its bytes (docs/performance.md). An order paid
+    /// twice within one drain, the second time earlier, is listed twice.
+    paid: Vec<(u32, Fingerprint)>,
+}
+
+/// What the changelog needs of an order id changed since the last drain.
+#[derive(Debug)]
+pub enum SlotChange<'a> {
+    /// Forgotten.
+    Removed,
+    /// Its order (handed out before) now has its first payment, at `first_paid_ms`.
+    FirstPaid(OrderInfo),
+    /// Its order and the events waiting for it, now.
+    Slot(Option<OrderInfo>, &'a [Waiting]),
 }
 
 impl JoinState {
@@ -233,22 +250,52 @@ impl JoinState {
         self.slots.set_seeds(seeds)
     }
 
-    /// Each id changed since the last call, once, with what is stored for it
-    /// now (its order and the events waiting for it; `None`: forgotten).
-    pub fn drain_changes(
-        &mut self,
-        mut f: impl FnMut(Fingerprint, Option<(Option<OrderInfo>, &[Waiting])>),
-    ) {
+    /// Each id changed since the last call, once, with what changed: the
+    /// orders that only had their first payment first, then the rest.
+    pub fn drain_changes(&mut self, mut f: impl FnMut(Fingerprint, SlotChange<'_>)) {
+        // As the slab's drain: the orders paid are spread over it, so each
+        // asks for the one a few on.
+        const DRAIN_AHEAD: usize = 8;
+        let paid = std::mem::take(&mut self.paid);
+        for &(j, _) in paid.iter().take(DRAIN_AHEAD) {
+            self.slots.prefetch_slot(j);
+        }
+        for (k, &(i, fp)) in paid.iter().enumerate() {
+            if let Some(&(j, _)) = paid.get(k + DRAIN_AHEAD) {
+                self.slots.prefetch_slot(j);
+            }
+            // Listed since (written whole below), or no longer this order.
+            if self.slots.listed(i) != Some(false) || self.slots.fingerprint_at(i) != fp {
+                continue;
+            }
+            if let Some(order) = self.slots.get(i).order(&self.clocks, i) {
+                f(fp, SlotChange::FirstPaid(order));
+            }
+        }
+        self.paid = paid;
+        self.paid.clear();
         let (lists, clocks) = (&self.waiting, &self.clocks);
         self.slots.drain_changes(|id, slot| {
             f(
                 id,
-                slot.map(|(i, s)| {
+                slot.map_or(SlotChange::Removed, |(i, s)| {
                     let waiting = lists.get(&i).map_or(&[][..], |l| &l[..]);
-                    (s.order(clocks, i), waiting)
+                    SlotChange::Slot(s.order(clocks, i), waiting)
                 }),
             )
         });
+    }
+
+    /// Puts back an order's first payment time that [`JoinState::drain_changes`]
+    /// handed out; the order as it is then, `None` if it has gone (swept).
+    pub fn restore_first_paid(&mut self, fp: Fingerprint, first_paid_ms: i64) -> Option<OrderInfo> {
+        let i = self.slots.find_fp(fp)?;
+        let slot = self.slots.get_mut(i);
+        if !slot.has_order() {
+            return None;
+        }
+        slot.first_paid = self.clocks.first_paid.code(i, first_paid_ms);
+        slot.order(&self.clocks, i)
     }
 
     /// Puts back what [`JoinState::drain_changes`] handed out (restore from the
@@ -329,8 +376,9 @@ impl JoinState {
         if slot.has_order() {
             let first = slot.note_paid(&mut self.clocks, i, &w);
             let order = slot.order(&self.clocks, i).expect("has an order");
-            if first {
-                self.slots.mark(i);
+            // Listed already (written whole), or not tracked: nothing to add.
+            if first && self.slots.listed(i) == Some(false) {
+                self.paid.push((i, self.slots.fingerprint_at(i)));
             }
             return Attach::Joined(order);
         }

@@ -16,6 +16,9 @@ pub struct LocalJob {
     /// Next offset of each in-memory repartition partition.
     repartition: Vec<i64>,
     last_emit_ms: Option<i64>,
+    /// Bytes of the changelog records committed (keys and values), by stage:
+    /// attribution, aggregation.
+    changelog_bytes: [u64; 2],
 }
 
 impl LocalJob {
@@ -49,6 +52,7 @@ impl LocalJob {
             commits,
             repartition: vec![0; aggregation_partitions as usize],
             last_emit_ms: None,
+            changelog_bytes: [0; 2],
         }
     }
 
@@ -56,6 +60,12 @@ impl LocalJob {
     /// (dropped here: nothing restores a `LocalJob`).
     pub fn track_changes(&mut self) {
         self.engine.track_changes();
+    }
+
+    /// Bytes of the changelog records committed so far (keys and values):
+    /// the attribution stage's, the aggregation stage's.
+    pub fn changelog_bytes(&self) -> [u64; 2] {
+        self.changelog_bytes
     }
 
     pub fn engine(&self) -> &Engine {
@@ -71,6 +81,10 @@ impl LocalJob {
     pub fn commit(&mut self, out: &mut Vec<Output>) {
         let work = self.engine.take_work(self.repartition.len() as i32);
         let txn = self.commits.transaction(work);
+        for ((stage, _), k, v) in &txn.changes {
+            let bytes = k.len() + v.as_ref().map_or(0, Vec::len);
+            self.changelog_bytes[(*stage == Stage::Aggregation) as usize] += bytes as u64;
+        }
         for (r, batch) in txn.batches {
             let offset = &mut self.repartition[r as usize];
             self.engine.receive(r, *offset, batch, out);

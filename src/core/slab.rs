@@ -286,7 +286,7 @@ impl<T: Default> IdSlab<T> {
     }
 
     /// Asks the CPU for slot `i`'s entry.
-    fn prefetch_slot(&self, i: u32) {
+    pub fn prefetch_slot(&self, i: u32) {
         prefetch((&raw const self.entries[i as usize]).cast());
     }
 
@@ -312,6 +312,13 @@ impl<T: Default> IdSlab<T> {
                 c.slots.push((i, self.entries[i as usize].id));
             }
         }
+    }
+
+    /// Whether slot `i` is listed as changed (`None`: changes are not tracked).
+    pub fn listed(&self, i: u32) -> Option<bool> {
+        let c = self.changes.as_ref()?;
+        let word = c.listed.get(i as usize / 64).copied().unwrap_or(0);
+        Some(word & (1 << (i % 64)) != 0)
     }
 
     /// Lists the id of `fp` as changed: its entry, or (absent) its removal.

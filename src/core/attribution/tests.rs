@@ -481,7 +481,7 @@ fn names_numbered_in_each_chunk_restore_across_chunks_and_keep_entries_small() {
     // spelled out (12 bytes here) 24.
     let entries = n + n / 2;
     assert!(bytes < entries * 20, "{bytes} bytes for {entries} entries");
-    let mut b = AttributionTask::new(2, cfg, NOW);
+    let mut b = AttributionTask::new(2, cfg.clone(), NOW);
     for (k, v) in &changes {
         b.restore(k, v.as_deref().unwrap()).unwrap();
     }
@@ -491,6 +491,43 @@ fn names_numbered_in_each_chunk_restore_across_chunks_and_keep_entries_small() {
     assert_eq!(paid[0].4, T0 + 10_500, "paid");
     assert_eq!(paid[1].4, i64::MAX, "not paid");
     assert_eq!(paid[0].1, "-");
+
+    // The other half paid in the next commit: each order's entry is its first
+    // payment's time alone (its kind, fingerprint and a short difference),
+    // not the order again (about 23 bytes here).
+    for (i, id) in ids.iter().enumerate().filter(|(i, _)| i % 2 == 1) {
+        let p = format!(
+            r#"{{"payment_id":"p-{i}","order_id":"{id}","kind":"paid","currency":"CNY","amount_minor":5,"ts_ms":{}}}"#,
+            20_000 + i as i64
+        );
+        let offset = (n + i) as i64;
+        feed(
+            &mut a,
+            InputTopic::Payments,
+            offset,
+            p.as_bytes(),
+            &mut stats,
+            &mut out,
+        );
+    }
+    let later = a.take_changes();
+    let bytes: usize = later
+        .iter()
+        .filter(|(k, _)| k.first() == Some(&batch_log::BATCH_PREFIX))
+        .map(|(_, v)| v.as_ref().unwrap().len())
+        .sum();
+    assert!(bytes < n * 16, "{bytes} bytes for {n} entries");
+    let mut c = AttributionTask::new(2, cfg, NOW);
+    for (k, v) in changes.iter().chain(&later) {
+        c.restore(k, v.as_deref().unwrap()).unwrap();
+    }
+    assert_eq!(c.sizes(), a.sizes());
+    assert_eq!(orders_by_name(&c, &ids), orders_by_name(&a, &ids));
+    assert_eq!(
+        orders_by_name(&c, &ids[1..2])[0].4,
+        T0 + 20_001,
+        "paid later"
+    );
 }
 
 #[test]

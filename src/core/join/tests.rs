@@ -156,21 +156,30 @@ fn dedup_within_ttl_and_again_after() {
     assert!(d.is_empty());
 }
 
+/// What a drain hands out for an id, the waiting events counted.
+#[derive(Debug, PartialEq)]
+enum Drained {
+    Removed,
+    FirstPaid(OrderInfo),
+    Slot(Option<OrderInfo>, usize),
+}
+
 /// What a drain hands out, by id (the order across ids is not kept): the
 /// fingerprints it names named back, among the ids these tests use.
-fn drained(j: &mut JoinState) -> Vec<(String, Option<Option<OrderInfo>>, usize)> {
+fn drained(j: &mut JoinState) -> Vec<(String, Drained)> {
     let ids: Vec<String> = std::iter::once("untracked".to_string())
         .chain((0..10).map(|n| format!("o{n}")))
         .collect();
     let named: std::collections::HashMap<Fingerprint, String> =
         ids.into_iter().map(|id| (j.fingerprint(&id), id)).collect();
     let mut out = vec![];
-    j.drain_changes(|fp, slot| {
-        out.push((
-            named[&fp].clone(),
-            slot.map(|s| s.0),
-            slot.map_or(0, |s| s.1.len()),
-        ))
+    j.drain_changes(|fp, change| {
+        let change = match change {
+            SlotChange::Removed => Drained::Removed,
+            SlotChange::FirstPaid(o) => Drained::FirstPaid(o),
+            SlotChange::Slot(o, w) => Drained::Slot(o, w.len()),
+        };
+        out.push((named[&fp].clone(), change))
     });
     out.sort_by(|a, b| a.0.cmp(&b.0));
     out
@@ -201,14 +210,14 @@ fn changes_drain_once_per_id_with_the_current_value() {
     assert_eq!(
         drained(&mut j),
         vec![
-            ("o1".into(), Some(Some(paid)), 0),
-            ("o2".into(), Some(None), 1)
+            ("o1".into(), Drained::Slot(Some(paid), 0)),
+            ("o2".into(), Drained::Slot(None, 1))
         ]
     );
     assert!(drained(&mut j).is_empty(), "each change is drained once");
     // o2 expires (removed), then is made anew in the same interval.
     j.expire(60, |_| {});
-    assert_eq!(drained(&mut j), vec![("o2".into(), None, 0)]);
+    assert_eq!(drained(&mut j), vec![("o2".into(), Drained::Removed)]);
     park(&mut j, "o3", pay(20, 50));
     j.expire(60, |_| {});
     j.insert_order("o3", info(7), 0).unwrap();
@@ -218,15 +227,16 @@ fn changes_drain_once_per_id_with_the_current_value() {
         vec![
             (
                 "o1".into(),
-                Some(Some(OrderInfo {
+                Drained::FirstPaid(OrderInfo {
                     first_paid_ms: 8,
                     ..info(5)
-                })),
-                0
+                })
             ),
-            ("o3".into(), Some(Some(info(7))), 0),
+            ("o3".into(), Drained::Slot(Some(info(7)), 0)),
         ],
-        "a slot removed and made anew is written once, with its current value"
+        "an order handed out before, then paid earlier, is handed out as its \
+         first payment alone; a slot removed and made anew is written once, \
+         with its current value"
     );
     sweep_orders_whole(&mut j, 6);
     assert!(
@@ -243,11 +253,25 @@ fn changes_drain_once_per_id_with_the_current_value() {
     assert_eq!(
         drained(&mut j),
         vec![
-            ("o5".into(), None, 0),
-            ("o6".into(), Some(Some(info(9))), 0)
+            ("o5".into(), Drained::Removed),
+            ("o6".into(), Drained::Slot(Some(info(9)), 0))
         ]
     );
     assert_eq!((j.order_count(), j.waiting_count()), (2, 0));
+    // Paid after it was handed out, then placed again (past the dedup TTL)
+    // in the same interval: handed out whole, once, its payment kept.
+    j.insert_order("o7", info(11), 0).unwrap();
+    drained(&mut j);
+    assert!(matches!(j.attach("o7", pay(12, 100)), Attach::Joined(_)));
+    j.insert_order("o7", info(13), 0).unwrap();
+    let whole = OrderInfo {
+        first_paid_ms: 12,
+        ..info(13)
+    };
+    assert_eq!(
+        drained(&mut j),
+        vec![("o7".into(), Drained::Slot(Some(whole), 0))]
+    );
 }
 
 const DAY: i64 = 86_400_000;
