@@ -7,7 +7,8 @@
 //! `cargo bench --bench core` (RECORDS=n to change the data set size;
 //! ENGINE_ONLY=1 skips the baselines, for `perf record` on the engine alone;
 //! CHANGELOG=1 has the engine make its changelog records too, as `gmv run`
-//! does, though the bar's engine does not count them; COMMIT_RECORDS=n
+//! does, though the bar's engine does not count them, and prints their
+//! bytes per event read; COMMIT_RECORDS=n
 //! commits every n records instead of every 100,000).
 
 use std::hint::black_box;

@@ -250,8 +250,8 @@ impl JoinState {
         self.slots.set_seeds(seeds)
     }
 
-    /// Each id changed since the last call, once, with what changed: the
-    /// orders that only had their first payment first, then the rest.
+    /// Each id changed since the last call, once, with what changed: first
+    /// the orders whose first payment is all that changed, then the others.
     pub fn drain_changes(&mut self, mut f: impl FnMut(Fingerprint, SlotChange<'_>)) {
         // As the slab's drain: the orders paid are spread over it, so each
         // asks for the one a few on.
