@@ -639,7 +639,7 @@ fn dispatch_input(
     newest_input_ms: &mut i64,
     topic: InputTopic,
     m: &LaneRecord<'_>,
-) {
+) -> Option<i64> {
     let source = Source {
         topic,
         partition: m.partition,
@@ -648,7 +648,7 @@ fn dispatch_input(
     if let Some(ts) = m.timestamp_ms {
         *newest_input_ms = (*newest_input_ms).max(ts);
     }
-    engine.on_record(source, m.key, m.payload, out);
+    engine.on_record(source, m.key, m.payload, out)
 }
 
 /// The changelog topic of a stage's tasks.

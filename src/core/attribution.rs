@@ -243,7 +243,9 @@ impl AttributionTask {
         )
     }
 
-    /// Processes one input record: decodes it, and either counts it or dead-letters it.
+    /// Processes one input record: decodes it, and either counts it or
+    /// dead-letters it. Returns its event time if it was a valid event (late
+    /// or not): how far its input partition has been read, in event time.
     pub fn on_record(
         &mut self,
         source: Source,
@@ -251,7 +253,7 @@ impl AttributionTask {
         value: Option<&[u8]>,
         stats: &mut Stats,
         out: &mut Vec<Output>,
-    ) {
+    ) -> Option<i64> {
         self.next_offsets[source.topic.index()] = Some(source.offset + 1);
         stats.events_read[source.topic.index()] += 1;
         let Some(value) = value else {
@@ -264,7 +266,7 @@ impl AttributionTask {
                 stats,
                 out,
             );
-            return;
+            return None;
         };
         // Matched, not chained, and read where `decode` wrote it: each step
         // of a chain, and each move out of the `Result`, copied the event
@@ -272,12 +274,17 @@ impl AttributionTask {
         let decoded = decode(source.topic, value, &self.fx);
         let ev = match decoded {
             Ok(ref ev) => ev,
-            Err(r) => return self.dead_letter(source, key, value, r.reason, r.detail, stats, out),
+            Err(r) => {
+                self.dead_letter(source, key, value, r.reason, r.detail, stats, out);
+                return None;
+            }
         };
         if let Err(r) = self.check(key, ev) {
-            return self.dead_letter(source, key, value, r.reason, r.detail, stats, out);
+            self.dead_letter(source, key, value, r.reason, r.detail, stats, out);
+            return None;
         }
         self.on_event(source, key, value, ev, stats, out);
+        Some(ev.ts_ms())
     }
 
     /// Asks the CPU for the state records of `topic` will look up, a few

@@ -366,20 +366,24 @@ impl Engine {
         }
     }
 
-    /// Processes one input record in its partition's attribution task.
+    /// Processes one input record in its partition's attribution task;
+    /// its event time if it was a valid event ([`AttributionTask::on_record`]).
     pub fn on_record(
         &mut self,
         source: Source,
         key: Option<&[u8]>,
         value: Option<&[u8]>,
         out: &mut Vec<Output>,
-    ) {
+    ) -> Option<i64> {
         match self.attribution.get_mut(&source.partition) {
             Some(t) => t.on_record(source, key, value, &mut self.stats, out),
-            None => tracing::warn!(
-                partition = source.partition,
-                "record of a partition this instance does not own"
-            ),
+            None => {
+                tracing::warn!(
+                    partition = source.partition,
+                    "record of a partition this instance does not own"
+                );
+                None
+            }
         }
     }
 

@@ -1,11 +1,15 @@
 //! The input partitions read in step. Each assigned (input topic, partition)
 //! gets its own librdkafka queue (a lane), and the loop reads next from the lane
-//! whose last record is the oldest by Kafka timestamp, as Kafka Streams picks a
-//! task's next record. From the one queue librdkafka fills in fetch order, a
-//! job catching up read all of `payments` before most of `orders`: every payment
-//! then waited in the join for its order and was written to the changelog twice
-//! (docs/performance.md). Order within a partition is what Kafka guarantees and
-//! all the engine relies on; the lanes only keep topics close to each other.
+//! read least far in event time, as Kafka Streams picks a task's next record
+//! by the time its timestamp extractor reads. From the one queue librdkafka
+//! fills in fetch order, a job catching up read all of `payments` before most
+//! of `orders`: every payment then waited in the join for its order and was
+//! written to the changelog twice (docs/performance.md). Event time, not the
+//! records' Kafka timestamps: those say when a record was produced, and a
+//! bulk load or a replay produces a day of events within seconds, in whatever
+//! order it reads them, so its payments ran ahead of their orders just as
+//! well. Order within a partition is what Kafka guarantees and all the engine
+//! relies on; the lanes only keep topics close to each other.
 
 use std::sync::Arc;
 
@@ -55,8 +59,8 @@ struct Lane {
     /// Known once here, so no record's topic name is looked up and compared.
     topic: InputTopic,
     partition: i32,
-    /// Kafka timestamp of the last record read from it (`i64::MIN`: none yet).
-    last_ms: i64,
+    /// Largest event time of the records read from it (`i64::MIN`: none yet).
+    event_ms: i64,
 }
 
 /// The lanes of the current assignment.
@@ -88,7 +92,7 @@ impl Lanes {
                         handle: count,
                         topic,
                         partition: p,
-                        last_ms: i64::MIN,
+                        event_ms: i64::MIN,
                     }),
                     _ => Err(anyhow::anyhow!("no queue for {name} [{p}]")),
                 }
@@ -104,7 +108,7 @@ impl Lanes {
     /// The consumer moved every lane back (a seek): what each read last is gone.
     pub fn rewound(&mut self) {
         for lane in &mut self.lanes {
-            lane.last_ms = i64::MIN;
+            lane.event_ms = i64::MIN;
         }
     }
 
@@ -118,19 +122,20 @@ impl Lanes {
         }
     }
 
-    /// Reads up to `max` records from the oldest lane that has any, handing
-    /// each to `f` with its topic and the keys of records further on (for
-    /// hints, [`Ahead`]); 0 when every lane is empty. Never blocks.
+    /// Reads up to `max` records from the lane read least far (in event time)
+    /// that has any, handing each to `f` with its topic and the keys of
+    /// records further on (for hints, [`Ahead`]); `f` returns the record's
+    /// event time, if it has one. 0 when every lane is empty. Never blocks.
     ///
     /// Takes the records out of librdkafka's queue in one call (one lock, one
     /// clock read), not one `poll` each: those were a tenth of the loop.
     pub fn read(
         &mut self,
         max: usize,
-        mut f: impl FnMut(InputTopic, &LaneRecord<'_>, Ahead<'_>),
+        mut f: impl FnMut(InputTopic, &LaneRecord<'_>, Ahead<'_>) -> Option<i64>,
     ) -> usize {
         let lanes = &mut self.lanes;
-        self.order.sort_unstable_by_key(|&i| lanes[i].last_ms);
+        self.order.sort_unstable_by_key(|&i| lanes[i].event_ms);
         let batch = &mut self.batch;
         batch.clear();
         batch.reserve(max);
@@ -176,10 +181,9 @@ impl Lanes {
                         tracing::warn!("consumer: {}", text.to_string_lossy());
                     } else {
                         let record = LaneRecord::of(m);
-                        if let Some(ts) = record.timestamp_ms {
-                            lane.last_ms = ts;
+                        if let Some(ts) = f(lane.topic, &record, ahead) {
+                            lane.event_ms = lane.event_ms.max(ts);
                         }
-                        f(lane.topic, &record, ahead);
                         n += 1;
                     }
                     rdsys::rd_kafka_message_destroy(m);
@@ -331,19 +335,22 @@ mod tests {
     }
 
     #[test]
-    fn the_lane_whose_last_record_is_oldest_is_read_first() {
+    fn the_lane_read_least_far_in_event_time_is_read_first() {
         let cluster = MockCluster::new(1).unwrap();
         for t in ["ahead", "behind"] {
             cluster.create_topic(t, 1, 1).unwrap();
         }
         let producer = producer(&cluster);
-        // `ahead` was written later than `behind` (Kafka timestamps), as payments are after orders.
+        // `ahead`'s events are later than `behind`'s (the time in each value),
+        // as payments are after their orders; but its records were produced
+        // first, as a bulk load may: their Kafka timestamps are earlier. The
+        // lanes go by the event times the reader returns, not by those.
         // (A timestamp of 0 would mean "now" to librdkafka.)
         const T0: i64 = 1_762_790_400_000;
         for i in 0..5i64 {
             for (topic, ts) in [("ahead", 1_000 + i), ("behind", i)] {
                 let v = format!("{topic}{ts}");
-                let ts = T0 + ts;
+                let ts = T0 + 2_000 - ts;
                 producer
                     .send(
                         BaseRecord::<(), _>::to(topic)
@@ -400,14 +407,20 @@ mod tests {
                     .trim_start_matches(char::is_alphabetic)
                     .parse()
                     .unwrap();
-                assert_eq!(m.timestamp_ms, Some(T0 + ts), "the record's own timestamp");
+                assert_eq!(
+                    m.timestamp_ms,
+                    Some(T0 + 2_000 - ts),
+                    "the record's own timestamp"
+                );
                 // Offsets within a lane follow production order: `ts` counts from 0 or 1000.
                 assert_eq!(m.offset, ts % 1_000, "{payload}'s offset");
-                seen.push(payload)
+                seen.push(payload);
+                Some(T0 + ts)
             });
             assert_eq!(n, 1, "both lanes still hold records");
         }
-        // Lanes not read yet go first (in assignment order); then always the oldest.
+        // Lanes not read yet go first (in assignment order); then always the
+        // one read least far in event time.
         assert_eq!(
             seen,
             [
@@ -424,7 +437,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            lanes.read(LANE_BATCH, |_, _, _| {}),
+            lanes.read(LANE_BATCH, |_, _, _| None),
             0,
             "every lane is empty"
         );
@@ -466,6 +479,7 @@ mod tests {
             let owned = |k: Option<&[u8]>| k.map(<[u8]>::to_vec);
             let hints = [ahead.line, ahead.entry, ahead.entry_value].map(owned);
             batch.push((m.key.unwrap().to_vec(), hints));
+            None
         });
         assert_eq!(n, N, "one batch holds every record");
         for (i, (key, [line, entry, value])) in batch.iter().enumerate() {
