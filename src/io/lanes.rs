@@ -6,10 +6,10 @@
 //! of `orders`: every payment then waited in the join for its order and was
 //! written to the changelog twice (docs/performance.md). Event time, not the
 //! records' Kafka timestamps: those say when a record was produced, and a
-//! bulk load or a replay produces a day of events within seconds, in whatever
-//! order it reads them, so its payments ran ahead of their orders just as
-//! well. Order within a partition is what Kafka guarantees and all the engine
-//! relies on; the lanes only keep topics close to each other.
+//! bulk load or a replay can produce a day of events within seconds, in
+//! whatever order it reads them; payments sent before their orders would all
+//! wait for them again. Order within a partition is what Kafka guarantees and
+//! all the engine relies on; the lanes only keep topics close to each other.
 
 use std::sync::Arc;
 
