@@ -253,25 +253,16 @@ impl JoinState {
     /// Each id changed since the last call, once, with what changed: first
     /// the orders whose first payment is all that changed, then the others.
     pub fn drain_changes(&mut self, mut f: impl FnMut(Fingerprint, SlotChange<'_>)) {
-        // As the slab's drain: the orders paid are spread over it, so each
-        // asks for the one a few on.
-        const DRAIN_AHEAD: usize = 8;
         let paid = std::mem::take(&mut self.paid);
-        for &(j, _) in paid.iter().take(DRAIN_AHEAD) {
-            self.slots.prefetch_slot(j);
-        }
-        for (k, &(i, fp)) in paid.iter().enumerate() {
-            if let Some(&(j, _)) = paid.get(k + DRAIN_AHEAD) {
-                self.slots.prefetch_slot(j);
-            }
+        self.slots.visit_listed(&paid, |i, fp| {
             // Listed since (written whole below), or no longer this order.
             if self.slots.listed(i) != Some(false) || self.slots.fingerprint_at(i) != fp {
-                continue;
+                return;
             }
             if let Some(order) = self.slots.get(i).order(&self.clocks, i) {
                 f(fp, SlotChange::FirstPaid(order));
             }
-        }
+        });
         self.paid = paid;
         self.paid.clear();
         let (lists, clocks) = (&self.waiting, &self.clocks);

@@ -285,8 +285,25 @@ impl<T: Default> IdSlab<T> {
             .prefetch_matches(self.keys.table_of(id), |i| self.prefetch_slot(i));
     }
 
+    /// Visits `slots` (slot, fingerprint it held) in order, at commit. The
+    /// entries are spread over the slab (a payment's order may be hours old)
+    /// and long out of cache by then: each visit asks for the entry
+    /// `DRAIN_AHEAD` on, so the misses overlap (docs/performance.md).
+    pub fn visit_listed(&self, slots: &[(u32, Fingerprint)], mut f: impl FnMut(u32, Fingerprint)) {
+        const DRAIN_AHEAD: usize = 8;
+        for &(j, _) in slots.iter().take(DRAIN_AHEAD) {
+            self.prefetch_slot(j);
+        }
+        for (k, &(i, fp)) in slots.iter().enumerate() {
+            if let Some(&(j, _)) = slots.get(k + DRAIN_AHEAD) {
+                self.prefetch_slot(j);
+            }
+            f(i, fp);
+        }
+    }
+
     /// Asks the CPU for slot `i`'s entry.
-    pub fn prefetch_slot(&self, i: u32) {
+    fn prefetch_slot(&self, i: u32) {
         prefetch((&raw const self.entries[i as usize]).cast());
     }
 
@@ -401,18 +418,8 @@ impl<T: Default> IdSlab<T> {
                 f(fp, None);
             }
         }
-        // Entries listed are spread over the slab (a payment's order may be
-        // hours old) and long out of cache by the commit: each asks for the
-        // one `DRAIN_AHEAD` on, so the misses overlap (docs/performance.md).
-        const DRAIN_AHEAD: usize = 8;
         let Changes { slots, listed, .. } = &mut c;
-        for &(j, _) in slots.iter().take(DRAIN_AHEAD) {
-            self.prefetch_slot(j);
-        }
-        for (k, &(i, fp)) in slots.iter().enumerate() {
-            if let Some(&(j, _)) = slots.get(k + DRAIN_AHEAD) {
-                self.prefetch_slot(j);
-            }
+        self.visit_listed(slots, |i, fp| {
             // Listed slots have their bit's word: marking made it.
             let (word, bit) = (&mut listed[i as usize / 64], 1 << (i % 64));
             let e = &self.entries[i as usize];
@@ -421,7 +428,7 @@ impl<T: Default> IdSlab<T> {
                 *word &= !bit;
                 f(fp, Some((i, &e.value)));
             }
-        }
+        });
         slots.clear();
         self.changes = Some(c);
     }

@@ -59,7 +59,9 @@ struct Lane {
     /// Known once here, so no record's topic name is looked up and compared.
     topic: InputTopic,
     partition: i32,
-    /// Largest event time of the records read from it (`i64::MIN`: none yet).
+    /// Largest event time of the records read from it (`i64::MIN`: none
+    /// yet). The lane's own, not its partition's watermark clock: that one
+    /// survives a restore and a seek, and a lane not read since must go first.
     event_ms: i64,
 }
 
