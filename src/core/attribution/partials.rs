@@ -7,8 +7,8 @@
 //! a table of every bucket of the commit spread over a megabyte
 //! (docs/performance.md). The map stays for what the arrays do not hold: a
 //! bucket older than the one in its place in the ring, ids past
-//! [`DENSE_IDS`] (so memory stays bounded with any number of names), and the
-//! sums of a cell that would overflow.
+//! [`DENSE_IDS`] (so memory stays bounded with any number of names), and
+//! adds that would overflow an array's sum.
 
 use super::super::milestone::BUCKET_MS;
 use super::super::output::Dim;
@@ -22,7 +22,7 @@ use super::super::FastMap;
 const RING: usize = 32;
 /// Ids per dimension held densely (the first names seen, the most popular
 /// under a skewed popularity). Bounds the arrays at `RING` × 3 × this many
-/// cells of 40 bytes (16 MB) whatever the input.
+/// keys of 36 bytes (14 MB) whatever the input. A multiple of 64.
 const DENSE_IDS: usize = 4_096;
 
 /// What a payment or delivery adds once attributed.
@@ -36,9 +36,8 @@ pub(super) enum Contribution {
 }
 
 impl Contribution {
-    /// Adds to a sum of the map, which cannot overflow ([`Cell::add`] is the
-    /// cell's, which can). Routing the map's adds through a one-contribution
-    /// cell instead, one path for both, measured 1 – 2% slower (13 pairs).
+    /// Adds to a sum of the map, which cannot overflow ([`Arrays::add`] is
+    /// the arrays', which can).
     fn add_to(self, d: &mut Delta) {
         match self {
             Contribution::Paid(fen) => {
@@ -65,56 +64,83 @@ impl std::hash::Hash for PartialKey {
     }
 }
 
-/// A [`Delta`] in 40 bytes rather than 64: within one bucket and one commit
-/// the sums fit in 64 bits and the counts in 32 ([`Cell::add`] says when
-/// they would not).
-#[derive(Debug, Clone, Copy, Default)]
-struct Cell {
-    gmv_fen: i64,
-    refund_fen: i64,
-    /// Contributions added: 0 for a cell not in its bucket's `touched` list;
-    /// bounds every count below.
-    adds: u32,
-    paid_orders: u32,
-    placed_orders: u32,
-    shipped_orders: u32,
-    delivered_orders: u32,
+/// One dimension's sums in one bucket, an array per kind of contribution,
+/// indexed by key id. An add touches only its kind's array: an order's
+/// count is 4 bytes a key, where the sums of every kind side by side (a
+/// cell of 40 bytes) made most of an add's time the wait for its cell's
+/// line (docs/performance.md). Within one bucket and one commit the sums
+/// fit in 64 bits and the counts in 32; an add that would overflow goes to
+/// the map instead ([`Bucket::add`]).
+#[derive(Debug, Default)]
+struct Arrays {
+    /// A bit per key id: set once the key has an add since it was last taken.
+    touched: Vec<u64>,
+    placed: Vec<u32>,
+    paid: Vec<Paid>,
+    refund_fen: Vec<i64>,
+    shipped: Vec<u32>,
+    delivered: Vec<u32>,
 }
 
-impl Cell {
-    /// Adds `c`, or returns false, unchanged, if a sum or count would overflow.
-    fn add(&mut self, c: Contribution) -> bool {
-        if self.adds == u32::MAX {
-            return false;
-        }
-        match c {
-            Contribution::Paid(fen) => match self.gmv_fen.checked_add(fen) {
-                Some(sum) => {
-                    self.gmv_fen = sum;
-                    self.paid_orders += 1;
-                }
-                None => return false,
-            },
-            Contribution::Refund(fen) => match self.refund_fen.checked_add(fen) {
-                Some(sum) => self.refund_fen = sum,
-                None => return false,
-            },
-            Contribution::Placed => self.placed_orders += 1,
-            Contribution::Shipped => self.shipped_orders += 1,
-            Contribution::Delivered => self.delivered_orders += 1,
-        }
-        self.adds += 1;
-        true
+#[derive(Debug, Clone, Copy, Default)]
+struct Paid {
+    gmv_fen: i64,
+    orders: u32,
+}
+
+impl Arrays {
+    fn len(&self) -> usize {
+        self.placed.len()
     }
 
-    fn delta(&self) -> Delta {
+    /// Room for ids below `n` (a multiple of 64).
+    fn grow(&mut self, n: usize) {
+        self.touched.resize(n / 64, 0);
+        self.placed.resize(n, 0);
+        self.paid.resize(n, Paid::default());
+        self.refund_fen.resize(n, 0);
+        self.shipped.resize(n, 0);
+        self.delivered.resize(n, 0);
+    }
+
+    /// Adds `c` to key `i`, or returns false, unchanged, if a sum or count
+    /// would overflow. Whether the key was touched before is the caller's.
+    fn add(&mut self, i: usize, c: Contribution) -> bool {
+        fn count(n: &mut u32) -> bool {
+            n.checked_add(1).map(|v| *n = v).is_some()
+        }
+        match c {
+            Contribution::Placed => count(&mut self.placed[i]),
+            Contribution::Paid(fen) => {
+                let p = &mut self.paid[i];
+                match (p.gmv_fen.checked_add(fen), p.orders.checked_add(1)) {
+                    (Some(gmv_fen), Some(orders)) => {
+                        *p = Paid { gmv_fen, orders };
+                        true
+                    }
+                    _ => false,
+                }
+            }
+            Contribution::Refund(fen) => {
+                let r = &mut self.refund_fen[i];
+                r.checked_add(fen).map(|v| *r = v).is_some()
+            }
+            Contribution::Shipped => count(&mut self.shipped[i]),
+            Contribution::Delivered => count(&mut self.delivered[i]),
+        }
+    }
+
+    /// Key `i`'s sums, emptied.
+    fn take(&mut self, i: usize) -> Delta {
+        self.touched[i / 64] &= !(1 << (i % 64));
+        let paid = std::mem::take(&mut self.paid[i]);
         Delta {
-            gmv_fen: self.gmv_fen.into(),
-            refund_fen: self.refund_fen.into(),
-            paid_orders: self.paid_orders.into(),
-            placed_orders: self.placed_orders.into(),
-            shipped_orders: self.shipped_orders.into(),
-            delivered_orders: self.delivered_orders.into(),
+            gmv_fen: paid.gmv_fen.into(),
+            refund_fen: std::mem::take(&mut self.refund_fen[i]).into(),
+            paid_orders: paid.orders.into(),
+            placed_orders: std::mem::take(&mut self.placed[i]).into(),
+            shipped_orders: std::mem::take(&mut self.shipped[i]).into(),
+            delivered_orders: std::mem::take(&mut self.delivered[i]).into(),
         }
     }
 }
@@ -124,8 +150,8 @@ impl Cell {
 struct Bucket {
     /// Start of the bucket held (`i64::MIN`: none yet).
     start_ms: i64,
-    cells: [Vec<Cell>; 4],
-    /// Cells with an add since they were last taken, each once.
+    dims: [Arrays; 4],
+    /// Keys with an add since they were last taken, each once.
     touched: Vec<(Dim, u32)>,
 }
 
@@ -133,7 +159,7 @@ impl Default for Bucket {
     fn default() -> Self {
         Bucket {
             start_ms: i64::MIN,
-            cells: Default::default(),
+            dims: Default::default(),
             touched: Vec::new(),
         }
     }
@@ -142,36 +168,31 @@ impl Default for Bucket {
 impl Bucket {
     /// Adds `c` to key `id` of `dim` in this bucket.
     fn add(&mut self, spilled: &mut Spilled, dim: Dim, id: u32, c: Contribution) {
-        let cells = &mut self.cells[dim.index()];
+        let a = &mut self.dims[dim.index()];
         let i = id as usize;
-        if i >= cells.len() {
+        if i >= a.len() {
             if i >= DENSE_IDS {
                 return spill(spilled, PartialKey(dim, id, self.start_ms), c);
             }
             // Ids are given in order from 0: grow in steps, not one by one.
-            cells.resize((i + 1).next_power_of_two().min(DENSE_IDS), Cell::default());
+            a.grow((i + 1).next_power_of_two().clamp(64, DENSE_IDS));
         }
-        let cell = &mut cells[i];
-        if cell.adds == 0 {
+        let (word, bit) = (&mut a.touched[i / 64], 1 << (i % 64));
+        if *word & bit == 0 {
+            *word |= bit;
             self.touched.push((dim, id));
         }
-        if !cell.add(c) {
-            // Full: its sums go to the map, and it starts again (still touched).
-            let full = std::mem::take(cell);
-            let sum = spilled
-                .entry(PartialKey(dim, id, self.start_ms))
-                .or_default();
-            sum.add(&full.delta());
-            let added = cell.add(c);
-            debug_assert!(added, "an empty cell takes any contribution");
+        if !a.add(i, c) {
+            // Full: this add goes to the map, beside the sums so far (`take` merges them).
+            spill(spilled, PartialKey(dim, id, self.start_ms), c);
         }
     }
 
-    /// Empties every touched cell into `f`, with its key.
+    /// Empties every touched key's sums into `f`, with its key.
     fn drain(&mut self, mut f: impl FnMut(PartialKey, Delta)) {
         for (dim, id) in self.touched.drain(..) {
-            let cell = std::mem::take(&mut self.cells[dim.index()][id as usize]);
-            f(PartialKey(dim, id, self.start_ms), cell.delta());
+            let delta = self.dims[dim.index()].take(id as usize);
+            f(PartialKey(dim, id, self.start_ms), delta);
         }
     }
 }
@@ -237,7 +258,7 @@ impl PartialSums {
         sums
     }
 
-    /// Partial sums held (a key may count twice, in a cell and in the map).
+    /// Partial sums held (a key may count twice, in the arrays and in the map).
     pub(crate) fn len(&self) -> usize {
         self.spilled.len() + self.ring.iter().map(|b| b.touched.len()).sum::<usize>()
     }
@@ -318,7 +339,7 @@ mod tests {
     }
 
     #[test]
-    fn a_full_cell_moves_to_the_map_and_nothing_is_lost() {
+    fn an_add_that_would_overflow_goes_to_the_map_and_nothing_is_lost() {
         let mut p = PartialSums::default();
         let big = i64::MAX / 2 + 1;
         let adds: Vec<_> = (0..3)
