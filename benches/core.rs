@@ -1,8 +1,9 @@
 //! Core throughput without a broker: raw JSON bytes → outputs through the
 //! engine, against two baselines over the same bytes in the same run: the
 //! serde_json decoder the job used before (`gmv::decode::baseline`, decoding
-//! into the same typed events), and the job's own decoder alone. Reports
-//! events/s on one core and the ratios.
+//! into the same typed events), and the job's own decoder alone. All three
+//! read the records in the order the loop's lanes would ([`lane_order`]).
+//! Reports events/s on one core and the ratios.
 //!
 //! `cargo bench --bench core` (RECORDS=n to change the data set size;
 //! ENGINE_ONLY=1 skips the baselines, for `perf record` on the engine alone;
