@@ -255,7 +255,7 @@ fn lane_order(
 /// keys (FNV-1a here: any good hash does). The sum of the key's length and
 /// last byte used until the eighteenth session put two partitions' worth of
 /// keys in ten and left two sparse; read in lanes, a sparse lane's batch
-/// spans ten times the event time of the others'.
+/// spans far more event time than the others' (docs/performance.md).
 fn partition_of(r: &GeneratedRecord) -> i32 {
     let key = r.key.as_deref().unwrap_or_default().as_bytes();
     let hash = key.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {

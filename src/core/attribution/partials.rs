@@ -202,8 +202,8 @@ impl Bucket {
 pub(crate) struct PartialSums {
     ring: Box<[Bucket]>,
     /// What the ring does not hold: a bucket whose place holds a later one
-    /// (places only move on, so it never goes back), far ids, and the sums
-    /// of a full cell.
+    /// (places only move on, so it never goes back), far ids, and adds that
+    /// would overflow an array's sum.
     spilled: Spilled,
 }
 
@@ -247,7 +247,7 @@ impl PartialSums {
             b.drain(|k, d| sums.push((k, d)));
         }
         sums.sort_unstable_by_key(|&(k, _)| k);
-        // A full cell's key is in both (`PartialSums::add`): one entry a key.
+        // A key whose add would have overflowed is in both (`Bucket::add`): one entry a key.
         sums.dedup_by(|later, kept| {
             let same = later.0 == kept.0;
             if same {
