@@ -17,7 +17,6 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use gmv::core::fx::{default_rates, FxTable};
-use gmv::core::watermark::PartitionId;
 use gmv::core::{Ahead, EngineConfig, LocalJob};
 use gmv::gen::traffic::{GeneratedRecord, Traffic, TrafficConfig};
 use gmv::model::Source;
@@ -38,9 +37,14 @@ fn main() {
     // The wall clock of the loop's ticks: the records' emission times in the
     // order they were produced, so that it moves on as records are read.
     let clock: Vec<i64> = generated.iter().map(|r| r.emit_ms).collect();
-    let (records, lane_ends) = lane_order(generated, &fx);
-    // Known from the lane in the loop, not computed per record.
-    let partition_at: Vec<i32> = records.iter().map(partition_of).collect();
+    // Each record's partition: known from the lane in the loop, not computed
+    // per record.
+    let (records, partition_at) = lane_order(generated, &fx);
+    // Where each lane's last record is: until then its partition is not idle.
+    let mut lane_ends = std::collections::BTreeMap::new();
+    for (i, (r, &p)) in records.iter().zip(&partition_at).enumerate() {
+        lane_ends.insert((r.topic, p), i);
+    }
     let bytes: usize = records.iter().map(|r| r.value.len()).sum();
     println!(
         "data set: {n} records, {:.1} MB (seed 7, generator defaults at 5,000 orders/s)",
@@ -137,7 +141,7 @@ fn main() {
             if i % commit_records == 0 {
                 // As the loop does: a partition with records still to read
                 // is not idle, however long since it was last read.
-                for &(part, last) in &lane_ends {
+                for (&part, &last) in &lane_ends {
                     if last > i {
                         engine.engine_mut().touch(part, clock[i]);
                     }
@@ -210,45 +214,38 @@ fn main() {
 
 /// The records in the order the loop's lanes read them (`io::lanes`): runs
 /// of up to `LANE_BATCH` of one (topic, partition), the lane read least far
-/// in event time next, every record fetched already (a catch-up). With the
-/// index of each lane's last record. Until the eighteenth session the bench
-/// read them in the generator's order, each record's lane at random; the
-/// loop never did (docs/performance.md).
-fn lane_order(
-    generated: Vec<GeneratedRecord>,
-    fx: &FxTable,
-) -> (Vec<GeneratedRecord>, Vec<(PartitionId, usize)>) {
-    let n = generated.len();
-    let lane_of = |r: &GeneratedRecord| r.topic.index() * 12 + partition_of(r) as usize;
-    // Each lane's records, and the largest event time read from it.
-    let mut lanes: Vec<(VecDeque<GeneratedRecord>, i64)> =
-        (0..3 * 12).map(|_| (VecDeque::new(), i64::MIN)).collect();
+/// in event time next, every record fetched already (a catch-up). With each
+/// record's partition. Until the eighteenth session the bench read them in
+/// the generator's order, each record's lane at random; the loop never did
+/// (docs/performance.md).
+fn lane_order(generated: Vec<GeneratedRecord>, fx: &FxTable) -> (Vec<GeneratedRecord>, Vec<i32>) {
+    // Each lane's partition, records, and the largest event time read from it.
+    let mut lanes: Vec<(i32, VecDeque<GeneratedRecord>, i64)> = (0..3 * 12)
+        .map(|l| (l % 12, VecDeque::new(), i64::MIN))
+        .collect();
     for r in generated {
-        lanes[lane_of(&r)].0.push_back(r);
+        let p = partition_of(&r);
+        lanes[r.topic.index() * 12 + p as usize].1.push_back(r);
     }
-    let mut read = Vec::with_capacity(n);
-    while let Some(lane) = lanes
+    let (mut records, mut partitions) = (Vec::new(), Vec::new());
+    while let Some((p, queue, read_to)) = lanes
         .iter_mut()
-        .filter(|(queue, _)| !queue.is_empty())
-        .min_by_key(|(_, read_to)| *read_to)
+        .filter(|(_, queue, _)| !queue.is_empty())
+        .min_by_key(|(_, _, read_to)| *read_to)
     {
-        let take = lane.0.len().min(gmv::io::lanes::LANE_BATCH);
-        for r in lane.0.drain(..take) {
+        let take = queue.len().min(gmv::io::lanes::LANE_BATCH);
+        for r in queue.drain(..take) {
             if let Ok(ev) = gmv::decode::decode(r.topic, &r.value, fx) {
-                lane.1 = lane.1.max(ev.ts_ms());
+                *read_to = (*read_to).max(ev.ts_ms());
             }
-            read.push(r);
+            records.push(r);
+            partitions.push(*p);
         }
-    }
-    let mut ends = std::collections::BTreeMap::new();
-    for (i, r) in read.iter().enumerate() {
-        ends.insert((r.topic, partition_of(r)), i);
     }
     // Laid out anew in the order read, as librdkafka's fetch buffers hold a
     // partition's records side by side: left where the generator put them,
     // each record read was a miss for the baselines, which ask for nothing ahead.
-    let records = read.to_vec();
-    (records, ends.into_iter().collect())
+    (records.to_vec(), partitions)
 }
 
 /// Spread evenly over 12 partitions, as Kafka's murmur2 partitioner spreads
