@@ -212,18 +212,31 @@ mod tests {
             }
         }
         let limit = i128::from(u64::MAX);
-        let nums = (0..2_000i128)
-            .chain([limit - 2, limit - 1, limit, limit + 1, limit + 2, limit * 7 + 3]);
+        let nums = (0..2_000i128).chain([
+            limit - 2,
+            limit - 1,
+            limit,
+            limit + 1,
+            limit + 2,
+            limit * 7 + 3,
+        ]);
         let dens = [1i128, 2, 3, 4, 10, 1_000_000, 10_000_000, limit, limit + 1];
         for num in nums {
             for den in dens {
-                assert_eq!(div_round_half_even(num, den), wide(num, den), "{num} / {den}");
+                assert_eq!(
+                    div_round_half_even(num, den),
+                    wide(num, den),
+                    "{num} / {den}"
+                );
             }
         }
         // Ties: 5 / 2 = 2.5 -> 2, 7 / 2 = 3.5 -> 4, at both widths.
         assert_eq!(div_round_half_even(5, 2), 2);
         assert_eq!(div_round_half_even(7, 2), 4);
-        assert_eq!(div_round_half_even(limit * 2 + 1, 2), wide(limit * 2 + 1, 2));
+        assert_eq!(
+            div_round_half_even(limit * 2 + 1, 2),
+            wide(limit * 2 + 1, 2)
+        );
     }
 
     #[test]

@@ -247,7 +247,21 @@ impl Index {
         fresh.resize(lines, Line::default());
         let len = std::mem::replace(&mut self.len, 0);
         self.lines = fresh;
+        // Each put is to a line anywhere in the fresh index, out of cache
+        // once it outgrows it: the line is asked for `AHEAD` puts before.
+        const AHEAD: usize = 16;
+        let mut ring = [(0u64, 0u32); AHEAD];
+        let mut n = 0;
         for (hash, slot) in held() {
+            self.prefetch(hash);
+            let next = std::mem::replace(&mut ring[n % AHEAD], (hash, slot));
+            if n >= AHEAD {
+                self.put(next.0, next.1);
+            }
+            n += 1;
+        }
+        for k in n.saturating_sub(AHEAD)..n {
+            let (hash, slot) = ring[k % AHEAD];
             self.put(hash, slot);
         }
         assert_eq!(
