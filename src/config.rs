@@ -116,8 +116,9 @@ pub struct MetricsConfig {
 pub struct StateConfig {
     /// Orders the order store (and as many payment ids) should hold without
     /// growing, over all input partitions: the orders of one `order_ttl`.
-    /// Growing copies every entry into a store twice the size, a pause of
-    /// seconds for tens of millions, mid-peak. 0: grow as needed.
+    /// Growing puts every id into an index half as large again, a pause of
+    /// most of a second at 50 million, mid-peak (README, "Sizing the
+    /// state"). 0: grow as needed.
     pub expected_orders: i64,
 }
 

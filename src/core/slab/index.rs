@@ -289,6 +289,26 @@ mod tests {
         slots.map(|s| (hash(s), s))
     }
 
+    /// A growth puts every entry it holds, however few: fewer than the puts
+    /// its lines are asked for ahead of, as many, and more.
+    #[test]
+    fn a_growth_keeps_every_entry_whatever_their_number() {
+        for k in 0..=40u32 {
+            let mut ix = Index::default();
+            ix.try_reserve(k as usize, std::iter::empty).unwrap();
+            for s in 0..k {
+                ix.insert(hash(s), s, || held(0..s));
+            }
+            let before = ix.allocation_size();
+            ix.try_reserve(10_000, || held(0..k)).unwrap();
+            assert!(ix.allocation_size() > before, "{k}: it did not grow");
+            assert_eq!(ix.len(), k as usize);
+            for s in 0..k {
+                assert_eq!(ix.find(hash(s), |t| t == s), Some(s), "{k}: {s}");
+            }
+        }
+    }
+
     /// Sized for n, the index takes the lines n needs at 7/8 full and no
     /// more, keeps every entry through the resize, and filling it to n grows
     /// nothing.
