@@ -106,6 +106,22 @@ pub(crate) fn take_named(partials: &Partials, names: &Names) -> Vec<state::Parti
         .collect()
 }
 
+/// `a == b`, inlined for the lengths ids have (8 to 16 bytes: two
+/// overlapping words), where `==` on slices calls `memcmp` (1.1% of the
+/// engine's samples, each record's key against its order id).
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    if (8..=16).contains(&n) {
+        let word =
+            |s: &[u8], at: usize| u64::from_le_bytes(s[at..at + 8].try_into().expect("8 bytes"));
+        return word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8);
+    }
+    a == b
+}
+
 /// Stage one for one input partition number (the same partition of all three input topics).
 #[derive(Debug)]
 pub struct AttributionTask {
@@ -340,7 +356,7 @@ impl AttributionTask {
                     "the record has no key; input records are keyed by their `order_id` (`{order_id}`)"
                 )))
             }
-            Some(k) if k != order_id.as_bytes() => {
+            Some(k) if !same_bytes(k, order_id.as_bytes()) => {
                 return Err(invalid(format!(
                     "the record's key ({} bytes) differs from its `order_id` `{order_id}`: it may sit on another partition than its order",
                     k.len()

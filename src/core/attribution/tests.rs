@@ -575,3 +575,22 @@ fn a_changelog_of_the_first_batch_format_still_restores() {
     let err = t.restore(b"s00000000000000000003.000000", &v2).unwrap_err();
     assert!(err.contains("not given in its chunk"), "{err}");
 }
+
+/// The key's comparison with the order id answers as `==` does, for every
+/// length from 0 to 40 and a single byte changed at any place.
+#[test]
+fn keys_compare_with_ids_as_equality_does() {
+    for n in 0..=40usize {
+        let a: Vec<u8> = (0..n).map(|i| b'a' + (i % 26) as u8).collect();
+        assert!(same_bytes(&a, &a.clone()), "{n}");
+        assert!(
+            !same_bytes(&a, &a[..n.saturating_sub(1)]) || n == 0,
+            "{n}: shorter"
+        );
+        for at in 0..n {
+            let mut b = a.clone();
+            b[at] ^= 0x20;
+            assert!(!same_bytes(&a, &b), "{n}: byte {at}");
+        }
+    }
+}
