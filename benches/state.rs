@@ -13,10 +13,13 @@
 //!   at its largest), with the generation of the records not timed;
 //! - the longest time one chunk of 10,000 records took: an index table that
 //!   grows puts every entry in anew at once, which stalls the loop that
-//!   long (a sweep walks the entries a step per tick instead).
+//!   long (a sweep walks the entries a step per tick instead);
+//! - the process's memory in transparent huge pages, most of it the state's
+//!   tables (`gmv::alloc::Alloc`).
 //!
 //! `cargo bench --bench state`; `RESERVE=0` leaves the state unsized, as a job
-//! without `state.expected_orders` runs.
+//! without `state.expected_orders` runs; `CHURN_MB=3000` has the allocator
+//! hold 3,000 MB freed before the state grows, as after a catch-up.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -43,8 +46,8 @@ fn main() {
                 .expect("SIZES: numbers separated by commas")
         })
         .collect();
-    println!("| open orders | payment and delivery ids | bytes per open order | events/s, whole run | events/s, last tenth | slowest 10,000 records, ms |");
-    println!("|---|---|---|---|---|---|");
+    println!("| open orders | payment and delivery ids | bytes per open order | events/s, whole run | events/s, last tenth | slowest 10,000 records, ms | huge pages, MB |");
+    println!("|---|---|---|---|---|---|---|");
     for n in sizes {
         let out = std::process::Command::new(std::env::current_exe().expect("own path"))
             .env("GMV_STATE_BENCH_CHILD", n.to_string())
@@ -74,6 +77,9 @@ fn child(orders: usize) {
     let mut chunk = Vec::with_capacity(CHUNK);
     chunk.extend(gen.by_ref().take(CHUNK));
     let partitions: Vec<i32> = (0..PARTITIONS).collect();
+    if let Some(mb) = std::env::var("CHURN_MB").ok().and_then(|s| s.parse().ok()) {
+        churn(mb);
+    }
     let mut job = LocalJob::new(EngineConfig::default(), &partitions, 1, chunk[0].emit_ms);
     // 2% over: the orders fall unevenly on partitions, and an index table
     // that fills its room doubles it.
@@ -150,14 +156,35 @@ fn child(orders: usize) {
     let size = job.engine().state_size();
     let per_order = size.order_bytes as f64 / size.orders as f64;
     println!(
-        "| {} | {} | {:.1} | {:.0} | {:.0} | {:.0} |",
+        "| {} | {} | {:.1} | {:.0} | {:.0} | {:.0} | {} |",
         size.orders,
         size.dedup_ids,
         per_order,
         events as f64 / busy.as_secs_f64(),
         tail_events as f64 / tail_busy.as_secs_f64(),
         slowest.as_secs_f64() * 1e3,
+        huge_pages_mb().map_or("–".into(), |mb| mb.to_string()),
     );
+}
+
+/// Allocates and frees `mb` MB as a catch-up's fetches do (a 1 MB buffer and
+/// 4,096 messages of 256 bytes a MB), each block written, so that the
+/// allocator holds that much memory, faulted in, when the state grows.
+fn churn(mb: usize) {
+    let mut held: Vec<Vec<u8>> = Vec::with_capacity(mb * 4097);
+    for _ in 0..mb {
+        held.push(vec![1; 1 << 20]);
+        held.extend((0..4096).map(|_| vec![1; 256]));
+    }
+    black_box(&held);
+}
+
+/// The process's memory in transparent huge pages (`AnonHugePages`), in MB.
+fn huge_pages_mb() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/smaps_rollup").ok()?;
+    let line = s.lines().find_map(|l| l.strip_prefix("AnonHugePages:"))?;
+    let kb: u64 = line.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kb / 1024)
 }
 
 fn partition_of(key: Option<&[u8]>) -> i32 {

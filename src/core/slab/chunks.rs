@@ -1,5 +1,6 @@
 //! The slab's entries in memory: chunks that grow without moving an entry,
-//! backed by huge pages and faulted in off the loop.
+//! backed by huge pages (each chunk of 2 MiB or more is a mapping of its own,
+//! `crate::alloc::Alloc`) and faulted in off the loop.
 
 use super::{Entry, Fingerprint};
 
@@ -30,8 +31,8 @@ const TAIL_AHEAD_BYTES: usize = 512;
 
 impl<T> Chunks<T> {
     /// Entries per chunk past the first: a power of two, and at least 4 MiB
-    /// of them, so that most of a chunk lies in whole huge pages
-    /// ([`huge_pages`]; 7.3 MB of orders' entries or of ids').
+    /// of them, so that a chunk is a mapping of its own, in huge pages
+    /// (`crate::alloc::Alloc`; 7.3 MB of orders' entries or of ids').
     const BITS: u32 = (4usize << 20)
         .div_ceil(std::mem::size_of::<Entry<T>>())
         .next_power_of_two()
@@ -57,7 +58,6 @@ impl<T> Chunks<T> {
                 Self::LEN
             };
             chunk.reserve_exact(room.clamp(4, Self::LEN) - chunk.len());
-            huge_pages(chunk);
         }
         chunk.push(e);
         self.len += 1;
@@ -86,7 +86,6 @@ impl<T> Chunks<T> {
             let room = (want - c * Self::LEN).min(Self::LEN);
             if chunk.capacity() < room {
                 chunk.try_reserve_exact(room - chunk.len()).ok()?;
-                huge_pages(chunk);
             }
             let spare = chunk.spare_capacity_mut();
             fresh.push((spare.as_ptr() as usize, std::mem::size_of_val(spare)));
@@ -129,31 +128,6 @@ impl<T> std::ops::IndexMut<usize> for Chunks<T> {
     fn index_mut(&mut self, i: usize) -> &mut Entry<T> {
         &mut self.chunks[i >> Self::BITS][i & (Self::LEN - 1)]
     }
-}
-
-/// Asks the kernel to back the whole 2 MiB pages of `v`'s room with huge
-/// pages as they are first written (when transparent huge pages are
-/// `madvise`, Debian's default). For the state's tables only, read at
-/// random by the million: a huge page spares a TLB miss per look-up (at 50
-/// million orders the engine was 17–22% slower without). mimalloc itself
-/// asks for none (its `no_thp` feature): on these VMs fresh huge pages are
-/// slow to fault in, and librdkafka's short-lived buffers faulted them in
-/// all through a catch-up (docs/performance.md).
-pub(super) fn huge_pages<T>(v: &Vec<T>) {
-    #[cfg(target_os = "linux")]
-    {
-        const HUGE: usize = 2 << 20;
-        let (addr, len) = (v.as_ptr() as usize, v.capacity() * std::mem::size_of::<T>());
-        let start = addr.next_multiple_of(HUGE);
-        let end = (addr + len) / HUGE * HUGE;
-        if end > start {
-            // SAFETY: advice only: it reads and writes no memory, and if
-            // refused nothing depends on it.
-            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = v;
 }
 
 /// Has the kernel fault in the pages of the (address, length) ranges for

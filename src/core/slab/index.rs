@@ -242,8 +242,6 @@ impl Index {
         let lines = (total * 8).div_ceil(7 * WIDTH);
         let mut fresh: Vec<Line> = Vec::new();
         fresh.try_reserve_exact(lines)?;
-        // Before `resize` first writes it: a page is huge only if faulted in so.
-        super::chunks::huge_pages(&fresh);
         fresh.resize(lines, Line::default());
         let len = std::mem::replace(&mut self.len, 0);
         self.lines = fresh;
