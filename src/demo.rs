@@ -103,6 +103,15 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             .name("job".into())
             .spawn(move || crate::app::run(&cfg, &handles, broker))?
     };
+    if args.brokers.is_none() {
+        // The embedded broker keeps only the last 5 MB of each partition
+        // (librdkafka's mock cluster). Records written before the job reads
+        // its partitions were gone by then at 30,000 records/s, and a consumer
+        // that starts behind the log's start is reset to it again and again,
+        // never reading a record: so the traffic starts once the job owns its
+        // tasks, and is read as it is written.
+        wait_for_tasks(&handles, &job, &flag);
+    }
     let generator = {
         let cfg = cfg.clone();
         let flag = flag.clone();
@@ -135,6 +144,26 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         .join()
         .map_err(|_| anyhow::anyhow!("job thread panicked"))?;
     summary.and(gen_result.map(|_| ())).and(job_result)
+}
+
+/// Returns once the job owns attribution tasks, has ended, or is stopped.
+fn wait_for_tasks(
+    handles: &Handles,
+    job: &std::thread::JoinHandle<anyhow::Result<()>>,
+    stop: &std::sync::atomic::AtomicBool,
+) {
+    while !stop.load(Ordering::Relaxed) && !job.is_finished() {
+        if handles
+            .metrics
+            .lock()
+            .expect("metrics lock")
+            .attribution_tasks()
+            > 0
+        {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Prints the big screen's view (`screen/`, read back from the output topics) once a second.

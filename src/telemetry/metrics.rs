@@ -266,6 +266,11 @@ impl Metrics {
     }
 
     /// What `gmv_tasks` summed over the instances should reach (alert `GmvTasksUnowned`).
+    /// The attribution tasks this instance owns, as last set.
+    pub fn attribution_tasks(&self) -> i64 {
+        self.tasks.with_label_values(&["attribution"]).get()
+    }
+
     pub fn set_stage_partitions(&self, attribution: i32, aggregation: i32) {
         by_stage(
             &self.stage_partitions,
