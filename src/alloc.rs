@@ -33,18 +33,19 @@ pub fn keep_freed_memory() {
 /// A huge page, and the smallest block [`Alloc`] maps on its own.
 const BIG: usize = 2 << 20;
 
-/// mimalloc, except for blocks of [`BIG`] or more (on Linux): in the job,
-/// the state's tables above all, read at random by the million, where a
-/// huge page spares a TLB miss per look-up. Each is an anonymous mapping of its own, aligned
-/// to a huge page and advised `MADV_HUGEPAGE` before it is first written, so
-/// that its pages are huge as they are faulted in (transparent huge pages
-/// are `madvise` on Debian). From mimalloc a table got whatever memory other
-/// allocations had freed, already faulted in as small pages, and so no huge
-/// page: after 3 GB freed, as a catch-up's fetches free it, the state held
+/// mimalloc, except for blocks of [`BIG`] or more (on Linux): in the job, the
+/// state's tables above all, read at random by the million, where a huge page
+/// spares a TLB miss per look-up. Each is an anonymous mapping of its own,
+/// aligned to a huge page and advised `MADV_HUGEPAGE` before it is first
+/// written, so that its pages are huge as they are faulted in (transparent huge
+/// pages are `madvise` on Debian). From mimalloc a table got whatever memory
+/// other allocations had freed, already faulted in as small pages, and so no
+/// huge page: after 3 GB freed, as a catch-up's fetches free it, the state held
 /// 0.2 – 0.3 GB of huge pages at 50 million orders instead of 2.7, and the
 /// engine ran 9% slower, 21% slower in the last tenth (medians of 3 runs,
-/// `CHURN_MB=3000 cargo bench --bench state`, docs/performance.md). A freed block goes back to the OS: a table
-/// is freed when its task is dropped or its index grows, not per event.
+/// `CHURN_MB=3000 cargo bench --bench state`, docs/performance.md). A freed
+/// block goes back to the OS: a table is freed when its task is dropped or its
+/// index grows, not per event.
 pub struct Alloc;
 
 fn mapped(layout: Layout) -> bool {
