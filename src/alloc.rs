@@ -41,7 +41,7 @@ const BIG: usize = 2 << 20;
 /// pages are `madvise` on Debian). From mimalloc a table got whatever memory
 /// other allocations had freed, already faulted in as small pages, and so no
 /// huge page: after 3 GB freed, as a catch-up's fetches free it, the state held
-/// 0.2 – 0.3 GB of huge pages at 50 million orders instead of 2.7, and the
+/// 208 – 334 MB of huge pages at 50 million orders instead of 2,682, and the
 /// engine ran 9% slower, 21% slower in the last tenth (medians of 3 runs,
 /// `CHURN_MB=3000 cargo bench --bench state`, docs/performance.md). A freed
 /// block goes back to the OS: a table is freed when its task is dropped or its
