@@ -71,8 +71,8 @@ unsafe impl GlobalAlloc for Alloc {
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         if mapped(layout) {
-            // A fresh anonymous mapping reads as zeros.
-            map(map_len(layout.size()))
+            // SAFETY: as `alloc`; a fresh anonymous mapping reads as zeros.
+            unsafe { self.alloc(layout) }
         } else {
             // SAFETY: the caller's contract, passed on.
             unsafe { mimalloc::MiMalloc.alloc_zeroed(layout) }
