@@ -9,12 +9,14 @@
 //! `core/commit.rs`; this file does the I/O each of its transitions asks for,
 //! `app/recovery.rs` the restores (after a rebalance or a failed transaction).
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use rdkafka::consumer::Consumer;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
@@ -161,6 +163,10 @@ pub fn run(cfg: &Config, handles: &Handles, broker: Broker) -> anyhow::Result<()
         let m = handles.metrics.lock().expect("metrics lock");
         m.set_stage_partitions(partitions, aggregation_partitions);
         m.set_record_limit(cfg.kafka.max_record_bytes as usize);
+        // At 0 from the start, so that an alert sees the first increase.
+        for topic in inputs.iter().chain([&t.repartition.as_str()]) {
+            m.offsets_skipped.with_label_values(&[topic]);
+        }
     }
 
     let producer = Arc::new(TxnProducer::create(
@@ -184,6 +190,7 @@ pub fn run(cfg: &Config, handles: &Handles, broker: Broker) -> anyhow::Result<()
         in_flight: None,
         parked: None,
         next_emit: Instant::now(),
+        skipped_to: BTreeMap::new(),
     };
     lp.subscribe()?;
     lp.consumer
@@ -228,6 +235,9 @@ struct Loop<'a> {
     parked: Option<i32>,
     /// When the windows and totals that changed are emitted next (every `emit_interval`).
     next_emit: Instant,
+    /// Per input partition, up to where offsets deleted before the job read
+    /// them were counted (`consumer::committed_offsets`).
+    skipped_to: BTreeMap<(String, i32), i64>,
 }
 
 impl Loop<'_> {
@@ -256,6 +266,8 @@ impl Loop<'_> {
             // is seen only by polling (after a slow restore both are due at once).
             let until = (last_commit + commit_every).min(self.next_emit);
             let mut first = true;
+            // A partition stopped, its offset deleted (`consumer::create`).
+            let mut out_of_range = false;
             while first || (n < MAX_BATCH && Instant::now() < until) {
                 first = false;
                 // The consumer's own queue first: rebalances, the repartition topic.
@@ -301,6 +313,14 @@ impl Loop<'_> {
                             continue;
                         }
                     }
+                    // A repartition partition's offset out of its log's range:
+                    // the consumer's queue does not say which one.
+                    Some(Err(KafkaError::MessageConsumption(
+                        RDKafkaErrorCode::AutoOffsetReset,
+                    ))) => {
+                        tracing::warn!("a repartition partition's offset is no longer in its log");
+                        out_of_range = true;
+                    }
                     Some(Err(e)) => tracing::warn!("consumer: {e}"),
                     None => {}
                 }
@@ -309,6 +329,10 @@ impl Loop<'_> {
                     engine.prefetch(m.partition, topic, ahead);
                     dispatch_input(engine, out, newest, topic, m)
                 });
+                out_of_range |= self.lanes.take_out_of_range();
+                if out_of_range {
+                    break;
+                }
                 if read > 0 {
                     started.get_or_insert_with(Instant::now);
                     n += read;
@@ -325,6 +349,12 @@ impl Loop<'_> {
             if let Some(started) = started {
                 let mut m = self.handles.metrics.lock().expect("metrics lock");
                 m.observe_batch(started.elapsed().as_secs_f64());
+            }
+            // (Parked, nothing is assigned: the next assignment restores anyway.)
+            if out_of_range && self.parked.is_none() {
+                self.skip_deleted()?;
+                last_commit = Instant::now();
+                continue;
             }
             // An emission is committed at once: waiting for the commit interval
             // would add up to that interval to every update's delay.

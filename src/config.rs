@@ -150,8 +150,10 @@ impl Default for Config {
 
 /// librdkafka settings the job's guarantees rest on: read_committed inputs,
 /// transactions with their own id, offsets committed only in transactions,
-/// partition p of every input on one member (docs/scaling.md), its own group.
-const GUARDED_PROPERTIES: [&str; 7] = [
+/// partition p of every input on one member (docs/scaling.md), its own group,
+/// input records deleted unread counted, not passed over (`consumer::create`).
+const GUARDED_PROPERTIES: [&str; 8] = [
+    "auto.offset.reset",
     "isolation.level",
     "transactional.id",
     "enable.auto.commit",

@@ -10,7 +10,7 @@ use support::broker::free_port;
 /// 30,000 – 40,000 records/s the generator, started beside the job, used to
 /// fill that before the job read its partitions: the consumer was reset past
 /// the lost records again and again and never read an order ("placed 0" for
-/// the whole run).
+/// the whole run). The job now says when that happens (`app/recovery.rs`).
 #[test]
 fn the_demo_at_50000_records_a_second_reads_its_orders_and_loses_none() {
     let rate: u64 = 50_000;
@@ -26,7 +26,7 @@ fn the_demo_at_50000_records_a_second_reads_its_orders_and_loses_none() {
     );
     assert!(out.status.success(), "gmv demo failed:\n{stderr}");
     for text in [&stdout, &stderr] {
-        let reset = text.lines().find(|l| l.contains("offset reset"));
+        let reset = text.lines().find(|l| l.contains("no longer in its log"));
         assert!(
             reset.is_none(),
             "records were gone before the job read them: {reset:?}"

@@ -99,18 +99,7 @@ fn job_output_matches_independent_totals_and_survives_a_restart() {
         counts.values().sum::<i64>() as usize,
         RECORDS + bad_cases.len()
     );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let committed = committed_offsets(&stage);
-        if committed == counts {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "committed offsets {committed:?} never reached the input {counts:?}"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    wait_until_committed(&stage, "first run");
     // Every bad-input reason reached dead-letters, as many times as written, with its
     // coordinates. Waited for only now: the bad records come last in their partitions,
     // after the figures above can already be final, and their dead letters commit in the

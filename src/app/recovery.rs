@@ -37,6 +37,11 @@ enum Position {
     /// (`rd_kafka_assignment_partition_stopped: Assertion 'rktp->rktp_started'`,
     /// librdkafka#5573, fixed after 2.12).
     Seek,
+    /// The same tasks again after an input's offset fell out of its log's range
+    /// (`consumer::create`): assigned anew, since librdkafka stopped that
+    /// partition's fetcher and a stopped fetcher does not seek, and each
+    /// committed offset checked against what its log holds now.
+    PastDeleted,
 }
 
 /// The smallest record limit the job shrinks to when the broker refuses its
@@ -52,6 +57,20 @@ impl Loop<'_> {
     /// was away for longer than the message timeout costs a restore, not the
     /// process. Tries for `RECOVER_FOR` while the broker is still away, then gives up.
     pub(super) fn recover(&mut self, failure: anyhow::Error) -> anyhow::Result<()> {
+        self.recover_as(failure, Position::Seek)
+    }
+
+    /// An input partition stopped: the log no longer holds its offset
+    /// (retention deleted records before the job read them). Every owned task
+    /// restores from its last commit, as after a failed transaction, and each
+    /// input whose committed offset is gone resumes at its log's start, the
+    /// offsets skipped counted in `gmv_input_offsets_skipped_total`.
+    pub(super) fn skip_deleted(&mut self) -> anyhow::Result<()> {
+        let failure = anyhow::anyhow!("an input's offset is no longer in its log");
+        self.recover_as(failure, Position::PastDeleted)
+    }
+
+    fn recover_as(&mut self, failure: anyhow::Error, how: Position) -> anyhow::Result<()> {
         let started = Instant::now();
         let tasks = self.commits.failed();
         if self.producer.take_too_large() {
@@ -93,9 +112,13 @@ impl Loop<'_> {
             }
             tracing::warn!(
                 instance = %self.cfg.kafka.instance_id,
-                "the transaction failed ({last:#}); aborting it and restoring the tasks from their last commit"
+                "{} ({last:#}); aborting the transaction and restoring the tasks from their last commit",
+                match how {
+                    Position::PastDeleted => "an input partition stopped",
+                    _ => "the transaction failed",
+                }
             );
-            match self.restore(&tasks, Position::Seek) {
+            match self.restore(&tasks, how) {
                 Ok(()) => return Ok(()),
                 // Nothing is owned now: the loop ends, with nothing to commit.
                 Err(e) if e.is::<changelog::Stopped>() => return Ok(()),
@@ -235,7 +258,7 @@ impl Loop<'_> {
             }
         }
         self.producer.abort()?;
-        if how == Position::Assign {
+        if how != Position::Seek {
             // The old assignment's lanes go; the new ones are split below, before `assign`.
             self.lanes = Lanes::default();
         }
@@ -265,12 +288,23 @@ impl Loop<'_> {
                 (0..stage.inputs()).map(move |i| (task_topic(cfg, *stage, i), *p))
             })
             .collect();
+        let check = (how == Position::PastDeleted).then_some(&mut self.skipped_to);
         let mut offsets = if inputs.is_empty() {
             Vec::new()
         } else {
-            consumer::committed_offsets(&self.consumer, &inputs)?
+            consumer::committed_offsets(&self.consumer, &inputs, check)?
+        };
+        {
+            let m = self.handles.metrics.lock().expect("metrics lock");
+            for (r, (topic, _)) in offsets.iter().zip(&inputs) {
+                if r.skipped > 0 {
+                    m.offsets_skipped
+                        .with_label_values(&[topic])
+                        .inc_by(r.skipped as u64);
+                }
+            }
         }
-        .into_iter();
+        let mut offsets = offsets.drain(..).map(|r| r.at);
         // 2. Each changelog partition to its last stable offset.
         let partitions: BTreeMap<TaskId, (String, i32)> = wanted
             .iter()

@@ -203,6 +203,12 @@ fn reader(cfg: &Config) -> anyhow::Result<BaseConsumer<consumer::LagContext>> {
     own.kafka
         .consumer_properties
         .insert("enable.partition.eof".into(), "true".into());
+    // Each changelog is read from the log's start. A compacted log keeps its
+    // start; should it move on anyway, the restore reads on from the new one
+    // rather than stop (the job's own consumer says `error`: `consumer::create`).
+    own.kafka
+        .consumer_properties
+        .insert("auto.offset.reset".into(), "earliest".into());
     consumer::create(&own, None)
 }
 

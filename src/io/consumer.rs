@@ -7,6 +7,7 @@
 //! then assigns the partitions at the group's committed offsets. It also
 //! exports per-partition lag from librdkafka's statistics.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -131,7 +132,14 @@ pub fn create(cfg: &Config, metrics: Option<Arc<Mutex<Metrics>>>) -> anyhow::Res
         ("group.id", cfg.kafka.group_id.as_str()),
         ("enable.auto.commit", "false"),
         ("enable.auto.offset.store", "false"),
-        ("auto.offset.reset", "earliest"),
+        // The job assigns every partition at an offset of its own (committed,
+        // or the log's start), so librdkafka resets one only when the log no
+        // longer holds it: retention deleted records before the job read them.
+        // `earliest` moved on to the log's start with a log line alone, and the
+        // totals missed those records unsaid; `error` hands the reset to the
+        // loop, which counts the offsets skipped and resumes there itself
+        // (`app/recovery.rs`).
+        ("auto.offset.reset", "error"),
         ("isolation.level", "read_committed"),
         ("statistics.interval.ms", "5000"),
         // A member learns of a rebalance at its next heartbeat: at librdkafka's
@@ -203,10 +211,17 @@ pub fn generation(c: &InputConsumer) -> Option<i32> {
 /// consumer asks with `require_stable` (KIP-447): the broker answers once no
 /// transaction holding offsets for them is open, so the previous owner's last
 /// transaction has ended before the restore reads the changelogs.
+///
+/// With `counted` (after librdkafka found an offset out of the log's range),
+/// each committed offset is checked against what the log holds now
+/// ([`resume_at`]); `counted` keeps, per partition, up to where deleted
+/// offsets were counted, so that a second reset before the next commit does
+/// not count them again.
 pub fn committed_offsets(
     c: &InputConsumer,
     partitions: &[(&str, i32)],
-) -> anyhow::Result<Vec<i64>> {
+    mut counted: Option<&mut BTreeMap<(String, i32), i64>>,
+) -> anyhow::Result<Vec<Resume>> {
     let mut tpl = TopicPartitionList::new();
     for (topic, p) in partitions {
         tpl.add_partition(topic, *p);
@@ -216,18 +231,71 @@ pub fn committed_offsets(
         .context("reading the group's committed offsets")?;
     partitions
         .iter()
-        .map(
-            |(topic, p)| match committed.find_partition(topic, *p).map(|e| e.offset()) {
-                Some(Offset::Offset(o)) => Ok(o),
-                _ => {
-                    let (low, _) = c
-                        .fetch_watermarks(topic, *p, Duration::from_secs(60))
-                        .with_context(|| format!("reading the first offset of {topic}/{p}"))?;
-                    Ok(low)
-                }
-            },
-        )
+        .map(|(topic, p)| {
+            let committed = match committed.find_partition(topic, *p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => Some(o),
+                _ => None,
+            };
+            if let (Some(o), None) = (committed, &counted) {
+                return Ok(Resume { at: o, skipped: 0 });
+            }
+            let (low, high) = c
+                .fetch_watermarks(topic, *p, Duration::from_secs(60))
+                .with_context(|| format!("reading the offsets {topic}/{p} holds"))?;
+            let Some(counted) = counted.as_deref_mut() else {
+                return Ok(Resume { at: low, skipped: 0 });
+            };
+            let key = (topic.to_string(), *p);
+            let r = resume_at(committed, low, high, counted.get(&key).copied());
+            if r.skipped > 0 {
+                tracing::error!(
+                    topic, partition = p, committed, low, skipped = r.skipped,
+                    "the broker deleted records of an input (retention) before the job read them: they are in no total; reading on from the log's start"
+                );
+                counted.insert(key, r.at);
+            } else if committed.is_some_and(|c| c > high) {
+                tracing::error!(
+                    topic, partition = p, committed, high,
+                    "the input's log ends before its committed offset (cut back, or made anew); reading on from its end"
+                );
+            }
+            Ok(r)
+        })
         .collect()
+}
+
+/// Where an input partition resumes, and how many offsets it skips.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resume {
+    pub at: i64,
+    /// Offsets the log deleted before the job read them (transaction markers
+    /// among them: a skipped offset is at most one record).
+    pub skipped: i64,
+}
+
+/// Where a partition resumes, given its committed offset (`None`: none), the
+/// offsets its log holds now (`low..high`), and up to where offsets deleted
+/// before were counted already (`counted`).
+/// - Below `low`: retention deleted records before the job read them. It
+///   resumes at `low`, and the offsets in between are skipped.
+/// - Beyond `high`: the log was cut back (or made anew) behind records the job
+///   read. It resumes at the log's end: from there on, records are new to it.
+pub fn resume_at(committed: Option<i64>, low: i64, high: i64, counted: Option<i64>) -> Resume {
+    match committed {
+        None => Resume {
+            at: low,
+            skipped: 0,
+        },
+        Some(c) if c < low => Resume {
+            at: low,
+            skipped: (low - c.max(counted.unwrap_or(c))).max(0),
+        },
+        Some(c) if c > high => Resume {
+            at: high,
+            skipped: 0,
+        },
+        Some(c) => Resume { at: c, skipped: 0 },
+    }
 }
 
 /// How long the loop waits for the broker to say where a partition ends.
@@ -301,3 +369,63 @@ pub fn assign_from_beginning(
 
 /// Poll timeout while waiting for input.
 pub const POLL_WAIT: Duration = Duration::from_millis(50);
+
+#[cfg(test)]
+mod tests {
+    use super::{resume_at, Resume};
+
+    #[test]
+    fn an_offset_in_the_log_resumes_where_it_is() {
+        for c in [100, 150, 200] {
+            assert_eq!(
+                resume_at(Some(c), 100, 200, None),
+                Resume { at: c, skipped: 0 }
+            );
+        }
+        assert_eq!(
+            resume_at(None, 100, 200, None),
+            Resume {
+                at: 100,
+                skipped: 0
+            }
+        );
+    }
+
+    #[test]
+    fn offsets_deleted_before_they_were_read_are_skipped_and_counted_once() {
+        assert_eq!(
+            resume_at(Some(40), 100, 200, None),
+            Resume {
+                at: 100,
+                skipped: 60
+            }
+        );
+        // Reset again before a commit moved the committed offset: only the
+        // offsets deleted since count.
+        assert_eq!(
+            resume_at(Some(40), 130, 200, Some(100)),
+            Resume {
+                at: 130,
+                skipped: 30
+            }
+        );
+        assert_eq!(
+            resume_at(Some(40), 100, 200, Some(100)),
+            Resume {
+                at: 100,
+                skipped: 0
+            }
+        );
+    }
+
+    #[test]
+    fn a_log_cut_back_behind_the_committed_offset_resumes_at_its_end() {
+        assert_eq!(
+            resume_at(Some(250), 100, 200, None),
+            Resume {
+                at: 200,
+                skipped: 0
+            }
+        );
+    }
+}

@@ -73,6 +73,9 @@ pub struct Lanes {
     order: Vec<usize>,
     /// Messages taken from a lane in one call; reused between calls.
     batch: Vec<*mut rdsys::rd_kafka_message_t>,
+    /// A lane's partition stopped, its offset out of the log's range, since
+    /// [`Lanes::take_out_of_range`] was last asked.
+    out_of_range: bool,
 }
 
 impl Lanes {
@@ -104,6 +107,7 @@ impl Lanes {
             order: (0..lanes.len()).collect(),
             lanes,
             batch: Vec::new(),
+            out_of_range: false,
         })
     }
 
@@ -112,6 +116,13 @@ impl Lanes {
         for lane in &mut self.lanes {
             lane.event_ms = i64::MIN;
         }
+    }
+
+    /// Whether a lane's partition stopped since the last call: librdkafka
+    /// found its offset out of the log's range, and it fetches no more until
+    /// it is assigned again.
+    pub fn take_out_of_range(&mut self) -> bool {
+        std::mem::take(&mut self.out_of_range)
     }
 
     /// Each lane holding fetched records not read yet. Such a partition is not
@@ -136,7 +147,7 @@ impl Lanes {
         max: usize,
         mut f: impl FnMut(InputTopic, &LaneRecord<'_>, Ahead<'_>) -> Option<i64>,
     ) -> usize {
-        let lanes = &mut self.lanes;
+        let (lanes, out_of_range) = (&mut self.lanes, &mut self.out_of_range);
         self.order.sort_unstable_by_key(|&i| lanes[i].event_ms);
         let batch = &mut self.batch;
         batch.clear();
@@ -178,7 +189,17 @@ impl Lanes {
                         entry_value: near.and_then(|a| LaneRecord::value_of(a)),
                     };
                     let err = (*m).err;
-                    if err != rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+                    if err == rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR__AUTO_OFFSET_RESET {
+                        // The partition's fetcher stopped: the log no longer holds
+                        // the offset it was at (`consumer::create`).
+                        tracing::warn!(
+                            topic = lane.topic.label(),
+                            partition = lane.partition,
+                            offset = (*m).offset,
+                            "the input's offset is no longer in its log"
+                        );
+                        *out_of_range = true;
+                    } else if err != rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
                         let text = std::ffi::CStr::from_ptr(rdsys::rd_kafka_err2str(err));
                         tracing::warn!("consumer: {}", text.to_string_lossy());
                     } else {

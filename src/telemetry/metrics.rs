@@ -56,6 +56,8 @@ pub struct Metrics {
     pub commit_duration: Histogram,
     commit_wait_us: IntCounter,
     pub rebalances: IntCounter,
+    /// Offsets of an input the broker deleted before the job read them.
+    pub offsets_skipped: IntCounterVec,
     state_entries: IntGaugeVec,
     state_bytes: IntGauge,
     last: Stats,
@@ -141,6 +143,7 @@ impl Metrics {
             // Integer microseconds: time that sums is kept in integers.
             commit_wait_us: counter("commit_wait_microseconds_total", "Time the loop waited for a commit to end before sending the next transaction"),
             rebalances: counter("rebalances_total", "Partition assignments changed"),
+            offsets_skipped: counter_vec("input_offsets_skipped_total", "Offsets of an input the broker deleted (retention) before the job read them: their records are in no total", &["topic"]),
             state_entries: gauge_vec("state_entries", "Size of in-memory state", &["kind"]),
             state_bytes: reg(&r, IntGauge::new("state_bytes", "Bytes held by the order stores and de-duplication sets").expect("valid metric")),
             last: Stats::default(),

@@ -1,6 +1,7 @@
 //! End-to-end tests of faults: the broker stopped, paused, the job's loop
-//! stuck, its group session lost, an input partition quiet, a restore that
-//! cannot finish, a stop that waits for a broker gone. The job rides each out
+//! stuck, its group session lost, an input partition quiet, input records
+//! deleted before it read them, a restore that cannot finish, a stop that
+//! waits for a broker gone. The job rides each out
 //! by itself, with exact results, or ends as a supervisor or an operator
 //! needs it to.
 
@@ -155,10 +156,7 @@ fn a_quiet_partition_neither_holds_back_nor_closes_the_windows_of_the_others() {
     let records: Vec<_> = Traffic::new(test_traffic(21)).take(90_000).collect();
     let back_at = records.len() * 2 / 3;
     let partition_of = |key: &str, i: usize| -> Option<i32> {
-        let h = key.bytes().fold(0xcbf29ce484222325u64, |h, b| {
-            (h ^ b as u64).wrapping_mul(0x100000001b3)
-        });
-        let p = (h % PARTITIONS as u64) as i32;
+        let p = partition_of_key(key);
         (p != 0 || i >= back_at).then_some(p)
     };
     let sent: Vec<(i32, &gmv::gen::traffic::GeneratedRecord)> = records
@@ -181,23 +179,7 @@ fn a_quiet_partition_neither_holds_back_nor_closes_the_windows_of_the_others() {
     let p = stage.producer();
     let started = Instant::now();
     for (i, (partition, r)) in sent.iter().enumerate() {
-        let mut record = rdkafka::producer::BaseRecord::to(stage.input(r.topic))
-            .key(r.key.as_deref().unwrap())
-            .payload(&r.value[..])
-            .partition(*partition);
-        while let Err((e, back)) = p.send(record) {
-            assert!(
-                matches!(
-                    e,
-                    rdkafka::error::KafkaError::MessageProduction(
-                        rdkafka::error::RDKafkaErrorCode::QueueFull
-                    )
-                ),
-                "{e}"
-            );
-            record = back;
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        send_to_partition(&stage, &p, *partition, r);
         // 6,000 records/s: the quiet stretch lasts about 10 s of wall time.
         if let Some(ahead) =
             Duration::from_micros(i as u64 * 1_000_000 / 6_000).checked_sub(started.elapsed())
@@ -214,6 +196,67 @@ fn a_quiet_partition_neither_holds_back_nor_closes_the_windows_of_the_others() {
         "no partial sum reached a closed bucket"
     );
     cluster.assert_alive(0, "with a quiet partition");
+}
+
+/// Records the broker deleted before the job read them (as retention does;
+/// here DeleteRecords): the payments of partition 0 written while the job
+/// was stopped, then those of partition 1 written while it was paused
+/// (SIGSTOP) with its fetch behind them. Each time librdkafka stops the
+/// partition, its offset out of the log's range; the job counts the offsets
+/// it skips (`gmv_input_offsets_skipped_total`), reads on from the log's
+/// start, and its results are exact over the records it could read.
+#[test]
+fn records_deleted_before_the_job_read_them_are_counted_and_the_rest_stays_exact() {
+    use gmv::model::InputTopic;
+    let stage = Stage::new("deleted");
+    let records: Vec<_> = Traffic::new(test_traffic(23)).take(45_000).collect();
+    // Payments: each counts by itself (an order deleted would hold its
+    // payments back for the join's timeout).
+    let payments = stage.input(InputTopic::Payments).to_string();
+    let producer = stage.producer();
+    // The good records the job can still read, for the reference.
+    let mut readable: Vec<(String, Value)> = Vec::new();
+    // Sends a third of the records; the payments of partition `lost` are to go.
+    let mut send = |third: usize, lost: i32| {
+        for r in &records[third * 15_000..(third + 1) * 15_000] {
+            let p = partition_of_key(r.key.as_deref().unwrap());
+            send_to_partition(&stage, &producer, p, r);
+            let deleted = r.topic == InputTopic::Payments && p == lost;
+            if !deleted && !matches!(r.kind, RecordKind::Bad(_)) {
+                let value = serde_json::from_slice(&r.value).unwrap();
+                readable.push((r.topic.label().to_string(), value));
+            }
+        }
+        gmv::gen::writer::finish(&producer).unwrap();
+    };
+    let mut cluster = Instances::one_running(&stage);
+    send(0, -1);
+    wait_until_committed(&stage, "all read");
+    cluster.stop(0);
+    send(1, 0);
+    let mut skipped = delete_unread(&stage, &payments, 0);
+    cluster.start(0);
+    wait_until_committed(&stage, "after a restart past deleted records");
+    let skipped_metric = || {
+        let metrics = http_get(cluster.ports[0], "/metrics");
+        metric_sum(&metrics, "gmv_input_offsets_skipped_total")
+    };
+    assert_eq!(
+        skipped_metric(),
+        skipped as f64,
+        "offsets skipped at the restart"
+    );
+    signal(&cluster.pid(0), "-STOP");
+    // A fetch sent before the pause has its answer (empty) by now.
+    std::thread::sleep(Duration::from_secs(1));
+    send(2, 1);
+    skipped += delete_unread(&stage, &payments, 1);
+    signal(&cluster.pid(0), "-CONT");
+    assert!(skipped > 1_000, "{skipped} offsets deleted unread");
+    let want = reference(&readable);
+    assert_exact(&stage, &cluster, &want, "with records deleted unread");
+    assert_eq!(skipped_metric(), skipped as f64, "offsets skipped in all");
+    cluster.assert_alive(0, "with records deleted unread");
 }
 
 /// A restore that cannot finish: a transaction left open on a changelog

@@ -333,6 +333,87 @@ pub(crate) fn input_counts(stage: &Stage) -> PartitionCounts {
     counts
 }
 
+/// Waits until the job's group has committed every input partition's end:
+/// it has read and committed everything written so far.
+pub(crate) fn wait_until_committed(stage: &Stage, what: &str) {
+    let counts = input_counts(stage);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let committed = committed_offsets(stage);
+        if committed == counts {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: committed offsets {committed:?} never reached the input {counts:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// The partition a test writes a record to, from its key (the order id), so
+/// that an order's records are in the same partition of every input.
+pub(crate) fn partition_of_key(key: &str) -> i32 {
+    let h = key.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    });
+    (h % PARTITIONS as u64) as i32
+}
+
+/// Sends a generated record to `partition` of its input topic, waiting while
+/// the producer's queue is full.
+pub(crate) fn send_to_partition(
+    stage: &Stage,
+    p: &gmv::gen::writer::InputProducer,
+    partition: i32,
+    r: &gmv::gen::traffic::GeneratedRecord,
+) {
+    let mut record = rdkafka::producer::BaseRecord::to(stage.input(r.topic))
+        .key(r.key.as_deref().unwrap())
+        .payload(&r.value[..])
+        .partition(partition);
+    while let Err((e, back)) = p.send(record) {
+        assert!(
+            matches!(
+                e,
+                rdkafka::error::KafkaError::MessageProduction(
+                    rdkafka::error::RDKafkaErrorCode::QueueFull
+                )
+            ),
+            "{e}"
+        );
+        record = back;
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Deletes every record of `topic` partition `p` (DeleteRecords, as retention
+/// would); returns the offsets deleted that the job's group had not committed.
+pub(crate) fn delete_unread(stage: &Stage, topic: &str, p: i32) -> i64 {
+    let key = (topic.to_string(), p);
+    let committed = committed_offsets(stage)[&key];
+    let end = input_counts(stage)[&key];
+    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+        ClientConfig::new()
+            .set("bootstrap.servers", &stage.brokers)
+            .create()
+            .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, p, Offset::Offset(end))
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let done = rt
+        .block_on(admin.delete_records(&tpl, &rdkafka::admin::AdminOptions::new()))
+        .expect("deleting records");
+    for e in done.elements() {
+        e.error().expect("records deleted");
+    }
+    end - committed
+}
+
 /// The offsets a consumer group has committed for the input partitions.
 pub(crate) fn committed_offsets(stage: &Stage) -> PartitionCounts {
     let c: BaseConsumer = ClientConfig::new()
