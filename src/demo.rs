@@ -107,9 +107,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         // The embedded broker keeps only the last 5 MB of each partition
         // (librdkafka's mock cluster). From 30,000 – 40,000 records/s here,
         // records written before the job read its partitions were gone by
-        // then, and a consumer that starts behind the log's start is reset to
-        // it again and again, never reading a record: so the traffic starts
-        // once the job owns its tasks, and is read as it is written.
+        // then, and the consumer, behind the log's start again and again,
+        // never read a record: so the traffic starts once the job owns its
+        // tasks, and is read as it is written.
         wait_for_tasks(&handles, &job, &flag);
     }
     let generator = {
