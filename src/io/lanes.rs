@@ -318,6 +318,7 @@ impl Drop for QueueHandle {
 mod tests {
     use std::time::{Duration, Instant};
 
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode};
     use rdkafka::message::Message;
     use rdkafka::mocking::MockCluster;
     use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
@@ -465,6 +466,56 @@ mod tests {
             "every lane is empty"
         );
         lanes.each_waiting(|topic, p| panic!("{topic:?} [{p}] was read to the end"));
+        drop(lanes);
+    }
+
+    /// A partition assigned at an offset its log does not hold stops, and
+    /// says so where the loop reads it: in its lane for an input, in the
+    /// consumer's own queue for the repartition topic (`consumer::create`
+    /// sets `auto.offset.reset=error`; `app.rs` handles both).
+    #[test]
+    fn an_offset_out_of_the_log_is_reported_where_the_partition_is_read() {
+        let cluster = MockCluster::new(1).unwrap();
+        for t in ["orders", "repartition"] {
+            cluster.create_topic(t, 1, 1).unwrap();
+        }
+        let producer = producer(&cluster);
+        for t in ["orders", "repartition"] {
+            for i in 0..3 {
+                let v = format!("{t}{i}");
+                producer
+                    .send(BaseRecord::<(), _>::to(t).payload(&v).partition(0))
+                    .unwrap();
+            }
+        }
+        producer.flush(Duration::from_secs(10)).unwrap();
+
+        let (consumer, _) = consumer(&cluster, &[]);
+        let mut lanes = Lanes::split(&consumer, &[(InputTopic::Orders, "orders", 0)]).unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for t in ["orders", "repartition"] {
+            tpl.add_partition_offset(t, 0, Offset::Offset(100)).unwrap();
+        }
+        consumer.assign(&tpl).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let (mut lane_told, mut queue_told) = (false, false);
+        while !(lane_told && queue_told) {
+            assert!(
+                Instant::now() < deadline,
+                "not told in 30 s: lane {lane_told}, consumer's queue {queue_told}"
+            );
+            match consumer.poll(Duration::from_millis(10)) {
+                Some(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset))) => {
+                    queue_told = true
+                }
+                Some(other) => panic!("the consumer's queue: {other:?}"),
+                None => {}
+            }
+            let read = lanes.read(LANE_BATCH, |_, m, _| panic!("read offset {}", m.offset));
+            assert_eq!(read, 0, "nothing to read past the log's end");
+            lane_told |= lanes.take_out_of_range();
+        }
+        assert!(!lanes.take_out_of_range(), "told once");
         drop(lanes);
     }
 
