@@ -333,6 +333,15 @@ mod tests {
         QueueHandle::of_partition(consumer, topic, p).unwrap().len()
     }
 
+    /// An embedded broker with `topics`, one partition each.
+    fn cluster_with(topics: &[&str]) -> MockCluster<'static, DefaultProducerContext> {
+        let cluster = MockCluster::new(1).unwrap();
+        for t in topics {
+            cluster.create_topic(t, 1, 1).unwrap();
+        }
+        cluster
+    }
+
     fn producer(
         cluster: &MockCluster<'_, DefaultProducerContext>,
     ) -> ThreadedProducer<DefaultProducerContext> {
@@ -360,10 +369,7 @@ mod tests {
 
     #[test]
     fn the_lane_read_least_far_in_event_time_is_read_first() {
-        let cluster = MockCluster::new(1).unwrap();
-        for t in ["ahead", "behind"] {
-            cluster.create_topic(t, 1, 1).unwrap();
-        }
+        let cluster = cluster_with(&["ahead", "behind"]);
         let producer = producer(&cluster);
         // `ahead`'s events are later than `behind`'s (the time in each value),
         // as payments are after their orders; but its records were produced
@@ -475,10 +481,7 @@ mod tests {
     /// sets `auto.offset.reset=error`; `app.rs` handles both).
     #[test]
     fn an_offset_out_of_the_log_is_reported_where_the_partition_is_read() {
-        let cluster = MockCluster::new(1).unwrap();
-        for t in ["orders", "repartition"] {
-            cluster.create_topic(t, 1, 1).unwrap();
-        }
+        let cluster = cluster_with(&["orders", "repartition"]);
         let producer = producer(&cluster);
         for t in ["orders", "repartition"] {
             for i in 0..3 {
@@ -524,8 +527,7 @@ mod tests {
     /// engine's hints), and with none past the batch's end.
     #[test]
     fn each_record_comes_with_the_keys_of_the_ones_ahead() {
-        let cluster = MockCluster::new(1).unwrap();
-        cluster.create_topic("orders", 1, 1).unwrap();
+        let cluster = cluster_with(&["orders"]);
         let producer = producer(&cluster);
         const N: usize = 20;
         for i in 0..N {
