@@ -40,7 +40,8 @@ enum Position {
     /// The same tasks again after an input's offset fell out of its log's range
     /// (`consumer::create`): assigned anew, since librdkafka stopped that
     /// partition's fetcher and a stopped fetcher does not seek, and each
-    /// committed offset checked against what its log holds now.
+    /// committed offset checked against what its log holds now. (So it runs
+    /// the risk `Seek` avoids, for a rare event: records deleted unread.)
     PastDeleted,
 }
 

@@ -232,11 +232,14 @@ fn records_deleted_before_the_job_read_them_are_counted_and_the_rest_stays_exact
     let mut cluster = Instances::one_running(&stage);
     send(0, -1);
     wait_until_committed(&stage, "all read");
+    let read_to = |p: i32| input_counts(&stage)[&(payments.clone(), p)];
+    let committed = read_to(0);
     cluster.stop(0);
     send(1, 0);
-    let mut skipped = delete_unread(&stage, &payments, 0);
+    let mut skipped = delete_unread(&stage, &payments, 0, committed);
     cluster.start(0);
     wait_until_committed(&stage, "after a restart past deleted records");
+    let committed = read_to(1);
     let skipped_metric = || {
         let metrics = http_get(cluster.ports[0], "/metrics");
         metric_sum(&metrics, "gmv_input_offsets_skipped_total")
@@ -250,7 +253,7 @@ fn records_deleted_before_the_job_read_them_are_counted_and_the_rest_stays_exact
     // A fetch sent before the pause has its answer (empty) by now.
     std::thread::sleep(Duration::from_secs(1));
     send(2, 1);
-    skipped += delete_unread(&stage, &payments, 1);
+    skipped += delete_unread(&stage, &payments, 1, committed);
     signal(&cluster.pid(0), "-CONT");
     assert!(skipped > 1_000, "{skipped} offsets deleted unread");
     let want = reference(&readable);
