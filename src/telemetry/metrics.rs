@@ -268,12 +268,12 @@ impl Metrics {
         by_stage(&self.tasks, attribution as i64, aggregation as i64);
     }
 
-    /// What `gmv_tasks` summed over the instances should reach (alert `GmvTasksUnowned`).
     /// The attribution tasks this instance owns, as last set.
     pub fn attribution_tasks(&self) -> i64 {
         self.tasks.with_label_values(&["attribution"]).get()
     }
 
+    /// What `gmv_tasks` summed over the instances should reach (alert `GmvTasksUnowned`).
     pub fn set_stage_partitions(&self, attribution: i32, aggregation: i32) {
         by_stage(
             &self.stage_partitions,
