@@ -258,6 +258,15 @@ impl Loop<'_> {
                 tracing::info!("the commit in flight failed: {e:#}");
             }
         }
+        // One that did not end is stuck in librdkafka, its producer with it (a
+        // transactional call waits for the last one to end): a new producer
+        // with the same id fences it, so whatever it still does is refused. Its
+        // thread holds it until the call returns, if ever.
+        if self.producer.is_committing() {
+            tracing::warn!("giving up a producer stuck in a commit; making a new one");
+            self.new_producer()
+                .context("replacing the producer stuck in a commit")?;
+        }
         self.producer.abort()?;
         if how != Position::Seek {
             // The old assignment's lanes go; the new ones are split below, before `assign`.

@@ -4,7 +4,7 @@
 
 use std::ffi::{c_char, c_void, CString};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
@@ -99,13 +99,24 @@ pub struct TxnProducer {
     opening: Mutex<()>,
     /// A commit runs on its own thread (`commit_in_background`): nothing is sent meanwhile.
     committing: AtomicBool,
+    /// For each transactional call; a commit's calls share one.
     timeout: Duration,
 }
 
+/// How long past its timeout a commit is waited for before it counts as stuck.
+const STUCK_MARGIN: Duration = Duration::from_secs(5);
+
 /// A commit running on a thread of its own (`TxnProducer::commit_in_background`).
-pub struct PendingCommit(std::thread::JoinHandle<anyhow::Result<Committed>>);
+pub struct PendingCommit {
+    thread: std::thread::JoinHandle<()>,
+    result: mpsc::Receiver<anyhow::Result<Committed>>,
+    /// The commit's own calls end by then, unless librdkafka is stuck in them
+    /// (`TxnProducer::commit`).
+    deadline: Instant,
+}
 
 /// A commit that succeeded: how long it took, and when it ended.
+#[derive(Debug)]
 pub struct Committed {
     pub seconds: f64,
     pub at_ms: i64,
@@ -113,14 +124,24 @@ pub struct Committed {
 
 impl PendingCommit {
     pub fn is_finished(&self) -> bool {
-        self.0.is_finished()
+        self.thread.is_finished()
     }
 
-    /// Waits for the commit to end.
+    /// Waits for the commit to end, at most until its deadline. A commit
+    /// still running then is stuck in librdkafka: its thread is left to end
+    /// when it can, and its producer (still committing, `is_committing`) can do
+    /// nothing more; the caller makes a new one.
     pub fn wait(self) -> anyhow::Result<Committed> {
-        self.0
-            .join()
-            .unwrap_or_else(|_| Err(anyhow!("the commit's thread panicked")))
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        match self.result.recv_timeout(left) {
+            Ok(result) => result,
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                Err(anyhow!("the commit's thread panicked"))
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(anyhow!(
+                "the commit is still running past its own timeout: librdkafka is stuck in it (librdkafka#5456: waiting for the group coordinator, it ignores the timeout)"
+            )),
+        }
     }
 }
 
@@ -283,18 +304,21 @@ impl TxnProducer {
 
     /// Commits the open transaction (beginning one if nothing was sent) with
     /// the consumer offsets: the broker refuses them, and so the commit, from a
-    /// member whose group generation has moved on (KIP-447).
+    /// member whose group generation has moved on (KIP-447). Its two calls
+    /// share one `timeout`, which bounds the wait in `PendingCommit::wait`.
     fn commit(
         &self,
         offsets: &TopicPartitionList,
         group: &ConsumerGroupMetadata,
     ) -> anyhow::Result<()> {
+        let started = Instant::now();
         self.ensure_open()?;
         self.producer
             .send_offsets_to_transaction(offsets, group, self.timeout)
             .map_err(txn_error)
             .context("adding the input offsets to the transaction")?;
-        let result = self.commit_transaction();
+        let left = self.timeout.saturating_sub(started.elapsed());
+        let result = self.commit_transaction(left.max(Duration::from_millis(1)));
         if let Some(f) = self
             .producer
             .context()
@@ -322,20 +346,27 @@ impl TxnProducer {
         group: ConsumerGroupMetadata,
     ) -> anyhow::Result<PendingCommit> {
         let me = self.clone();
+        let (done, result) = mpsc::sync_channel(1);
+        let deadline = Instant::now() + self.timeout + STUCK_MARGIN;
         self.committing.store(true, Ordering::Release);
         let thread = std::thread::Builder::new()
             .name("gmv-commit".into())
             .spawn(move || {
                 let started = Instant::now();
-                let result = me.commit(&offsets, &group);
+                let r = me.commit(&offsets, &group);
                 me.committing.store(false, Ordering::Release);
-                result.map(|()| Committed {
+                // (Nobody waits any more if the commit outlived its deadline.)
+                let _ = done.send(r.map(|()| Committed {
                     seconds: started.elapsed().as_secs_f64(),
                     at_ms: now_ms(),
-                })
+                }));
             });
         match thread {
-            Ok(t) => Ok(PendingCommit(t)),
+            Ok(thread) => Ok(PendingCommit {
+                thread,
+                result,
+                deadline,
+            }),
             Err(e) => {
                 self.committing.store(false, Ordering::Release);
                 Err(e).context("starting the commit's thread")
@@ -343,17 +374,23 @@ impl TxnProducer {
         }
     }
 
+    /// Whether a commit runs (`commit_in_background`): once its `PendingCommit`
+    /// was waited for, one stuck in librdkafka.
+    pub fn is_committing(&self) -> bool {
+        self.committing.load(Ordering::Acquire)
+    }
+
     /// librdkafka's `rd_kafka_commit_transaction`, called directly: rust-rdkafka's
     /// `commit_transaction` first runs its own flush, which polls in steps of a
     /// full 100 ms while any record is in flight, so every commit took 100–300 ms
     /// (docs/performance.md). librdkafka's commit flushes by itself, the
     /// producer's polling thread serving the delivery reports meanwhile.
-    fn commit_transaction(&self) -> anyhow::Result<()> {
+    fn commit_transaction(&self, timeout: Duration) -> anyhow::Result<()> {
         // SAFETY: a live client; the returned error object is read, then destroyed once.
         unsafe {
             let e = rdsys::rd_kafka_commit_transaction(
                 self.producer.client().native_ptr(),
-                self.timeout.as_millis() as i32,
+                timeout.as_millis() as i32,
             );
             if e.is_null() {
                 return Ok(());
@@ -429,5 +466,85 @@ fn txn_error(e: KafkaError) -> anyhow::Error {
     match &e {
         KafkaError::Transaction(t) if t.is_fatal() => anyhow!("{e}: fatal for this producer"),
         _ => anyhow!(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::mocking::{MockCluster, MockCoordinator};
+    use rdkafka::producer::DefaultProducerContext;
+    use rdkafka::topic_partition_list::Offset;
+    use rdkafka::ClientConfig;
+
+    use super::*;
+
+    fn commit_one(
+        p: &Arc<TxnProducer>,
+        cfg: &Config,
+        group: ConsumerGroupMetadata,
+    ) -> PendingCommit {
+        p.send(Record {
+            topic: &cfg.topics.repartition,
+            partition: Some(0),
+            key: Some(b"k"),
+            value: Some(b"v"),
+            kind: Kind::Internal,
+        })
+        .unwrap();
+        let mut offsets = TopicPartitionList::new();
+        offsets
+            .add_partition_offset(cfg.topics.inputs()[0], 0, Offset::Offset(1))
+            .unwrap();
+        p.commit_in_background(offsets, group).unwrap()
+    }
+
+    /// librdkafka#5456: `send_offsets_to_transaction` waits for the group
+    /// coordinator past its timeout. The commit is given up at its deadline,
+    /// its producer says it is still committing (so the loop replaces it), and
+    /// a new producer with the same id commits. Should librdkafka honour the
+    /// timeout one day, the first assertion fails: the wait for the deadline,
+    /// and the replacement in `restore`, can then go.
+    #[test]
+    fn a_commit_stuck_waiting_for_the_group_coordinator_is_given_up_at_its_deadline() {
+        let cluster: MockCluster<'static, DefaultProducerContext> = MockCluster::new(2).unwrap();
+        let mut cfg = Config::default();
+        cfg.kafka.brokers = cluster.bootstrap_servers();
+        for (_, name) in cfg.topics.all() {
+            cluster.create_topic(name, 1, 1).unwrap();
+            cluster.partition_leader(name, 0, Some(1)).unwrap();
+        }
+        let group_id = cfg.kafka.group_id.clone();
+        cluster
+            .coordinator(MockCoordinator::Transaction(cfg.transactional_id()), 1)
+            .unwrap();
+        cluster
+            .coordinator(MockCoordinator::Group(group_id.clone()), 2)
+            .unwrap();
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .set("group.id", &group_id)
+            .create()
+            .unwrap();
+        let group = || consumer.group_metadata().unwrap();
+
+        let mut stuck = TxnProducer::create(&cfg, None, 1 << 20).unwrap();
+        stuck.timeout = Duration::from_secs(2);
+        let stuck = Arc::new(stuck);
+        cluster.broker_down(2).unwrap();
+        let started = Instant::now();
+        let e = commit_one(&stuck, &cfg, group()).wait().unwrap_err();
+        assert!(format!("{e:#}").contains("stuck"), "{e:#}");
+        assert!(
+            started.elapsed() >= Duration::from_secs(7),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(stuck.is_committing());
+
+        cluster.broker_up(2).unwrap();
+        let next = Arc::new(TxnProducer::create(&cfg, None, 1 << 20).unwrap());
+        let done = commit_one(&next, &cfg, group()).wait();
+        assert!(done.is_ok(), "{:#}", done.err().unwrap());
     }
 }
