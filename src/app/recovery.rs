@@ -20,6 +20,7 @@ use crate::io::changelog;
 use crate::io::consumer::{self, Assignment};
 use crate::io::lanes::Lanes;
 use crate::io::producer::TxnProducer;
+use crate::io::topics;
 use crate::telemetry::http::now_ms;
 
 /// How long a failed transaction is retried (aborted, tasks restored) before the process gives up.
@@ -200,6 +201,7 @@ impl Loop<'_> {
                 self.commits.assign([])
             }
             Assignment::Assign(list) => {
+                topics::check_assigned(&list, t, self.partitions, self.aggregation_partitions)?;
                 let tasks = list.iter().filter_map(|(topic, p)| {
                     if *topic == t.repartition {
                         Some((Stage::Aggregation, *p))

@@ -310,9 +310,81 @@ pub fn check_inputs<C: Consumer<X>, X: rdkafka::consumer::ConsumerContext>(
     Ok(first)
 }
 
+/// Checks an assignment against the partition counts the job started with
+/// (`inputs`: the input topics'; `repartition`: the repartition topic's).
+/// A partition beyond them was added while the job ran: an order's events
+/// written since land on other partition numbers than its earlier ones, and
+/// the tasks' state is partitioned by the old counts (so is the changelog,
+/// whose partition for a new task does not exist). No task can go on
+/// exactly, so the job stops, naming the topics; started again, it refuses
+/// to run until the counts agree (`check_inputs`, and the changelogs').
+pub fn check_assigned(
+    assigned: &[(String, i32)],
+    t: &crate::config::TopicNames,
+    inputs: i32,
+    repartition: i32,
+) -> anyhow::Result<()> {
+    let mut added: std::collections::BTreeMap<&str, (i32, i32)> = Default::default();
+    for (topic, p) in assigned {
+        let count = if *topic == t.repartition {
+            repartition
+        } else {
+            inputs
+        };
+        if *p >= count {
+            let highest = &mut added.entry(topic).or_insert((*p, count)).0;
+            *highest = (*highest).max(*p);
+        }
+    }
+    if added.is_empty() {
+        return Ok(());
+    }
+    let listed: Vec<String> = added
+        .iter()
+        .map(|(topic, (p, count))| {
+            format!("`{topic}` (partition {p} assigned; the job started with {count})")
+        })
+        .collect();
+    bail!(
+        "partitions were added to {} while the job ran. An order's events written since may land on another partition number than its earlier ones, and the tasks' state is partitioned by the old count, so the job stops, its last commit kept, rather than attribute them wrongly. See \"Partition counts\" in docs/scaling.md",
+        listed.join(", ")
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_assignment_beyond_the_counts_the_job_started_with_names_each_topic() {
+        let t = Config::default().topics;
+        let within: Vec<(String, i32)> = (0..4)
+            .flat_map(|p| [(t.orders.clone(), p), (t.repartition.clone(), p % 2)])
+            .collect();
+        check_assigned(&within, &t, 4, 2).unwrap();
+        let mut beyond = within.clone();
+        beyond.push((t.orders.clone(), 4));
+        beyond.push((t.orders.clone(), 5));
+        beyond.push((t.repartition.clone(), 2));
+        let e = check_assigned(&beyond, &t, 4, 2).unwrap_err().to_string();
+        assert!(e.starts_with("partitions were added to `"), "{e}");
+        for named in [
+            format!(
+                "`{}` (partition 5 assigned; the job started with 4)",
+                t.orders
+            ),
+            format!(
+                "`{}` (partition 2 assigned; the job started with 2)",
+                t.repartition
+            ),
+        ] {
+            assert!(e.contains(&named), "{named} in {e}");
+        }
+        // The repartition topic is checked against its own count, not the inputs'.
+        let e = check_assigned(&[(t.repartition.clone(), 3)], &t, 8, 2).unwrap_err();
+        assert!(e.to_string().contains(&t.repartition), "{e}");
+        check_assigned(&[(t.payments.clone(), 3)], &t, 4, 2).unwrap();
+    }
 
     #[test]
     fn every_definition_parses_and_its_schema_exists() {

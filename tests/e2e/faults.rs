@@ -1,7 +1,7 @@
 //! End-to-end tests of faults: the broker stopped, paused, the job's loop
 //! stuck, its group session lost, an input partition quiet, input records
-//! deleted before it read them, a restore that cannot finish, a stop that
-//! waits for a broker gone. The job rides each out
+//! deleted before it read them, partitions added to an input, a restore
+//! that cannot finish, a stop that waits for a broker gone. The job rides each out
 //! by itself, with exact results, or ends as a supervisor or an operator
 //! needs it to.
 
@@ -317,4 +317,73 @@ fn a_long_restore_stays_healthy_and_sigterm_stops_it_promptly() {
     });
     assert!(status.success(), "stopped during a restore: {status}");
     open.abort_transaction(Duration::from_secs(30)).unwrap();
+}
+
+/// Partitions added to an input topic while the job runs: an order's later
+/// events now land on other partition numbers than its earlier ones, and the
+/// tasks' state is partitioned by the old count. The job stops at the
+/// rebalance that brings the new partitions, naming the topic, with what it
+/// read committed; started again, it refuses to run (the start's check).
+#[test]
+fn partitions_added_to_an_input_while_the_job_runs_stop_it_saying_so() {
+    let stage = Stage::new("addedpartitions");
+    // The consumer sees a topic's new partitions at its next metadata
+    // refresh: 5 minutes by default, 1 s here.
+    let settings = std::fs::read_to_string(&stage.config).unwrap();
+    let fast = settings.replace(
+        "\"heartbeat.interval.ms\" = \"1000\"\n",
+        "\"heartbeat.interval.ms\" = \"1000\"\n\"topic.metadata.refresh.interval.ms\" = \"1000\"\n",
+    );
+    assert_ne!(settings, fast, "the test config's consumer properties");
+    std::fs::write(&stage.config, fast).unwrap();
+    let (_, writer) = traffic_in_background(&stage, 11, 5_000, 5_000);
+    writer.join().unwrap();
+    let log = stage.dir.join("a.log");
+    let mut job = start_instance(&stage.config, "a", None, Some(&log));
+    wait_until_committed(&stage, "before partitions are added");
+
+    let orders = stage.cfg.topics.orders.clone();
+    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+        ClientConfig::new()
+            .set("bootstrap.servers", &stage.brokers)
+            .create()
+            .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let more = rdkafka::admin::NewPartitions::new(&orders, PARTITIONS as usize + 2);
+    let added = rt
+        .block_on(admin.create_partitions([&more], &rdkafka::admin::AdminOptions::new()))
+        .expect("adding partitions");
+    assert!(added.iter().all(Result::is_ok), "{added:?}");
+
+    let status = wait_for_exit(&mut job, Duration::from_secs(60), || {
+        format!(
+            "the job still runs a minute after partitions were added to `{orders}`:\n{}",
+            log_tail(&log, 30)
+        )
+    });
+    let said = log_tail(&log, 30);
+    assert_eq!(status.code(), Some(1), "exit status\n{said}");
+    assert!(
+        said.contains(&format!("partitions were added to `{orders}`")),
+        "the job did not say why it stopped:\n{said}"
+    );
+    // What it read stays committed: the old partitions' ends, nothing lost.
+    let read = input_counts(&stage);
+    let committed = committed_offsets(&stage);
+    assert_eq!(committed, read, "committed offsets after the stop");
+
+    let again = stage.dir.join("b.log");
+    let mut job = start_instance(&stage.config, "a", None, Some(&again));
+    let status = wait_for_exit(&mut job, Duration::from_secs(60), || {
+        "started again, the job runs on inputs that are not co-partitioned".into()
+    });
+    let said = log_tail(&again, 10);
+    assert_eq!(status.code(), Some(1), "exit status\n{said}");
+    assert!(
+        said.contains("not co-partitioned"),
+        "started again, the job did not say why it refused:\n{said}"
+    );
 }
