@@ -3,7 +3,8 @@
 //!
 //! Why: librdkafka 2.12 has calls that can wait forever once the broker comes
 //! back from an absence: an offset request of a member the group has left
-//! (librdkafka#5456, fixed after 2.12), and `rd_kafka_assign`, which waits
+//! (librdkafka#5456, open; a commit stuck so is given up at its own deadline,
+//! `io::producer::PendingCommit::wait`), and `rd_kafka_assign`, which waits
 //! without a limit for librdkafka's own thread to answer. A test's job stopped
 //! for good after a broker pause, its log ending just before it gave up a
 //! lost assignment, most likely in the latter (docs/performance.md, ninth
@@ -25,7 +26,8 @@ use std::time::Duration;
 use crate::telemetry::http::{now_ms, silent_past};
 
 /// Longer than the longest the loop may rightly go without a turn: a failed
-/// commit waits up to two of the producer's 60 s timeouts, then its recovery
+/// commit is waited for up to 65 s (its calls' shared 60 s timeout and a
+/// margin), then its recovery
 /// retries for 5 minutes (`RECOVER_FOR`), each try up to about 3 minutes of
 /// timeouts before it gives up. A restore, however long, counts as turns.
 pub const EXIT_AFTER_SILENT_MS: i64 = 15 * 60 * 1000;
