@@ -27,9 +27,9 @@ use crate::telemetry::http::{now_ms, silent_past};
 
 /// Longer than the longest the loop may rightly go without a turn: a failed
 /// commit is waited for up to 65 s (its calls' shared 60 s timeout and a
-/// margin), then its recovery
-/// retries for 5 minutes (`RECOVER_FOR`), each try up to about 3 minutes of
-/// timeouts before it gives up. A restore, however long, counts as turns.
+/// margin), then its recovery retries for 5 minutes (`RECOVER_FOR`), each
+/// try up to about 3 minutes of timeouts before it gives up. A restore,
+/// however long, counts as turns.
 pub const EXIT_AFTER_SILENT_MS: i64 = 15 * 60 * 1000;
 
 /// How long a local call ([`LocalCalls`]) may take: far more than the
