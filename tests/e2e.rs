@@ -17,6 +17,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use gmv::gen::traffic::{RecordKind, Traffic};
+use rdkafka::admin::AdminOptions;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::Producer;
 use rdkafka::ClientConfig;
@@ -338,20 +339,12 @@ fn run_refuses_missing_or_not_co_partitioned_inputs_and_bad_settings() {
         stage.dir.clone(),
     );
     // A fourth topic with another partition count, named as the orders input.
-    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
-        ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .create()
-            .unwrap();
+    let admin = admin(&brokers);
     let topic = rdkafka::admin::NewTopic::new(
         "refuse.orders-three",
         3,
         rdkafka::admin::TopicReplication::Fixed(1),
     );
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
     // And an output topic that accepts records of 100,000 bytes only.
     let small = rdkafka::admin::NewTopic::new(
         "refuse.small-windows",
@@ -359,9 +352,7 @@ fn run_refuses_missing_or_not_co_partitioned_inputs_and_bad_settings() {
         rdkafka::admin::TopicReplication::Fixed(1),
     )
     .set("max.message.bytes", "100000");
-    let created = rt
-        .block_on(admin.create_topics([&topic, &small], &rdkafka::admin::AdminOptions::new()))
-        .unwrap();
+    let created = block_on(admin.create_topics([&topic, &small], &AdminOptions::new())).unwrap();
     assert!(created.iter().all(Result::is_ok), "{created:?}");
     // Created by the controller; listed by the broker a moment later.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -659,22 +650,12 @@ fn a_record_limit_lowered_at_runtime_makes_the_job_cut_its_records_smaller() {
     let (want, writer) = traffic_in_background(&stage, seed, 200_000, 20_000);
     let mut cluster = Instances::one_running(&stage);
     std::thread::sleep(Duration::from_secs(2));
-    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
-        ClientConfig::new()
-            .set("bootstrap.servers", &stage.brokers)
-            .create()
-            .unwrap();
     let topic = &stage.cfg.topics.attribution_changelog;
     let alter = rdkafka::admin::AlterConfig::new(rdkafka::admin::ResourceSpecifier::Topic(topic))
         .set("max.message.bytes", "45000")
         .set("cleanup.policy", "compact");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let altered = rt
-        .block_on(admin.alter_configs([&alter], &rdkafka::admin::AdminOptions::new()))
-        .unwrap();
+    let altered =
+        block_on(admin(&stage.brokers).alter_configs([&alter], &AdminOptions::new())).unwrap();
     assert!(altered.iter().all(Result::is_ok), "{altered:?}");
     println!("{topic}: max.message.bytes lowered to 45000");
     writer.join().unwrap();

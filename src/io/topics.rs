@@ -324,15 +324,18 @@ pub fn check_assigned(
     inputs: i32,
     repartition: i32,
 ) -> anyhow::Result<()> {
-    let mut added: std::collections::BTreeMap<&str, (i32, i32)> = Default::default();
-    for (topic, p) in assigned {
-        let count = if *topic == t.repartition {
+    let count_of = |topic: &str| {
+        if topic == t.repartition {
             repartition
         } else {
             inputs
-        };
-        if *p >= count {
-            let highest = &mut added.entry(topic).or_insert((*p, count)).0;
+        }
+    };
+    // Per topic beyond its count, the highest partition assigned.
+    let mut added: std::collections::BTreeMap<&str, i32> = Default::default();
+    for (topic, p) in assigned {
+        if *p >= count_of(topic) {
+            let highest = added.entry(topic).or_insert(*p);
             *highest = (*highest).max(*p);
         }
     }
@@ -341,8 +344,11 @@ pub fn check_assigned(
     }
     let listed: Vec<String> = added
         .iter()
-        .map(|(topic, (p, count))| {
-            format!("`{topic}` (partition {p} assigned; the job started with {count})")
+        .map(|(topic, p)| {
+            format!(
+                "`{topic}` (partition {p} assigned; the job started with {})",
+                count_of(topic)
+            )
         })
         .collect();
     bail!(

@@ -343,18 +343,8 @@ fn partitions_added_to_an_input_while_the_job_runs_stop_it_saying_so() {
     wait_until_committed(&stage, "before partitions are added");
 
     let orders = stage.cfg.topics.orders.clone();
-    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
-        ClientConfig::new()
-            .set("bootstrap.servers", &stage.brokers)
-            .create()
-            .unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
     let more = rdkafka::admin::NewPartitions::new(&orders, PARTITIONS as usize + 2);
-    let added = rt
-        .block_on(admin.create_partitions([&more], &rdkafka::admin::AdminOptions::new()))
+    let added = block_on(admin(&stage.brokers).create_partitions([&more], &AdminOptions::new()))
         .expect("adding partitions");
     assert!(added.iter().all(Result::is_ok), "{added:?}");
 

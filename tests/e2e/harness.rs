@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use gmv::config::{Config, TopicNames};
 use gmv::gen::traffic::{RecordKind, Traffic, TrafficConfig};
+use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -387,6 +389,23 @@ pub(crate) fn send_to_partition(
     }
 }
 
+/// An admin client on `brokers` (its calls waited for with [`block_on`]).
+pub(crate) fn admin(brokers: &str) -> AdminClient<DefaultClientContext> {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap()
+}
+
+/// Waits for an admin client's call.
+pub(crate) fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
 /// Deletes every record of `topic` partition `p` (DeleteRecords, as retention
 /// would); returns how many of the offsets deleted are at or past `read_to`,
 /// where the job's group had committed. (Given, not asked for here: with the
@@ -394,20 +413,10 @@ pub(crate) fn send_to_partition(
 /// `read_committed` client's question waits until that transaction ends.)
 pub(crate) fn delete_unread(stage: &Stage, topic: &str, p: i32, read_to: i64) -> i64 {
     let end = input_counts(stage)[&(topic.to_string(), p)];
-    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
-        ClientConfig::new()
-            .set("bootstrap.servers", &stage.brokers)
-            .create()
-            .unwrap();
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, p, Offset::Offset(end))
         .unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let done = rt
-        .block_on(admin.delete_records(&tpl, &rdkafka::admin::AdminOptions::new()))
+    let done = block_on(admin(&stage.brokers).delete_records(&tpl, &AdminOptions::new()))
         .expect("deleting records");
     for e in done.elements() {
         e.error().expect("records deleted");
